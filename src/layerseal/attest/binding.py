@@ -1,0 +1,27 @@
+"""Report-data binding of the KBS nonce and the enclave public key (RCAR 0.4.0).
+
+The evidence's report data must equal ``SHA-384(JCS({"additional-evidence", "nonce",
+"tee-pubkey"}))`` zero-padded to 64 bytes, so the evidence is fresh (nonce) and names
+the only key a released secret may be wrapped to (tee-pubkey).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from layerseal.attest.jcs import canonicalize
+
+REPORT_DATA_SIZE = 64
+
+
+def runtime_data(nonce: str, tee_pubkey: Mapping[str, Any], additional_evidence: str = "") -> dict[str, Any]:
+    """The JSON object whose canonical form is hashed into the evidence."""
+    return {"additional-evidence": additional_evidence, "nonce": nonce, "tee-pubkey": dict(tee_pubkey)}
+
+
+def report_data(nonce: str, tee_pubkey: Mapping[str, Any], additional_evidence: str = "") -> bytes:
+    """The 64 report-data bytes an honest enclave puts in its evidence."""
+    digest = hashlib.sha384(canonicalize(runtime_data(nonce, tee_pubkey, additional_evidence))).digest()
+    return digest.ljust(REPORT_DATA_SIZE, b"\0")

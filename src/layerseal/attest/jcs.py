@@ -1,0 +1,91 @@
+"""RFC 8785 JSON Canonicalization Scheme for JSON without fractional numbers.
+
+KBS binds the nonce and the enclave public key into evidence through the SHA-384 of the
+canonical form, so every byte matters.  Members are sorted by their UTF-16 code units,
+strings use the minimal escapes of ECMAScript's ``JSON.stringify``.  Integers are written
+as ECMAScript does (exactly, within +-2**53); other numbers are refused rather than
+risk a different rendering than the peer's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from layerseal.errors import BadInputError
+
+_MAX_SAFE = 2**53
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _utf16_key(text: str) -> bytes:
+    return text.encode("utf-16-be", "surrogatepass")
+
+
+def _string(text: str, out: list[str]) -> None:
+    out.append('"')
+    for ch in text:
+        esc = _ESCAPES.get(ch)
+        if esc is not None:
+            out.append(esc)
+        elif ch < " ":
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+
+
+def _value(value: Any, out: list[str], depth: int) -> None:
+    if depth > 64:
+        raise BadInputError("JSON canonicalisation: expected nesting depth <= 64, seen deeper")
+    if value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, int):
+        if abs(value) > _MAX_SAFE:
+            raise BadInputError(f"JSON canonicalisation: expected |integer| <= 2**53, seen {value}")
+        out.append(str(value))
+    elif isinstance(value, float):
+        if not value.is_integer() or abs(value) > _MAX_SAFE:
+            raise BadInputError(f"JSON canonicalisation: expected integral numbers only, seen {value!r}")
+        out.append(str(int(value)))
+    elif isinstance(value, str):
+        _string(value, out)
+    elif isinstance(value, Mapping):
+        out.append("{")
+        items = sorted(value.items(), key=lambda kv: _utf16_key(_check_key(kv[0])))
+        for i, (k, v) in enumerate(items):
+            if i:
+                out.append(",")
+            _string(k, out)
+            out.append(":")
+            _value(v, out, depth + 1)
+        out.append("}")
+    elif isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(",")
+            _value(item, out, depth + 1)
+        out.append("]")
+    else:
+        raise BadInputError(f"JSON canonicalisation: expected a JSON value, seen {type(value).__name__}")
+
+
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str):
+        raise BadInputError(f"JSON canonicalisation: expected string member names, seen {type(key).__name__}")
+    return key
+
+
+def canonicalize(value: Any) -> bytes:
+    """Return the RFC 8785 canonical UTF-8 bytes of *value*."""
+    out: list[str] = []
+    _value(value, out, 0)
+    try:
+        return "".join(out).encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates cannot be canonical UTF-8
+        raise BadInputError("JSON canonicalisation: expected valid Unicode, seen a lone surrogate") from exc

@@ -1,0 +1,89 @@
+"""Engine creation and schema migration for SQLite (default) and PostgreSQL.
+
+URLs: a plain path or ``sqlite:///path`` for SQLite; ``postgresql://...`` is mapped to
+the psycopg 3 driver.  SQLite transactions start with ``BEGIN IMMEDIATE`` so writers
+queue on the database lock instead of failing on a stale read snapshot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from layerseal.errors import BadInputError, TransportError
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_PG_MIGRATION_LOCK = 0x6C736B62  # "lskb": serialises replicas migrating one database
+
+
+def normalize_url(url: str) -> str:
+    """Map user-facing database URLs to SQLAlchemy ones."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith(("postgresql+psycopg://", "sqlite://")):
+        return url
+    if "://" in url:
+        raise BadInputError(
+            f"database URL: expected sqlite:///PATH, postgresql://... or a path, seen {url[:60]!r}"
+        )
+    return f"sqlite:///{Path(url).resolve()}"
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def create_db_engine(url: str, *, pool_size: int = 8) -> Engine:
+    """An engine for *url*; SQLite gets WAL, a busy timeout and full fsync on commit."""
+    sa_url = normalize_url(url)
+    try:
+        parsed = make_url(sa_url)
+    except ArgumentError as exc:
+        raise BadInputError(f"database URL: expected a valid URL, seen {url[:60]!r}") from exc
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(sa_url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            # FULL: an acknowledged key survives power loss too, not only a killed process.
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(sa_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision (safe when several replicas start at once)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                conn.commit()
+            try:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                conn.commit()
+            finally:
+                if engine.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                    conn.commit()
+    except SQLAlchemyError as exc:
+        raise TransportError(f"database {engine.url.render_as_string()}: migration failed ({exc})") from exc

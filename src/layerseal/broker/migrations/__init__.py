@@ -1,0 +1,1 @@
+"""Alembic migration environment of the broker database (run programmatically at startup)."""

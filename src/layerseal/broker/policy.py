@@ -1,0 +1,259 @@
+"""Release policies: declarative JSON (in the spirit of Azure SKR) compiled to CEL.
+
+Format::
+
+    {"version": "1.0.0",
+     "anyOf": [                                  # released if any group holds
+       {"allOf": [                               # a group holds if every condition holds
+          {"claim": "sim.measurement", "in": "refvalues:allowed-measurements"},
+          {"claim": "debug", "equals": false},
+          {"claim": "svn", "greaterOrEquals": 2},
+          {"cel": "claims.tee == 'sim' && size(claims.measurement) == 96"}]}]}
+
+A condition names a claim by dotted path (``tee``, ``measurement``, ``svn``, ``debug`` or
+``<tee>.<field>``) and one operator: ``equals``, ``notEquals``, ``in``, ``notIn``,
+``greaterThan``, ``greaterOrEquals``, ``lessThan``, ``lessOrEquals`` or ``exists``; ``in``
+and ``notIn`` take a JSON array or ``"refvalues:<name>"`` (the tenant's reference values
+of that name).  ``{"cel": "..."}`` is a raw CEL expression over ``claims`` and
+``refvalues``.  Every condition is compiled into one CEL expression evaluated by celpy;
+a missing claim or a type mismatch makes the condition fail (never the request).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import celpy
+from celpy.adapter import json_to_cel
+from celpy.celtypes import BoolType
+
+from layerseal.errors import BadInputError
+
+VERSION = "1.0.0"
+REFVALUES_PREFIX = "refvalues:"
+_CLAIM_SEGMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+_REF_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_CEL_OPS = {
+    "equals": "==",
+    "notEquals": "!=",
+    "greaterThan": ">",
+    "greaterOrEquals": ">=",
+    "lessThan": "<",
+    "lessOrEquals": "<=",
+}
+_OPERATORS = (*_CEL_OPS, "in", "notIn", "exists")
+_MAX_CONDITIONS = 64
+
+DEFAULT_POLICY_DOCUMENT: dict[str, Any] = {
+    "version": VERSION,
+    "anyOf": [
+        {
+            "allOf": [
+                {"claim": "tee", "notEquals": "sample"},
+                {"claim": "debug", "equals": False},
+                {"claim": "measurement", "in": "refvalues:allowed-measurements"},
+            ]
+        }
+    ],
+}
+
+
+def _check_operand(value: Any, what: str, depth: int = 0) -> Any:
+    if depth > 2:
+        raise BadInputError(f"{what}: expected a flat JSON value, seen deep nesting")
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        if abs(value) > 2**63 - 1:
+            raise BadInputError(f"{what}: expected a 64-bit integer, seen {value}")
+        return value
+    if isinstance(value, list):
+        if len(value) > 1024:
+            raise BadInputError(f"{what}: expected at most 1024 items, seen {len(value)}")
+        return [_check_operand(v, what, depth + 1) for v in value]
+    raise BadInputError(f"{what}: expected a string, integer, boolean or array, seen {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One compiled condition: its CEL source and a readable description."""
+
+    description: str
+    cel: str
+    claim: str | None = None
+    operand: Any = None
+    refvalues: str | None = None
+
+    @classmethod
+    def parse(cls, obj: Any, what: str) -> Condition:
+        if not isinstance(obj, dict):
+            raise BadInputError(f"{what}: expected an object, seen {type(obj).__name__}")
+        if "cel" in obj:
+            if set(obj) != {"cel"}:
+                raise BadInputError(f"{what}: expected only 'cel', seen {sorted(obj)}")
+            source = obj["cel"]
+            if not isinstance(source, str) or not source.strip() or len(source) > 2000:
+                raise BadInputError(f"{what}.cel: expected a CEL expression of 1-2000 characters")
+            _program(source, what)
+            return cls(description=f"cel {source!r}", cel=source)
+        claim = obj.get("claim")
+        if not isinstance(claim, str) or not all(_CLAIM_SEGMENT.match(s) for s in claim.split(".")):
+            raise BadInputError(f"{what}.claim: expected a dotted claim name like 'sim.svn', seen {claim!r}")
+        ops = [k for k in obj if k != "claim"]
+        if len(ops) != 1 or ops[0] not in _OPERATORS:
+            raise BadInputError(
+                f"{what}: expected 'claim' and one operator of {list(_OPERATORS)}, seen {ops}"
+            )
+        op = ops[0]
+        operand = _check_operand(obj[op], f"{what}.{op}")
+        path = "claims" + "".join(f"[{json.dumps(seg)}]" for seg in claim.split("."))
+        refvalues = None
+        if op == "exists":
+            if not isinstance(operand, bool):
+                raise BadInputError(f"{what}.exists: expected true or false, seen {operand!r}")
+            head, _, last = path.rpartition("[")
+            test = f"{last[:-1]} in {head}"
+            return cls(f"{claim} exists is {operand}", test if operand else f"!({test})", claim, operand)
+        if op in ("in", "notIn"):
+            if isinstance(operand, str) and operand.startswith(REFVALUES_PREFIX):
+                refvalues = operand[len(REFVALUES_PREFIX) :]
+                if not _REF_NAME.match(refvalues):
+                    raise BadInputError(f"{what}.{op}: expected 'refvalues:<name>', seen {operand!r}")
+                target = f"refvalues[{json.dumps(refvalues)}]"
+            elif isinstance(operand, list):
+                target = "operand"
+            else:
+                raise BadInputError(f"{what}.{op}: expected an array or 'refvalues:<name>', seen {operand!r}")
+            test = f"{path} in {target}"
+            cel = test if op == "in" else f"!({test})"
+        else:
+            cel = f"{path} {_CEL_OPS[op]} operand"
+        shown = operand if refvalues is None else f"{REFVALUES_PREFIX}{refvalues}"
+        return cls(f"{claim} {op} {json.dumps(shown)}", cel, claim, operand, refvalues)
+
+    def observed(self, claims: Mapping[str, Any]) -> str:
+        if self.claim is None:
+            return "claims " + _short(claims)
+        node: Any = claims
+        for seg in self.claim.split("."):
+            if not isinstance(node, Mapping) or seg not in node:
+                return f"claim {self.claim} absent"
+            node = node[seg]
+        return f"{self.claim} = {_short(node)}"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A parsed policy: groups of conditions, any group suffices."""
+
+    groups: tuple[tuple[Condition, ...], ...]
+    document: Mapping[str, Any] = field(compare=False)
+    digest: str = ""
+
+    @classmethod
+    def parse(cls, doc: Any) -> Policy:
+        if isinstance(doc, str | bytes):
+            try:
+                doc = json.loads(doc)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise BadInputError("policy: expected JSON, seen invalid data") from exc
+        if not isinstance(doc, dict):
+            raise BadInputError(f"policy: expected a JSON object, seen {type(doc).__name__}")
+        if doc.get("version") != VERSION:
+            raise BadInputError(f"policy version: expected {VERSION!r}, seen {doc.get('version')!r}")
+        extra = set(doc) - {"version", "anyOf", "description"}
+        if extra:
+            raise BadInputError(f"policy: expected only version/anyOf/description, seen {sorted(extra)}")
+        any_of = doc.get("anyOf")
+        if not isinstance(any_of, list) or not any_of:
+            raise BadInputError("policy anyOf: expected a non-empty array of {allOf:[...]} groups")
+        groups: list[tuple[Condition, ...]] = []
+        count = 0
+        for i, group in enumerate(any_of):
+            what = f"policy anyOf[{i}]"
+            if not isinstance(group, dict) or not isinstance(group.get("allOf"), list) or not group["allOf"]:
+                raise BadInputError(f"{what}: expected {{'allOf': [conditions]}} with at least one condition")
+            if set(group) - {"allOf", "description"}:
+                raise BadInputError(f"{what}: expected only allOf/description, seen {sorted(group)}")
+            conds = tuple(Condition.parse(c, f"{what}.allOf[{j}]") for j, c in enumerate(group["allOf"]))
+            count += len(conds)
+            groups.append(conds)
+        if count > _MAX_CONDITIONS:
+            raise BadInputError(f"policy: expected at most {_MAX_CONDITIONS} conditions, seen {count}")
+        canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        return cls(tuple(groups), doc, hashlib.sha256(canonical.encode()).hexdigest())
+
+    def refvalue_names(self) -> set[str]:
+        return {c.refvalues for g in self.groups for c in g if c.refvalues is not None}
+
+
+DEFAULT_POLICY = Policy.parse(DEFAULT_POLICY_DOCUMENT)
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+    failed: tuple[str, ...] = ()
+
+
+_ENV = celpy.Environment()
+_PROGRAMS: dict[str, Any] = {}
+_LOCK = threading.Lock()
+
+
+def _program(source: str, what: str) -> Any:
+    prog = _PROGRAMS.get(source)
+    if prog is not None:
+        return prog
+    try:
+        prog = _ENV.program(_ENV.compile(source))
+    except Exception as exc:  # celpy raises parser-specific errors of several classes
+        raise BadInputError(f"{what}: expected a valid CEL expression, seen {source[:80]!r} ({exc})") from exc
+    with _LOCK:
+        if len(_PROGRAMS) > 4096:
+            _PROGRAMS.clear()
+        _PROGRAMS[source] = prog
+    return prog
+
+
+def _holds(cond: Condition, activation: dict[str, Any]) -> bool:
+    prog = _program(cond.cel, cond.description)
+    act = dict(activation)
+    if cond.operand is not None:
+        act["operand"] = json_to_cel(cond.operand)
+    try:
+        result = prog.evaluate(act)
+    except Exception:  # missing claim or type mismatch: the condition does not hold
+        return False
+    return isinstance(result, BoolType | bool) and bool(result)
+
+
+def evaluate(policy: Policy, claims: Mapping[str, Any], refvalues: Mapping[str, Sequence[Any]]) -> Decision:
+    """Decide whether *claims* satisfy *policy* given the tenant's reference values."""
+    activation = {
+        "claims": json_to_cel(dict(claims)),
+        "refvalues": json_to_cel({name: list(refvalues.get(name, ())) for name in policy.refvalue_names()}),
+    }
+    failures: list[str] = []
+    for i, group in enumerate(policy.groups):
+        for cond in group:
+            if not _holds(cond, activation):
+                failures.append(
+                    f"anyOf[{i}]: condition '{cond.description}' failed ({cond.observed(claims)})"
+                )
+                break
+        else:
+            return Decision(True, f"anyOf[{i}] holds")
+    return Decision(False, "; ".join(failures), tuple(failures))

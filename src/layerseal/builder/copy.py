@@ -1,0 +1,302 @@
+"""Copy an image between sources and destinations, encrypting or decrypting layers on the way.
+
+Every layer is streamed once: read (digest-verified by the source), transformed
+(ocicrypt cipher), written (digest-verified and committed by the destination only when
+the stream ended cleanly).  Layers move in parallel on a small thread pool; the manifest
+is written last, so a failed copy never publishes a half-made image.
+"""
+
+from __future__ import annotations
+
+import os
+import platform as _platform
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from layerseal.crypto.keywrap import KeyUnwrapper, KeyWrapper, LayerContext
+from layerseal.crypto.layercipher import LayerDecryptor, LayerEncryptor
+from layerseal.errors import BadInputError, LayersealError, WrongKeyError
+from layerseal.image import mediatypes as mt
+from layerseal.image.descriptor import Descriptor, Platform
+from layerseal.image.encryption import (
+    ANNOTATION_PUBOPTS,
+    PrivateOptions,
+    PublicOptions,
+    keys_annotation,
+    strip_encryption,
+    wrapped_keys,
+)
+from layerseal.image.manifest import Index, Manifest, parse_any
+from layerseal.image.transport import ImageDestination, ImageSource
+
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
+
+
+def host_platform() -> Platform:
+    machine = _platform.machine()
+    return Platform(os="linux", architecture=_ARCH.get(machine, machine))
+
+
+class Progress(Protocol):
+    """Receives transfer progress; the CLI draws bars from it."""
+
+    def start(self, key: str, description: str, total: int) -> None: ...
+
+    def advance(self, key: str, amount: int) -> None: ...
+
+    def finish(self, key: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class CopyOptions:
+    wrappers: tuple[KeyWrapper, ...] = ()
+    #: layer positions to encrypt (negative counts from the end); None = every layer
+    encrypt_layers: tuple[int, ...] | None = None
+    unwrappers: tuple[KeyUnwrapper, ...] = ()
+    platform: Platform | None = None
+    workers: int = field(default_factory=lambda: min(8, (os.cpu_count() or 2) * 2))
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    index: int
+    action: str  # copied | reused | encrypted | decrypted | reencrypted
+    source: Descriptor
+    result: Descriptor
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CopyReport:
+    source: str
+    destination: str
+    manifest: Descriptor
+    config: Descriptor
+    layers: tuple[LayerReport, ...]
+
+    @property
+    def bytes_moved(self) -> int:
+        return sum(r.source.size for r in self.layers if r.action != "reused")
+
+
+class _Aborted(Exception):
+    """Raised inside a layer stream when another layer failed first."""
+
+
+def select_layers(spec: Sequence[int] | None, count: int) -> frozenset[int]:
+    """Positions to encrypt, from skopeo-style ``--encrypt-layer`` values."""
+    if spec is None:
+        return frozenset(range(count))
+    chosen: set[int] = set()
+    for n in spec:
+        if not -count <= n < count:
+            raise BadInputError(
+                f"--encrypt-layer {n}: expected a position from {-count} to {count - 1} "
+                f"for an image with {count} layers"
+            )
+        chosen.add(n % count)
+    return frozenset(chosen)
+
+
+def resolve_manifest(src: ImageSource, platform: Platform | None) -> tuple[bytes, str, Manifest]:
+    """The image manifest of *src*, choosing the platform's entry when the tag names an index."""
+    data, media_type = src.get_manifest()
+    parsed = parse_any(data, media_type, f"manifest of {src.name}")
+    if isinstance(parsed, Index):
+        entry = parsed.select(platform or host_platform())
+        data, media_type = src.get_manifest(entry.digest)
+        parsed = parse_any(data, media_type, f"manifest {entry.digest} of {src.name}")
+        if isinstance(parsed, Index):
+            raise BadInputError(f"{src.name}: expected an image manifest below the index, seen another index")
+    return data, media_type, parsed
+
+
+def _metered(
+    chunks: Iterable[bytes], progress: Progress | None, key: str, abort: threading.Event
+) -> Iterator[bytes]:
+    for chunk in chunks:
+        if abort.is_set():
+            raise _Aborted()
+        if progress is not None:
+            progress.advance(key, len(chunk))
+        yield chunk
+
+
+def _encrypting(chunks: Iterable[bytes], enc: LayerEncryptor) -> Iterator[bytes]:
+    for chunk in chunks:
+        yield enc.update(chunk)
+
+
+def _decrypting(chunks: Iterable[bytes], dec: LayerDecryptor) -> Iterator[bytes]:
+    for chunk in chunks:
+        yield dec.update(chunk)
+    dec.finalize()  # raises before the destination commits anything
+
+
+def open_private_options(
+    desc: Descriptor, layer: LayerContext, unwrappers: Sequence[KeyUnwrapper]
+) -> PrivateOptions:
+    """Unwrap a layer's private options with whichever key opens one of its wrapped blobs."""
+    blobs = wrapped_keys(desc.annotations)
+    if not blobs:
+        raise BadInputError(f"{layer}: encrypted, but has no org.opencontainers.image.enc.keys.* annotation")
+    tried = 0
+    for scheme, items in sorted(blobs.items()):
+        for unwrapper in unwrappers:
+            if not unwrapper.handles(scheme):
+                continue
+            for blob in items:
+                tried += 1
+                optsdata = unwrapper.unwrap(scheme, blob, layer)
+                if optsdata is not None:
+                    return PrivateOptions.from_json_bytes(optsdata, f"private options of {layer}")
+    schemes = ", ".join(f"{s} ({len(b)} blob{'s' if len(b) != 1 else ''})" for s, b in sorted(blobs.items()))
+    raise WrongKeyError(
+        f"{layer}: expected one of the given decryption keys to open its wrapped key, "
+        f"seen none that does after {tried} attempt(s) (wrapped for: {schemes})"
+    )
+
+
+def _public_options(desc: Descriptor, layer: LayerContext) -> PublicOptions:
+    value = desc.annotations.get(ANNOTATION_PUBOPTS)
+    if value is None:
+        raise BadInputError(f"{layer}: expected annotation {ANNOTATION_PUBOPTS}, seen none")
+    return PublicOptions.from_annotation(value, f"{ANNOTATION_PUBOPTS} of {layer}")
+
+
+class _LayerJob:
+    def __init__(
+        self,
+        src: ImageSource,
+        dst: ImageDestination,
+        options: CopyOptions,
+        progress: Progress | None,
+        abort: threading.Event,
+    ) -> None:
+        self.src, self.dst, self.options, self.progress, self.abort = src, dst, options, progress, abort
+
+    def run(self, index: int, desc: Descriptor, encrypt: bool, convert_to_oci: bool) -> LayerReport:
+        started = time.perf_counter()
+        layer = LayerContext(index, desc, self.src.name)
+        key = f"{index}"
+        media_type = desc.media_type
+        if convert_to_oci and not mt.is_encrypted(media_type):
+            media_type = mt.encrypted_type(media_type).removesuffix(mt.ENCRYPTED_SUFFIX)
+        decrypt = mt.is_encrypted(desc.media_type) and bool(self.options.unwrappers)
+        if not encrypt and not decrypt:
+            result = desc.with_changes(media_type=media_type)
+            if self.dst.has_blob(desc):
+                return LayerReport(index, "reused", desc, result, time.perf_counter() - started)
+            if self.progress:
+                self.progress.start(key, f"copy    {desc.digest.hex[:12]}", desc.size)
+            self.dst.put_blob(
+                _metered(self.src.iter_blob(desc), self.progress, key, self.abort), media_type, desc
+            )
+            self._finish(key)
+            return LayerReport(index, "copied", desc, result, time.perf_counter() - started)
+
+        if self.progress:
+            verb = "reencrypt" if encrypt and decrypt else ("encrypt" if encrypt else "decrypt")
+            self.progress.start(key, f"{verb:<9} {desc.digest.hex[:12]}", desc.size)
+        stream: Iterator[bytes] = _metered(self.src.iter_blob(desc), self.progress, key, self.abort)
+        plain = desc
+        annotations = dict(desc.annotations)
+        if decrypt:
+            pub = _public_options(desc, layer)
+            priv = open_private_options(desc, layer, self.options.unwrappers)
+            plain = Descriptor(mt.decrypted_type(desc.media_type), priv.digest, desc.size)
+            # the destination hashes what it stores and checks it against priv.digest
+            stream = _decrypting(stream, LayerDecryptor(pub, priv, str(layer), verify_digest=encrypt))
+            annotations = strip_encryption(annotations)
+            media_type = plain.media_type
+        if encrypt:
+            enc = LayerEncryptor(plain_digest=None if decrypt else desc.digest)
+            stored = self.dst.put_blob(_encrypting(stream, enc), mt.encrypted_type(media_type))
+            pub_out, priv_out = enc.finalize()
+            plain_layer = LayerContext(index, plain.with_changes(media_type=media_type), self.src.name)
+            annotations[ANNOTATION_PUBOPTS] = pub_out.to_annotation()
+            for wrapper in self.options.wrappers:
+                name, value = keys_annotation(wrapper.scheme, [wrapper.wrap(priv_out, plain_layer)])
+                annotations[name] = value
+            result = stored.with_changes(annotations=annotations)
+            action = "reencrypted" if decrypt else "encrypted"
+        else:
+            expected = plain.with_changes(media_type=media_type)
+            stored = self.dst.put_blob(stream, media_type, expected)
+            result = stored.with_changes(annotations=annotations)
+            action = "decrypted"
+        self._finish(key)
+        return LayerReport(index, action, desc, result, time.perf_counter() - started)
+
+    def _finish(self, key: str) -> None:
+        if self.progress:
+            self.progress.finish(key)
+
+
+def copy_image(
+    src: ImageSource,
+    dst: ImageDestination,
+    options: CopyOptions = CopyOptions(),
+    progress: Progress | None = None,
+) -> CopyReport:
+    """Copy one image from *src* to *dst*; see the module docstring for the guarantees."""
+    manifest_bytes, manifest_type, manifest = resolve_manifest(src, options.platform)
+    layers = manifest.layers
+    for i, d in enumerate(layers):
+        if not mt.is_layer(d.media_type):
+            raise BadInputError(
+                f"{src.name}: layer {i} ({d.digest}): unsupported media type {d.media_type!r}"
+            )
+    to_encrypt: frozenset[int] = frozenset()
+    if options.wrappers:
+        chosen = select_layers(options.encrypt_layers, len(layers))
+        decrypting = bool(options.unwrappers)
+        to_encrypt = frozenset(i for i in chosen if decrypting or not mt.is_encrypted(layers[i].media_type))
+        if options.encrypt_layers is not None:
+            already = sorted(i for i in chosen - to_encrypt)
+            if already:
+                raise BadInputError(
+                    f"{src.name}: --encrypt-layer names layer(s) {already}, expected unencrypted layers, "
+                    f"seen layers that are already encrypted"
+                )
+    convert = bool(to_encrypt) and manifest.is_docker
+
+    abort = threading.Event()
+    job = _LayerJob(src, dst, options, progress, abort)
+    results: list[LayerReport | None] = [None] * len(layers)
+    errors: list[tuple[int, BaseException]] = []
+    with ThreadPoolExecutor(max_workers=max(1, min(options.workers, len(layers) or 1))) as pool:
+        futures = {pool.submit(job.run, i, d, i in to_encrypt, convert): i for i, d in enumerate(layers)}
+        for future, i in futures.items():
+            try:
+                results[i] = future.result()
+            except _Aborted:
+                continue
+            except BaseException as exc:  # collected, the first one is re-raised below
+                abort.set()
+                errors.append((i, exc))
+    if errors:
+        primary = next((e for _, e in errors if isinstance(e, LayersealError)), errors[0][1])
+        raise primary
+
+    config = manifest.config
+    if not dst.has_blob(config):
+        dst.put_blob(src.iter_blob(config), config.media_type, config)
+    reports = tuple(r for r in results if r is not None)
+    changed = any(r.action not in ("copied", "reused") for r in reports) or convert
+    if changed:
+        new_manifest = manifest.with_changes(
+            layers=tuple(r.result for r in reports),
+            media_type=mt.OCI_MANIFEST if convert else manifest.media_type,
+            config=config.with_changes(media_type=mt.OCI_CONFIG) if convert else config,
+        )
+        manifest_bytes, manifest_type = new_manifest.to_bytes(), new_manifest.effective_media_type
+    written = dst.put_manifest(manifest_bytes, manifest_type)
+    return CopyReport(src.name, dst.name, written, config, reports)
+
+
+ProgressFactory = Callable[[], Progress]

@@ -1,0 +1,1 @@
+"""The ``layerseal`` command line (thin: parse, call one library function, print)."""

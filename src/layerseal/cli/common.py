@@ -1,0 +1,99 @@
+"""Helpers shared by CLI commands: reading key files, registry flags, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
+
+from layerseal.errors import BadInputError
+
+if TYPE_CHECKING:
+    from layerseal.registry.transport import RegistryOptions
+
+
+def read_key_file(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"{what} {path}: expected a readable file, seen {exc.strerror}") from exc
+
+
+def add_registry_flags(p: argparse.ArgumentParser, *sides: str) -> None:
+    for side in sides:
+        p.add_argument(
+            f"--{side}-tls-verify",
+            default="true",
+            choices=["true", "false"],
+            help=f"require HTTPS and verify certificates for the {side} registry (default true)",
+        )
+        p.add_argument(f"--{side}-creds", metavar="USER:PASS", help=f"credentials for the {side} registry")
+        p.add_argument(f"--{side}-cert-dir", metavar="DIR", help="CA certificates (*.crt) to trust")
+    p.add_argument("--authfile", help="auth file (Docker config.json or containers auth.json format)")
+
+
+def registry_options(args: argparse.Namespace, side: str, ref: str) -> RegistryOptions | None:
+    """Registry flags for one side, or None when *ref* is not a registry reference."""
+    if not ref.startswith("docker://"):
+        return None
+    ca = None
+    cert_dir = getattr(args, f"{side}_cert_dir", None)
+    if cert_dir:
+        crts = sorted(Path(cert_dir).glob("*.crt"))
+        if not crts:
+            raise BadInputError(f"--{side}-cert-dir {cert_dir}: expected *.crt files, seen none")
+        ca = str(crts[0])
+    from layerseal.registry.transport import RegistryOptions
+
+    return RegistryOptions(
+        tls_verify=getattr(args, f"{side}_tls_verify", "true") == "true",
+        ca_file=ca,
+        creds=getattr(args, f"{side}_creds", None),
+        authfile=getattr(args, "authfile", None),
+    )
+
+
+class RichProgress:
+    """Per-layer transfer bars on a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            transient=True,
+            disable=not self.enabled,
+        )
+        self._tasks: dict[str, TaskID] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> RichProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._progress.stop()
+
+    def start(self, key: str, description: str, total: int) -> None:
+        with self._lock:
+            self._tasks[key] = self._progress.add_task(description, total=total)
+
+    def advance(self, key: str, amount: int) -> None:
+        task = self._tasks.get(key)
+        if task is not None:
+            self._progress.advance(task, amount)
+
+    def finish(self, key: str) -> None:
+        with self._lock:
+            task = self._tasks.pop(key, None)
+        if task is not None:
+            self._progress.remove_task(task)

@@ -1,0 +1,144 @@
+"""``layerseal copy`` and ``layerseal inspect`` (skopeo-style flags)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from layerseal.builder.copy import CopyOptions, copy_image
+from layerseal.builder.endpoints import open_destination, open_source
+from layerseal.builder.inspect import inspect_image
+from layerseal.cli.common import RichProgress, add_registry_flags, read_key_file, registry_options
+from layerseal.crypto.keys import load_private_key, load_public_key
+from layerseal.crypto.keywrap import JweUnwrapper, JweWrapper, KeyUnwrapper, KeyWrapper
+from layerseal.errors import BadInputError
+from layerseal.image.descriptor import Platform
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("copy", help="copy an image, encrypting or decrypting layers")
+    p.add_argument("source", metavar="SRC", help="oci:DIR[:TAG] or docker://HOST/REPO[:TAG]")
+    p.add_argument("destination", metavar="DST")
+    p.add_argument(
+        "--encryption-key",
+        action="append",
+        default=[],
+        metavar="jwe:PUBKEY",
+        help="encrypt for this recipient (repeat for several); PEM, DER, JWK or X.509 certificate",
+    )
+    p.add_argument(
+        "--encrypt-layer",
+        action="append",
+        type=int,
+        metavar="N",
+        help="encrypt only layer N (0-based, negative counts from the end; repeatable; default all)",
+    )
+    p.add_argument(
+        "--decryption-key", action="append", default=[], metavar="PRIVKEY", help="private key file"
+    )
+    p.add_argument(
+        "--platform", metavar="OS/ARCH[/VARIANT]", help="choose from an index (default: this host)"
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_registry_flags(p, "src", "dest")
+    p.set_defaults(func=run_copy)
+
+    i = sub.add_parser("inspect", help="show an image's layers and how they are encrypted")
+    i.add_argument("source", metavar="SRC")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument("--platform", metavar="OS/ARCH[/VARIANT]")
+    add_registry_flags(i, "src")
+    i.set_defaults(func=run_inspect)
+
+
+def _wrappers(specs: list[str]) -> tuple[KeyWrapper, ...]:
+    jwe_keys = []
+    for spec in specs:
+        scheme, sep, rest = spec.partition(":")
+        if not sep or not rest:
+            raise BadInputError(f"--encryption-key {spec!r}: expected SCHEME:VALUE such as jwe:pub.pem")
+        if scheme != "jwe":
+            raise BadInputError(f"--encryption-key {spec!r}: expected scheme 'jwe', seen {scheme!r}")
+        jwe_keys.append(load_public_key(read_key_file(rest, "encryption key"), f"encryption key {rest}"))
+    return (JweWrapper(jwe_keys),) if jwe_keys else ()
+
+
+def _unwrappers(paths: list[str]) -> tuple[KeyUnwrapper, ...]:
+    keys = []
+    for path in paths:
+        # accept skopeo's optional "file:password" form only when the file part exists
+        keys.append(load_private_key(read_key_file(path, "decryption key"), f"decryption key {path}"))
+    return (JweUnwrapper(keys),) if keys else ()
+
+
+def run_copy(args: argparse.Namespace) -> int:
+    options = CopyOptions(
+        wrappers=_wrappers(args.encryption_key),
+        encrypt_layers=tuple(args.encrypt_layer) if args.encrypt_layer else None,
+        unwrappers=_unwrappers(args.decryption_key),
+        platform=Platform.parse(args.platform) if args.platform else None,
+    )
+    if args.encrypt_layer and not options.wrappers:
+        raise BadInputError("--encrypt-layer: expected --encryption-key too, seen none")
+    src = open_source(args.source, registry_options(args, "src", args.source))
+    try:
+        dst = open_destination(args.destination, registry_options(args, "dest", args.destination))
+        try:
+            with RichProgress(not args.quiet and not args.json) as progress:
+                report = copy_image(src, dst, options, progress)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "source": report.source,
+                    "destination": report.destination,
+                    "manifest": str(report.manifest.digest),
+                    "layers": [
+                        {
+                            "index": r.index,
+                            "action": r.action,
+                            "from": str(r.source.digest),
+                            "to": str(r.result.digest),
+                        }
+                        for r in report.layers
+                    ],
+                },
+                indent=2,
+            )
+        )
+    elif not args.quiet:
+        counts: dict[str, int] = {}
+        for r in report.layers:
+            counts[r.action] = counts.get(r.action, 0) + 1
+        done = ", ".join(f"{n} {a}" for a, n in sorted(counts.items())) or "no layers"
+        print(f"copied {report.source} -> {report.destination}: {done}; manifest {report.manifest.digest}")
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    src = open_source(args.source, registry_options(args, "src", args.source))
+    try:
+        summary = inspect_image(src, Platform.parse(args.platform) if args.platform else None)
+    finally:
+        src.close()
+    if args.json:
+        print(json.dumps(summary.to_json(), indent=2))
+        return 0
+    print(f"{summary.name}  manifest {summary.manifest_digest}  ({summary.media_type})")
+    print(f"config {summary.config_digest}")
+    for layer in summary.layers:
+        state = "encrypted" if layer.encrypted else "plain"
+        print(f"  [{layer.index}] {layer.digest}  {layer.size:>12,d} B  {layer.media_type}  {state}")
+        for k in layer.keys:
+            print(f"        keys.{k.scheme}: {', '.join(k.recipients) or '-'}")
+    for h in summary.history:
+        created_by = h.get("created_by") or h.get("comment") or ""
+        empty = "  (empty layer)" if h.get("empty_layer") else ""
+        print(f"  history: {h.get('created', '')}  {created_by}{empty}")
+    return 0

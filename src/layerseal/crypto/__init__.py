@@ -1,0 +1,1 @@
+"""Streaming layer ciphers, key wrapping schemes and key loading (pure: no I/O)."""

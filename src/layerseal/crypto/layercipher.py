@@ -1,0 +1,162 @@
+"""Streaming ``AES_256_CTR_HMAC_SHA256``, byte-compatible with ocicrypt.
+
+Encrypt-then-MAC: AES-256 in CTR mode with the 16-byte nonce as the initial counter
+block, HMAC-SHA256 keyed with the same 32-byte key over the ciphertext only.
+
+Both objects are small state machines: ``update()`` any number of times, then
+``finalize()`` exactly once.  The HMAC of one chunk runs on a helper thread while
+the next chunk is en/decrypted (both release the GIL), which lifts throughput from
+the sequential ~1.0 GB/s to the HMAC limit on a two-core machine.
+
+:class:`LayerDecryptor` returns plaintext from ``update()`` because memory must stay
+constant; callers must treat it as *unauthenticated* until ``finalize()`` returned,
+i.e. write it to a temporary place and commit only afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac as _hmac
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as c_hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from layerseal.errors import IntegrityError, MisuseError
+from layerseal.image.digest import Digest
+from layerseal.image.encryption import CIPHER_AES_CTR_HMAC, PrivateOptions, PublicOptions
+
+KEY_SIZE = 32
+NONCE_SIZE = 16
+# Chunks smaller than this are MAC'ed inline: a thread hop costs more than it saves.
+_PARALLEL_MIN = 64 * 1024
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="layerseal-mac")
+    return _pool
+
+
+class _PipelinedMac:
+    """HMAC-SHA256 whose updates overlap with the caller's next piece of work."""
+
+    def __init__(self, key: bytes) -> None:
+        self._mac = c_hmac.HMAC(key, hashes.SHA256())
+        self._pending: Future[None] | None = None
+
+    def update(self, data: bytes) -> None:
+        self.wait()
+        if len(data) >= _PARALLEL_MIN:
+            self._pending = _executor().submit(self._mac.update, data)
+        else:
+            self._mac.update(data)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def finalize(self) -> bytes:
+        self.wait()
+        return self._mac.finalize()
+
+
+class LayerEncryptor:
+    """Encrypts one layer blob; ``finalize()`` gives the public and private options."""
+
+    def __init__(
+        self, symkey: bytes | None = None, nonce: bytes | None = None, plain_digest: Digest | None = None
+    ) -> None:
+        """*plain_digest*, when the caller already verifies the plaintext's digest, saves a hash pass."""
+        self._symkey = symkey if symkey is not None else os.urandom(KEY_SIZE)
+        self._nonce = nonce if nonce is not None else os.urandom(NONCE_SIZE)
+        if len(self._symkey) != KEY_SIZE or len(self._nonce) != NONCE_SIZE:
+            raise MisuseError("LayerEncryptor: expected a 32-byte key and a 16-byte nonce")
+        self._ctr = Cipher(algorithms.AES(self._symkey), modes.CTR(self._nonce)).encryptor()
+        self._mac = _PipelinedMac(self._symkey)
+        self._known_digest = plain_digest
+        self._plain_digest = None if plain_digest is not None else hashlib.sha256()
+        self.size = 0
+        self._done = False
+
+    def update(self, plaintext: bytes | memoryview) -> bytes:
+        if self._done:
+            raise MisuseError("LayerEncryptor.update() after finalize()")
+        if self._plain_digest is not None:
+            self._plain_digest.update(plaintext)
+        ciphertext = self._ctr.update(plaintext)
+        self._mac.update(ciphertext)
+        self.size += len(ciphertext)
+        return ciphertext
+
+    def finalize(self) -> tuple[PublicOptions, PrivateOptions]:
+        if self._done:
+            raise MisuseError("LayerEncryptor.finalize() called twice")
+        self._done = True
+        self._ctr.finalize()
+        pub = PublicOptions(cipher=CIPHER_AES_CTR_HMAC, hmac=self._mac.finalize())
+        if self._plain_digest is not None:
+            digest = Digest("sha256", self._plain_digest.hexdigest())
+        else:
+            assert self._known_digest is not None
+            digest = self._known_digest
+        priv = PrivateOptions(symkey=self._symkey, nonce=self._nonce, digest=digest)
+        return pub, priv
+
+
+class LayerDecryptor:
+    """Decrypts one layer blob and authenticates it when finalized.
+
+    *what* names the layer in errors.  ``finalize()`` raises :class:`IntegrityError`
+    when the HMAC does not match or the plaintext digest differs from the one in the
+    private options.  With ``verify_digest=False`` the digest check is left to a caller
+    that hashes the plaintext anyway (a destination verifying what it stores).
+    """
+
+    def __init__(
+        self, pub: PublicOptions, priv: PrivateOptions, what: str = "layer", *, verify_digest: bool = True
+    ) -> None:
+        self._pub = pub
+        self._priv = priv
+        self._what = what
+        self._ctr = Cipher(algorithms.AES(priv.symkey), modes.CTR(priv.nonce)).decryptor()
+        self._mac = _PipelinedMac(priv.symkey)
+        self._plain_digest = hashlib.new(priv.digest.algorithm) if verify_digest else None
+        self.size = 0
+        self._done = False
+
+    def update(self, ciphertext: bytes | memoryview) -> bytes:
+        if self._done:
+            raise MisuseError("LayerDecryptor.update() after finalize()")
+        data = bytes(ciphertext)
+        self._mac.update(data)
+        plaintext = self._ctr.update(data)
+        if self._plain_digest is not None:
+            self._plain_digest.update(plaintext)
+        self.size += len(plaintext)
+        return plaintext
+
+    def finalize(self) -> Digest:
+        """Authenticate; returns the plaintext digest (verified unless disabled)."""
+        if self._done:
+            raise MisuseError("LayerDecryptor.finalize() called twice")
+        self._done = True
+        self._ctr.finalize()
+        mac = self._mac.finalize()
+        if not _hmac.compare_digest(mac, self._pub.hmac):
+            raise IntegrityError(
+                f"{self._what}: HMAC mismatch: ciphertext was altered or the key is wrong "
+                f"(expected the HMAC from pubopts, seen a different value)"
+            )
+        if self._plain_digest is None:
+            return self._priv.digest
+        got = Digest(self._priv.digest.algorithm, self._plain_digest.hexdigest())
+        if not _hmac.compare_digest(got.hex, self._priv.digest.hex):
+            raise IntegrityError(f"{self._what}: decrypted digest: expected {self._priv.digest}, seen {got}")
+        return got

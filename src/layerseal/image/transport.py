@@ -1,0 +1,64 @@
+"""The two seams every image copy goes through: where an image is read and where it is written.
+
+``oci:`` layouts and ``docker://`` registries implement these protocols; the copy
+pipeline only talks to them.  Blob streams are iterators of ``bytes`` chunks; a source
+verifies size and digest while streaming and raises :class:`IntegrityError` from the
+iterator (after the last chunk at the latest) when they do not match.  A destination
+commits a blob only when the chunk iterator ran to its end without raising.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+
+from layerseal.image.descriptor import Descriptor
+from layerseal.image.digest import Digest
+
+#: chunk size used for streaming blobs everywhere
+CHUNK_SIZE = 1024 * 1024
+
+
+class ImageSource(Protocol):
+    """Read side of an image reference."""
+
+    @property
+    def name(self) -> str:
+        """The reference as the user wrote it, for messages."""
+        ...
+
+    def get_manifest(self, digest: Digest | None = None) -> tuple[bytes, str]:
+        """Manifest (or index) bytes and media type; ``None`` means the tagged one."""
+        ...
+
+    def iter_blob(self, desc: Descriptor) -> Iterator[bytes]:
+        """Blob content, verified against ``desc.digest`` and ``desc.size`` while streaming."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ImageDestination(Protocol):
+    """Write side of an image reference."""
+
+    @property
+    def name(self) -> str: ...
+
+    def has_blob(self, desc: Descriptor) -> bool:
+        """True when the destination already holds this exact blob."""
+        ...
+
+    def put_blob(
+        self, chunks: Iterable[bytes], media_type: str, expected: Descriptor | None = None
+    ) -> Descriptor:
+        """Store a blob whose digest may be unknown in advance; commit only on a clean end of *chunks*.
+
+        When *expected* is given, the stored bytes must match its digest and size.
+        """
+        ...
+
+    def put_manifest(self, data: bytes, media_type: str) -> Descriptor:
+        """Store manifest bytes and point the destination's tag at them (the commit point)."""
+        ...
+
+    def close(self) -> None: ...

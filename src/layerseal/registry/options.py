@@ -1,0 +1,35 @@
+"""Options shared by the registry client and the ``docker://`` source and destination."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httpx
+
+from layerseal.image.transport import CHUNK_SIZE
+from layerseal.registry.retry import RetryPolicy
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    """How to reach and authenticate to a registry.
+
+    ``tls_verify=False`` skips certificate checks and lets the client fall back to plain
+    HTTP (like skopeo's ``--tls-verify=false``); ``ca_file`` adds a CA bundle to trust;
+    ``creds`` is ``USER:PASSWORD``; ``authfile`` replaces the default auth files.
+    """
+
+    tls_verify: bool = True
+    ca_file: str | None = None
+    creds: str | None = field(default=None, repr=False)
+    authfile: str | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: connection pool size; the copy pipeline transfers several layers at once
+    max_connections: int = 16
+    #: seconds for connect / read / write of one network operation
+    timeout: float = 60.0
+    #: bytes sent per PATCH of a chunked upload (memory held per upload)
+    upload_chunk_size: int = 4 * CHUNK_SIZE
+    user_agent: str = "layerseal/0.1"
+    #: tests put an ``httpx.MockTransport`` here
+    transport: httpx.BaseTransport | None = field(default=None, compare=False, repr=False)

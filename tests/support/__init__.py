@@ -1,0 +1,1 @@
+"""Helpers shared by test packages: real servers and test images (no pytest dependency)."""

@@ -1,0 +1,106 @@
+"""The streaming ocicrypt cipher against an independent one-shot computation."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from layerseal.crypto.layercipher import LayerDecryptor, LayerEncryptor
+from layerseal.errors import IntegrityError, MisuseError
+from layerseal.image.digest import Digest
+from layerseal.image.encryption import PrivateOptions, PublicOptions
+
+
+def reference_encrypt(key: bytes, nonce: bytes, data: bytes) -> tuple[bytes, bytes]:
+    ct = Cipher(algorithms.AES(key), modes.CTR(nonce)).encryptor().update(data)
+    return ct, hmac.new(key, ct, hashlib.sha256).digest()
+
+
+def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=300_000), cuts=st.lists(st.integers(min_value=0), max_size=8))
+def test_round_trip_across_chunk_boundaries(data: bytes, cuts: list[int]) -> None:
+    key, nonce = os.urandom(32), os.urandom(16)
+    enc = LayerEncryptor(key, nonce)
+    ct = b"".join(enc.update(c) for c in chunked(data, cuts))
+    pub, priv = enc.finalize()
+    want_ct, want_mac = reference_encrypt(key, nonce, data)
+    assert ct == want_ct
+    assert pub.hmac == want_mac
+    assert priv.digest == Digest.of(data)
+    dec = LayerDecryptor(pub, priv)
+    pt = b"".join(dec.update(c) for c in chunked(ct, list(reversed(cuts))))
+    assert dec.finalize() == Digest.of(data)
+    assert pt == data
+
+
+def test_counter_wraps_like_ocicrypt() -> None:
+    # nonce is the full 128-bit counter: a near-overflow value must wrap, not raise
+    key, nonce = os.urandom(32), b"\xff" * 15 + b"\xfe"
+    data = os.urandom(100)
+    enc = LayerEncryptor(key, nonce)
+    ct = enc.update(data)
+    enc.finalize()
+    assert ct == reference_encrypt(key, nonce, data)[0]
+
+
+def _sealed(data: bytes) -> tuple[bytes, PublicOptions, PrivateOptions]:
+    enc = LayerEncryptor()
+    ct = enc.update(data)
+    pub, priv = enc.finalize()
+    return ct, pub, priv
+
+
+@pytest.mark.parametrize("position", [0, 1, 4095, 70_000, -1])
+def test_flipped_byte_anywhere_fails_hmac(position: int) -> None:
+    data = os.urandom(70_001)
+    ct, pub, priv = _sealed(data)
+    bad = bytearray(ct)
+    bad[position] ^= 0x01
+    dec = LayerDecryptor(pub, priv, "layer 0")
+    dec.update(bytes(bad))
+    with pytest.raises(IntegrityError, match="layer 0: HMAC mismatch"):
+        dec.finalize()
+
+
+def test_wrong_key_and_truncation_fail() -> None:
+    ct, pub, priv = _sealed(os.urandom(5000))
+    wrong = PrivateOptions(os.urandom(32), priv.nonce, priv.digest)
+    dec = LayerDecryptor(pub, wrong)
+    dec.update(ct)
+    with pytest.raises(IntegrityError):
+        dec.finalize()
+    dec2 = LayerDecryptor(pub, priv)
+    dec2.update(ct[:-1])
+    with pytest.raises(IntegrityError):
+        dec2.finalize()
+
+
+def test_digest_mismatch_in_private_options_is_caught() -> None:
+    ct, pub, priv = _sealed(b"payload")
+    lying = PrivateOptions(priv.symkey, priv.nonce, Digest.of(b"other"))
+    dec = LayerDecryptor(pub, lying)
+    dec.update(ct)
+    with pytest.raises(IntegrityError, match="decrypted digest"):
+        dec.finalize()
+
+
+def test_state_machine_misuse() -> None:
+    enc = LayerEncryptor()
+    enc.finalize()
+    with pytest.raises(MisuseError):
+        enc.update(b"x")
+    with pytest.raises(MisuseError):
+        enc.finalize()
+    with pytest.raises(MisuseError):
+        LayerEncryptor(b"short")
