@@ -14,7 +14,9 @@ from layerseal.builder.tarlayer import FileEntry
 from layerseal.layout.oci import LayoutDestination, LayoutReference
 
 
-def make_image(ref: str, *, compressions: tuple[str, ...] = ("gzip", "zstd", "gzip"), big: int = 300_000) -> None:
+def make_image(
+    ref: str, *, compressions: tuple[str, ...] = ("gzip", "zstd", "gzip"), big: int = 300_000
+) -> None:
     """An image with one layer per entry of *compressions*; layer i holds /layer<i>.txt."""
     dst = LayoutDestination(LayoutReference.parse(ref))
     try:
@@ -46,12 +48,32 @@ def make_keys(directory: Path, kind: str) -> KeyPair:
     priv, pub = directory / f"{kind}.key", directory / f"{kind}.pub"
     if kind.startswith("rsa"):
         bits = kind.removeprefix("rsa") or "2048"
-        cmd = ["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", f"rsa_keygen_bits:{bits}", "-out", str(priv)]
+        cmd = [
+            "openssl",
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            f"rsa_keygen_bits:{bits}",
+            "-out",
+            str(priv),
+        ]
     else:
         curve = {"ec256": "P-256", "ec384": "P-384", "ec521": "P-521"}[kind]
-        cmd = ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", f"ec_paramgen_curve:{curve}", "-out", str(priv)]
+        cmd = [
+            "openssl",
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            f"ec_paramgen_curve:{curve}",
+            "-out",
+            str(priv),
+        ]
     subprocess.run(cmd, check=True, capture_output=True)
-    subprocess.run(["openssl", "pkey", "-in", str(priv), "-pubout", "-out", str(pub)], check=True, capture_output=True)
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(priv), "-pubout", "-out", str(pub)], check=True, capture_output=True
+    )
     return KeyPair(priv, pub)
 
 

@@ -27,7 +27,19 @@ JWE_KEYS = "org.opencontainers.image.enc.keys.jwe"
 def encrypted(tmp_path: Path) -> tuple[Path, KeyPair]:
     make_image(f"oci:{tmp_path}/src:v1", compressions=("gzip", "zstd"), big=200_000)
     key = make_keys(tmp_path / "keys", "ec256")
-    assert main(["copy", "-q", "--encryption-key", f"jwe:{key.public}", f"oci:{tmp_path}/src:v1", f"oci:{tmp_path}/enc:v1"]) == 0
+    assert (
+        main(
+            [
+                "copy",
+                "-q",
+                "--encryption-key",
+                f"jwe:{key.public}",
+                f"oci:{tmp_path}/src:v1",
+                f"oci:{tmp_path}/enc:v1",
+            ]
+        )
+        == 0
+    )
     # a destination with other content, which must survive every failed copy unchanged
     make_image(f"oci:{tmp_path}/dst:other", compressions=("gzip",), big=10)
     return tmp_path, key
@@ -66,7 +78,9 @@ def tamper(
 
 def run_fail(tmp: Path, key: KeyPair, capsys: pytest.CaptureFixture[str], code: int, message: str) -> None:
     before = tree_snapshot(tmp / "dst")
-    status = main(["copy", "-q", "--decryption-key", str(key.private), f"oci:{tmp}/enc:v1", f"oci:{tmp}/dst:new"])
+    status = main(
+        ["copy", "-q", "--decryption-key", str(key.private), f"oci:{tmp}/enc:v1", f"oci:{tmp}/dst:new"]
+    )
     err = capsys.readouterr().err
     assert status == code, err
     assert message in err or re.search(message, err), err
@@ -85,13 +99,17 @@ def flip(position: int) -> Callable[[bytes], bytes]:
 
 
 @pytest.mark.parametrize("position", [0, 1000, 150_000, -1])
-def test_flipped_ciphertext_byte_fails_hmac(encrypted: tuple[Path, KeyPair], capsys: Any, position: int) -> None:
+def test_flipped_ciphertext_byte_fails_hmac(
+    encrypted: tuple[Path, KeyPair], capsys: Any, position: int
+) -> None:
     tmp, key = encrypted
     tamper(tmp / "enc", blob=flip(position))
     run_fail(tmp, key, capsys, 3, r"layer 0 \(sha256:[0-9a-f]{64}\): HMAC mismatch")
 
 
-def test_flipped_byte_without_fixing_digest_fails_digest(encrypted: tuple[Path, KeyPair], capsys: Any) -> None:
+def test_flipped_byte_without_fixing_digest_fails_digest(
+    encrypted: tuple[Path, KeyPair], capsys: Any
+) -> None:
     tmp, key = encrypted
     tamper(tmp / "enc", layer=1, blob=flip(7), fix_digest=False)
     run_fail(tmp, key, capsys, 3, "expected digest sha256:")
@@ -112,7 +130,9 @@ def test_truncated_blob_with_original_size(encrypted: tuple[Path, KeyPair], caps
 def test_wrong_key_names_the_layer(encrypted: tuple[Path, KeyPair], capsys: Any) -> None:
     tmp, _ = encrypted
     other = make_keys(tmp / "other", "rsa")
-    run_fail(tmp, other, capsys, 2, r"layer \d \(sha256:[0-9a-f]{64}\): expected one of the given decryption keys")
+    run_fail(
+        tmp, other, capsys, 2, r"layer \d \(sha256:[0-9a-f]{64}\): expected one of the given decryption keys"
+    )
 
 
 @pytest.mark.parametrize(
@@ -121,7 +141,9 @@ def test_wrong_key_names_the_layer(encrypted: tuple[Path, KeyPair], capsys: Any)
         (lambda d: d["annotations"].pop(PUBOPTS), "expected annotation org.opencontainers.image.enc.pubopts"),
         (lambda d: d["annotations"].update({PUBOPTS: "%%%"}), "standard base64"),
         (
-            lambda d: d["annotations"].update({PUBOPTS: base64.b64encode(b'{"cipher":"AES_128_GCM"}').decode()}),
+            lambda d: d["annotations"].update(
+                {PUBOPTS: base64.b64encode(b'{"cipher":"AES_128_GCM"}').decode()}
+            ),
             "layer cipher: expected 'AES_256_CTR_HMAC_SHA256', seen 'AES_128_GCM'",
         ),
         (lambda d: d["annotations"].update({JWE_KEYS: base64.b64encode(b"{garbage").decode()}), "JWE"),
@@ -139,7 +161,10 @@ def test_garbled_annotations(encrypted: tuple[Path, KeyPair], capsys: Any, mutat
     [
         (b"this is not json", "expected JSON"),
         (b'{"schemaVersion":2,"layers":[]}', "field 'config' is missing"),
-        (b'{"schemaVersion":2,"config":{"mediaType":"x","size":1},"layers":[]}', "config: field 'digest' is missing"),
+        (
+            b'{"schemaVersion":2,"config":{"mediaType":"x","size":1},"layers":[]}',
+            "config: field 'digest' is missing",
+        ),
     ],
 )
 def test_malformed_manifest(encrypted: tuple[Path, KeyPair], capsys: Any, raw: bytes, message: str) -> None:
@@ -174,7 +199,15 @@ def test_encrypt_layer_out_of_range(tmp_path: Path, capsys: Any) -> None:
     make_image(f"oci:{tmp_path}/src:v1", compressions=("gzip",), big=10)
     key = make_keys(tmp_path / "k", "ec256")
     status = main(
-        ["copy", "--encryption-key", f"jwe:{key.public}", "--encrypt-layer", "3", f"oci:{tmp_path}/src:v1", f"oci:{tmp_path}/o:v1"]
+        [
+            "copy",
+            "--encryption-key",
+            f"jwe:{key.public}",
+            "--encrypt-layer",
+            "3",
+            f"oci:{tmp_path}/src:v1",
+            f"oci:{tmp_path}/o:v1",
+        ]
     )
     assert status == 2
     assert "--encrypt-layer 3: expected a position from -1 to 0" in capsys.readouterr().err

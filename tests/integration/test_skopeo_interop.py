@@ -45,14 +45,28 @@ def test_skopeo_encrypts_layerseal_decrypts(
     assert sum(str(x["mediaType"]).endswith("+encrypted") for x in enc_layers) == want_encrypted
 
     for n, key in enumerate(keys):  # every recipient can decrypt on its own
-        assert main(["copy", "-q", "--decryption-key", str(key.private), f"oci:{tmp_path}/enc:v1", f"oci:{tmp_path}/dec{n}:v1"]) == 0
+        assert (
+            main(
+                [
+                    "copy",
+                    "-q",
+                    "--decryption-key",
+                    str(key.private),
+                    f"oci:{tmp_path}/enc:v1",
+                    f"oci:{tmp_path}/dec{n}:v1",
+                ]
+            )
+            == 0
+        )
         src_digest, src_manifest = manifest_of(tmp_path / "src", "v1")
         dec_digest, dec_manifest = manifest_of(tmp_path / f"dec{n}", "v1")
         assert dec_manifest == src_manifest
         assert dec_digest == src_digest  # byte-identical manifest
         for layer in src_manifest["layers"]:  # type: ignore[attr-defined]
             d = layer["digest"]
-            assert blob_path(tmp_path / f"dec{n}", d).read_bytes() == blob_path(tmp_path / "src", d).read_bytes()
+            assert (
+                blob_path(tmp_path / f"dec{n}", d).read_bytes() == blob_path(tmp_path / "src", d).read_bytes()
+            )
 
 
 @pytest.mark.parametrize(("kinds", "only", "comps"), CASES)
@@ -80,6 +94,18 @@ def test_layerseal_encrypts_skopeo_decrypts(
 def test_skopeo_refuses_wrong_key_for_layerseal_image(tmp_path: Path) -> None:
     make_image(f"oci:{tmp_path}/src:v1", compressions=("gzip",))
     right, wrong = make_keys(tmp_path / "a", "rsa"), make_keys(tmp_path / "b", "ec256")
-    assert main(["copy", "-q", "--encryption-key", f"jwe:{right.public}", f"oci:{tmp_path}/src:v1", f"oci:{tmp_path}/enc:v1"]) == 0
+    assert (
+        main(
+            [
+                "copy",
+                "-q",
+                "--encryption-key",
+                f"jwe:{right.public}",
+                f"oci:{tmp_path}/src:v1",
+                f"oci:{tmp_path}/enc:v1",
+            ]
+        )
+        == 0
+    )
     with pytest.raises(subprocess.CalledProcessError):
         skopeo("--decryption-key", str(wrong.private), f"oci:{tmp_path}/enc:v1", f"oci:{tmp_path}/dec:v1")

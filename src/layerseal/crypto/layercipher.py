@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac as _hmac
 import os
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from cryptography.hazmat.primitives import hashes
@@ -43,28 +44,28 @@ def _executor() -> ThreadPoolExecutor:
     return _pool
 
 
-class _PipelinedMac:
-    """HMAC-SHA256 whose updates overlap with the caller's next piece of work."""
+class _Background:
+    """Runs one hash's updates on a helper thread, overlapping the caller's next chunk.
 
-    def __init__(self, key: bytes) -> None:
-        self._mac = c_hmac.HMAC(key, hashes.SHA256())
-        self._pending: Future[None] | None = None
+    Updates of one hash stay in order (each waits for the previous); different hashes
+    (HMAC of the ciphertext, digest of the plaintext) run side by side.
+    """
+
+    def __init__(self, update: Callable[[bytes], object]) -> None:
+        self._update = update
+        self._pending: Future[object] | None = None
 
     def update(self, data: bytes) -> None:
         self.wait()
         if len(data) >= _PARALLEL_MIN:
-            self._pending = _executor().submit(self._mac.update, data)
+            self._pending = _executor().submit(self._update, data)
         else:
-            self._mac.update(data)
+            self._update(data)
 
     def wait(self) -> None:
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.result()
-
-    def finalize(self) -> bytes:
-        self.wait()
-        return self._mac.finalize()
 
 
 class LayerEncryptor:
@@ -79,19 +80,22 @@ class LayerEncryptor:
         if len(self._symkey) != KEY_SIZE or len(self._nonce) != NONCE_SIZE:
             raise MisuseError("LayerEncryptor: expected a 32-byte key and a 16-byte nonce")
         self._ctr = Cipher(algorithms.AES(self._symkey), modes.CTR(self._nonce)).encryptor()
-        self._mac = _PipelinedMac(self._symkey)
+        self._mac = c_hmac.HMAC(self._symkey, hashes.SHA256())
+        self._mac_bg = _Background(self._mac.update)
         self._known_digest = plain_digest
         self._plain_digest = None if plain_digest is not None else hashlib.sha256()
+        self._digest_bg = _Background(self._plain_digest.update) if self._plain_digest is not None else None
         self.size = 0
         self._done = False
 
     def update(self, plaintext: bytes | memoryview) -> bytes:
         if self._done:
             raise MisuseError("LayerEncryptor.update() after finalize()")
-        if self._plain_digest is not None:
-            self._plain_digest.update(plaintext)
-        ciphertext = self._ctr.update(plaintext)
-        self._mac.update(ciphertext)
+        data = bytes(plaintext)
+        if self._digest_bg is not None:
+            self._digest_bg.update(data)
+        ciphertext = self._ctr.update(data)
+        self._mac_bg.update(ciphertext)
         self.size += len(ciphertext)
         return ciphertext
 
@@ -100,8 +104,10 @@ class LayerEncryptor:
             raise MisuseError("LayerEncryptor.finalize() called twice")
         self._done = True
         self._ctr.finalize()
+        self._mac_bg.wait()
         pub = PublicOptions(cipher=CIPHER_AES_CTR_HMAC, hmac=self._mac.finalize())
-        if self._plain_digest is not None:
+        if self._plain_digest is not None and self._digest_bg is not None:
+            self._digest_bg.wait()
             digest = Digest("sha256", self._plain_digest.hexdigest())
         else:
             assert self._known_digest is not None
@@ -126,8 +132,10 @@ class LayerDecryptor:
         self._priv = priv
         self._what = what
         self._ctr = Cipher(algorithms.AES(priv.symkey), modes.CTR(priv.nonce)).decryptor()
-        self._mac = _PipelinedMac(priv.symkey)
+        self._mac = c_hmac.HMAC(priv.symkey, hashes.SHA256())
+        self._mac_bg = _Background(self._mac.update)
         self._plain_digest = hashlib.new(priv.digest.algorithm) if verify_digest else None
+        self._digest_bg = _Background(self._plain_digest.update) if self._plain_digest is not None else None
         self.size = 0
         self._done = False
 
@@ -135,10 +143,10 @@ class LayerDecryptor:
         if self._done:
             raise MisuseError("LayerDecryptor.update() after finalize()")
         data = bytes(ciphertext)
-        self._mac.update(data)
+        self._mac_bg.update(data)
         plaintext = self._ctr.update(data)
-        if self._plain_digest is not None:
-            self._plain_digest.update(plaintext)
+        if self._digest_bg is not None:
+            self._digest_bg.update(plaintext)
         self.size += len(plaintext)
         return plaintext
 
@@ -148,14 +156,16 @@ class LayerDecryptor:
             raise MisuseError("LayerDecryptor.finalize() called twice")
         self._done = True
         self._ctr.finalize()
+        self._mac_bg.wait()
         mac = self._mac.finalize()
         if not _hmac.compare_digest(mac, self._pub.hmac):
             raise IntegrityError(
                 f"{self._what}: HMAC mismatch: ciphertext was altered or the key is wrong "
                 f"(expected the HMAC from pubopts, seen a different value)"
             )
-        if self._plain_digest is None:
+        if self._plain_digest is None or self._digest_bg is None:
             return self._priv.digest
+        self._digest_bg.wait()
         got = Digest(self._priv.digest.algorithm, self._plain_digest.hexdigest())
         if not _hmac.compare_digest(got.hex, self._priv.digest.hex):
             raise IntegrityError(f"{self._what}: decrypted digest: expected {self._priv.digest}, seen {got}")

@@ -9,6 +9,7 @@ both libraries would otherwise hand back a silently truncated layer.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import IO, cast
 
 import zstandard
 from isal import isal_zlib
@@ -19,6 +20,9 @@ from layerseal.errors import BadInputError, expected_seen
 OUT_CHUNK = 256 * 1024
 
 Decompressor = Callable[[Iterable[bytes]], Iterator[bytes]]
+
+# the stub declares `error` as an instance; at runtime it is the exception class
+_GZIP_ERROR = cast(type[Exception], isal_zlib.error)
 
 COMPRESSIONS = ("gzip", "zstd", "none")
 
@@ -80,9 +84,11 @@ def _gunzip(chunks: Iterable[bytes], what: str) -> Iterator[bytes]:
         if in_member and d.eof:
             members += 1
             in_member = False
-    except isal_zlib.error as e:
+    except _GZIP_ERROR as e:
         raise BadInputError(
-            expected_seen(f"{what} (gzip)", "valid gzip data", f"corrupt data near compressed byte {total_in}: {e}")
+            expected_seen(
+                f"{what} (gzip)", "valid gzip data", f"corrupt data near compressed byte {total_in}: {e}"
+            )
         ) from e
     if in_member:
         raise BadInputError(
@@ -209,7 +215,7 @@ def _unzstd(chunks: Iterable[bytes], what: str) -> Iterator[bytes]:
         tracker.feed(data)
 
     source = _ChunkSource(chunks, tap)
-    reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
+    reader = zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], source), read_across_frames=True)
     try:
         while True:
             out = reader.read(OUT_CHUNK)
@@ -218,7 +224,9 @@ def _unzstd(chunks: Iterable[bytes], what: str) -> Iterator[bytes]:
             yield out
     except zstandard.ZstdError as e:
         raise BadInputError(
-            expected_seen(f"{what} (zstd)", "valid zstd data", f"corrupt data near compressed byte {total_in}: {e}")
+            expected_seen(
+                f"{what} (zstd)", "valid zstd data", f"corrupt data near compressed byte {total_in}: {e}"
+            )
         ) from e
     # the reader may stop before pulling the tail of the source: account for all of it
     while source.read(OUT_CHUNK):

@@ -16,7 +16,7 @@ from layerseal.image.descriptor import Descriptor
 from layerseal.image.digest import Digest
 
 #: chunk size used for streaming blobs everywhere
-CHUNK_SIZE = 1024 * 1024
+CHUNK_SIZE = 4 * 1024 * 1024
 
 
 class ImageSource(Protocol):

@@ -61,7 +61,9 @@ def test_pubopts_not_base64() -> None:
 
 
 def test_private_options_missing_nonce() -> None:
-    data = json.dumps({"symkey": base64.b64encode(b"k" * 32).decode(), "digest": str(Digest.of(b""))}).encode()
+    data = json.dumps(
+        {"symkey": base64.b64encode(b"k" * 32).decode(), "digest": str(Digest.of(b""))}
+    ).encode()
     with pytest.raises(BadInputError, match="cipheroptions"):
         PrivateOptions.from_json_bytes(data)
 

@@ -22,7 +22,9 @@ def manifest_obj(**extra: object) -> dict[str, object]:
         "schemaVersion": 2,
         "mediaType": mt.OCI_MANIFEST,
         "config": {"mediaType": mt.OCI_CONFIG, "digest": D1, "size": 7},
-        "layers": [{"mediaType": mt.OCI_LAYER_GZIP, "digest": D2, "size": 9, "annotations": {"b": "2", "a": "1"}}],
+        "layers": [
+            {"mediaType": mt.OCI_LAYER_GZIP, "digest": D2, "size": 9, "annotations": {"b": "2", "a": "1"}}
+        ],
     }
     obj.update(extra)
     return obj
@@ -115,7 +117,12 @@ def test_index_select_platform_and_detection() -> None:
     obj = {
         "schemaVersion": 2,
         "manifests": [
-            {"mediaType": mt.OCI_MANIFEST, "digest": D1, "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
+            {
+                "mediaType": mt.OCI_MANIFEST,
+                "digest": D1,
+                "size": 1,
+                "platform": {"os": "linux", "architecture": "amd64"},
+            },
             {
                 "mediaType": mt.OCI_MANIFEST,
                 "digest": D2,
@@ -147,7 +154,12 @@ def test_media_type_conversions() -> None:
 
 
 def test_config_with_layer_appends_and_keeps_fields() -> None:
-    raw = {"architecture": "amd64", "os": "linux", "x-extra": 1, "rootfs": {"type": "layers", "diff_ids": [D1]}}
+    raw = {
+        "architecture": "amd64",
+        "os": "linux",
+        "x-extra": 1,
+        "rootfs": {"type": "layers", "diff_ids": [D1]},
+    }
     cfg = ImageConfig.from_bytes(json.dumps(raw).encode())
     new = cfg.with_layer(Digest.parse(D2), {"created_by": "test"})
     assert [str(d) for d in new.diff_ids] == [D1, D2]

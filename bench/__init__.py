@@ -1,0 +1,1 @@
+"""layerseal benchmarks: each prints a table and writes bench/results/<name>.json."""

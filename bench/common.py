@@ -1,0 +1,89 @@
+"""Shared benchmark plumbing: timed child processes with peak RSS, tables, JSON results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+VENV_BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
+
+
+@dataclass
+class Run:
+    seconds: float
+    peak_rss_mb: float
+
+
+def timed(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: str | None = None) -> Run:
+    """Run *cmd* to completion; wall time and the child's peak RSS (from wait4)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.strip()[:500]}")
+    return Run(elapsed, usage.ru_maxrss / 1024)
+
+
+def best_of(n: int, cmd: Sequence[str], prepare: Any = None, **kw: Any) -> dict[str, float]:
+    runs = []
+    for _ in range(n):
+        if prepare:
+            prepare()
+        runs.append(timed(cmd, **kw))
+    secs = [r.seconds for r in runs]
+    return {
+        "min_s": min(secs),
+        "median_s": statistics.median(secs),
+        "peak_rss_mb": max(r.peak_rss_mb for r in runs),
+    }
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}
+
+
+def tool_version(cmd: Sequence[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip().splitlines()[0]
+    except (OSError, IndexError):
+        return "unavailable"
+
+
+def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [
+        [f"{c:.1f}" if isinstance(c, float) else str(c) for c in r] for r in rows
+    ]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = "  ".join("-" * w for w in widths)
+    out = [title, line]
+    for i, r in enumerate(cells):
+        out.append(
+            "  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True)))
+        )
+        if i == 0:
+            out.append(line)
+    return "\n".join(out)
+
+
+def save(name: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    data = {"benchmark": name, "machine": machine(), **data}
+    path.write_text(json.dumps(data, indent=2, default=lambda o: asdict(o)))
+    return path
+
+
+def drop_tree(path: Path) -> None:
+    subprocess.run(["rm", "-rf", str(path)], check=True)
