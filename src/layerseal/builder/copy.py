@@ -126,7 +126,7 @@ def _metered(
         yield chunk
 
 
-def _encrypting(chunks: Iterable[bytes], enc: LayerEncryptor) -> Iterator[bytes]:
+def encrypting(chunks: Iterable[bytes], enc: LayerEncryptor) -> Iterator[bytes]:
     for chunk in chunks:
         yield enc.update(chunk)
 
@@ -215,7 +215,7 @@ class _LayerJob:
             media_type = plain.media_type
         if encrypt:
             enc = LayerEncryptor(plain_digest=None if decrypt else desc.digest)
-            stored = self.dst.put_blob(_encrypting(stream, enc), mt.encrypted_type(media_type))
+            stored = self.dst.put_blob(encrypting(stream, enc), mt.encrypted_type(media_type))
             pub_out, priv_out = enc.finalize()
             plain_layer = LayerContext(index, plain.with_changes(media_type=media_type), self.src.name)
             annotations[ANNOTATION_PUBOPTS] = pub_out.to_annotation()
@@ -235,6 +235,35 @@ class _LayerJob:
     def _finish(self, key: str) -> None:
         if self.progress:
             self.progress.finish(key)
+
+
+def transfer_layers(
+    src: ImageSource,
+    dst: ImageDestination,
+    layers: Sequence[Descriptor],
+    to_encrypt: frozenset[int],
+    convert: bool,
+    options: CopyOptions,
+    progress: Progress | None,
+) -> tuple[LayerReport, ...]:
+    """Move *layers* in parallel; the first failure stops the others and is raised."""
+    abort = threading.Event()
+    job = _LayerJob(src, dst, options, progress, abort)
+    results: list[LayerReport | None] = [None] * len(layers)
+    errors: list[BaseException] = []
+    with ThreadPoolExecutor(max_workers=max(1, min(options.workers, len(layers) or 1))) as pool:
+        futures = {pool.submit(job.run, i, d, i in to_encrypt, convert): i for i, d in enumerate(layers)}
+        for future, i in futures.items():
+            try:
+                results[i] = future.result()
+            except _Aborted:
+                continue
+            except BaseException as exc:  # collected, the first one is re-raised below
+                abort.set()
+                errors.append(exc)
+    if errors:
+        raise next((e for e in errors if isinstance(e, LayersealError)), errors[0])
+    return tuple(r for r in results if r is not None)
 
 
 def copy_image(
@@ -264,29 +293,10 @@ def copy_image(
                     f"seen layers that are already encrypted"
                 )
     convert = bool(to_encrypt) and manifest.is_docker
-
-    abort = threading.Event()
-    job = _LayerJob(src, dst, options, progress, abort)
-    results: list[LayerReport | None] = [None] * len(layers)
-    errors: list[tuple[int, BaseException]] = []
-    with ThreadPoolExecutor(max_workers=max(1, min(options.workers, len(layers) or 1))) as pool:
-        futures = {pool.submit(job.run, i, d, i in to_encrypt, convert): i for i, d in enumerate(layers)}
-        for future, i in futures.items():
-            try:
-                results[i] = future.result()
-            except _Aborted:
-                continue
-            except BaseException as exc:  # collected, the first one is re-raised below
-                abort.set()
-                errors.append((i, exc))
-    if errors:
-        primary = next((e for _, e in errors if isinstance(e, LayersealError)), errors[0][1])
-        raise primary
-
+    reports = transfer_layers(src, dst, layers, to_encrypt, convert, options, progress)
     config = manifest.config
     if not dst.has_blob(config):
         dst.put_blob(src.iter_blob(config), config.media_type, config)
-    reports = tuple(r for r in results if r is not None)
     changed = any(r.action not in ("copied", "reused") for r in reports) or convert
     if changed:
         new_manifest = manifest.with_changes(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import threading
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import TYPE_CHECKING
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
+from layerseal.crypto.keys import load_private_key, load_public_key
+from layerseal.crypto.keywrap import JweUnwrapper, JweWrapper, KeyUnwrapper, KeyWrapper
 from layerseal.errors import BadInputError
 
 if TYPE_CHECKING:
@@ -97,3 +100,25 @@ class RichProgress:
             task = self._tasks.pop(key, None)
         if task is not None:
             self._progress.remove_task(task)
+
+
+def parse_wrappers(specs: list[str]) -> tuple[KeyWrapper, ...]:
+    """Key wrappers from ``--encryption-key`` values (``jwe:PUBKEY``; several give several recipients)."""
+    jwe_keys = []
+    for spec in specs:
+        scheme, sep, rest = spec.partition(":")
+        if not sep or not rest:
+            raise BadInputError(f"--encryption-key {spec!r}: expected SCHEME:VALUE such as jwe:pub.pem")
+        if scheme != "jwe":
+            raise BadInputError(f"--encryption-key {spec!r}: expected scheme 'jwe', seen {scheme!r}")
+        jwe_keys.append(load_public_key(read_key_file(rest, "encryption key"), f"encryption key {rest}"))
+    return (JweWrapper(jwe_keys),) if jwe_keys else ()
+
+
+def parse_unwrappers(paths: list[str]) -> tuple[KeyUnwrapper, ...]:
+    keys = [load_private_key(read_key_file(p, "decryption key"), f"decryption key {p}") for p in paths]
+    return (JweUnwrapper(keys),) if keys else ()
+
+
+def print_json(data: object) -> None:
+    print(json.dumps(data, indent=2))

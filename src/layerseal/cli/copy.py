@@ -9,9 +9,13 @@ from typing import Any
 from layerseal.builder.copy import CopyOptions, copy_image
 from layerseal.builder.endpoints import open_destination, open_source
 from layerseal.builder.inspect import inspect_image
-from layerseal.cli.common import RichProgress, add_registry_flags, read_key_file, registry_options
-from layerseal.crypto.keys import load_private_key, load_public_key
-from layerseal.crypto.keywrap import JweUnwrapper, JweWrapper, KeyUnwrapper, KeyWrapper
+from layerseal.cli.common import (
+    RichProgress,
+    add_registry_flags,
+    parse_unwrappers,
+    parse_wrappers,
+    registry_options,
+)
 from layerseal.errors import BadInputError
 from layerseal.image.descriptor import Platform
 
@@ -53,31 +57,11 @@ def register(sub: Any) -> None:
     i.set_defaults(func=run_inspect)
 
 
-def _wrappers(specs: list[str]) -> tuple[KeyWrapper, ...]:
-    jwe_keys = []
-    for spec in specs:
-        scheme, sep, rest = spec.partition(":")
-        if not sep or not rest:
-            raise BadInputError(f"--encryption-key {spec!r}: expected SCHEME:VALUE such as jwe:pub.pem")
-        if scheme != "jwe":
-            raise BadInputError(f"--encryption-key {spec!r}: expected scheme 'jwe', seen {scheme!r}")
-        jwe_keys.append(load_public_key(read_key_file(rest, "encryption key"), f"encryption key {rest}"))
-    return (JweWrapper(jwe_keys),) if jwe_keys else ()
-
-
-def _unwrappers(paths: list[str]) -> tuple[KeyUnwrapper, ...]:
-    keys = []
-    for path in paths:
-        # accept skopeo's optional "file:password" form only when the file part exists
-        keys.append(load_private_key(read_key_file(path, "decryption key"), f"decryption key {path}"))
-    return (JweUnwrapper(keys),) if keys else ()
-
-
 def run_copy(args: argparse.Namespace) -> int:
     options = CopyOptions(
-        wrappers=_wrappers(args.encryption_key),
+        wrappers=parse_wrappers(args.encryption_key),
         encrypt_layers=tuple(args.encrypt_layer) if args.encrypt_layer else None,
-        unwrappers=_unwrappers(args.decryption_key),
+        unwrappers=parse_unwrappers(args.decryption_key),
         platform=Platform.parse(args.platform) if args.platform else None,
     )
     if args.encrypt_layer and not options.wrappers:

@@ -40,7 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    # commands shaped like "SRC PATH... [options] DST" collect positionals given after options
+    collect = getattr(args, "collect_positionals", None)
+    if extras and collect is not None and not any(e.startswith("-") for e in extras):
+        getattr(args, collect).extend(extras)
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         status = args.func(args)
     except LayersealError as exc:

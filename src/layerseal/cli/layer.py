@@ -1,0 +1,101 @@
+"""``layerseal layer add``: append a layer made of local files to an image."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from layerseal.builder.endpoints import open_destination, open_source
+from layerseal.builder.layeradd import add_layer
+from layerseal.cli.common import (
+    RichProgress,
+    add_registry_flags,
+    parse_wrappers,
+    print_json,
+    registry_options,
+)
+from layerseal.errors import BadInputError
+from layerseal.image.descriptor import Platform
+
+
+def register(sub: Any) -> None:
+    layer = sub.add_parser("layer", help="change the layers of an image")
+    lsub = layer.add_subparsers(dest="layer_command", metavar="COMMAND")
+    lsub.required = True
+    p = lsub.add_parser(
+        "add",
+        help="append a layer built from files, directories or a tar",
+        description="PATH is LOCAL[:IN_IMAGE]; by default a file or directory lands at /<its name>.",
+    )
+    p.add_argument(
+        "items", metavar="SRC PATH... DST", nargs="+", help="source image, paths, destination image"
+    )
+    p.add_argument("--encryption-key", action="append", default=[], metavar="jwe:PUBKEY")
+    p.add_argument("--message", "-m", help="history comment for the new layer")
+    p.add_argument("--compress", default="gzip", choices=["gzip", "zstd", "none"])
+    p.add_argument(
+        "--keep-mtime", action="store_true", help="keep file mtimes (default: fixed, reproducible)"
+    )
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--json", action="store_true")
+    add_registry_flags(p, "src", "dest")
+    p.set_defaults(func=run_add, collect_positionals="items")
+
+
+def parse_paths(specs: list[str]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for spec in specs:
+        local, sep, inside = spec.partition(":")
+        path = Path(local)
+        if not path.exists() and not path.is_symlink():
+            raise BadInputError(f"PATH {local}: expected an existing file or directory, seen nothing")
+        dest = inside if sep else path.resolve().name
+        if not dest.strip("/") and path.is_file():
+            raise BadInputError(f"PATH {spec}: expected a file name inside the image, seen {inside!r}")
+        out[dest] = path
+    return out
+
+
+def run_add(args: argparse.Namespace) -> int:
+    if len(args.items) < 3:
+        raise BadInputError(f"layer add: expected SRC PATH... DST, seen {len(args.items)} argument(s)")
+    args.source, args.destination = args.items[0], args.items[-1]
+    sources = parse_paths(args.items[1:-1])
+    wrappers = parse_wrappers(args.encryption_key)
+    src = open_source(args.source, registry_options(args, "src", args.source))
+    try:
+        dst = open_destination(args.destination, registry_options(args, "dest", args.destination))
+        try:
+            with RichProgress(not args.quiet and not args.json) as progress:
+                report = add_layer(
+                    src,
+                    dst,
+                    sources,
+                    wrappers=wrappers,
+                    compression=args.compress,
+                    message=args.message,
+                    keep_mtime=args.keep_mtime,
+                    platform=Platform.parse(args.platform) if args.platform else None,
+                    progress=progress,
+                )
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    if args.json:
+        print_json(
+            {
+                "manifest": str(report.manifest.digest),
+                "layer": str(report.layer.digest),
+                "mediaType": report.layer.media_type,
+                "diffID": str(report.diff_id),
+                "encrypted": report.encrypted,
+            }
+        )
+    elif not args.quiet:
+        state = "encrypted" if report.encrypted else "plain"
+        size = f"{report.layer.size:,d} B"
+        print(f"added {state} layer {report.layer.digest} ({size}); manifest {report.manifest.digest}")
+    return 0
