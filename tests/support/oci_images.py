@@ -47,7 +47,7 @@ def descriptor(media_type: str, data: bytes, **extra: object) -> dict[str, objec
 
 
 @dataclass
-class TestImage:
+class SampleImage:
     """One image: its manifest bytes and every blob it names (config first)."""
 
     manifest: bytes
@@ -60,7 +60,9 @@ class TestImage:
         return sha256(self.manifest)
 
 
-def make_image(layer_files: list[dict[str, bytes]], arch: str = "amd64", os_name: str = "linux") -> TestImage:
+def make_image(
+    layer_files: list[dict[str, bytes]], arch: str = "amd64", os_name: str = "linux"
+) -> SampleImage:
     layers = [make_layer(files) for files in layer_files]
     config = dumps(
         {
@@ -81,19 +83,21 @@ def make_image(layer_files: list[dict[str, bytes]], arch: str = "amd64", os_name
     )
     blobs = {sha256(config): config}
     blobs.update({sha256(blob): blob for blob, _ in layers})
-    return TestImage(manifest, blobs, sha256(config), [sha256(blob) for blob, _ in layers])
+    return SampleImage(manifest, blobs, sha256(config), [sha256(blob) for blob, _ in layers])
 
 
-def make_index(images: dict[str, TestImage]) -> bytes:
+def make_index(images: dict[str, SampleImage]) -> bytes:
     """An OCI index over images keyed by ``os/arch``."""
     manifests = []
     for platform, image in images.items():
         os_name, arch = platform.split("/")
-        manifests.append(descriptor(OCI_MANIFEST, image.manifest, platform={"architecture": arch, "os": os_name}))
+        manifests.append(
+            descriptor(OCI_MANIFEST, image.manifest, platform={"architecture": arch, "os": os_name})
+        )
     return dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})
 
 
-def write_oci_layout(directory: Path, image: TestImage, tag: str) -> None:
+def write_oci_layout(directory: Path, image: SampleImage, tag: str) -> None:
     """An OCI image layout with one tagged manifest, written file by file."""
     blob_dir = directory / "blobs" / "sha256"
     blob_dir.mkdir(parents=True, exist_ok=True)

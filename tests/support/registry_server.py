@@ -158,7 +158,7 @@ class RegistryServer:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"docker-registry exited with {self._proc.returncode}:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/v2/", timeout=2, context=context) as r:  # noqa: S310
+                with urllib.request.urlopen(f"{self.url}/v2/", timeout=2, context=context) as r:
                     r.read()
                 return
             except urllib.error.HTTPError:
@@ -166,7 +166,9 @@ class RegistryServer:
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"docker-registry did not answer on {self.url} in {self.start_timeout}s:\n{self.log_tail()}")
+        raise RuntimeError(
+            f"docker-registry did not answer on {self.url} in {self.start_timeout}s:\n{self.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 40) -> str:
         try:

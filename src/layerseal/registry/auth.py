@@ -88,6 +88,13 @@ def repository_scope(repository: str, actions: Iterable[str]) -> str:
     return f"repository:{repository}:{','.join(actions)}"
 
 
+def _covers(have: str, want: str) -> bool:
+    """True when scope *have* grants at least what *want* asks (same resource, superset of actions)."""
+    have_res, _, have_actions = have.rpartition(":")
+    want_res, _, want_actions = want.rpartition(":")
+    return have_res == want_res and set(want_actions.split(",")) <= set(have_actions.split(","))
+
+
 def basic_header(creds: Credentials) -> str:
     raw = f"{creds.username}:{creds.password}".encode()
     return "Basic " + base64.b64encode(raw).decode("ascii")
@@ -183,7 +190,7 @@ class Authenticator:
             return scopes
         wanted = list(scopes)
         for extra in chosen.params.get("scope", "").split():
-            if extra not in wanted:
+            if not any(_covers(have, extra) for have in wanted):
                 wanted.append(extra)
         merged = tuple(wanted)
         self._token(chosen, merged, refresh=True)
@@ -194,9 +201,14 @@ class Authenticator:
         service = challenge.params.get("service", "")
         key = (realm, service, tuple(sorted(scopes)))
         with self._lock:
-            cached = self._tokens.get(key)
-            if cached is not None and not refresh and cached.expires_at > self._clock():
-                return cached.value
+            if not refresh:
+                now = self._clock()
+                for (c_realm, c_service, c_scopes), cached in self._tokens.items():
+                    if (c_realm, c_service) != (realm, service) or cached.expires_at <= now:
+                        continue
+                    # a token for pull,push also serves a pull of the same repository
+                    if all(any(_covers(have, want) for have in c_scopes) for want in scopes):
+                        return cached.value
             token = self._fetch_token(realm, service, scopes)
             self._tokens[key] = token
             return token.value

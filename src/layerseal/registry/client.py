@@ -83,6 +83,7 @@ class RegistryClient:
         options: RegistryOptions | None = None,
         *,
         repository: str | None = None,
+        push: bool = False,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.registry = registry
@@ -90,6 +91,8 @@ class RegistryClient:
         self.options = options = options or RegistryOptions()
         self._sleep = sleep
         self._repository_hint = repository
+        # a destination asks for pull,push from its first request, so one token serves it all
+        self._push = push
         self._lock = threading.Lock()
         self._base: str | None = None
         verify: ssl.SSLContext | bool = True
@@ -192,6 +195,8 @@ class RegistryClient:
         """One API call with auth and retries; *url* is a path below the base or absolute."""
         if not url.startswith(("http://", "https://")):
             url = self.base_url() + url
+        if self._push and repository == self._repository_hint and actions == _PULL:
+            actions = _PUSH
         scopes = (repository_scope(repository, actions), *extra_scopes)
         limit = max_attempts or self.options.retry.max_attempts
         policy = self.options.retry
@@ -412,6 +417,7 @@ class RegistryClient:
         verifier = DigestVerifier(desc.digest, desc.size, what=where)
         policy = self.options.retry
         failures = 0
+        pending = bytearray()  # received and hashed, not yet handed out: at most CHUNK_SIZE + one read
         while True:
             offset = verifier.size
             headers = {"Accept-Encoding": "identity"}
@@ -428,26 +434,32 @@ class RegistryClient:
             )
             try:
                 skip = self._check_blob_response(response, repository, desc, offset)
-                for chunk in response.iter_raw(CHUNK_SIZE):
+                # iter_bytes (not iter_raw) undoes a Content-Encoding a proxy may add despite our header;
+                # no chunk size, so every byte read counts towards a resume offset at once
+                for piece in response.iter_bytes():
                     if skip:
-                        dropped = min(skip, len(chunk))
-                        chunk, skip = chunk[dropped:], skip - dropped
-                        if not chunk:
-                            continue
-                    verifier.update(chunk)
-                    yield chunk
+                        dropped = min(skip, len(piece))
+                        piece, skip = piece[dropped:], skip - dropped
+                    verifier.update(piece)
+                    pending += piece
+                    while len(pending) >= CHUNK_SIZE:
+                        yield bytes(pending[:CHUNK_SIZE])
+                        del pending[:CHUNK_SIZE]
             except httpx.TransportError as exc:
-                progressed = verifier.size > offset
-                failures = 1 if progressed else failures + 1
+                failures = 1 if verifier.size > offset else failures + 1
                 if failures < policy.max_attempts and verifier.size < desc.size:
                     log.debug("%s: %s after %d bytes, resuming", where, type(exc).__name__, verifier.size)
                     self._sleep(policy.backoff(failures))
                     continue
                 seen = f"{verifier.size} before {type(exc).__name__}: {exc}"
                 raise TransportError(f"{where}: expected {desc.size} bytes, seen {seen}") from exc
+            except httpx.DecodingError as exc:
+                raise TransportError(f"{where}: expected a decodable body, seen {exc}") from exc
             finally:
                 response.close()
             verifier.verify()
+            if pending:
+                yield bytes(pending)
             return
 
     def _check_blob_response(
@@ -458,7 +470,8 @@ class RegistryClient:
         where = f"{self._where(repository)}: {what}"
         length = response.headers.get("content-length", "")
         if response.status_code == 200:
-            if length.isdigit() and int(length) != desc.size:
+            encoded = response.headers.get("content-encoding", "identity") != "identity"
+            if length.isdigit() and not encoded and int(length) != desc.size:
                 raise IntegrityError(f"{where}: expected {desc.size} bytes, seen Content-Length {length}")
             return offset  # the server ignored Range: drop what we already have
         if response.status_code == 206 and offset:

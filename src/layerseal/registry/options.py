@@ -29,7 +29,7 @@ class RegistryOptions:
     #: seconds for connect / read / write of one network operation
     timeout: float = 60.0
     #: bytes sent per PATCH of a chunked upload (memory held per upload)
-    upload_chunk_size: int = 4 * CHUNK_SIZE
+    upload_chunk_size: int = CHUNK_SIZE
     user_agent: str = "layerseal/0.1"
     #: tests put an ``httpx.MockTransport`` here
     transport: httpx.BaseTransport | None = field(default=None, compare=False, repr=False)

@@ -119,18 +119,18 @@ class RegistryDestination(_RegistryEnd):
         return self.client.put_manifest(self.repository, str(Digest.of(data)), data, media_type)
 
 
-def _open(ref: str, options: RegistryOptions) -> tuple[RegistryReference, RegistryClient]:
+def _open(ref: str, options: RegistryOptions, push: bool) -> tuple[RegistryReference, RegistryClient]:
     if not isinstance(options, RegistryOptions):
         raise BadInputError(f"registry options: expected RegistryOptions, seen {type(options).__name__}")
     reference = parse_reference(ref)
-    return reference, RegistryClient(reference.registry, options, repository=reference.repository)
+    return reference, RegistryClient(reference.registry, options, repository=reference.repository, push=push)
 
 
 def open_registry_source(ref: str, options: RegistryOptions | None = None) -> RegistrySource:
-    reference, client = _open(ref, options or RegistryOptions())
+    reference, client = _open(ref, options or RegistryOptions(), push=False)
     return RegistrySource(ref, reference, client)
 
 
 def open_registry_destination(ref: str, options: RegistryOptions | None = None) -> RegistryDestination:
-    reference, client = _open(ref, options or RegistryOptions())
+    reference, client = _open(ref, options or RegistryOptions(), push=True)
     return RegistryDestination(ref, reference, client)

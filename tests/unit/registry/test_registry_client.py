@@ -1,0 +1,524 @@
+"""The low-level client and the source/destination adapters against an in-memory registry."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from registry_fakes import BreakingStream, FakeRegistry, sha
+
+from layerseal.errors import BadInputError, DeniedError, IntegrityError, NotFoundError, TransportError
+from layerseal.image.descriptor import Descriptor
+from layerseal.image.digest import Digest
+from layerseal.image.manifest import MAX_MANIFEST_BYTES
+from layerseal.image.transport import CHUNK_SIZE, ImageDestination, ImageSource
+from layerseal.registry import (
+    RegistryClient,
+    RegistryOptions,
+    RetryPolicy,
+    open_registry_destination,
+    open_registry_source,
+)
+
+MT = "application/vnd.oci.image.manifest.v1+json"
+IDX = "application/vnd.oci.image.index.v1+json"
+LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+MANIFEST = b'{"schemaVersion":2,"mediaType":"' + MT.encode() + b'","config":{},"layers":[]}'
+
+
+def desc(data: bytes) -> Descriptor:
+    return Descriptor(LAYER, Digest.parse(sha(data)), len(data))
+
+
+def client(fake: FakeRegistry, sleeps: list[float] | None = None, **kw: object) -> RegistryClient:
+    record = sleeps if sleeps is not None else []
+    return RegistryClient("reg.test", fake.options(**kw), sleep=record.append)
+
+
+# ------------------------------------------------------------------ manifests
+
+
+def test_get_manifest_sends_accept_for_all_four_types() -> None:
+    fake = FakeRegistry()
+    fake.add_manifest("a/b", "v1", MANIFEST, MT)
+    data, media_type, digest = client(fake).get_manifest("a/b", "v1")
+    assert (data, media_type, str(digest)) == (MANIFEST, MT, sha(MANIFEST))
+    accept = fake.requests[-1].headers["accept"]
+    for t in (
+        MT,
+        IDX,
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ):
+        assert t in accept
+
+
+def test_manifest_digest_mismatch_with_header_is_integrity_error() -> None:
+    fake = FakeRegistry()
+    wrong = "sha256:" + "0" * 64
+    fake.hooks.append(
+        lambda r: httpx.Response(
+            200, headers={"Content-Type": MT, "Docker-Content-Digest": wrong}, content=MANIFEST
+        )
+    )
+    with pytest.raises(IntegrityError) as info:
+        client(fake).get_manifest("a/b", "v1")
+    assert wrong in str(info.value) and sha(MANIFEST) in str(info.value)
+
+
+def test_manifest_by_digest_is_verified_even_without_header() -> None:
+    fake = FakeRegistry()
+    asked = "sha256:" + "1" * 64
+    fake.hooks.append(lambda r: httpx.Response(200, headers={"Content-Type": MT}, content=MANIFEST))
+    with pytest.raises(IntegrityError, match=asked):
+        client(fake).get_manifest("a/b", asked)
+
+
+def test_manifest_over_limit_by_content_length() -> None:
+    fake = FakeRegistry()
+    big = b" " * (MAX_MANIFEST_BYTES + 1)
+    fake.hooks.append(lambda r: httpx.Response(200, headers={"Content-Type": MT}, content=big))
+    with pytest.raises(BadInputError, match=f"at most {MAX_MANIFEST_BYTES}"):
+        client(fake).get_manifest("a/b", "v1")
+
+
+def test_manifest_over_limit_while_streaming() -> None:
+    fake = FakeRegistry()
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(5):
+            yield b" " * (1024 * 1024)
+
+    fake.hooks.append(lambda r: httpx.Response(200, headers={"Content-Type": MT}, content=chunks()))
+    with pytest.raises(BadInputError, match="seen more"):
+        client(fake).get_manifest("a/b", "v1")
+
+
+def test_missing_manifest_names_registry_repo_and_tag() -> None:
+    fake = FakeRegistry()
+    with pytest.raises(NotFoundError) as info:
+        client(fake).get_manifest("team/app", "nope")
+    text = str(info.value)
+    assert "reg.test" in text and "team/app" in text and "nope" in text and "MANIFEST_UNKNOWN" in text
+
+
+def test_forbidden_is_denied() -> None:
+    fake = FakeRegistry()
+    fake.hooks.append(lambda r: httpx.Response(403, json={"errors": [{"code": "DENIED", "message": "no"}]}))
+    with pytest.raises(DeniedError, match="HTTP 403 \\(DENIED: no\\)"):
+        client(fake).get_manifest("a/b", "v1")
+
+
+def test_put_manifest_and_head() -> None:
+    fake = FakeRegistry()
+    c = client(fake)
+    d = c.put_manifest("a/b", "v1", MANIFEST, MT)
+    assert str(d.digest) == sha(MANIFEST) and d.size == len(MANIFEST)
+    head = c.head_manifest("a/b", "v1")
+    assert head is not None and head.digest == d.digest and head.size == len(MANIFEST)
+    assert c.head_manifest("a/b", "v2") is None
+    with pytest.raises(IntegrityError):
+        c.put_manifest("a/b", "sha256:" + "2" * 64, MANIFEST, MT)
+    with pytest.raises(BadInputError, match="at most"):
+        c.put_manifest("a/b", "v1", b" " * (MAX_MANIFEST_BYTES + 1), MT)
+
+
+# ------------------------------------------------------------------ retries
+
+
+def test_retry_on_503_honours_retry_after() -> None:
+    fake = FakeRegistry()
+    fake.add_manifest("a/b", "v1", MANIFEST, MT)
+    burst = [0]
+
+    def unavailable(r: httpx.Request) -> httpx.Response | None:
+        if burst[0] < 2:
+            burst[0] += 1
+            return httpx.Response(503 if burst[0] == 1 else 429, headers={"Retry-After": "7"})
+        return None
+
+    fake.hooks.append(unavailable)
+    sleeps: list[float] = []
+    data, _, _ = client(fake, sleeps).get_manifest("a/b", "v1")
+    assert data == MANIFEST and sleeps == [7.0, 7.0]
+
+
+def test_retries_are_bounded() -> None:
+    fake = FakeRegistry()
+    fake.hooks.append(lambda r: httpx.Response(500))
+    sleeps: list[float] = []
+    with pytest.raises(TransportError, match="HTTP 500"):
+        client(fake, sleeps).get_manifest("a/b", "v1")
+    assert len(fake.requests) == 4 and len(sleeps) == 3
+
+
+def test_connection_errors_are_retried() -> None:
+    fake = FakeRegistry()
+    fake.add_manifest("a/b", "v1", MANIFEST, MT)
+    fails = [2]
+
+    def refuse(r: httpx.Request) -> httpx.Response | None:
+        if fails[0]:
+            fails[0] -= 1
+            raise httpx.ConnectError("connection refused", request=r)
+        return None
+
+    fake.hooks.append(refuse)
+    assert client(fake).get_manifest("a/b", "v1")[0] == MANIFEST
+    fake.hooks[0] = lambda r: (_ for _ in ()).throw(httpx.ConnectError("refused", request=r))
+    with pytest.raises(TransportError, match="ConnectError"):
+        client(fake).get_manifest("a/b", "v1")
+
+
+# ------------------------------------------------------------------ blobs
+
+
+def test_blob_stream_verified_in_chunks() -> None:
+    fake = FakeRegistry()
+    data = os.urandom(2 * CHUNK_SIZE + 5)
+    fake.add_blob("a/b", data)
+    chunks = list(client(fake).iter_blob("a/b", desc(data)))
+    assert b"".join(chunks) == data
+    assert [len(c) for c in chunks] == [CHUNK_SIZE, CHUNK_SIZE, 5]
+    assert fake.requests[-1].headers["accept-encoding"] == "identity"
+
+
+def test_blob_with_wrong_bytes_raises_integrity_error() -> None:
+    fake = FakeRegistry()
+    data = os.urandom(1000)
+    fake.add_blob("a/b", data)
+    fake.blobs["a/b"][sha(data)] = data[:-1] + bytes([data[-1] ^ 1])
+    with pytest.raises(IntegrityError, match="expected digest"):
+        list(client(fake).iter_blob("a/b", desc(data)))
+
+
+def test_blob_with_wrong_length_is_rejected_before_reading() -> None:
+    fake = FakeRegistry()
+    data = os.urandom(1000)
+    fake.add_blob("a/b", data + b"extra")
+    fake.blobs["a/b"][sha(data)] = data + b"extra"
+    with pytest.raises(IntegrityError, match="Content-Length 1005"):
+        next(client(fake).iter_blob("a/b", desc(data)))
+
+
+def test_blob_resumes_with_range_after_cut() -> None:
+    fake = FakeRegistry()
+    data = os.urandom(2 * 1024 * 1024 + 17)
+    fake.add_blob("a/b", data)
+    cut = [True]
+
+    def cut_first(r: httpx.Request) -> httpx.Response | None:
+        if r.method == "GET" and "/blobs/" in r.url.path and cut[0]:
+            cut[0] = False
+            return httpx.Response(
+                200, headers={"Content-Length": str(len(data))}, stream=BreakingStream(data[:1_500_000])
+            )
+        return None
+
+    fake.hooks.append(cut_first)
+    got = b"".join(client(fake).iter_blob("a/b", desc(data)))
+    assert got == data
+    ranges = [r.headers.get("range") for r in fake.requests if r.method == "GET"]
+    assert ranges == [None, "bytes=1500000-"]
+
+
+def test_resume_when_server_ignores_range_drops_the_prefix() -> None:
+    fake = FakeRegistry()
+    data = os.urandom(4000)
+    fake.add_blob("a/b", data)
+    calls = [0]
+
+    def serve(r: httpx.Request) -> httpx.Response | None:
+        if r.method != "GET" or "/blobs/" not in r.url.path:
+            return None
+        calls[0] += 1
+        if calls[0] == 1:
+            return httpx.Response(200, stream=BreakingStream(data[:1000]))
+        return httpx.Response(200, content=data)  # full body although Range was asked
+
+    fake.hooks.append(serve)
+    assert b"".join(client(fake).iter_blob("a/b", desc(data))) == data
+
+
+def test_resume_continuation_from_other_content_fails_digest() -> None:
+    fake = FakeRegistry()
+    data = os.urandom(4000)
+    other = os.urandom(4000)
+    calls = [0]
+
+    def serve(r: httpx.Request) -> httpx.Response | None:
+        calls[0] += 1
+        if calls[0] == 1:
+            return httpx.Response(200, stream=BreakingStream(data[:1000]))
+        return httpx.Response(206, headers={"Content-Range": "bytes 1000-3999/4000"}, content=other[1000:])
+
+    fake.hooks.append(serve)
+    with pytest.raises(IntegrityError):
+        b"".join(client(fake).iter_blob("a/b", desc(data)))
+
+
+def test_resume_with_wrong_content_range_is_refused() -> None:
+    fake = FakeRegistry()
+    data = os.urandom(4000)
+    calls = [0]
+
+    def serve(r: httpx.Request) -> httpx.Response | None:
+        calls[0] += 1
+        if calls[0] == 1:
+            return httpx.Response(200, stream=BreakingStream(data[:1000]))
+        return httpx.Response(206, headers={"Content-Range": "bytes 0-3999/4000"}, content=data)
+
+    fake.hooks.append(serve)
+    with pytest.raises(TransportError, match="Content-Range start: expected 1000, seen 0"):
+        b"".join(client(fake).iter_blob("a/b", desc(data)))
+
+
+def test_resume_attempts_are_bounded_without_progress() -> None:
+    fake = FakeRegistry()
+    data = os.urandom(4000)
+    fake.hooks.append(lambda r: httpx.Response(200, stream=BreakingStream(b"")))
+    with pytest.raises(TransportError, match="expected 4000 bytes, seen 0"):
+        b"".join(client(fake).iter_blob("a/b", desc(data)))
+    assert len(fake.requests) == 4
+
+
+def test_missing_blob_is_not_found() -> None:
+    fake = FakeRegistry()
+    data = b"x"
+    with pytest.raises(NotFoundError) as info:
+        list(client(fake).iter_blob("team/app", desc(data)))
+    assert sha(data) in str(info.value) and "team/app" in str(info.value)
+
+
+# ------------------------------------------------------------------ uploads
+
+
+def test_chunked_upload_of_unknown_digest() -> None:
+    fake = FakeRegistry()
+    data = os.urandom(5 * 1024 * 1024 + 3)
+    pieces = [data[i : i + 700_000] for i in range(0, len(data), 700_000)]
+    c = client(fake, upload_chunk_size=2 * 1024 * 1024)
+    digest, size = c.upload_blob("a/b", iter(pieces))
+    assert (str(digest), size) == (sha(data), len(data))
+    assert fake.blobs["a/b"][sha(data)] == data
+    methods = [r.method for r in fake.requests]
+    assert methods == ["POST", "PATCH", "PATCH", "PUT"]
+    ranges = [r.headers["content-range"] for r in fake.requests if r.method == "PATCH"]
+    assert ranges == ["0-2097151", "2097152-4194303"]
+    put = fake.requests[-1]
+    assert put.url.params["_state"] == "y" and put.url.params["digest"] == sha(data)
+
+
+def test_small_upload_is_one_put() -> None:
+    fake = FakeRegistry()
+    digest, _ = client(fake).upload_blob("a/b", [b"hello ", b"world"])
+    assert str(digest) == sha(b"hello world")
+    assert [r.method for r in fake.requests] == ["POST", "PUT"]
+
+
+def test_failed_stream_cancels_upload_and_commits_nothing() -> None:
+    fake = FakeRegistry()
+
+    def broken() -> Iterator[bytes]:
+        yield os.urandom(3 * 1024 * 1024)
+        raise IntegrityError("source blob: expected digest A, seen B")
+
+    c = client(fake, upload_chunk_size=1024 * 1024)
+    with pytest.raises(IntegrityError):
+        c.upload_blob("a/b", broken())
+    assert fake.requests[-1].method == "DELETE" and len(fake.deleted_uploads) == 1
+    assert not fake.blobs.get("a/b")
+
+
+def test_upload_not_matching_expected_is_refused() -> None:
+    fake = FakeRegistry()
+    expected = desc(b"the real thing")
+    with pytest.raises(IntegrityError, match="content: expected"):
+        client(fake).upload_blob("a/b", [b"something else"], expected)
+    assert fake.requests[-1].method == "DELETE"
+    with pytest.raises(IntegrityError, match="seen more"):
+        client(fake).upload_blob("a/b", [b"the real thing", b"!"], expected)
+    assert not fake.blobs.get("a/b")
+
+
+def test_patch_not_retried_after_server_error() -> None:
+    fake = FakeRegistry()
+    fake.hooks.append(lambda r: httpx.Response(500) if r.method == "PATCH" else None)
+    with pytest.raises(TransportError, match="HTTP 500"):
+        client(fake, upload_chunk_size=1024).upload_blob("a/b", [os.urandom(3000)])
+    assert [r.method for r in fake.requests].count("PATCH") == 1
+    assert fake.requests[-1].method == "DELETE"
+
+
+def test_patch_retried_on_503() -> None:
+    fake = FakeRegistry()
+    once = [True]
+
+    def busy(r: httpx.Request) -> httpx.Response | None:
+        if r.method == "PATCH" and once[0]:
+            once[0] = False
+            return httpx.Response(503)
+        return None
+
+    fake.hooks.append(busy)
+    data = os.urandom(3000)
+    digest, _ = client(fake, upload_chunk_size=1024).upload_blob("a/b", [data])
+    assert fake.blobs["a/b"][str(digest)] == data
+
+
+def test_mount_success_and_fallback() -> None:
+    fake = FakeRegistry()
+    data = b"shared layer"
+    fake.add_blob("src/repo", data)
+    c = client(fake)
+    assert c.mount_blob("dst/repo", Digest.parse(sha(data)), "src/repo") is True
+    assert fake.blobs["dst/repo"][sha(data)] == data
+    assert c.mount_blob("dst/repo", Digest.parse(sha(b"other")), "src/repo") is False
+    assert fake.requests[-1].method == "DELETE" and not fake.uploads
+
+
+def test_mount_asks_token_with_both_scopes() -> None:
+    fake = FakeRegistry(auth="bearer")
+    fake.add_blob("src/repo", b"x")
+    c = client(fake, creds="alice:s3cret")
+    assert c.mount_blob("dst/repo", Digest.parse(sha(b"x")), "src/repo")
+    scopes = fake.token_requests[0].url.params.get_list("scope")
+    assert scopes == ["repository:dst/repo:pull,push", "repository:src/repo:pull"]
+
+
+# ------------------------------------------------------------------ listings
+
+
+def test_tag_listing_follows_link_pagination() -> None:
+    fake = FakeRegistry()
+    for tag in ("v1", "v2", "v3", "v4", "v5"):
+        fake.add_manifest("a/b", tag, MANIFEST, MT)
+    assert client(fake).list_tags("a/b", page_size=2) == ["v1", "v2", "v3", "v4", "v5"]
+    assert [r.url.params.get("last") for r in fake.requests] == [None, "v2", "v4"]
+    with pytest.raises(NotFoundError, match="NAME_UNKNOWN"):
+        client(fake).list_tags("no/such")
+
+
+def test_referrers_fall_back_to_tag_schema() -> None:
+    fake = FakeRegistry()
+    subject = Digest.parse(sha(MANIFEST))
+    sig = b'{"schemaVersion":2,"mediaType":"' + MT.encode() + b'","config":{},"layers":[]}'
+    index = (
+        b'{"schemaVersion":2,"mediaType":"'
+        + IDX.encode()
+        + b'","manifests":[{"mediaType":"'
+        + MT.encode()
+        + b'","digest":"'
+        + sha(sig).encode()
+        + b'","size":'
+        + str(len(sig)).encode()
+        + b',"artifactType":"application/x-sig"}]}'
+    )
+    c = client(fake)
+    assert c.referrers("a/b", subject) == []
+    fake.add_manifest("a/b", f"sha256-{subject.hex}", index, IDX)
+    found = c.referrers("a/b", subject)
+    assert [str(d.digest) for d in found] == [sha(sig)]
+    assert c.referrers("a/b", subject, artifact_type="application/x-other") == []
+
+
+# ------------------------------------------------------------------ adapters
+
+
+def test_source_and_destination_round_trip() -> None:
+    fake = FakeRegistry()
+    opts = fake.options()
+    layer = os.urandom(10_000)
+    dst: ImageDestination
+    src: ImageSource
+    with open_registry_destination("docker://reg.test/team/app:v1", opts) as dst:
+        assert not dst.has_blob(desc(layer))
+        stored = dst.put_blob(iter([layer]), LAYER)
+        assert stored == desc(layer)
+        assert dst.has_blob(desc(layer))
+        pushed = dst.put_manifest(MANIFEST, MT)
+    with open_registry_source("docker://reg.test/team/app:v1", opts) as src:
+        assert src.name == "docker://reg.test/team/app:v1"
+        assert open_registry_source("docker://reg.test/team/app:v1", opts).list_tags() == ["v1"]
+        assert src.get_manifest() == (MANIFEST, MT)
+        assert src.get_manifest(pushed.digest) == (MANIFEST, MT)
+        assert b"".join(src.iter_blob(desc(layer))) == layer
+
+
+def test_put_blob_skips_existing_and_closes_the_stream() -> None:
+    fake = FakeRegistry()
+    layer = b"already there"
+    fake.add_blob("team/app", layer)
+    closed = []
+
+    def gen() -> Iterator[bytes]:
+        try:
+            yield layer
+        finally:
+            closed.append(True)
+
+    stream = gen()
+    dst = open_registry_destination("docker://reg.test/team/app:v1", fake.options())
+    assert dst.put_blob(stream, LAYER, expected=desc(layer)) == desc(layer)
+    assert [r.method for r in fake.requests] == ["HEAD"]
+    assert dst.mount_blob(desc(layer), "team/app") is True
+
+
+def test_destination_by_digest_only() -> None:
+    fake = FakeRegistry()
+    dst = open_registry_destination(f"docker://reg.test/team/app@{sha(MANIFEST)}", fake.options())
+    assert str(dst.put_manifest(MANIFEST, MT).digest) == sha(MANIFEST)
+    assert fake.requests[-1].url.path == f"/v2/team/app/manifests/{sha(MANIFEST)}"
+    with pytest.raises(IntegrityError):
+        dst.put_manifest(MANIFEST + b" ", MT)
+    child = dst.put_manifest_by_digest(b'{"schemaVersion":2}', MT)
+    assert fake.manifests["team/app"][str(child.digest)][0] == b'{"schemaVersion":2}'
+
+
+def test_source_by_digest_fetches_that_digest() -> None:
+    fake = FakeRegistry()
+    fake.add_manifest("team/app", "v1", MANIFEST, MT)
+    src = open_registry_source(f"docker://reg.test/team/app@{sha(MANIFEST)}", fake.options())
+    assert src.get_manifest()[0] == MANIFEST
+    assert fake.requests[-1].url.path.endswith(sha(MANIFEST))
+
+
+def test_insecure_option_falls_back_to_plain_http() -> None:
+    fake = FakeRegistry()
+    fake.add_manifest("a/b", "v1", MANIFEST, MT)
+
+    def no_tls(r: httpx.Request) -> httpx.Response | None:
+        if r.url.scheme == "https":
+            raise httpx.ConnectError("wrong version number", request=r)
+        return None
+
+    fake.hooks.append(no_tls)
+    c = client(fake, tls_verify=False)
+    assert c.get_manifest("a/b", "v1")[0] == MANIFEST
+    assert c.base_url() == "http://reg.test"
+    strict = client(fake)
+    with pytest.raises(TransportError):
+        strict.get_manifest("a/b", "v1")
+
+
+def test_bad_ca_file_is_bad_input(tmp_path: object) -> None:
+    with pytest.raises(BadInputError, match="CA file"):
+        RegistryClient("reg.test", RegistryOptions(ca_file="/nonexistent/ca.pem"))
+
+
+def test_shared_client_is_thread_safe() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    fake = FakeRegistry(auth="bearer")
+    blobs = [os.urandom(50_000) for _ in range(12)]
+    for b in blobs:
+        fake.add_blob("a/b", b)
+    src = open_registry_source(
+        "docker://reg.test/a/b:v1", fake.options(creds="alice:s3cret", retry=RetryPolicy(base_delay=0))
+    )
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda b: b"".join(src.iter_blob(desc(b))), blobs))
+    assert got == blobs
+    assert len(fake.token_requests) == 1
