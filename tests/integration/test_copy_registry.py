@@ -1,0 +1,248 @@
+"""``layerseal copy`` / ``layer add`` with docker:// on either side, against the real docker-registry."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from isal import igzip
+
+from helpers.images import blob_path, make_image, make_keys, manifest_of
+from layerseal.cli.main import main
+from support.registry_server import RegistryServer
+
+pytestmark = pytest.mark.integration
+INSECURE_BOTH = ["--src-tls-verify=false", "--dest-tls-verify=false"]
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[RegistryServer]:
+    with RegistryServer(tmp_path / "registry") as reg:
+        yield reg
+
+
+def registry_blobs(reg: RegistryServer) -> set[str]:
+    root = reg.storage / "docker" / "registry" / "v2" / "blobs" / "sha256"
+    return {p.name for p in root.glob("*/*")}
+
+
+def registry_manifest(reg: RegistryServer, repo: str, tag: str) -> dict[str, object]:
+    req = urllib.request.Request(
+        f"{reg.url}/v2/{repo}/manifests/{tag}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    with urllib.request.urlopen(req) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+def test_every_combination_of_oci_and_docker(tmp_path: Path, registry: RegistryServer) -> None:
+    make_image(f"oci:{tmp_path}/src:v1", compressions=("gzip", "zstd", "gzip"))
+    key = make_keys(tmp_path / "k", "ec256")
+    enc = f"docker://{registry.host}/team/app:enc"
+    # oci -> docker, encrypting
+    assert (
+        main(
+            [
+                "copy",
+                "-q",
+                *INSECURE_BOTH,
+                "--encryption-key",
+                f"jwe:{key.public}",
+                f"oci:{tmp_path}/src:v1",
+                enc,
+            ]
+        )
+        == 0
+    )
+    m = registry_manifest(registry, "team/app", "enc")
+    assert all(str(x["mediaType"]).endswith("+encrypted") for x in m["layers"])  # type: ignore[attr-defined]
+    # docker -> docker, decrypting into another repository
+    plain = f"docker://{registry.host}/team/plain:v1"
+    assert main(["copy", "-q", *INSECURE_BOTH, "--decryption-key", str(key.private), enc, plain]) == 0
+    # docker -> oci, plain copy: the round trip restores the original manifest byte for byte
+    assert main(["copy", "-q", *INSECURE_BOTH, plain, f"oci:{tmp_path}/back:v1"]) == 0
+    assert manifest_of(tmp_path / "back", "v1") == manifest_of(tmp_path / "src", "v1")
+    # skopeo reads what layerseal pushed, and decrypts it
+    subprocess.run(
+        [
+            "skopeo",
+            "--insecure-policy",
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            "--decryption-key",
+            str(key.private),
+            enc,
+            f"oci:{tmp_path}/sk:v1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    assert manifest_of(tmp_path / "sk", "v1")[0] == manifest_of(tmp_path / "src", "v1")[0]
+
+
+def test_skopeo_pushes_encrypted_layerseal_pulls(tmp_path: Path, registry: RegistryServer) -> None:
+    make_image(f"oci:{tmp_path}/src:v1", compressions=("gzip", "gzip"))
+    key = make_keys(tmp_path / "k", "rsa")
+    dest = f"docker://{registry.host}/sk/app:v1"
+    subprocess.run(
+        [
+            "skopeo",
+            "--insecure-policy",
+            "copy",
+            "-q",
+            "--dest-tls-verify=false",
+            "--encryption-key",
+            f"jwe:{key.public}",
+            f"oci:{tmp_path}/src:v1",
+            dest,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    assert (
+        main(
+            [
+                "copy",
+                "-q",
+                "--src-tls-verify=false",
+                "--decryption-key",
+                str(key.private),
+                dest,
+                f"oci:{tmp_path}/o:v1",
+            ]
+        )
+        == 0
+    )
+    assert manifest_of(tmp_path / "o", "v1") == manifest_of(tmp_path / "src", "v1")
+
+
+def test_failed_decrypt_publishes_no_manifest(
+    tmp_path: Path, registry: RegistryServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_image(f"oci:{tmp_path}/src:v1", compressions=("gzip", "gzip"))
+    key, other = make_keys(tmp_path / "a", "ec256"), make_keys(tmp_path / "b", "ec384")
+    enc = f"docker://{registry.host}/x/enc:v1"
+    assert (
+        main(
+            [
+                "copy",
+                "-q",
+                *INSECURE_BOTH,
+                "--encryption-key",
+                f"jwe:{key.public}",
+                f"oci:{tmp_path}/src:v1",
+                enc,
+            ]
+        )
+        == 0
+    )
+    status = main(
+        [
+            "copy",
+            "-q",
+            *INSECURE_BOTH,
+            "--decryption-key",
+            str(other.private),
+            enc,
+            f"docker://{registry.host}/x/dec:v1",
+        ]
+    )
+    assert status == 2
+    assert "expected one of the given decryption keys" in capsys.readouterr().err
+    with pytest.raises(urllib.error.HTTPError) as err:
+        registry_manifest(registry, "x/dec", "v1")
+    assert err.value.code == 404
+
+
+def test_layer_add_keeps_old_layers_and_keys(tmp_path: Path, registry: RegistryServer) -> None:
+    make_image(f"oci:{tmp_path}/src:v1", compressions=("gzip", "gzip", "gzip"))
+    key = make_keys(tmp_path / "k", "ec256")
+    v1 = f"docker://{registry.host}/team/app:v1"
+    v2 = f"docker://{registry.host}/team/app:v2"
+    assert (
+        main(
+            [
+                "copy",
+                "-q",
+                *INSECURE_BOTH,
+                "--encryption-key",
+                f"jwe:{key.public}",
+                f"oci:{tmp_path}/src:v1",
+                v1,
+            ]
+        )
+        == 0
+    )
+    old = registry_manifest(registry, "team/app", "v1")
+    blobs_before = registry_blobs(registry)
+    content = tmp_path / "newfiles"
+    content.mkdir()
+    (content / "greeting.txt").write_text("a brand new layer\n")
+    args = [
+        "layer",
+        "add",
+        "-q",
+        *INSECURE_BOTH,
+        v1,
+        f"{content}:/srv",
+        "--encryption-key",
+        f"jwe:{key.public}",
+    ]
+    assert main([*args, "-m", "add greeting", v2]) == 0
+    new = registry_manifest(registry, "team/app", "v2")
+    assert new["layers"][:3] == old["layers"]  # type: ignore[index]  # same blobs, same wrapped keys
+    assert str(new["layers"][3]["mediaType"]).endswith("+encrypted")  # type: ignore[index]
+    added = registry_blobs(registry) - blobs_before
+    assert len(added) == 3  # new layer, new config, new manifest: nothing re-uploaded
+    # a decrypting copy sees the new file, and the config carries the history entry
+    assert (
+        main(
+            ["copy", "-q", *INSECURE_BOTH, "--decryption-key", str(key.private), v2, f"oci:{tmp_path}/dec:v2"]
+        )
+        == 0
+    )
+    _, m = manifest_of(tmp_path / "dec", "v2")
+    config = json.loads(blob_path(tmp_path / "dec", m["config"]["digest"]).read_bytes())  # type: ignore[index]
+    assert config["history"][-1]["comment"] == "add greeting"
+    assert len(config["rootfs"]["diff_ids"]) == 4
+
+    with (
+        igzip.open(blob_path(tmp_path / "dec", m["layers"][3]["digest"])) as f,
+        tarfile.open(fileobj=f, mode="r|") as t,
+    ):  # type: ignore[index]
+        names = t.getnames()
+    assert "srv/greeting.txt" in names
+
+
+def test_ten_layers_in_parallel(tmp_path: Path, registry: RegistryServer) -> None:
+    make_image(f"oci:{tmp_path}/src:v1", compressions=("gzip",) * 10, big=50_000)
+    key = make_keys(tmp_path / "k", "ec256")
+    dest = f"docker://{registry.host}/many/layers:v1"
+    assert (
+        main(
+            [
+                "copy",
+                "-q",
+                *INSECURE_BOTH,
+                "--encryption-key",
+                f"jwe:{key.public}",
+                f"oci:{tmp_path}/src:v1",
+                dest,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            ["copy", "-q", *INSECURE_BOTH, "--decryption-key", str(key.private), dest, f"oci:{tmp_path}/o:v1"]
+        )
+        == 0
+    )
+    assert manifest_of(tmp_path / "o", "v1") == manifest_of(tmp_path / "src", "v1")
