@@ -181,10 +181,12 @@ class FakeRegistry:
             del self.uploads[session]
             return httpx.Response(204)
         if request.method == "PATCH":
-            start = int(request.headers["content-range"].split("-")[0])
-            if start != len(buf):
-                return httpx.Response(416)
-            buf += request.content
+            body = request.read()  # a streamed PATCH (no Content-Range) appends, like distribution
+            if "content-range" in request.headers:
+                start = int(request.headers["content-range"].split("-")[0])
+                if start != len(buf):
+                    return httpx.Response(416)
+            buf += body
             return httpx.Response(
                 202,
                 headers={

@@ -304,9 +304,9 @@ def test_chunked_upload_of_unknown_digest() -> None:
     assert (str(digest), size) == (sha(data), len(data))
     assert fake.blobs["a/b"][sha(data)] == data
     methods = [r.method for r in fake.requests]
-    assert methods == ["POST", "PATCH", "PATCH", "PUT"]
-    ranges = [r.headers["content-range"] for r in fake.requests if r.method == "PATCH"]
-    assert ranges == ["0-2097151", "2097152-4194303"]
+    assert methods == ["POST", "PATCH", "PUT"]  # one streamed PATCH, then the commit
+    patch = fake.requests[1]
+    assert "content-range" not in patch.headers and patch.headers.get("transfer-encoding") == "chunked"
     put = fake.requests[-1]
     assert put.url.params["_state"] == "y" and put.url.params["digest"] == sha(data)
 
@@ -352,20 +352,28 @@ def test_patch_not_retried_after_server_error() -> None:
     assert fake.requests[-1].method == "DELETE"
 
 
-def test_patch_retried_on_503() -> None:
+def test_start_and_commit_retried_on_503_but_streamed_patch_is_not() -> None:
     fake = FakeRegistry()
-    once = [True]
+    failures = {"POST": 1, "PUT": 1}
 
     def busy(r: httpx.Request) -> httpx.Response | None:
-        if r.method == "PATCH" and once[0]:
-            once[0] = False
+        if failures.get(r.method):
+            failures[r.method] -= 1
             return httpx.Response(503)
         return None
 
     fake.hooks.append(busy)
     data = os.urandom(3000)
-    digest, _ = client(fake, upload_chunk_size=1024).upload_blob("a/b", [data])
+    digest, _ = client(fake, upload_chunk_size=1024).upload_blob("a/b", [data[:1500], data[1500:]])
     assert fake.blobs["a/b"][str(digest)] == data
+    assert [r.method for r in fake.requests].count("POST") == 2  # retried start
+
+    # a streamed body cannot be sent twice: the upload is cancelled with a clear error
+    fake2 = FakeRegistry()
+    fake2.hooks.append(lambda r: httpx.Response(503) if r.method == "PATCH" else None)
+    with pytest.raises(TransportError, match="streamed PATCH"):
+        client(fake2, upload_chunk_size=1024).upload_blob("a/b", [data[:1500], data[1500:]])
+    assert fake2.requests[-1].method == "DELETE" and not fake2.blobs.get("a/b")
 
 
 def test_mount_success_and_fallback() -> None:
