@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -14,7 +15,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColum
 
 from layerseal.crypto.keys import load_private_key, load_public_key
 from layerseal.crypto.keywrap import JweUnwrapper, JweWrapper, KeyUnwrapper, KeyWrapper
-from layerseal.errors import BadInputError
+from layerseal.errors import BadInputError, LayersealError
 
 if TYPE_CHECKING:
     from layerseal.registry.transport import RegistryOptions
@@ -102,17 +103,75 @@ class RichProgress:
             self._progress.remove_task(task)
 
 
-def parse_wrappers(specs: list[str]) -> tuple[KeyWrapper, ...]:
-    """Key wrappers from ``--encryption-key`` values (``jwe:PUBKEY``; several give several recipients)."""
+def add_encryption_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--encryption-key",
+        action="append",
+        default=[],
+        metavar="jwe:PUBKEY|kbs:URL",
+        help="jwe: encrypt for this public key (PEM, DER, JWK or X.509; repeat for several recipients); "
+        "kbs: have the key broker at URL create a key for every layer",
+    )
+    p.add_argument("--kbs-token", help="broker API token for kbs: (default: $LAYERSEAL_KBS_TOKEN)")
+    p.add_argument(
+        "--kbs-repository", help="image repository the broker files keys under (default: from DST)"
+    )
+    p.add_argument("--kbs-cacert", help="CA bundle to verify the broker's TLS certificate")
+
+
+def repository_of(ref: str) -> str:
+    """The repository part of an image reference, as the broker files keys under it."""
+    if ref.startswith("docker://"):
+        from layerseal.registry.reference import parse_reference
+
+        return parse_reference(ref).repository
+    body = ref.removeprefix("oci:").partition(":")[0]
+    return Path(body).resolve().name or "image"
+
+
+def parse_wrappers(args: argparse.Namespace, destination: str) -> tuple[KeyWrapper, ...]:
+    """Key wrappers from ``--encryption-key``: ``jwe:`` keys share one JWE, ``kbs:`` asks the broker."""
     jwe_keys = []
-    for spec in specs:
+    wrappers: list[KeyWrapper] = []
+    for spec in args.encryption_key:
         scheme, sep, rest = spec.partition(":")
         if not sep or not rest:
-            raise BadInputError(f"--encryption-key {spec!r}: expected SCHEME:VALUE such as jwe:pub.pem")
-        if scheme != "jwe":
-            raise BadInputError(f"--encryption-key {spec!r}: expected scheme 'jwe', seen {scheme!r}")
-        jwe_keys.append(load_public_key(read_key_file(rest, "encryption key"), f"encryption key {rest}"))
-    return (JweWrapper(jwe_keys),) if jwe_keys else ()
+            raise BadInputError(f"--encryption-key {spec!r}: expected jwe:PUBKEY or kbs:URL")
+        if scheme == "jwe":
+            jwe_keys.append(load_public_key(read_key_file(rest, "encryption key"), f"encryption key {rest}"))
+        elif scheme == "kbs":
+            token = args.kbs_token or os.environ.get("LAYERSEAL_KBS_TOKEN")
+            if not token:
+                raise BadInputError(
+                    f"--encryption-key {spec}: expected a broker token "
+                    "(--kbs-token or LAYERSEAL_KBS_TOKEN), seen none"
+                )
+            from layerseal.broker.client import PublisherClient
+            from layerseal.builder.kbswrap import KbsWrapper
+
+            client = PublisherClient(rest, token, verify=args.kbs_cacert or True)
+            wrappers.append(KbsWrapper(client, args.kbs_repository or repository_of(destination)))
+        else:
+            raise BadInputError(f"--encryption-key {spec!r}: expected scheme 'jwe' or 'kbs', seen {scheme!r}")
+    if jwe_keys:
+        wrappers.insert(0, JweWrapper(jwe_keys))
+    return tuple(wrappers)
+
+
+def abandon_broker_keys(wrappers: tuple[KeyWrapper, ...]) -> None:
+    """After a failed publish, mark the keys the broker created for it as unused (best effort)."""
+    from layerseal.builder.kbswrap import KbsWrapper
+
+    for w in wrappers:
+        if isinstance(w, KbsWrapper) and w.created:
+            try:
+                marked = w.mark_unused()
+                print(
+                    f"layerseal: marked {len(marked)} unused broker key(s): {', '.join(marked)}",
+                    file=sys.stderr,
+                )
+            except LayersealError as exc:
+                print(f"layerseal: could not mark broker keys unused: {exc}", file=sys.stderr)
 
 
 def parse_unwrappers(paths: list[str]) -> tuple[KeyUnwrapper, ...]:

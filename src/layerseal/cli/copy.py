@@ -11,6 +11,8 @@ from layerseal.builder.endpoints import open_destination, open_source
 from layerseal.builder.inspect import inspect_image
 from layerseal.cli.common import (
     RichProgress,
+    abandon_broker_keys,
+    add_encryption_flags,
     add_registry_flags,
     parse_unwrappers,
     parse_wrappers,
@@ -24,13 +26,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("copy", help="copy an image, encrypting or decrypting layers")
     p.add_argument("source", metavar="SRC", help="oci:DIR[:TAG] or docker://HOST/REPO[:TAG]")
     p.add_argument("destination", metavar="DST")
-    p.add_argument(
-        "--encryption-key",
-        action="append",
-        default=[],
-        metavar="jwe:PUBKEY",
-        help="encrypt for this recipient (repeat for several); PEM, DER, JWK or X.509 certificate",
-    )
+    add_encryption_flags(p)
     p.add_argument(
         "--encrypt-layer",
         action="append",
@@ -59,7 +55,7 @@ def register(sub: Any) -> None:
 
 def run_copy(args: argparse.Namespace) -> int:
     options = CopyOptions(
-        wrappers=parse_wrappers(args.encryption_key),
+        wrappers=parse_wrappers(args, args.destination),
         encrypt_layers=tuple(args.encrypt_layer) if args.encrypt_layer else None,
         unwrappers=parse_unwrappers(args.decryption_key),
         platform=Platform.parse(args.platform) if args.platform else None,
@@ -71,7 +67,11 @@ def run_copy(args: argparse.Namespace) -> int:
         dst = open_destination(args.destination, registry_options(args, "dest", args.destination))
         try:
             with RichProgress(not args.quiet and not args.json) as progress:
-                report = copy_image(src, dst, options, progress)
+                try:
+                    report = copy_image(src, dst, options, progress)
+                except BaseException:
+                    abandon_broker_keys(options.wrappers)
+                    raise
         finally:
             dst.close()
     finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +12,14 @@ from layerseal.builder.endpoints import open_destination, open_source
 from layerseal.builder.layeradd import add_layer
 from layerseal.cli.common import (
     RichProgress,
+    abandon_broker_keys,
+    add_encryption_flags,
     add_registry_flags,
     parse_wrappers,
     print_json,
     registry_options,
 )
+from layerseal.crypto.keywrap import KeyWrapper
 from layerseal.errors import BadInputError
 from layerseal.image.descriptor import Platform
 
@@ -31,7 +36,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "items", metavar="SRC PATH... DST", nargs="+", help="source image, paths, destination image"
     )
-    p.add_argument("--encryption-key", action="append", default=[], metavar="jwe:PUBKEY")
+    add_encryption_flags(p)
     p.add_argument("--message", "-m", help="history comment for the new layer")
     p.add_argument("--compress", default="gzip", choices=["gzip", "zstd", "none"])
     p.add_argument(
@@ -42,6 +47,15 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     add_registry_flags(p, "src", "dest")
     p.set_defaults(func=run_add, collect_positionals="items")
+
+
+@contextlib.contextmanager
+def _abandon_on_error(wrappers: tuple[KeyWrapper, ...]) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        abandon_broker_keys(wrappers)
+        raise
 
 
 def parse_paths(specs: list[str]) -> dict[str, Path]:
@@ -63,12 +77,12 @@ def run_add(args: argparse.Namespace) -> int:
         raise BadInputError(f"layer add: expected SRC PATH... DST, seen {len(args.items)} argument(s)")
     args.source, args.destination = args.items[0], args.items[-1]
     sources = parse_paths(args.items[1:-1])
-    wrappers = parse_wrappers(args.encryption_key)
+    wrappers = parse_wrappers(args, args.destination)
     src = open_source(args.source, registry_options(args, "src", args.source))
     try:
         dst = open_destination(args.destination, registry_options(args, "dest", args.destination))
         try:
-            with RichProgress(not args.quiet and not args.json) as progress:
+            with RichProgress(not args.quiet and not args.json) as progress, _abandon_on_error(wrappers):
                 report = add_layer(
                     src,
                     dst,

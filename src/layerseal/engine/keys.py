@@ -1,0 +1,80 @@
+"""Layer keys inside the enclave: find every key packet first, fetch all KEKs in one batch.
+
+``BrokerUnwrapper`` opens ``provider.attestation-agent`` packets: ``prefetch()`` collects
+the kids of every encrypted layer of a manifest and asks the broker for all of them in
+one attested request; ``unwrap()`` then opens each packet locally.  A key the broker
+refuses is recorded per kid, so the pull can name every refused layer at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from layerseal.broker.client import EnclaveClient
+from layerseal.broker.packets import unwrap_key_packet
+from layerseal.crypto.keywrap import LayerContext
+from layerseal.errors import BadInputError, DeniedError
+from layerseal.image import mediatypes as mt
+from layerseal.image.descriptor import Descriptor
+from layerseal.image.encryption import wrapped_keys
+
+SCHEME = "provider.attestation-agent"
+
+
+def packet_kid(blob: bytes, what: str) -> str:
+    try:
+        kid = json.loads(blob).get("kid")
+    except (ValueError, AttributeError) as exc:
+        raise BadInputError(f"{what}: expected a key packet (JSON with 'kid'), seen invalid data") from exc
+    if not isinstance(kid, str) or not kid:
+        raise BadInputError(f"{what}: expected a key packet with a 'kid' string, seen none")
+    return kid
+
+
+def layer_kids(layers: Sequence[Descriptor]) -> dict[int, list[str]]:
+    """Kids named by each encrypted layer's broker key packets, by layer position."""
+    out: dict[int, list[str]] = {}
+    for i, d in enumerate(layers):
+        if not mt.is_encrypted(d.media_type):
+            continue
+        blobs = wrapped_keys(d.annotations).get(SCHEME, [])
+        kids = [packet_kid(b, f"layer {i} ({d.digest}) key packet") for b in blobs]
+        if kids:
+            out[i] = kids
+    return out
+
+
+class BrokerUnwrapper:
+    """Unwraps broker key packets with KEKs released in one batch to this enclave."""
+
+    def __init__(self, client: EnclaveClient) -> None:
+        self.client = client
+        self.keks: dict[str, bytes] = {}
+
+    def prefetch(self, layers: Sequence[Descriptor], what: str = "image") -> int:
+        """Fetch the KEKs of every encrypted layer in one request; returns how many."""
+        kids = sorted({k for ks in layer_kids(layers).values() for k in ks})
+        if not kids:
+            return 0
+        try:
+            self.keks.update(self.client.get_keys(kids))
+        except DeniedError as exc:
+            refused = ", ".join(
+                f"layer {i} ({layers[i].digest})"
+                for i, ks in layer_kids(layers).items()
+                if set(ks) & set(kids)
+            )
+            raise DeniedError(f"{what}: the broker refused the keys of {refused}: {exc}") from exc
+        return len(kids)
+
+    def handles(self, scheme: str) -> bool:
+        return scheme == SCHEME
+
+    def unwrap(self, scheme: str, blob: bytes, layer: LayerContext) -> bytes | None:
+        kid = packet_kid(blob, f"{layer} key packet")
+        kek = self.keks.get(kid)
+        if kek is None:
+            kek = self.client.get_keys([kid])[kid]
+            self.keks[kid] = kek
+        return unwrap_key_packet(blob, kek)
