@@ -102,3 +102,32 @@ def manifest_of(layout: Path, tag: str) -> tuple[str, dict[str, object]]:
 
 def blob_path(layout: Path, digest: str) -> Path:
     return layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
+
+
+def make_busybox_image(ref: str, message: str = "hello from the enclave", extra_layers: int = 1) -> None:
+    """A runnable image: static busybox in layer 0, a script printing *message* in the last layer."""
+    from helpers.rootfs import static_busybox
+
+    busybox = static_busybox()
+    if busybox is None:
+        raise RuntimeError("a static busybox is needed: apt-get install busybox-static")
+    base = (
+        FileEntry("bin", kind="dir", mode=0o755),
+        FileEntry("bin/busybox", busybox.read_bytes(), 0o755),
+        FileEntry("bin/sh", kind="symlink", target="busybox", mode=0o777),
+        FileEntry("bin/echo", kind="symlink", target="busybox", mode=0o777),
+        FileEntry("bin/cat", kind="symlink", target="busybox", mode=0o777),
+        *(FileEntry(d, kind="dir", mode=0o755) for d in ("proc", "dev", "sys", "tmp", "etc")),
+    )
+    layers = [LayerSpec(base, "gzip", "busybox")]
+    for i in range(extra_layers - 1):
+        layers.append(
+            LayerSpec((FileEntry(f"data/file{i}.txt", f"layer {i + 1}\n".encode()),), "zstd", f"data {i}")
+        )
+    script = f"#!/bin/sh\necho {message}\n".encode()
+    layers.append(LayerSpec((FileEntry("app/hello.sh", script, 0o755),), "gzip", "app"))
+    dst = LayoutDestination(LayoutReference.parse(ref))
+    try:
+        build_image(dst, layers, cmd=("/app/hello.sh",))
+    finally:
+        dst.close()

@@ -17,18 +17,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from layerseal.crypto.keywrap import KeyUnwrapper, KeyWrapper, LayerContext
+from layerseal.crypto.keywrap import (
+    KeyUnwrapper,
+    KeyWrapper,
+    LayerContext,
+    open_private_options,
+    public_options,
+)
 from layerseal.crypto.layercipher import LayerDecryptor, LayerEncryptor
-from layerseal.errors import BadInputError, LayersealError, WrongKeyError
+from layerseal.errors import BadInputError, LayersealError
 from layerseal.image import mediatypes as mt
 from layerseal.image.descriptor import Descriptor, Platform
 from layerseal.image.encryption import (
     ANNOTATION_PUBOPTS,
-    PrivateOptions,
-    PublicOptions,
     keys_annotation,
     strip_encryption,
-    wrapped_keys,
 )
 from layerseal.image.manifest import Index, Manifest, parse_any
 from layerseal.image.transport import ImageDestination, ImageSource
@@ -137,37 +140,6 @@ def _decrypting(chunks: Iterable[bytes], dec: LayerDecryptor) -> Iterator[bytes]
     dec.finalize()  # raises before the destination commits anything
 
 
-def open_private_options(
-    desc: Descriptor, layer: LayerContext, unwrappers: Sequence[KeyUnwrapper]
-) -> PrivateOptions:
-    """Unwrap a layer's private options with whichever key opens one of its wrapped blobs."""
-    blobs = wrapped_keys(desc.annotations)
-    if not blobs:
-        raise BadInputError(f"{layer}: encrypted, but has no org.opencontainers.image.enc.keys.* annotation")
-    tried = 0
-    for scheme, items in sorted(blobs.items()):
-        for unwrapper in unwrappers:
-            if not unwrapper.handles(scheme):
-                continue
-            for blob in items:
-                tried += 1
-                optsdata = unwrapper.unwrap(scheme, blob, layer)
-                if optsdata is not None:
-                    return PrivateOptions.from_json_bytes(optsdata, f"private options of {layer}")
-    schemes = ", ".join(f"{s} ({len(b)} blob{'s' if len(b) != 1 else ''})" for s, b in sorted(blobs.items()))
-    raise WrongKeyError(
-        f"{layer}: expected one of the given decryption keys to open its wrapped key, "
-        f"seen none that does after {tried} attempt(s) (wrapped for: {schemes})"
-    )
-
-
-def _public_options(desc: Descriptor, layer: LayerContext) -> PublicOptions:
-    value = desc.annotations.get(ANNOTATION_PUBOPTS)
-    if value is None:
-        raise BadInputError(f"{layer}: expected annotation {ANNOTATION_PUBOPTS}, seen none")
-    return PublicOptions.from_annotation(value, f"{ANNOTATION_PUBOPTS} of {layer}")
-
-
 class _LayerJob:
     def __init__(
         self,
@@ -206,7 +178,7 @@ class _LayerJob:
         plain = desc
         annotations = dict(desc.annotations)
         if decrypt:
-            pub = _public_options(desc, layer)
+            pub = public_options(desc, layer)
             priv = open_private_options(desc, layer, self.options.unwrappers)
             plain = Descriptor(mt.decrypted_type(desc.media_type), priv.digest, desc.size)
             # the destination hashes what it stores and checks it against priv.digest

@@ -14,9 +14,9 @@ from typing import Protocol
 
 from layerseal.crypto import jwe
 from layerseal.crypto.keys import PrivateKey, PublicKey
-from layerseal.errors import WrongKeyError
+from layerseal.errors import BadInputError, WrongKeyError
 from layerseal.image.descriptor import Descriptor
-from layerseal.image.encryption import PrivateOptions
+from layerseal.image.encryption import ANNOTATION_PUBOPTS, PrivateOptions, PublicOptions, wrapped_keys
 
 
 @dataclass(frozen=True)
@@ -70,3 +70,34 @@ class JweUnwrapper:
             return jwe.decrypt(blob, self.keys, what=f"JWE of {layer}")
         except WrongKeyError:
             return None
+
+
+def open_private_options(
+    desc: Descriptor, layer: LayerContext, unwrappers: Sequence[KeyUnwrapper]
+) -> PrivateOptions:
+    """Unwrap a layer's private options with whichever key opens one of its wrapped blobs."""
+    blobs = wrapped_keys(desc.annotations)
+    if not blobs:
+        raise BadInputError(f"{layer}: encrypted, but has no org.opencontainers.image.enc.keys.* annotation")
+    tried = 0
+    for scheme, items in sorted(blobs.items()):
+        for unwrapper in unwrappers:
+            if not unwrapper.handles(scheme):
+                continue
+            for blob in items:
+                tried += 1
+                optsdata = unwrapper.unwrap(scheme, blob, layer)
+                if optsdata is not None:
+                    return PrivateOptions.from_json_bytes(optsdata, f"private options of {layer}")
+    schemes = ", ".join(f"{s} ({len(b)} blob{'s' if len(b) != 1 else ''})" for s, b in sorted(blobs.items()))
+    raise WrongKeyError(
+        f"{layer}: expected one of the given decryption keys to open its wrapped key, "
+        f"seen none that does after {tried} attempt(s) (wrapped for: {schemes})"
+    )
+
+
+def public_options(desc: Descriptor, layer: LayerContext) -> PublicOptions:
+    value = desc.annotations.get(ANNOTATION_PUBOPTS)
+    if value is None:
+        raise BadInputError(f"{layer}: expected annotation {ANNOTATION_PUBOPTS}, seen none")
+    return PublicOptions.from_annotation(value, f"{ANNOTATION_PUBOPTS} of {layer}")

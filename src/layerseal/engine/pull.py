@@ -1,0 +1,196 @@
+"""Pull inside the enclave: manifest first, every layer key in one batch, verified decrypt, safe unpack.
+
+Order of work, and why:
+1. The manifest (and config) come first, so the engine knows every encrypted layer and
+   the key each names before touching any blob.
+2. All layer keys are obtained before any unpacking: broker keys in one attested batch,
+   JWE keys with the given private keys.  A refused key stops the pull with an error
+   naming every refused layer, and nothing has been written to the rootfs.
+3. Encrypted blobs go through the shared content-addressed store (fetched once per
+   enclave, verified).  Each layer is decrypted as a stream into its own snapshot in a
+   temporary directory, which is committed only after the HMAC, the blob digest and the
+   config's diff_id all matched.
+4. A snapshot already on disk is reused only when this run obtained that layer's key
+   (step 2 always runs), so a cached plaintext never lets a key-less engine run it.
+5. Snapshots are stacked into the rootfs atomically.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from layerseal.crypto.keywrap import KeyUnwrapper, LayerContext, open_private_options, public_options
+from layerseal.crypto.layercipher import LayerDecryptor
+from layerseal.engine.keys import BrokerUnwrapper
+from layerseal.engine.snapshot import SnapshotStore
+from layerseal.engine.unpack import stack_snapshots, unpack_layer
+from layerseal.errors import BadInputError, DeniedError, IntegrityError, LayersealError, WrongKeyError
+from layerseal.image import mediatypes as mt
+from layerseal.image.config import ImageConfig
+from layerseal.image.descriptor import Descriptor, Platform
+from layerseal.image.digest import Digest
+from layerseal.image.encryption import PrivateOptions, PublicOptions
+from layerseal.image.manifest import Index, Manifest, parse_any
+from layerseal.image.transport import ImageSource
+from layerseal.layout.blobstore import SharedBlobStore
+
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+def host_platform() -> Platform:
+    import platform as _p
+
+    return Platform(os="linux", architecture=_ARCH.get(_p.machine(), _p.machine()))
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    index: int
+    digest: Digest
+    diff_id: Digest
+    encrypted: bool
+    fetched: bool  # downloaded by this engine (False: the shared store had it)
+    snapshot_reused: bool
+
+
+@dataclass(frozen=True)
+class PullResult:
+    image: str
+    manifest_digest: Digest
+    config: ImageConfig
+    rootfs: Path
+    layers: tuple[LayerResult, ...]
+    keys_released: int
+
+
+def fetch_manifest(src: ImageSource, platform: Platform | None) -> tuple[Digest, Manifest]:
+    data, media_type = src.get_manifest()
+    parsed = parse_any(data, media_type, f"manifest of {src.name}")
+    digest = Digest.of(data)
+    if isinstance(parsed, Index):
+        entry = parsed.select(platform or host_platform())
+        data, media_type = src.get_manifest(entry.digest)
+        parsed = parse_any(data, media_type, f"manifest {entry.digest} of {src.name}")
+        digest = entry.digest
+        if isinstance(parsed, Index):
+            raise BadInputError(f"{src.name}: expected an image manifest below the index, seen another index")
+    for i, d in enumerate(parsed.layers):
+        if not mt.is_layer(d.media_type):
+            raise BadInputError(
+                f"{src.name}: layer {i} ({d.digest}): unsupported media type {d.media_type!r}"
+            )
+    return digest, parsed
+
+
+def _obtain_keys(
+    src: ImageSource,
+    layers: Sequence[Descriptor],
+    unwrappers: Sequence[KeyUnwrapper],
+    broker: BrokerUnwrapper | None,
+) -> tuple[dict[int, tuple[PublicOptions, PrivateOptions]], int]:
+    """Private options of every encrypted layer, or an error naming every layer refused."""
+    released = broker.prefetch(layers, src.name) if broker is not None else 0
+    all_unwrappers = [*unwrappers, *([broker] if broker is not None else [])]
+    keys: dict[int, tuple[PublicOptions, PrivateOptions]] = {}
+    refused: list[str] = []
+    for i, d in enumerate(layers):
+        if not mt.is_encrypted(d.media_type):
+            continue
+        ctx = LayerContext(i, d, src.name)
+        try:
+            keys[i] = (public_options(d, ctx), open_private_options(d, ctx, all_unwrappers))
+        except (WrongKeyError, DeniedError) as exc:
+            refused.append(f"{ctx}: {exc}")
+    if refused:
+        raise DeniedError(
+            f"{src.name}: no key for {len(refused)} of {len(keys) + len(refused)} encrypted layer(s); "
+            f"nothing was unpacked: " + "; ".join(refused)
+        )
+    return keys, released
+
+
+def _decrypted(chunks: Iterable[bytes], dec: LayerDecryptor) -> Iterator[bytes]:
+    for chunk in chunks:
+        yield dec.update(chunk)
+    dec.finalize()
+
+
+class _Puller:
+    def __init__(self, src: ImageSource, store: SharedBlobStore, snapshots: SnapshotStore) -> None:
+        self.src, self.store, self.snapshots = src, store, snapshots
+        self.abort = threading.Event()
+
+    def layer(
+        self, index: int, desc: Descriptor, diff_id: Digest, key: tuple[PublicOptions, PrivateOptions] | None
+    ) -> LayerResult:
+        ctx = LayerContext(index, desc, self.src.name)
+        fetched = self.store.ensure(desc, lambda: self.src.iter_blob(desc))
+        if self.snapshots.exists(diff_id):
+            # reuse is safe here: the key for this layer was released in this run (see _obtain_keys)
+            return LayerResult(index, desc.digest, diff_id, key is not None, fetched, True)
+        stream: Iterator[bytes] = iter(self.store.iter_verified(desc, lambda: self.src.iter_blob(desc)))
+        compression = mt.compression(desc.media_type)
+        if key is not None:
+            stream = _decrypted(stream, LayerDecryptor(key[0], key[1], str(ctx)))
+        with self.snapshots.create(diff_id) as tmp:
+            result = unpack_layer(stream, compression, tmp, what=str(ctx))
+            for _ in stream:  # authenticate the whole ciphertext before the snapshot is committed
+                pass
+            if result.diff_id != diff_id:
+                raise IntegrityError(
+                    f"{ctx}: diff_id: expected {diff_id} (from the config), seen {result.diff_id}"
+                )
+        return LayerResult(index, desc.digest, diff_id, key is not None, fetched, False)
+
+
+def pull_image(
+    src: ImageSource,
+    store: SharedBlobStore,
+    snapshots: SnapshotStore,
+    rootfs: Path,
+    *,
+    unwrappers: Sequence[KeyUnwrapper] = (),
+    broker: BrokerUnwrapper | None = None,
+    platform: Platform | None = None,
+    owner: str | None = None,
+    workers: int = 4,
+) -> PullResult:
+    """Pull *src* into *rootfs* (which must not exist yet); see the module docstring."""
+    if rootfs.exists() and any(rootfs.iterdir()):
+        raise BadInputError(f"rootfs {rootfs}: expected a new or empty directory, seen existing content")
+    manifest_digest, manifest = fetch_manifest(src, platform)
+    if manifest.config.size > MAX_CONFIG_BYTES:
+        raise BadInputError(f"config of {src.name}: expected at most {MAX_CONFIG_BYTES} bytes")
+    config = ImageConfig.from_bytes(b"".join(src.iter_blob(manifest.config)), f"config of {src.name}")
+    diff_ids = config.diff_ids
+    if len(diff_ids) != len(manifest.layers):
+        raise BadInputError(
+            f"{src.name}: config rootfs.diff_ids: expected {len(manifest.layers)} entries (one per layer), "
+            f"seen {len(diff_ids)}"
+        )
+    keys, released = _obtain_keys(src, manifest.layers, unwrappers, broker)
+    store.add_refs(owner or src.name, [d.digest for d in manifest.layers])
+
+    puller = _Puller(src, store, snapshots)
+    results: list[LayerResult | None] = [None] * len(manifest.layers)
+    errors: list[BaseException] = []
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(manifest.layers) or 1))) as pool:
+        futures = [
+            pool.submit(puller.layer, i, d, diff_ids[i], keys.get(i)) for i, d in enumerate(manifest.layers)
+        ]
+        for i, future in enumerate(futures):
+            try:
+                results[i] = future.result()
+            except BaseException as exc:
+                errors.append(exc)
+    if errors:
+        raise next((e for e in errors if isinstance(e, LayersealError)), errors[0])
+    stack_snapshots([snapshots.path(d) for d in diff_ids], rootfs, what=f"rootfs of {src.name}")
+    return PullResult(
+        src.name, manifest_digest, config, rootfs, tuple(r for r in results if r is not None), released
+    )
