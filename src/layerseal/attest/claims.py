@@ -27,7 +27,7 @@ class Claims:
     measurement: str
     svn: int
     debug: bool
-    details: Mapping[str, Any] = field(default=_EMPTY)
+    details: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self) -> None:
         if not self.tee or not self.tee.replace("-", "").isalnum():
@@ -73,3 +73,12 @@ class Verifier(Protocol):
     def tee(self) -> str: ...
 
     def verify(self, evidence: bytes, expected_report_data: bytes) -> Claims: ...
+
+
+class Attester(Protocol):
+    """Produces evidence of the enclave it runs in, carrying *report_data* (64 bytes)."""
+
+    @property
+    def tee(self) -> str: ...
+
+    def evidence(self, report_data: bytes) -> dict[str, Any]: ...

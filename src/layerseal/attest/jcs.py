@@ -9,6 +9,8 @@ risk a different rendering than the peer's.
 
 from __future__ import annotations
 
+import json
+import json.encoder
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,17 +24,31 @@ def _utf16_key(text: str) -> bytes:
     return text.encode("utf-16-be", "surrogatepass")
 
 
-def _string(text: str, out: list[str]) -> None:
-    out.append('"')
+def _string_slow(text: str) -> str:
+    parts = ['"']
     for ch in text:
         esc = _ESCAPES.get(ch)
         if esc is not None:
-            out.append(esc)
+            parts.append(esc)
         elif ch < " ":
-            out.append(f"\\u{ord(ch):04x}")
+            parts.append(f"\\u{ord(ch):04x}")
         else:
-            out.append(ch)
-    out.append('"')
+            parts.append(ch)
+    parts.append('"')
+    return "".join(parts)
+
+
+# The C encoder of the json module escapes exactly what ECMAScript's JSON.stringify does
+# (quote, backslash, \b \f \n \r \t, other controls as lowercase \u00xx); it is checked
+# against the explicit rules at import and used only if it agrees.
+_encode = getattr(json.encoder, "c_encode_basestring", None) or _string_slow
+_PROBE = 'a"\\\b\f\n\r\t\x00\x1f\x7f\u2028\u00e9\U0001f600'
+if _encode(_PROBE) != _string_slow(_PROBE):
+    _encode = _string_slow
+
+
+def _string(text: str, out: list[str]) -> None:
+    out.append(_encode(text))
 
 
 def _value(value: Any, out: list[str], depth: int) -> None:

@@ -55,3 +55,15 @@ class SampleVerifier:
             )
         details = {"svn": svn}
         return Claims(tee=TEE, measurement="", svn=svn, debug=True, details=MappingProxyType(details))
+
+
+class SampleAttester:
+    """Trustee-compatible unsigned evidence (for protocol tests; the default policy refuses it)."""
+
+    tee = TEE
+
+    def __init__(self, svn: int = 1) -> None:
+        self.svn = svn
+
+    def evidence(self, report_data: bytes) -> dict[str, str]:
+        return {"svn": str(self.svn), "report_data": base64.b64encode(report_data).decode()}

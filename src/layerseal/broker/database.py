@@ -7,6 +7,7 @@ queue on the database lock instead of failing on a stale read snapshot.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from layerseal.errors import BadInputError, TransportError
 
+READONLY_OPTION = "layerseal_readonly"
+RELAXED_SYNC_OPTION = "layerseal_relaxed_sync"
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_MIGRATION_LOCK = 0x6C736B62  # "lskb": serialises replicas migrating one database
 
@@ -47,6 +50,10 @@ def create_db_engine(url: str, *, pool_size: int = 8) -> Engine:
     except ArgumentError as exc:
         raise BadInputError(f"database URL: expected a valid URL, seen {url[:60]!r}") from exc
     if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:" and not Path(parsed.database).exists():
+            # sealed keys and token hashes: owner-only, like the master key (SQLite copies
+            # the mode to its -wal and -shm files)
+            os.close(os.open(parsed.database, os.O_WRONLY | os.O_CREAT, 0o600))
         engine = create_engine(sa_url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -62,6 +69,15 @@ def create_db_engine(url: str, *, pool_size: int = 8) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
+            # read-only snapshots need no write lock; WAL readers never block writers
+            options = conn.get_execution_options()
+            if options.get(READONLY_OPTION):
+                conn.exec_driver_sql("BEGIN")
+                return
+            # relaxed commits (audit rows, by operator choice) survive a killed process but
+            # may be lost on power failure; the next FULL commit makes them durable too
+            relaxed = options.get(RELAXED_SYNC_OPTION)
+            conn.exec_driver_sql("PRAGMA synchronous=NORMAL" if relaxed else "PRAGMA synchronous=FULL")
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine

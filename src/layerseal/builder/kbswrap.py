@@ -35,7 +35,7 @@ class KbsWrapper:
             self.repository, str(layer.descriptor.digest), opts.to_json_bytes(), tenant=self.tenant
         )
         key = answer.get("key") or {}
-        key_id = key.get("id") if isinstance(key, dict) else None
+        key_id = key.get("key_id") if isinstance(key, dict) else None
         if isinstance(key_id, str):
             self.created.append(key_id)
         return base64.b64decode(answer["packet"])

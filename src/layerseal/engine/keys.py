@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from layerseal.broker.client import EnclaveClient
 from layerseal.broker.packets import unwrap_key_packet
 from layerseal.crypto.keywrap import LayerContext
-from layerseal.errors import BadInputError, DeniedError
+from layerseal.errors import BadInputError, DeniedError, NotFoundError
 from layerseal.image import mediatypes as mt
 from layerseal.image.descriptor import Descriptor
 from layerseal.image.encryption import wrapped_keys
@@ -51,28 +51,34 @@ class BrokerUnwrapper:
     def __init__(self, client: EnclaveClient) -> None:
         self.client = client
         self.keks: dict[str, bytes] = {}
+        self.refused: dict[str, str] = {}
 
     def prefetch(self, layers: Sequence[Descriptor], what: str = "image") -> int:
-        """Fetch the KEKs of every encrypted layer in one request; returns how many."""
+        """Fetch the KEKs of every encrypted layer in one request; returns how many were released.
+
+        When the broker refuses the batch, each key is asked for alone so that the
+        error can name every refused layer (and only those).
+        """
         kids = sorted({k for ks in layer_kids(layers).values() for k in ks})
         if not kids:
             return 0
         try:
             self.keks.update(self.client.get_keys(kids))
-        except DeniedError as exc:
-            refused = ", ".join(
-                f"layer {i} ({layers[i].digest})"
-                for i, ks in layer_kids(layers).items()
-                if set(ks) & set(kids)
-            )
-            raise DeniedError(f"{what}: the broker refused the keys of {refused}: {exc}") from exc
-        return len(kids)
+        except (DeniedError, NotFoundError):
+            for kid in kids:
+                try:
+                    self.keks.update(self.client.get_keys([kid]))
+                except (DeniedError, NotFoundError) as exc:
+                    self.refused[kid] = str(exc)
+        return len(self.keks)
 
     def handles(self, scheme: str) -> bool:
         return scheme == SCHEME
 
     def unwrap(self, scheme: str, blob: bytes, layer: LayerContext) -> bytes | None:
         kid = packet_kid(blob, f"{layer} key packet")
+        if kid in self.refused:
+            raise DeniedError(f"broker refused {kid}: {self.refused[kid]}")
         kek = self.keks.get(kid)
         if kek is None:
             kek = self.client.get_keys([kid])[kid]

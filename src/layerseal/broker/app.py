@@ -1,0 +1,397 @@
+"""The broker's HTTP face: a Starlette app translating requests to ``Broker`` calls.
+
+Handlers call the (synchronous) broker directly on the event loop thread: every call is
+a few short database statements and some microseconds of crypto, so a thread hop would
+cost more than it saves; replicas, not threads, are how the broker scales out.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from layerseal.broker.metrics import Metrics
+from layerseal.broker.openapi import openapi_document
+from layerseal.broker.problems import RateLimitedError, problem, status_of
+from layerseal.broker.ratelimit import RateLimiter
+from layerseal.broker.service import Broker, KeyInfo, Principal, batch_payload
+from layerseal.errors import BadInputError, LayersealError
+
+log = logging.getLogger("layerseal.broker.http")
+
+SESSION_COOKIE = "kbs-session-id"
+MAX_BODY = 1 << 20
+PROBLEM_JSON = "application/problem+json"
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _problem_response(status: int, kind: str, detail: str, path: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'Bearer realm="layerseal"'} if status == 401 else None
+    return JSONResponse(
+        problem(status, kind, detail, path), status_code=status, media_type=PROBLEM_JSON, headers=headers
+    )
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
+        raise BadInputError(f"request body: expected at most {MAX_BODY} bytes, seen {declared[:20]}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise BadInputError(f"request body: expected at most {MAX_BODY} bytes, seen more")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    try:
+        value = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadInputError("request body: expected JSON, seen invalid data") from exc
+    if not isinstance(value, dict):
+        raise BadInputError(f"request body: expected a JSON object, seen {type(value).__name__}")
+    return value
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
+def _int_param(request: Request, name: str, default: int) -> int:
+    value = request.query_params.get(name)
+    if value is None:
+        return default
+    if not value.isdigit() or len(value) > 12:
+        raise BadInputError(f"query parameter {name!r}: expected a non-negative integer, seen {value[:20]!r}")
+    return int(value)
+
+
+def create_app(
+    broker: Broker, *, limiter: RateLimiter | None = None, metrics: Metrics | None = None
+) -> Starlette:
+    """The ASGI application serving KBS RCAR, the publisher API and operations endpoints."""
+    limiter = limiter or RateLimiter()
+    metrics = metrics or Metrics()
+    broker.listeners.append(metrics.observe_decision)
+
+    def endpoint(name: str) -> Callable[[Handler], Handler]:
+        def wrap(fn: Handler) -> Handler:
+            async def handler(request: Request) -> Response:
+                start = time.perf_counter()
+                try:
+                    response = await fn(request)
+                except LayersealError as exc:
+                    status, kind = status_of(exc)
+                    if status == 500:
+                        log.error("request failed", exc_info=exc, extra={"fields": {"endpoint": name}})
+                        response = _problem_response(500, "internal", "internal error", request.url.path)
+                    else:
+                        response = _problem_response(status, kind, str(exc), request.url.path)
+                except Exception as exc:  # a bug: log the type, never the details, to the client
+                    log.error("unhandled error", exc_info=exc, extra={"fields": {"endpoint": name}})
+                    response = _problem_response(500, "internal", "internal error", request.url.path)
+                elapsed = time.perf_counter() - start
+                metrics.observe_request(name, response.status_code, elapsed)
+                if response.status_code >= 400 or log.isEnabledFor(logging.DEBUG):
+                    log.info(
+                        "request",
+                        extra={
+                            "fields": {
+                                "endpoint": name,
+                                "method": request.method,
+                                "path": request.url.path[:200],
+                                "status": response.status_code,
+                                "ms": round(elapsed * 1000, 3),
+                                "client": _client(request),
+                            }
+                        },
+                    )
+                return response
+
+            return handler
+
+        return wrap
+
+    def principal(request: Request) -> Principal:
+        return broker.authenticate(request.headers.get("authorization"))
+
+    # ------------------------------------------------------------------ KBS RCAR
+
+    @endpoint("kbs_auth")
+    async def kbs_auth(request: Request) -> Response:
+        client = _client(request)
+        if not limiter.allow(client):
+            raise RateLimitedError(f"/kbs/v0/auth: expected at most {limiter.rate:g}/s per client, seen more")
+        challenge = broker.auth(client, await _json(request))
+        response = JSONResponse({"nonce": challenge.nonce, "extra-params": ""})
+        max_age = max(1, int(challenge.expires_at - broker.clock()))
+        response.set_cookie(
+            SESSION_COOKIE, challenge.session_id, max_age=max_age, httponly=True, samesite="strict"
+        )
+        return response
+
+    @endpoint("kbs_attest")
+    async def kbs_attest(request: Request) -> Response:
+        client = _client(request)
+        if not limiter.allow(client):
+            raise RateLimitedError(
+                f"/kbs/v0/attest: expected at most {limiter.rate:g}/s per client, seen more"
+            )
+        body = await _json(request)
+        session_id = request.cookies.get(SESSION_COOKIE)
+        token, exp, _ = broker.attest(session_id, body, client)
+        response = JSONResponse({"token": token})
+        assert session_id is not None
+        max_age = max(1, int(exp - broker.clock()))
+        response.set_cookie(SESSION_COOKIE, session_id, max_age=max_age, httponly=True, samesite="strict")
+        return response
+
+    @endpoint("kbs_resource")
+    async def kbs_resource(request: Request) -> Response:
+        p = request.path_params
+        path = f"{p['repo']}/{p['type']}/{p['tag']}"
+        attested, keks = broker.release_request(
+            request.cookies.get(SESSION_COOKIE), request.headers.get("authorization"), [path]
+        )
+        return JSONResponse(broker.seal_response(attested, next(iter(keks.values()))))
+
+    @endpoint("kbs_resources")
+    async def kbs_resources(request: Request) -> Response:
+        body = await _json(request)
+        resources = body.get("resources")
+        if not isinstance(resources, list):
+            raise BadInputError("batch request: field 'resources': expected an array of resource paths")
+        attested, keks = broker.release_request(
+            request.cookies.get(SESSION_COOKIE), request.headers.get("authorization"), resources
+        )
+        return JSONResponse(broker.seal_response(attested, batch_payload(keks)))
+
+    # ------------------------------------------------------------------ publisher API
+
+    def key_response(info: KeyInfo, packet: bytes | None = None, status: int = 200) -> JSONResponse:
+        body: dict[str, Any] = {"key": info.to_json()}
+        if packet is not None:
+            body["packet"] = base64.b64encode(packet).decode()
+            body["kid"] = json.loads(packet)["kid"]
+        return JSONResponse(body, status_code=status)
+
+    @endpoint("keys_create")
+    async def keys_create(request: Request) -> Response:
+        who = principal(request)
+        info, packet = broker.create_layer_key(who, await _json(request))
+        return key_response(info, packet, 201)
+
+    @endpoint("keys_list")
+    async def keys_list(request: Request) -> Response:
+        who = principal(request)
+        q = request.query_params
+        keys = broker.list_keys(who, q.get("tenant"), q.get("repository"))
+        return JSONResponse({"keys": [k.to_json() for k in keys]})
+
+    @endpoint("keys_get")
+    async def keys_get(request: Request) -> Response:
+        return key_response(broker.get_key(principal(request), request.path_params["key_id"]))
+
+    @endpoint("keys_delete")
+    async def keys_delete(request: Request) -> Response:
+        broker.delete_key(principal(request), request.path_params["key_id"])
+        return Response(status_code=204)
+
+    @endpoint("keys_rotate")
+    async def keys_rotate(request: Request) -> Response:
+        who = principal(request)
+        info, packet = broker.rotate_key(who, request.path_params["key_id"], await _json(request))
+        return key_response(info, packet, 201)
+
+    @endpoint("keys_revoke")
+    async def keys_revoke(request: Request) -> Response:
+        return key_response(broker.revoke_key(principal(request), request.path_params["key_id"]))
+
+    @endpoint("keys_unused")
+    async def keys_unused(request: Request) -> Response:
+        who = principal(request)
+        body = await _json(request)
+        unused = body.get("unused", True)
+        if not isinstance(unused, bool):
+            raise BadInputError("mark unused: field 'unused': expected true or false")
+        return key_response(broker.mark_unused(who, request.path_params["key_id"], unused))
+
+    @endpoint("keys_version_status")
+    async def keys_version_status(request: Request) -> Response:
+        who = principal(request)
+        p = request.path_params
+        status = {"retire": "retired", "revoke": "revoked", "activate": "active"}.get(p["action"])
+        if status is None:
+            raise BadInputError(
+                f"version action: expected retire, revoke or activate, seen {p['action'][:20]!r}"
+            )
+        return key_response(broker.set_version_status(who, p["key_id"], int(p["version"]), status))
+
+    @endpoint("policies_put")
+    async def policies_put(request: Request) -> Response:
+        who = principal(request)
+        return JSONResponse(broker.set_policy(who, await _json(request)))
+
+    @endpoint("policies_list")
+    async def policies_list(request: Request) -> Response:
+        return JSONResponse(
+            {"policies": broker.list_policies(principal(request), request.query_params.get("tenant"))}
+        )
+
+    @endpoint("policies_delete")
+    async def policies_delete(request: Request) -> Response:
+        q = request.query_params
+        broker.delete_policy(principal(request), q.get("tenant"), q.get("scope"), q.get("target"))
+        return Response(status_code=204)
+
+    @endpoint("refvalues_add")
+    async def refvalues_add(request: Request) -> Response:
+        who = principal(request)
+        return JSONResponse(broker.change_refvalues(who, await _json(request)))
+
+    @endpoint("refvalues_remove")
+    async def refvalues_remove(request: Request) -> Response:
+        who = principal(request)
+        return JSONResponse(broker.change_refvalues(who, await _json(request), remove=True))
+
+    @endpoint("refvalues_list")
+    async def refvalues_list(request: Request) -> Response:
+        refs = broker.list_refvalues(principal(request), request.query_params.get("tenant"))
+        return JSONResponse({"refvalues": refs})
+
+    @endpoint("platforms_register")
+    async def platforms_register(request: Request) -> Response:
+        who = principal(request)
+        body = await _json(request)
+        cert = body.get("certificate")
+        if not isinstance(cert, str) or len(cert) > 65536:
+            raise BadInputError("platform: field 'certificate': expected a PEM string")
+        desc = body.get("description", "")
+        fingerprint = broker.register_platform(who, body.get("tee", "sim"), cert.encode(), str(desc))
+        return JSONResponse({"fingerprint": fingerprint}, status_code=201)
+
+    @endpoint("platforms_list")
+    async def platforms_list(request: Request) -> Response:
+        return JSONResponse({"platforms": broker.list_platforms(principal(request))})
+
+    @endpoint("platforms_delete")
+    async def platforms_delete(request: Request) -> Response:
+        broker.delete_platform(principal(request), request.path_params["fingerprint"])
+        return Response(status_code=204)
+
+    @endpoint("tokens_create")
+    async def tokens_create(request: Request) -> Response:
+        who = principal(request)
+        body = await _json(request)
+        tenant = body.get("tenant")
+        if not isinstance(tenant, str):
+            raise BadInputError("token request: field 'tenant': expected a string")
+        token_id, token = broker.create_api_token(
+            who, tenant, body.get("scopes"), str(body.get("description", ""))
+        )
+        return JSONResponse({"token_id": token_id, "token": token}, status_code=201)
+
+    @endpoint("tokens_list")
+    async def tokens_list(request: Request) -> Response:
+        return JSONResponse({"tokens": broker.list_api_tokens(principal(request))})
+
+    @endpoint("tokens_revoke")
+    async def tokens_revoke(request: Request) -> Response:
+        broker.revoke_api_token(principal(request), request.path_params["token_id"])
+        return Response(status_code=204)
+
+    @endpoint("attestation_revoke")
+    async def attestation_revoke(request: Request) -> Response:
+        who = principal(request)
+        body = await _json(request)
+        token, jti = body.get("token"), body.get("jti")
+        if token is not None and not isinstance(token, str):
+            raise BadInputError("revoke: field 'token': expected a string")
+        if jti is not None and not isinstance(jti, str):
+            raise BadInputError("revoke: field 'jti': expected a string")
+        return JSONResponse({"revoked": broker.revoke_attestation(who, token, jti)})
+
+    @endpoint("audit_list")
+    async def audit_list(request: Request) -> Response:
+        who = principal(request)
+        entries = broker.audit_entries(
+            who,
+            request.query_params.get("tenant"),
+            _int_param(request, "after", 0),
+            _int_param(request, "limit", 1000),
+        )
+        return JSONResponse({"entries": entries})
+
+    # ------------------------------------------------------------------ operations
+
+    @endpoint("healthz")
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @endpoint("metrics")
+    async def metrics_endpoint(request: Request) -> Response:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    openapi = openapi_document()
+
+    @endpoint("openapi")
+    async def openapi_endpoint(request: Request) -> Response:
+        return JSONResponse(openapi)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        kind = {404: "not-found", 405: "method-not-allowed"}.get(status, "http-error")
+        detail = (
+            f"{request.method} {request.url.path[:200]}: no such endpoint"
+            if status in (404, 405)
+            else "error"
+        )
+        return _problem_response(status, kind, detail, request.url.path)
+
+    routes = [
+        Route("/kbs/v0/auth", kbs_auth, methods=["POST"]),
+        Route("/kbs/v0/attest", kbs_attest, methods=["POST"]),
+        Route("/kbs/v0/resource/{repo}/{type}/{tag}", kbs_resource, methods=["GET"]),
+        Route("/kbs/v0/resources", kbs_resources, methods=["POST"]),
+        Route("/api/v1/keys", keys_create, methods=["POST"]),
+        Route("/api/v1/keys", keys_list, methods=["GET"]),
+        Route("/api/v1/keys/{key_id}", keys_get, methods=["GET"]),
+        Route("/api/v1/keys/{key_id}", keys_delete, methods=["DELETE"]),
+        Route("/api/v1/keys/{key_id}/rotate", keys_rotate, methods=["POST"]),
+        Route("/api/v1/keys/{key_id}/revoke", keys_revoke, methods=["POST"]),
+        Route("/api/v1/keys/{key_id}/unused", keys_unused, methods=["POST"]),
+        Route("/api/v1/keys/{key_id}/versions/{version:int}/{action}", keys_version_status, methods=["POST"]),
+        Route("/api/v1/policies", policies_put, methods=["PUT"]),
+        Route("/api/v1/policies", policies_list, methods=["GET"]),
+        Route("/api/v1/policies", policies_delete, methods=["DELETE"]),
+        Route("/api/v1/refvalues", refvalues_add, methods=["POST"]),
+        Route("/api/v1/refvalues", refvalues_list, methods=["GET"]),
+        Route("/api/v1/refvalues/remove", refvalues_remove, methods=["POST"]),
+        Route("/api/v1/platforms", platforms_register, methods=["POST"]),
+        Route("/api/v1/platforms", platforms_list, methods=["GET"]),
+        Route("/api/v1/platforms/{fingerprint}", platforms_delete, methods=["DELETE"]),
+        Route("/api/v1/tokens", tokens_create, methods=["POST"]),
+        Route("/api/v1/tokens", tokens_list, methods=["GET"]),
+        Route("/api/v1/tokens/{token_id}/revoke", tokens_revoke, methods=["POST"]),
+        Route("/api/v1/attestation-tokens/revoke", attestation_revoke, methods=["POST"]),
+        Route("/api/v1/audit", audit_list, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: http_error})

@@ -1,0 +1,411 @@
+"""HTTP clients of the key broker (httpx): the publisher side and the enclave side.
+
+``PublisherClient`` manages keys, policies, reference values and tokens with an API
+token.  ``EnclaveClient`` runs RCAR with an attester and an enclave key pair and fetches
+many layer KEKs in one JWE.  Error responses (RFC 7807) become layerseal errors whose
+message carries the HTTP status and the broker's detail.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+from layerseal.attest.binding import report_data
+from layerseal.attest.claims import Attester
+from layerseal.broker.packets import ResourcePath, unwrap_key_packet
+from layerseal.broker.problems import (
+    ForbiddenError,
+    PolicyDeniedError,
+    RateLimitedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from layerseal.crypto.jwe import decrypt_from_jwk
+from layerseal.crypto.keys import PrivateKey, public_key_to_jwk
+from layerseal.errors import BadInputError, LayersealError, NotFoundError, TransportError
+
+__all__ = ["EnclaveClient", "PublisherClient", "tee_pubkey_jwk", "unwrap_key_packet"]
+
+SESSION_COOKIE = "kbs-session-id"
+PROTOCOL_VERSION = "0.4.0"
+
+
+def _error_for(method: str, path: str, response: httpx.Response) -> LayersealError:
+    detail = response.text[:500]
+    kind = ""
+    try:
+        doc = response.json()
+        if isinstance(doc, dict):
+            detail = str(doc.get("detail", detail))
+            kind = str(doc.get("type", ""))
+    except ValueError:
+        pass
+    message = f"broker {method} {path}: HTTP {response.status_code}: {detail}"
+    status = response.status_code
+    if status == 400:
+        return BadInputError(message)
+    if status == 401:
+        return UnauthenticatedError(message)
+    if status == 403:
+        return PolicyDeniedError(message) if kind.endswith("/policy-denied") else ForbiddenError(message)
+    if status == 404:
+        return NotFoundError(message)
+    if status == 429:
+        return RateLimitedError(message)
+    if status == 503:
+        return UnavailableError(message)
+    return TransportError(message)
+
+
+class _Http:
+    def __init__(
+        self, url: str, *, transport: httpx.BaseTransport | None, timeout: float, verify: bool | str
+    ) -> None:
+        self.base = url.rstrip("/")
+        self._client = httpx.Client(base_url=self.base, transport=transport, timeout=timeout, verify=verify)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise TransportError(
+                f"broker {method} {self.base}{path}: expected a response, seen {type(exc).__name__}"
+            ) from exc
+        if response.status_code >= 400:
+            raise _error_for(method, path, response)
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.request(method, path, **kwargs)
+        if response.status_code == 204:
+            return None
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise TransportError(
+                f"broker {method} {path}: expected JSON, seen {response.text[:80]!r}"
+            ) from exc
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class PublisherClient:
+    """The publisher/admin API, authenticated with an API token ``lsk_...``."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 30.0,
+        verify: bool | str = True,
+    ) -> None:
+        self._http = _Http(url, transport=transport, timeout=timeout, verify=verify)
+        self._headers = {"Authorization": f"Bearer {token}"}
+
+    def __enter__(self) -> PublisherClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Any:
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
+        return self._http.json(method, path, json=body, params=clean or None, headers=self._headers)
+
+    # keys
+    def create_layer_key_detailed(
+        self, repository: str, layer_digest: str, optsdata: bytes, *, tenant: str | None = None
+    ) -> dict[str, Any]:
+        """The full answer: ``{"key": {...}, "kid": ..., "packet": b64}``."""
+        body: dict[str, Any] = {
+            "repository": repository,
+            "layer_digest": layer_digest,
+            "optsdata": base64.b64encode(optsdata).decode(),
+        }
+        if tenant is not None:
+            body["tenant"] = tenant
+        result: dict[str, Any] = self._call("POST", "/api/v1/keys", body)
+        return result
+
+    def create_layer_key(
+        self, repository: str, layer_digest: str, optsdata: bytes, *, tenant: str | None = None
+    ) -> bytes:
+        """Create the KEK for a new layer; returns the CoCo key packet JSON bytes."""
+        result = self.create_layer_key_detailed(repository, layer_digest, optsdata, tenant=tenant)
+        return base64.b64decode(result["packet"])
+
+    def list_keys(self, repository: str | None = None, *, tenant: str | None = None) -> list[dict[str, Any]]:
+        keys: list[dict[str, Any]] = self._call(
+            "GET", "/api/v1/keys", params={"repository": repository, "tenant": tenant}
+        )["keys"]
+        return keys
+
+    def get_key(self, key_id: str) -> dict[str, Any]:
+        key: dict[str, Any] = self._call("GET", f"/api/v1/keys/{key_id}")["key"]
+        return key
+
+    def rotate_key(
+        self,
+        key_id: str,
+        *,
+        optsdata: bytes | None = None,
+        packet: bytes | None = None,
+        retire_previous: bool = False,
+    ) -> bytes:
+        """A new KEK version; give the optsdata or the current packet (re-wrapped by the broker)."""
+        body: dict[str, Any] = {"retire_previous": retire_previous}
+        if optsdata is not None:
+            body["optsdata"] = base64.b64encode(optsdata).decode()
+        if packet is not None:
+            body["packet"] = base64.b64encode(packet).decode()
+        return base64.b64decode(self._call("POST", f"/api/v1/keys/{key_id}/rotate", body)["packet"])
+
+    def retire_key_version(self, key_id: str, version: int) -> dict[str, Any]:
+        key: dict[str, Any] = self._call("POST", f"/api/v1/keys/{key_id}/versions/{version}/retire", {})[
+            "key"
+        ]
+        return key
+
+    def revoke_key_version(self, key_id: str, version: int) -> dict[str, Any]:
+        key: dict[str, Any] = self._call("POST", f"/api/v1/keys/{key_id}/versions/{version}/revoke", {})[
+            "key"
+        ]
+        return key
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        key: dict[str, Any] = self._call("POST", f"/api/v1/keys/{key_id}/revoke", {})["key"]
+        return key
+
+    def mark_unused(self, key_id: str, unused: bool = True) -> dict[str, Any]:
+        key: dict[str, Any] = self._call("POST", f"/api/v1/keys/{key_id}/unused", {"unused": unused})["key"]
+        return key
+
+    def delete_key(self, key_id: str) -> None:
+        self._call("DELETE", f"/api/v1/keys/{key_id}")
+
+    # policies and reference values
+    def set_policy(
+        self,
+        policy: Mapping[str, Any],
+        *,
+        scope: str = "tenant",
+        target: str | None = None,
+        tenant: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"policy": dict(policy), "scope": scope}
+        if target is not None:
+            body["target"] = target
+        if tenant is not None:
+            body["tenant"] = tenant
+        result: dict[str, Any] = self._call("PUT", "/api/v1/policies", body)
+        return result
+
+    def list_policies(self, *, tenant: str | None = None) -> list[dict[str, Any]]:
+        policies: list[dict[str, Any]] = self._call("GET", "/api/v1/policies", params={"tenant": tenant})[
+            "policies"
+        ]
+        return policies
+
+    def delete_policy(
+        self, *, scope: str = "tenant", target: str | None = None, tenant: str | None = None
+    ) -> None:
+        self._call("DELETE", "/api/v1/policies", params={"scope": scope, "target": target, "tenant": tenant})
+
+    def add_refvalues(self, name: str, values: Sequence[str], *, tenant: str | None = None) -> int:
+        body: dict[str, Any] = {"name": name, "values": list(values)}
+        if tenant is not None:
+            body["tenant"] = tenant
+        return int(self._call("POST", "/api/v1/refvalues", body)["changed"])
+
+    def remove_refvalues(self, name: str, values: Sequence[str], *, tenant: str | None = None) -> int:
+        body: dict[str, Any] = {"name": name, "values": list(values)}
+        if tenant is not None:
+            body["tenant"] = tenant
+        return int(self._call("POST", "/api/v1/refvalues/remove", body)["changed"])
+
+    def list_refvalues(self, *, tenant: str | None = None) -> dict[str, dict[str, list[str]]]:
+        refs: dict[str, dict[str, list[str]]] = self._call(
+            "GET", "/api/v1/refvalues", params={"tenant": tenant}
+        )["refvalues"]
+        return refs
+
+    # admin
+    def register_platform(self, certificate_pem: bytes, *, description: str = "", tee: str = "sim") -> str:
+        body = {"tee": tee, "certificate": certificate_pem.decode(), "description": description}
+        return str(self._call("POST", "/api/v1/platforms", body)["fingerprint"])
+
+    def list_platforms(self) -> list[dict[str, Any]]:
+        platforms: list[dict[str, Any]] = self._call("GET", "/api/v1/platforms")["platforms"]
+        return platforms
+
+    def create_token(self, tenant: str, scopes: Sequence[str], *, description: str = "") -> tuple[str, str]:
+        """A new API token; returns (token_id, token). The token is shown only now."""
+        r = self._call(
+            "POST", "/api/v1/tokens", {"tenant": tenant, "scopes": list(scopes), "description": description}
+        )
+        return str(r["token_id"]), str(r["token"])
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        tokens: list[dict[str, Any]] = self._call("GET", "/api/v1/tokens")["tokens"]
+        return tokens
+
+    def revoke_token(self, token_id: str) -> None:
+        self._call("POST", f"/api/v1/tokens/{token_id}/revoke", {})
+
+    def revoke_attestation_token(self, *, token: str | None = None, jti: str | None = None) -> str:
+        return str(
+            self._call("POST", "/api/v1/attestation-tokens/revoke", {"token": token, "jti": jti})["revoked"]
+        )
+
+    def audit(self, *, tenant: str | None = None, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = self._call(
+            "GET", "/api/v1/audit", params={"tenant": tenant, "after": after, "limit": limit}
+        )["entries"]
+        return entries
+
+
+def tee_pubkey_jwk(private_key: PrivateKey) -> dict[str, str]:
+    """The KBS ``tee-pubkey`` of an enclave key: its public JWK plus the JWE ``alg`` to use."""
+    jwk = public_key_to_jwk(private_key.public_key())
+    jwk["alg"] = "RSA-OAEP-256" if isinstance(private_key, RSAPrivateKey) else "ECDH-ES+A256KW"
+    return jwk
+
+
+class EnclaveClient:
+    """RCAR from inside an enclave: attest once, then fetch layer KEKs in batches."""
+
+    def __init__(
+        self,
+        url: str,
+        attester: Attester,
+        private_key: PrivateKey,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 30.0,
+        verify: bool | str = True,
+    ) -> None:
+        self._http = _Http(url, transport=transport, timeout=timeout, verify=verify)
+        self.attester = attester
+        self.private_key = private_key
+        self.tee_pubkey = tee_pubkey_jwk(private_key)
+        self.token: str | None = None
+        self.session_id: str | None = None
+
+    def __enter__(self) -> EnclaveClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def challenge(self) -> str:
+        """RCAR step 1: a fresh session; returns the nonce."""
+        response = self._http.request(
+            "POST",
+            "/kbs/v0/auth",
+            json={"version": PROTOCOL_VERSION, "tee": self.attester.tee, "extra-params": ""},
+        )
+        self.session_id = response.cookies.get(SESSION_COOKIE)
+        self._http._client.cookies.clear()  # the session travels explicitly, so replicas can be mixed
+        nonce = response.json().get("nonce")
+        if not isinstance(nonce, str) or self.session_id is None:
+            raise TransportError(
+                "broker /kbs/v0/auth: expected a nonce and a kbs-session-id cookie, seen neither"
+            )
+        return nonce
+
+    def attestation_body(self, nonce: str) -> dict[str, Any]:
+        """RCAR step 2 request body: evidence over SHA-384(JCS(nonce, tee-pubkey))."""
+        evidence = self.attester.evidence(report_data(nonce, self.tee_pubkey))
+        return {
+            "runtime-data": {"nonce": nonce, "tee-pubkey": self.tee_pubkey},
+            "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
+        }
+
+    def attest(self) -> str:
+        """Run RCAR steps 1-2; returns (and keeps) the attestation token."""
+        nonce = self.challenge()
+        response = self._http.request(
+            "POST",
+            "/kbs/v0/attest",
+            json=self.attestation_body(nonce),
+            headers={"Cookie": f"{SESSION_COOKIE}={self.session_id}"},
+        )
+        self._http._client.cookies.clear()
+        token = response.json().get("token")
+        if not isinstance(token, str):
+            raise TransportError("broker /kbs/v0/attest: expected a token, seen none")
+        self.token = token
+        return token
+
+    def _auth_headers(self) -> dict[str, str]:
+        if self.token is None:
+            self.attest()
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def _open(self, jwe_doc: Any) -> bytes:
+        if not isinstance(jwe_doc, dict):
+            raise TransportError("broker response: expected a JWE JSON object")
+        return decrypt_from_jwk(jwe_doc, self.private_key)
+
+    def get_keys(self, resource_paths: Sequence[str]) -> dict[str, bytes]:
+        """KEKs of many layers in one request, keyed by the paths (or kids) given."""
+        parsed = {p: str(ResourcePath.parse(p)) for p in resource_paths}
+        body = {"resources": sorted(set(parsed.values()))}
+        for attempt in range(2):
+            try:
+                response = self._http.json(
+                    "POST", "/kbs/v0/resources", json=body, headers=self._auth_headers()
+                )
+                break
+            except UnauthenticatedError:
+                if attempt:
+                    raise
+                self.token = None  # expired or revoked: attest again once
+        plain = self._open(response)
+        try:
+            released = json.loads(plain)["resources"]
+            keks = {path: base64.b64decode(value, validate=True) for path, value in released.items()}
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            raise TransportError(
+                "broker batch response: expected {resources:{path:b64}}, seen another payload"
+            ) from exc
+        missing = [p for p in set(parsed.values()) if p not in keks]
+        if missing:
+            raise TransportError(
+                f"broker batch response: expected every requested key, seen {len(missing)} missing"
+            )
+        return {given: keks[norm] for given, norm in parsed.items()}
+
+    def get_resource(self, resource_path: str) -> bytes:
+        """One KEK through the plain KBS ``GET /kbs/v0/resource/...`` endpoint."""
+        path = ResourcePath.parse(resource_path)
+        return self._open(self._http.json("GET", f"/kbs/v0/resource/{path}", headers=self._auth_headers()))
+
+    def unwrap(self, packet_json: bytes) -> bytes:
+        """Fetch the KEK a key packet names and return the packet's optsdata."""
+        kid = json.loads(packet_json).get("kid")
+        if not isinstance(kid, str):
+            raise BadInputError("key packet: expected a 'kid' string")
+        return unwrap_key_packet(packet_json, self.get_keys([kid])[kid])

@@ -1,0 +1,145 @@
+"""Assembling and running a broker: database, master key, admin bootstrap, uvicorn."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from layerseal.broker import database
+from layerseal.broker.app import create_app
+from layerseal.broker.audit import ChainReport, verify_chain
+from layerseal.broker.custody import MasterKeyCustody
+from layerseal.broker.jsonlog import configure_logging
+from layerseal.broker.masterkey import load_master_key
+from layerseal.broker.ratelimit import RateLimiter
+from layerseal.broker.service import ADMIN_TENANT, Broker, BrokerConfig
+from layerseal.broker.store import ApiTokenRow, Store
+from layerseal.broker.tokens import hash_secret, split_api_token
+from layerseal.errors import BadInputError, DeniedError
+
+DEFAULT_DB = "layerseal-broker.db"
+
+
+def default_master_key_file(db_url: str) -> Path | None:
+    """``<db file>.master-key`` beside a SQLite database; none for PostgreSQL."""
+    url = database.normalize_url(db_url)
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url[len("sqlite:///") :] + ".master-key")
+    return None
+
+
+def open_broker(
+    db_url: str,
+    *,
+    master_key_file: Path | None = None,
+    create_master_key: bool = False,
+    config: BrokerConfig | None = None,
+    relaxed_audit_sync: bool = False,
+) -> Broker:
+    """A broker on *db_url* (schema migrated) with its master key loaded."""
+    key_file = master_key_file or default_master_key_file(db_url)
+    key = load_master_key(key_file, create=create_master_key)
+    engine = database.create_db_engine(db_url)
+    database.migrate(engine)
+    return Broker(Store(engine, relaxed_audit_sync=relaxed_audit_sync), MasterKeyCustody(key), config)
+
+
+def ensure_admin_token(broker: Broker, admin_token_file: Path | None) -> str | None:
+    """Make sure an admin can log in; returns a new token to print once, if one was made.
+
+    With a token file: use the token in it (registering it if new) or, if the file does
+    not exist, create a token and write it there with mode 0600.  Without: create and
+    return a token only when the database has no admin token yet.
+    """
+    if admin_token_file is not None and admin_token_file.exists():
+        mode = admin_token_file.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise DeniedError(
+                f"admin token file {admin_token_file}: expected mode 0600, seen {oct(mode & 0o777)}"
+            )
+        token = admin_token_file.read_text().strip()
+        token_id = split_api_token(token)
+        row = broker.store.get_api_token(token_id)
+        if row is None:
+            broker.store.insert_api_token(
+                ApiTokenRow(
+                    token_id, ADMIN_TENANT, ("admin",), hash_secret(token), "bootstrap", broker.clock(), None
+                )
+            )
+        elif row.tenant != ADMIN_TENANT or row.token_hash != hash_secret(token):
+            raise BadInputError(f"admin token file {admin_token_file}: expected an admin token, seen another")
+        return None
+    if admin_token_file is None and broker.store.count_admin_tokens() > 0:
+        return None
+    _, token = broker.create_api_token(None, ADMIN_TENANT, ["admin"], "bootstrap")
+    if admin_token_file is not None:
+        fd = os.open(admin_token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        return None
+    return token
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    db_url: str = DEFAULT_DB
+    host: str = "127.0.0.1"
+    port: int = 8080
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    master_key_file: Path | None = None
+    admin_token_file: Path | None = None
+    log_level: str = "info"
+    auth_rate: float = 20.0
+    auth_burst: float = 100.0
+    relaxed_audit_sync: bool = False
+    config: BrokerConfig = field(default_factory=BrokerConfig)
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise BadInputError("TLS: expected both --tls-cert and --tls-key, or neither")
+        if not 0 <= self.port <= 65535:
+            raise BadInputError(f"listen port: expected 0..65535, seen {self.port}")
+
+
+def serve(options: ServeOptions) -> None:
+    """Run the broker until interrupted."""
+    import uvicorn
+
+    configure_logging(options.log_level)
+    broker = open_broker(
+        options.db_url,
+        master_key_file=options.master_key_file,
+        create_master_key=True,
+        config=options.config,
+        relaxed_audit_sync=options.relaxed_audit_sync,
+    )
+    token = ensure_admin_token(broker, options.admin_token_file)
+    if token is not None:
+        print(f"admin token (shown once, store it now): {token}", flush=True)
+    app = create_app(broker, limiter=RateLimiter(options.auth_rate, options.auth_burst))
+    uvicorn.run(
+        app,
+        host=options.host,
+        port=options.port,
+        ssl_certfile=str(options.tls_cert) if options.tls_cert else None,
+        ssl_keyfile=str(options.tls_key) if options.tls_key else None,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+    )
+    sys.stdout.flush()
+
+
+def audit_verify(db_url: str) -> ChainReport:
+    """Check the audit chain of a broker database (no master key needed)."""
+    engine = database.create_db_engine(db_url)
+    try:
+        store = Store(engine)
+        return verify_chain(store.iter_audit(), store.audit_head())
+    finally:
+        engine.dispose()

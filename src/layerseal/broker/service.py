@@ -1,0 +1,1021 @@
+"""The broker's behaviour, independent of HTTP: publishers, RCAR attestation, key release.
+
+Every method takes plain values, returns plain values and raises layerseal errors; the
+ASGI layer only translates.  State lives in the ``Store``; the only in-process state is
+caches of pure functions (compiled policies, policy decisions) and the shared JWT key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from layerseal.attest import binding
+from layerseal.attest.claims import Claims
+from layerseal.attest.sim import certificate_fingerprint, load_certificate
+from layerseal.attest.verifiers import SUPPORTED_TEES, verifier_for
+from layerseal.broker import packets, policy
+from layerseal.broker.custody import KeyCustody, record_aad
+from layerseal.broker.problems import (
+    ForbiddenError,
+    PolicyDeniedError,
+    RateLimitedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from layerseal.broker.store import (
+    ApiTokenRow,
+    KeyRow,
+    PlatformRow,
+    ReleaseSnapshot,
+    SessionRow,
+    Store,
+    keys_json,
+)
+from layerseal.broker.tokens import (
+    TokenSigner,
+    check_scopes,
+    new_api_token,
+    split_api_token,
+    token_matches,
+)
+from layerseal.crypto import jwe
+from layerseal.crypto.keys import public_key_from_jwk
+from layerseal.errors import BadInputError, DeniedError, LayersealError, NotFoundError
+from layerseal.image.digest import Digest
+from layerseal.image.encryption import PrivateOptions
+
+log = logging.getLogger("layerseal.broker")
+
+PROTOCOL_VERSION = "0.4.0"
+ADMIN_TENANT = "*"
+_REPO_RE = re.compile(
+    r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
+)
+_REF_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SIGNING_SECRET = "token-signing-key"  # noqa: S105 -- a row name, not a secret
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Tunables; defaults follow KBS (5 minute sessions and tokens)."""
+
+    session_ttl: float = 300.0
+    token_ttl: float = 300.0
+    max_pending_sessions: int = 10000
+    max_pending_per_client: int = 1000
+    max_batch: int = 256
+    issuer: str = "layerseal-broker"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.token_ttl <= 86400 or not 1 <= self.session_ttl <= 86400:
+            raise BadInputError("broker TTLs: expected 1..86400 seconds")
+        if self.max_pending_sessions < 1 or self.max_batch < 1:
+            raise BadInputError("broker limits: expected positive values")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated publisher or admin."""
+
+    token_id: str
+    tenant: str
+    scopes: tuple[str, ...]
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.scopes
+
+    def require(self, scope: str, tenant: str | None = None) -> None:
+        if not self.is_admin and scope not in self.scopes:
+            raise ForbiddenError(
+                f"API token {self.token_id}: expected scope {scope!r}, seen {list(self.scopes)}"
+            )
+        if tenant is not None and not self.is_admin and tenant != self.tenant:
+            raise ForbiddenError(
+                f"API token {self.token_id}: expected tenant {tenant!r}, seen {self.tenant!r}"
+            )
+
+    def tenant_for(self, requested: Any) -> str:
+        """The tenant a request acts on: the token's own, or the one an admin names."""
+        if requested is None:
+            if self.tenant == ADMIN_TENANT:
+                raise BadInputError("tenant: expected a 'tenant' field (admin tokens span all tenants)")
+            return self.tenant
+        tenant = packets.check_tenant(requested)
+        if not self.is_admin and tenant != self.tenant:
+            raise ForbiddenError(
+                f"API token {self.token_id}: expected tenant {self.tenant!r}, seen {tenant!r}"
+            )
+        return tenant
+
+
+@dataclass(frozen=True)
+class Attested:
+    """What a valid session or token proves: verified claims and the key to wrap to."""
+
+    claims: Mapping[str, Any]
+    tee_pubkey: Mapping[str, Any]
+    jti: str
+    evidence_digest: str
+    subject: str
+
+
+@dataclass(frozen=True)
+class Challenge:
+    session_id: str
+    nonce: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class KeyVersionInfo:
+    version: int
+    status: str
+    created_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "status": self.status, "created_at": self.created_at}
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    key_id: str
+    tenant: str
+    repository: str
+    layer_digest: str
+    created_at: float
+    unused: bool
+    revoked: bool
+    versions: tuple[KeyVersionInfo, ...] = field(default=())
+
+    @classmethod
+    def of(cls, row: KeyRow) -> KeyInfo:
+        return cls(
+            row.key_id,
+            row.tenant,
+            row.repository,
+            row.layer_digest,
+            row.created_at,
+            row.unused_at is not None,
+            row.revoked_at is not None,
+            tuple(KeyVersionInfo(v.version, v.status, v.created_at) for v in row.versions),
+        )
+
+    @property
+    def current_version(self) -> int | None:
+        active = [v.version for v in self.versions if v.status == "active"]
+        return max(active) if active else None
+
+    def to_json(self) -> dict[str, Any]:
+        current = self.current_version
+        return {
+            "key_id": self.key_id,
+            "tenant": self.tenant,
+            "repository": self.repository,
+            "layer_digest": self.layer_digest,
+            "created_at": self.created_at,
+            "unused": self.unused,
+            "revoked": self.revoked,
+            "current_version": current,
+            "kid": None if current is None else packets.ResourcePath(self.tenant, self.key_id, current).kid,
+            "versions": [v.to_json() for v in self.versions],
+        }
+
+
+def _b64(value: Any, what: str, *, max_len: int = 1 << 16) -> bytes:
+    if not isinstance(value, str):
+        raise BadInputError(f"{what}: expected a base64 string, seen {type(value).__name__}")
+    if len(value) > max_len:
+        raise BadInputError(f"{what}: expected at most {max_len} characters, seen {len(value)}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadInputError(f"{what}: expected standard base64, seen invalid text") from exc
+
+
+def _str(
+    obj: Mapping[str, Any], key: str, what: str, *, required: bool = True, max_len: int = 1024
+) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise BadInputError(f"{what}: field {key!r} is missing (expected a string)")
+        return None
+    if not isinstance(value, str) or len(value) > max_len:
+        raise BadInputError(f"{what}: field {key!r}: expected a string of at most {max_len} characters")
+    return value
+
+
+def check_repository(repo: Any) -> str:
+    if not isinstance(repo, str) or len(repo) > 255 or not _REPO_RE.match(repo):
+        raise BadInputError(
+            f"repository: expected an OCI repository name like 'registry:5000/app', seen {str(repo)[:80]!r}"
+        )
+    return repo
+
+
+class Broker:
+    """The key broker service."""
+
+    def __init__(
+        self,
+        store: Store,
+        custody: KeyCustody,
+        config: BrokerConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.custody = custody
+        self.config = config or BrokerConfig()
+        self.clock = clock
+        sealed = store.get_or_create_secret(
+            _SIGNING_SECRET,
+            lambda: custody.seal(TokenSigner.generate_pem(), record_aad("secret", _SIGNING_SECRET)),
+        )
+        self.signer = TokenSigner(
+            custody.unseal(sealed, record_aad("secret", _SIGNING_SECRET)), self.config.issuer
+        )
+        self._decisions: OrderedDict[tuple[str, str, str], policy.Decision] = OrderedDict()
+        self._policies: dict[str, policy.Policy] = {}
+        self._tokens: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._auth_count = 0
+        self.listeners: list[Callable[[str, str, int], None]] = []  # (action, decision, keys) for metrics
+
+    # ================================================================== publisher side
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise UnauthenticatedError(
+                "publisher API: expected 'Authorization: Bearer <API token>', seen none"
+            )
+        token = authorization[len("Bearer ") :].strip()
+        token_id = split_api_token(token)
+        row = self.store.get_api_token(token_id)
+        # compare even when the row is missing so timing does not reveal which ids exist
+        stored = row.token_hash if row is not None else "0" * 64
+        if not token_matches(token, stored) or row is None:
+            raise UnauthenticatedError(
+                "API token: expected a token issued by this broker, seen an unknown one"
+            )
+        if row.revoked_at is not None:
+            raise UnauthenticatedError(f"API token {token_id}: expected active, seen revoked")
+        return Principal(row.token_id, row.tenant, row.scopes)
+
+    def create_api_token(
+        self, principal: Principal | None, tenant: str, scopes: Any, description: str = ""
+    ) -> tuple[str, str]:
+        """Issue a token (principal None = bootstrap); returns (token_id, token shown once)."""
+        if principal is not None:
+            principal.require("admin")
+        if tenant != ADMIN_TENANT:
+            packets.check_tenant(tenant)
+        checked = check_scopes(scopes)
+        if "admin" in checked and tenant != ADMIN_TENANT:
+            raise BadInputError(
+                f"scopes: 'admin' is only for tenant {ADMIN_TENANT!r}, seen tenant {tenant!r}"
+            )
+        new = new_api_token()
+        self.store.insert_api_token(
+            ApiTokenRow(new.token_id, tenant, checked, new.token_hash, description[:200], self.clock(), None)
+        )
+        self._audit(
+            "token-create",
+            "ok",
+            tenant=None if tenant == ADMIN_TENANT else tenant,
+            actor=self._who(principal),
+            reason=f"token {new.token_id} scopes {' '.join(checked)}",
+        )
+        return new.token_id, new.token
+
+    def list_api_tokens(self, principal: Principal) -> list[dict[str, Any]]:
+        principal.require("admin")
+        return [
+            {
+                "token_id": r.token_id,
+                "tenant": r.tenant,
+                "scopes": list(r.scopes),
+                "description": r.description,
+                "created_at": r.created_at,
+                "revoked": r.revoked_at is not None,
+            }
+            for r in self.store.list_api_tokens(None)
+        ]
+
+    def revoke_api_token(self, principal: Principal, token_id: str) -> None:
+        principal.require("admin")
+        if not self.store.revoke_api_token(token_id):
+            raise NotFoundError(f"API token {token_id[:40]!r}: expected an active token, seen none")
+        self._audit("token-revoke", "ok", actor=self._who(principal), reason=f"token {token_id}")
+
+    @staticmethod
+    def _who(principal: Principal | None) -> str:
+        return "bootstrap" if principal is None else f"token:{principal.token_id}"
+
+    def _load_key(
+        self, principal: Principal, key_id: str, scope: str, *, secrets_too: bool = False
+    ) -> KeyRow:
+        if not isinstance(key_id, str) or not packets.KEY_ID_RE.match(key_id):
+            raise BadInputError(f"key id: expected 'k' + 26 base32 chars, seen {str(key_id)[:40]!r}")
+        row = self.store.get_keys([key_id], with_secrets=secrets_too).get(key_id)
+        # another tenant's key is reported as unknown: its existence is not ours to reveal
+        if row is None or (not principal.is_admin and row.tenant != principal.tenant):
+            raise NotFoundError(f"key {key_id}: expected a key of tenant {principal.tenant!r}, seen none")
+        principal.require(scope, row.tenant)
+        return row
+
+    def _seal_kek(self, key_id: str, version: int, kek: bytes) -> bytes:
+        return self.custody.seal(kek, record_aad("kek", key_id, version))
+
+    def create_layer_key(self, principal: Principal, body: Mapping[str, Any]) -> tuple[KeyInfo, bytes]:
+        """Create the KEK of a new image portion; returns its info and the CoCo key packet."""
+        what = "create key request"
+        tenant = principal.tenant_for(body.get("tenant"))
+        principal.require("keys:write", tenant)
+        repository = check_repository(body.get("repository"))
+        digest = str(Digest.parse(_str(body, "layer_digest", what) or ""))
+        optsdata = _b64(body.get("optsdata"), f"{what}: field 'optsdata'")
+        PrivateOptions.from_json_bytes(optsdata, f"{what}: optsdata")
+        key_id = packets.new_key_id()
+        kek = secrets.token_bytes(32)
+        packet = packets.make_key_packet(packets.ResourcePath(tenant, key_id, 1).kid, kek, optsdata)
+        self.store.insert_key(key_id, tenant, repository, digest, self._seal_kek(key_id, 1, kek))
+        row = self.store.get_keys([key_id])[key_id]
+        self._audit(
+            "key-create",
+            "ok",
+            tenant=tenant,
+            keys=[f"{tenant}/{key_id}.1"],
+            actor=self._who(principal),
+            reason=f"{repository} {digest}",
+        )
+        return KeyInfo.of(row), packet
+
+    def list_keys(self, principal: Principal, tenant: Any = None, repository: Any = None) -> list[KeyInfo]:
+        chosen = None if tenant is None and principal.is_admin else principal.tenant_for(tenant)
+        principal.require("keys:read", chosen)
+        repo = None if repository is None else check_repository(repository)
+        return [KeyInfo.of(r) for r in self.store.list_keys(chosen, repo)]
+
+    def get_key(self, principal: Principal, key_id: str) -> KeyInfo:
+        return KeyInfo.of(self._load_key(principal, key_id, "keys:read"))
+
+    def rotate_key(self, principal: Principal, key_id: str, body: Mapping[str, Any]) -> tuple[KeyInfo, bytes]:
+        """New KEK version; the optsdata comes in the clear or as the old packet to re-wrap."""
+        row = self._load_key(principal, key_id, "keys:write", secrets_too=True)
+        if row.revoked_at is not None:
+            raise ForbiddenError(f"key {key_id}: expected an unrevoked key to rotate, seen revoked")
+        what = "rotate key request"
+        if body.get("optsdata") is not None:
+            optsdata = _b64(body.get("optsdata"), f"{what}: field 'optsdata'")
+        elif body.get("packet") is not None:
+            packet = packets.KeyPacket.parse(_b64(body.get("packet"), f"{what}: field 'packet'"))
+            path = packet.resource
+            if path.key_id != key_id or path.version is None:
+                raise BadInputError(
+                    f"{what}: packet kid: expected a version of key {key_id}, seen {packet.kid[:100]!r}"
+                )
+            old = {v.version: v for v in row.versions}.get(path.version)
+            if old is None:
+                raise NotFoundError(f"key {key_id} version {path.version}: expected to exist, seen none")
+            kek_old = self.custody.unseal(old.sealed_kek, record_aad("kek", key_id, old.version))
+            optsdata = packets.unwrap_key_packet(_b64(body["packet"], what), kek_old)
+        else:
+            raise BadInputError(f"{what}: expected field 'optsdata' or 'packet', seen neither")
+        PrivateOptions.from_json_bytes(optsdata, f"{what}: optsdata")
+        kek = secrets.token_bytes(32)
+        for _ in range(5):
+            version = self.store.next_version(key_id)
+            if self.store.insert_version(key_id, version, self._seal_kek(key_id, version, kek)):
+                break
+        else:
+            raise UnavailableError(
+                f"key {key_id}: expected to add a version, seen repeated concurrent rotations"
+            )
+        if body.get("retire_previous") is True:
+            for v in row.versions:
+                if v.status == "active":
+                    self.store.set_version_status(key_id, v.version, "retired")
+        new_packet = packets.make_key_packet(
+            packets.ResourcePath(row.tenant, key_id, version).kid, kek, optsdata
+        )
+        self._audit(
+            "key-rotate",
+            "ok",
+            tenant=row.tenant,
+            keys=[f"{row.tenant}/{key_id}.{version}"],
+            actor=self._who(principal),
+            reason="rotated",
+        )
+        return KeyInfo.of(self.store.get_keys([key_id])[key_id]), new_packet
+
+    def set_version_status(self, principal: Principal, key_id: str, version: int, status: str) -> KeyInfo:
+        if status not in ("retired", "revoked", "active"):
+            raise BadInputError(f"key version status: expected retired/revoked/active, seen {status[:20]!r}")
+        row = self._load_key(principal, key_id, "keys:write")
+        if version not in {v.version for v in row.versions}:
+            raise NotFoundError(f"key {key_id} version {version}: expected to exist, seen none")
+        if self.store.set_version_status(key_id, version, status) == 0:
+            raise ForbiddenError(
+                f"key {key_id} version {version}: expected a changeable status, seen revoked"
+            )
+        self._audit(
+            f"key-{status}",
+            "ok",
+            tenant=row.tenant,
+            keys=[f"{row.tenant}/{key_id}.{version}"],
+            actor=self._who(principal),
+            reason=status,
+        )
+        return KeyInfo.of(self.store.get_keys([key_id])[key_id])
+
+    def revoke_key(self, principal: Principal, key_id: str) -> KeyInfo:
+        row = self._load_key(principal, key_id, "keys:write")
+        self.store.set_version_status(key_id, None, "revoked")
+        self.store.set_key_flags(key_id, revoked_at=self.clock())
+        self._audit(
+            "key-revoke",
+            "ok",
+            tenant=row.tenant,
+            keys=[f"{row.tenant}/{key_id}"],
+            actor=self._who(principal),
+            reason="revoked",
+        )
+        return KeyInfo.of(self.store.get_keys([key_id])[key_id])
+
+    def mark_unused(self, principal: Principal, key_id: str, unused: bool) -> KeyInfo:
+        row = self._load_key(principal, key_id, "keys:write")
+        self.store.set_key_flags(key_id, unused_at=self.clock() if unused else None)
+        self._audit(
+            "key-unused" if unused else "key-used",
+            "ok",
+            tenant=row.tenant,
+            keys=[f"{row.tenant}/{key_id}"],
+            actor=self._who(principal),
+            reason="marked",
+        )
+        return KeyInfo.of(self.store.get_keys([key_id])[key_id])
+
+    def delete_key(self, principal: Principal, key_id: str) -> None:
+        """Destroy a key marked unused or revoked (clean-up); anything else is refused."""
+        row = self._load_key(principal, key_id, "keys:write")
+        if row.unused_at is None and row.revoked_at is None:
+            raise ForbiddenError(
+                f"key {key_id}: expected to be marked unused or revoked before deletion, seen in use"
+            )
+        self.store.delete_key(key_id)
+        self._audit(
+            "key-delete",
+            "ok",
+            tenant=row.tenant,
+            keys=[f"{row.tenant}/{key_id}"],
+            actor=self._who(principal),
+            reason="deleted",
+        )
+
+    # ------------------------------------------------------------------ policies and reference values
+
+    def set_policy(self, principal: Principal, body: Mapping[str, Any]) -> dict[str, Any]:
+        tenant = principal.tenant_for(body.get("tenant"))
+        principal.require("policy:write", tenant)
+        scope, target = self._policy_target(tenant, body.get("scope", "tenant"), body.get("target"))
+        parsed = policy.Policy.parse(body.get("policy"))
+        self.store.put_policy(tenant, scope, target, json.dumps(parsed.document, sort_keys=True))
+        self._audit(
+            "policy-set",
+            "ok",
+            tenant=tenant,
+            actor=self._who(principal),
+            reason=f"{scope} {target} {parsed.digest[:16]}",
+        )
+        return {
+            "tenant": tenant,
+            "scope": scope,
+            "target": target,
+            "policy": parsed.document,
+            "digest": parsed.digest,
+        }
+
+    def delete_policy(self, principal: Principal, tenant: Any, scope: Any, target: Any) -> None:
+        t = principal.tenant_for(tenant)
+        principal.require("policy:write", t)
+        s, tg = self._policy_target(t, scope or "tenant", target)
+        if not self.store.delete_policy(t, s, tg):
+            raise NotFoundError(f"policy {t}/{s}/{tg}: expected to exist, seen none")
+        self._audit("policy-delete", "ok", tenant=t, actor=self._who(principal), reason=f"{s} {tg}")
+
+    def list_policies(self, principal: Principal, tenant: Any = None) -> list[dict[str, Any]]:
+        chosen = None if tenant is None and principal.is_admin else principal.tenant_for(tenant)
+        if "policy:read" not in principal.scopes:
+            principal.require("policy:write", chosen)
+        out = [
+            {
+                "tenant": r.tenant,
+                "scope": r.scope,
+                "target": r.target,
+                "policy": json.loads(r.document),
+                "updated_at": r.updated_at,
+            }
+            for r in self.store.list_policies(chosen)
+        ]
+        return out
+
+    @staticmethod
+    def _policy_target(tenant: str, scope: Any, target: Any) -> tuple[str, str]:
+        if scope == "tenant":
+            if target not in (None, ""):
+                raise BadInputError("policy target: expected none for scope 'tenant'")
+            return "tenant", ""
+        if scope == "repository":
+            return "repository", check_repository(target)
+        if scope == "key":
+            if not isinstance(target, str) or not packets.KEY_ID_RE.match(target):
+                raise BadInputError(
+                    f"policy target: expected a key id for scope 'key', seen {str(target)[:40]!r}"
+                )
+            return "key", target
+        raise BadInputError(f"policy scope: expected tenant, repository or key, seen {str(scope)[:20]!r}")
+
+    def change_refvalues(
+        self, principal: Principal, body: Mapping[str, Any], *, remove: bool = False
+    ) -> dict[str, Any]:
+        tenant = principal.tenant_for(body.get("tenant"))
+        principal.require("policy:write", tenant)
+        name = body.get("name")
+        if not isinstance(name, str) or not _REF_NAME_RE.match(name):
+            raise BadInputError(
+                f"reference values name: expected [A-Za-z0-9_.-]{{1,64}}, seen {str(name)[:40]!r}"
+            )
+        values = body.get("values")
+        if not isinstance(values, list) or not values or len(values) > 1000:
+            raise BadInputError("reference values: expected 'values', an array of 1-1000 strings")
+        if not all(isinstance(v, str) and 0 < len(v) <= 255 for v in values):
+            raise BadInputError("reference values: expected strings of 1-255 characters")
+        if remove:
+            changed = self.store.remove_refvalues(tenant, name, values)
+        else:
+            changed = self.store.add_refvalues(tenant, name, values)
+        self._audit(
+            "refvalues-remove" if remove else "refvalues-add",
+            "ok",
+            tenant=tenant,
+            actor=self._who(principal),
+            reason=f"{name}: {changed} changed",
+        )
+        return {"tenant": tenant, "name": name, "changed": changed}
+
+    def list_refvalues(self, principal: Principal, tenant: Any = None) -> dict[str, dict[str, list[str]]]:
+        chosen = None if tenant is None and principal.is_admin else principal.tenant_for(tenant)
+        if "policy:read" not in principal.scopes:
+            principal.require("policy:write", chosen)
+        return self.store.list_refvalues(chosen)
+
+    # ------------------------------------------------------------------ platforms
+
+    def register_platform(
+        self, principal: Principal | None, tee: Any, certificate: bytes, description: str = ""
+    ) -> str:
+        if principal is not None:
+            principal.require("admin")
+        if tee != "sim":
+            raise BadInputError(
+                f"platform tee: expected 'sim' (only sim has platform certificates), seen {str(tee)[:20]!r}"
+            )
+        der = load_certificate(certificate)
+        fingerprint = certificate_fingerprint(der)
+        self.store.put_platform(PlatformRow(fingerprint, "sim", der, description[:200], self.clock()))
+        self._audit("platform-register", "ok", actor=self._who(principal), reason=fingerprint)
+        return fingerprint
+
+    def list_platforms(self, principal: Principal) -> list[dict[str, Any]]:
+        principal.require("admin")
+        return [
+            {
+                "fingerprint": p.fingerprint,
+                "tee": p.tee,
+                "description": p.description,
+                "created_at": p.created_at,
+            }
+            for p in self.store.list_platforms()
+        ]
+
+    def delete_platform(self, principal: Principal, fingerprint: str) -> None:
+        principal.require("admin")
+        if not self.store.delete_platform(fingerprint):
+            raise NotFoundError(f"platform {fingerprint[:80]!r}: expected to be registered, seen none")
+        self._audit("platform-delete", "ok", actor=self._who(principal), reason=fingerprint)
+
+    # ------------------------------------------------------------------ audit
+
+    def audit_entries(
+        self, principal: Principal, tenant: Any = None, after: int = 0, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        chosen = None if tenant is None and principal.is_admin else principal.tenant_for(tenant)
+        principal.require("audit:read", chosen)
+        rows = self.store.iter_audit(tenant=chosen, after=after, limit=max(1, min(limit, 10000)))
+        return [dict(r.content, prev_hash=r.prev_hash, row_hash=r.row_hash) for r in rows]
+
+    def _audit(
+        self,
+        action: str,
+        decision: str,
+        *,
+        tenant: str | None = None,
+        keys: Sequence[str] = (),
+        actor: str = "",
+        evidence_digest: str | None = None,
+        measurement: str | None = None,
+        reason: str = "",
+    ) -> None:
+        entry = {
+            "at_ms": int(self.clock() * 1000),
+            "actor": actor[:200],
+            "action": action,
+            "decision": decision,
+            "tenant": tenant,
+            "keys": keys_json(keys),
+            "evidence_digest": evidence_digest,
+            "measurement": measurement,
+            "reason": reason[:2000],
+        }
+        self.store.append_audit(entry)
+        for listener in self.listeners:
+            listener(action, decision, len(keys))
+
+    # ================================================================== RCAR
+
+    def auth(self, client: str, body: Mapping[str, Any]) -> Challenge:
+        """Step 1: a session with a single-use nonce (bounded per client and in total)."""
+        version = body.get("version")
+        if not isinstance(version, str) or not version.startswith("0."):
+            raise BadInputError(
+                f"KBS request version: expected '{PROTOCOL_VERSION}', seen {str(version)[:20]!r}"
+            )
+        tee = body.get("tee")
+        if tee not in SUPPORTED_TEES:
+            raise BadInputError(
+                f"KBS request tee: expected one of {list(SUPPORTED_TEES)}, seen {str(tee)[:30]!r}"
+            )
+        now = self.clock()
+        self._auth_count += 1
+        if self._auth_count % 256 == 0:
+            self.store.purge_expired(now)
+        if self.store.count_pending_sessions(now, client) >= self.config.max_pending_per_client:
+            limit = self.config.max_pending_per_client
+            raise RateLimitedError(f"session store: expected < {limit} open sessions per client, seen more")
+        if self.store.count_pending_sessions(now) >= self.config.max_pending_sessions:
+            self.store.purge_expired(now)
+            if self.store.count_pending_sessions(now) >= self.config.max_pending_sessions:
+                raise UnavailableError(
+                    f"session store: expected < {self.config.max_pending_sessions} open sessions, seen full"
+                )
+        session_id = secrets.token_urlsafe(24)
+        nonce = base64.b64encode(os.urandom(32)).decode()
+        expires = now + self.config.session_ttl
+        self.store.insert_session(session_id, client, str(tee), nonce, expires)
+        return Challenge(session_id, nonce, expires)
+
+    def attest(
+        self, session_id: str | None, body: Mapping[str, Any], client: str = ""
+    ) -> tuple[str, float, Attested]:
+        """Step 2: verify evidence bound to the nonce and tee-pubkey; returns (JWT, exp, result)."""
+        if not session_id:
+            raise UnauthenticatedError(
+                "attest: expected cookie 'kbs-session-id' from /kbs/v0/auth, seen none"
+            )
+        runtime = body.get("runtime-data")
+        if not isinstance(runtime, dict):
+            raise BadInputError(
+                "attestation: field 'runtime-data': expected an object with 'nonce' and 'tee-pubkey'"
+            )
+        nonce = runtime.get("nonce")
+        tee_pubkey = runtime.get("tee-pubkey")
+        if not isinstance(nonce, str) or not isinstance(tee_pubkey, dict):
+            raise BadInputError(
+                "attestation runtime-data: expected 'nonce' (string) and 'tee-pubkey' (JWK object)"
+            )
+        public_key_from_jwk(tee_pubkey, "attestation tee-pubkey")
+        evidence_field = body.get("tee-evidence")
+        additional = ""
+        if isinstance(evidence_field, dict) and "primary_evidence" in evidence_field:
+            primary = evidence_field["primary_evidence"]
+            additional_value = evidence_field.get("additional_evidence", "")
+            if not isinstance(additional_value, str):
+                raise BadInputError("attestation tee-evidence.additional_evidence: expected a string")
+            additional = additional_value
+        else:
+            primary = evidence_field
+        if isinstance(primary, str):
+            evidence = primary.encode()
+        elif isinstance(primary, dict):
+            evidence = json.dumps(primary, separators=(",", ":")).encode()
+        else:
+            raise BadInputError("attestation: field 'tee-evidence': expected an object or string")
+        now = self.clock()
+        session = self.store.get_session(session_id)
+        if session is None or session.expires_at <= now:
+            raise UnauthenticatedError(
+                "attest: expected a live session, seen an unknown or expired kbs-session-id"
+            )
+        if not self.store.consume_nonce(session_id, now):
+            raise UnauthenticatedError(
+                f"attest: expected a fresh nonce, seen session in state {session.state!r} (nonce used)"
+            )
+        evidence_digest = hashlib.sha256(evidence).hexdigest()
+        try:
+            if not secrets.compare_digest(nonce.encode(), session.nonce.encode()):
+                raise DeniedError("attestation nonce: expected the nonce of this session, seen another")
+            expected = binding.report_data(nonce, tee_pubkey, additional)
+            trusted = (
+                [p.certificate for p in self.store.list_platforms("sim")] if session.tee == "sim" else []
+            )
+            claims = verifier_for(session.tee, trusted).verify(evidence, expected)
+        except LayersealError as exc:
+            self.store.finish_session(session_id, "failed", evidence_digest=evidence_digest)
+            self._audit(
+                "attest", "deny", actor=f"client:{client}", evidence_digest=evidence_digest, reason=str(exc)
+            )
+            raise
+        tree = claims.as_tree()
+        token, jti, exp = self.signer.issue(
+            {"sid": session_id, "tee-pubkey": tee_pubkey, "tcb": tree, "evidence_digest": evidence_digest},
+            self.config.token_ttl,
+            now,
+        )
+        # the session may never outlive its token (Trustee #560)
+        self.store.finish_session(
+            session_id,
+            "attested",
+            token_jti=jti,
+            claims=json.dumps(tree),
+            tee_pubkey=json.dumps(tee_pubkey),
+            evidence_digest=evidence_digest,
+            expires_at=min(session.expires_at, exp),
+        )
+        self._audit(
+            "attest",
+            "ok",
+            actor=f"client:{client}",
+            evidence_digest=evidence_digest,
+            measurement=claims.measurement,
+            reason=f"tee {claims.tee} svn {claims.svn} debug {claims.debug}",
+        )
+        return token, exp, Attested(tree, tee_pubkey, jti, evidence_digest, f"session:{session_id[:8]}")
+
+    def _verify_token(self, authorization: str, now: float) -> dict[str, Any]:
+        if not authorization.startswith("Bearer "):
+            raise UnauthenticatedError("resource: expected 'Authorization: Bearer <attestation token>'")
+        token = authorization[7:].strip()
+        # a verified token is a pure function of its bytes and our key; only exp changes its meaning
+        with self._lock:
+            claims = self._tokens.get(token)
+        if claims is None:
+            claims = self.signer.verify(token, now)
+            if not isinstance(claims.get("tcb"), dict) or not isinstance(claims.get("tee-pubkey"), dict):
+                raise UnauthenticatedError("attestation token: expected 'tcb' and 'tee-pubkey' claims")
+            with self._lock:
+                self._tokens[token] = claims
+                if len(self._tokens) > 4096:
+                    self._tokens.popitem(last=False)
+        elif float(claims["exp"]) <= now:
+            raise UnauthenticatedError(
+                f"attestation token: expected unexpired, seen expired {int(now - float(claims['exp']))} s ago"
+            )
+        return claims
+
+    @staticmethod
+    def _attested_from_token(claims: Mapping[str, Any], revoked: bool) -> Attested:
+        jti = str(claims["jti"])
+        if revoked:
+            raise UnauthenticatedError(f"attestation token {jti[:8]}: expected unrevoked, seen revoked")
+        return Attested(
+            claims["tcb"],
+            claims["tee-pubkey"],
+            jti,
+            str(claims.get("evidence_digest", "")),
+            f"token:{jti[:8]}",
+        )
+
+    @staticmethod
+    def _attested_from_session(session: SessionRow | None, session_id: str, now: float) -> Attested:
+        if session is None or session.expires_at <= now:
+            raise UnauthenticatedError(
+                "resource: expected a live session, seen an unknown or expired kbs-session-id"
+            )
+        if session.state != "attested" or session.claims is None or session.tee_pubkey is None:
+            raise UnauthenticatedError(
+                f"resource: expected an attested session, seen state {session.state!r}"
+            )
+        return Attested(
+            json.loads(session.claims),
+            json.loads(session.tee_pubkey),
+            session.token_jti or "",
+            session.evidence_digest or "",
+            f"session:{session_id[:8]}",
+        )
+
+    def resolve(self, session_id: str | None, authorization: str | None) -> Attested:
+        """The attestation a resource request rides on: bearer token first, else the cookie."""
+        now = self.clock()
+        if authorization:
+            claims = self._verify_token(authorization, now)
+            return self._attested_from_token(claims, self.store.is_revoked(str(claims["jti"])))
+        if not session_id:
+            raise UnauthenticatedError(
+                "resource: expected an attested kbs-session-id cookie or a bearer token, seen neither"
+            )
+        return self._attested_from_session(self.store.get_session(session_id), session_id, now)
+
+    def revoke_attestation(self, principal: Principal, token: str | None, jti: str | None) -> str:
+        principal.require("admin")
+        exp = self.clock() + self.config.token_ttl
+        if token:
+            claims = self.signer.verify(token, self.clock())
+            jti, exp = str(claims["jti"]), float(claims["exp"])
+        if not jti or not isinstance(jti, str) or len(jti) > 64:
+            raise BadInputError("revoke attestation: expected 'token' or 'jti'")
+        self.store.revoke_jti(jti, exp)
+        self._audit("token-revoke", "ok", actor=self._who(principal), reason=f"attestation token {jti[:8]}")
+        return jti
+
+    # ------------------------------------------------------------------ release
+
+    def _decide(
+        self, pol: policy.Policy, claims: Mapping[str, Any], refs: Mapping[str, list[str]]
+    ) -> policy.Decision:
+        claims_digest = hashlib.sha256(json.dumps(claims, sort_keys=True).encode()).hexdigest()
+        ref_digest = hashlib.sha256(
+            json.dumps({n: sorted(refs.get(n, [])) for n in sorted(pol.refvalue_names())}).encode()
+        ).hexdigest()
+        cache_key = (pol.digest, claims_digest, ref_digest)
+        with self._lock:
+            hit = self._decisions.get(cache_key)
+            if hit is not None:
+                self._decisions.move_to_end(cache_key)
+                return hit
+        decision = policy.evaluate(pol, claims, refs)
+        with self._lock:
+            self._decisions[cache_key] = decision
+            if len(self._decisions) > 4096:
+                self._decisions.popitem(last=False)
+        return decision
+
+    def _policy(self, document: str) -> policy.Policy:
+        pol = self._policies.get(document)
+        if pol is None:
+            pol = policy.Policy.parse(document)
+            with self._lock:
+                if len(self._policies) > 1024:
+                    self._policies.clear()
+                self._policies[document] = pol
+        return pol
+
+    def _parse_paths(self, resources: Any) -> list[packets.ResourcePath]:
+        if not isinstance(resources, list | tuple) or not resources:
+            raise BadInputError("resources: expected at least one resource path, seen none")
+        if len(resources) > self.config.max_batch:
+            raise BadInputError(
+                f"resources: expected at most {self.config.max_batch} paths, seen {len(resources)}"
+            )
+        return [packets.ResourcePath.parse(r) for r in resources]
+
+    def release_request(
+        self, session_id: str | None, authorization: str | None, resources: Any
+    ) -> tuple[Attested, dict[str, bytes]]:
+        """Authenticate (token or cookie) and release, reading the database once."""
+        now = self.clock()
+        claims = self._verify_token(authorization, now) if authorization else None
+        if claims is None and not session_id:
+            raise UnauthenticatedError(
+                "resource: expected an attested kbs-session-id cookie or a bearer token, seen neither"
+            )
+        paths = self._parse_paths(resources)
+        snap = self.store.release_snapshot(
+            [p.key_id for p in paths],
+            {p.tenant for p in paths},
+            jti=None if claims is None else str(claims["jti"]),
+            session_id=None if claims is not None else session_id,
+        )
+        if claims is not None:
+            attested = self._attested_from_token(claims, snap.revoked)
+        else:
+            assert session_id is not None
+            attested = self._attested_from_session(snap.session, session_id, now)
+        return attested, self._release(attested, paths, snap)
+
+    def release(self, attested: Attested, resources: Sequence[Any]) -> dict[str, bytes]:
+        """KEKs for *resources* (all or nothing), each allowed by its key's policy."""
+        paths = self._parse_paths(list(resources))
+        snap = self.store.release_snapshot([p.key_id for p in paths], {p.tenant for p in paths})
+        return self._release(attested, paths, snap)
+
+    def _release(
+        self, attested: Attested, paths: list[packets.ResourcePath], snap: ReleaseSnapshot
+    ) -> dict[str, bytes]:
+        names = [str(p) for p in paths]
+        claims = attested.claims
+        measurement = str(claims.get("measurement", ""))
+        tenants = {p.tenant for p in paths}
+        audit_tenant = next(iter(tenants)) if len(tenants) == 1 else None
+
+        def deny(exc: LayersealError) -> LayersealError:
+            self._audit(
+                "release",
+                "deny",
+                tenant=audit_tenant,
+                keys=names,
+                actor=attested.subject,
+                evidence_digest=attested.evidence_digest,
+                measurement=measurement,
+                reason=str(exc),
+            )
+            return exc
+
+        rows = snap.keys
+        chosen: list[tuple[packets.ResourcePath, KeyRow, int, bytes]] = []
+        for p in paths:
+            row = rows.get(p.key_id)
+            if row is None or row.tenant != p.tenant:
+                raise deny(NotFoundError(f"resource {p}: expected a key of tenant {p.tenant!r}, seen none"))
+            if row.revoked_at is not None:
+                raise deny(ForbiddenError(f"resource {p}: expected an unrevoked key, seen revoked"))
+            if p.version is None:
+                active = [v for v in row.versions if v.status == "active"]
+                if not active:
+                    raise deny(ForbiddenError(f"resource {p}: expected an active version, seen none"))
+                ver = active[-1]
+            else:
+                found = next((v for v in row.versions if v.version == p.version), None)
+                if found is None:
+                    raise deny(
+                        NotFoundError(f"resource {p}: expected version {p.version} to exist, seen none")
+                    )
+                ver = found
+            if ver.status != "active":
+                raise deny(ForbiddenError(f"resource {p}: expected an active key version, seen {ver.status}"))
+            chosen.append((p, row, ver.version, ver.sealed_kek))
+        by_scope = {(r.tenant, r.scope, r.target): r.document for r in snap.policies}
+        for p, row, _version, _sealed in chosen:
+            doc = (
+                by_scope.get((row.tenant, "key", row.key_id))
+                or by_scope.get((row.tenant, "repository", row.repository))
+                or by_scope.get((row.tenant, "tenant", ""))
+            )
+            pol = policy.DEFAULT_POLICY if doc is None else self._policy(doc)
+            decision = self._decide(pol, claims, snap.refvalues.get(row.tenant, {}))
+            if not decision.allowed:
+                source = "default policy" if doc is None else "policy"
+                raise deny(PolicyDeniedError(f"resource {p}: {source} denied release: {decision.reason}"))
+        keks = {
+            str(p): self.custody.unseal(sealed, record_aad("kek", row.key_id, version))
+            for p, row, version, sealed in chosen
+        }
+        self._audit(
+            "release",
+            "ok",
+            tenant=audit_tenant,
+            keys=[f"{p.tenant}/{p.key_id}.{v}" for p, _r, v, _s in chosen],
+            actor=attested.subject,
+            evidence_digest=attested.evidence_digest,
+            measurement=measurement,
+            reason="policy allowed",
+        )
+        return keks
+
+    @staticmethod
+    def seal_response(attested: Attested, payload: bytes) -> dict[str, Any]:
+        """The KBS response: a flattened JWE of *payload* to the attested tee-pubkey."""
+        return jwe.encrypt_to_jwk(payload, attested.tee_pubkey)
+
+
+def batch_payload(keks: Mapping[str, bytes]) -> bytes:
+    """The plaintext of a batch release: ``{"resources": {path: b64(KEK)}}``."""
+    return json.dumps(
+        {"resources": {path: base64.b64encode(k).decode() for path, k in keks.items()}}, separators=(",", ":")
+    ).encode()
+
+
+__all__ = [
+    "Attested",
+    "Broker",
+    "BrokerConfig",
+    "Challenge",
+    "Claims",
+    "KeyInfo",
+    "Principal",
+    "batch_payload",
+]

@@ -1,0 +1,591 @@
+"""The broker's storage: one repository class over SQLAlchemy Core.
+
+Everything a request needs lives here (sessions, nonces, revoked tokens, keys, policies,
+audit chain), so any replica can serve any request.  Each method is one transaction.
+Races between replicas are settled by the database: nonces are consumed with a guarded
+UPDATE, the audit chain is appended under a row lock on its head record.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
+from sqlalchemy.exc import OperationalError
+
+from layerseal.broker import audit
+from layerseal.broker import schema as S
+from layerseal.broker.database import READONLY_OPTION, RELAXED_SYNC_OPTION
+
+
+@dataclass(frozen=True)
+class ApiTokenRow:
+    token_id: str
+    tenant: str
+    scopes: tuple[str, ...]
+    token_hash: str
+    description: str
+    created_at: float
+    revoked_at: float | None
+
+
+@dataclass(frozen=True)
+class KeyVersionRow:
+    version: int
+    status: str
+    created_at: float
+    changed_at: float
+    sealed_kek: bytes
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    key_id: str
+    tenant: str
+    repository: str
+    layer_digest: str
+    created_at: float
+    unused_at: float | None
+    revoked_at: float | None
+    versions: tuple[KeyVersionRow, ...]
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    session_id: str
+    client: str
+    tee: str
+    nonce: str
+    state: str
+    created_at: float
+    expires_at: float
+    token_jti: str | None
+    claims: str | None
+    tee_pubkey: str | None
+    evidence_digest: str | None
+
+
+@dataclass(frozen=True)
+class PolicyRow:
+    tenant: str
+    scope: str
+    target: str
+    document: str
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class PlatformRow:
+    fingerprint: str
+    tee: str
+    certificate: bytes
+    description: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class ReleaseSnapshot:
+    revoked: bool
+    session: SessionRow | None
+    keys: dict[str, KeyRow]
+    policies: list[PolicyRow]
+    refvalues: dict[str, dict[str, list[str]]]
+
+
+# Hot-path statements are built once; SQLAlchemy then only binds parameters.
+_Q_REVOKED = select(S.revoked_tokens.c.jti).where(S.revoked_tokens.c.jti == bindparam("jti"))
+_Q_SESSION = select(S.sessions).where(S.sessions.c.session_id == bindparam("sid"))
+_Q_KEYS = select(S.layer_keys).where(S.layer_keys.c.key_id.in_(bindparam("ids", expanding=True)))
+_Q_VERSIONS = select(S.key_versions).where(S.key_versions.c.key_id.in_(bindparam("ids", expanding=True)))
+_Q_POLICIES = select(
+    S.policies.c.tenant,
+    S.policies.c.scope,
+    S.policies.c.target,
+    S.policies.c.document,
+    S.policies.c.updated_at,
+).where(S.policies.c.tenant.in_(bindparam("tenants", expanding=True)))
+_Q_REFVALUES = select(S.refvalues.c.tenant, S.refvalues.c.name, S.refvalues.c.value).where(
+    S.refvalues.c.tenant.in_(bindparam("tenants", expanding=True))
+)
+_Q_HEAD = select(S.audit_head.c.seq, S.audit_head.c.row_hash).where(S.audit_head.c.id == 1).with_for_update()
+_I_AUDIT = insert(S.audit_log)
+_U_HEAD = update(S.audit_head).where(S.audit_head.c.id == 1)
+
+
+class Store:
+    """All database access of the broker."""
+
+    def __init__(
+        self, engine: Engine, clock: Callable[[], float] = time.time, *, relaxed_audit_sync: bool = False
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.relaxed_audit_sync = relaxed_audit_sync
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(**{READONLY_OPTION: True})
+            with conn.begin():
+                yield conn
+
+    # ------------------------------------------------------------------ API tokens
+
+    def insert_api_token(self, row: ApiTokenRow) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(S.api_tokens).values(
+                    token_id=row.token_id,
+                    tenant=row.tenant,
+                    scopes=" ".join(row.scopes),
+                    token_hash=row.token_hash,
+                    description=row.description,
+                    created_at=row.created_at,
+                    revoked_at=None,
+                )
+            )
+
+    def get_api_token(self, token_id: str) -> ApiTokenRow | None:
+        with self.engine.begin() as conn:
+            r = conn.execute(select(S.api_tokens).where(S.api_tokens.c.token_id == token_id)).first()
+        if r is None:
+            return None
+        return ApiTokenRow(
+            r.token_id,
+            r.tenant,
+            tuple(r.scopes.split()),
+            r.token_hash,
+            r.description,
+            r.created_at,
+            r.revoked_at,
+        )
+
+    def list_api_tokens(self, tenant: str | None) -> list[ApiTokenRow]:
+        q = select(S.api_tokens).order_by(S.api_tokens.c.created_at)
+        if tenant is not None:
+            q = q.where(S.api_tokens.c.tenant == tenant)
+        with self.engine.begin() as conn:
+            rows = conn.execute(q).all()
+        return [
+            ApiTokenRow(
+                r.token_id, r.tenant, tuple(r.scopes.split()), "", r.description, r.created_at, r.revoked_at
+            )
+            for r in rows
+        ]
+
+    def revoke_api_token(self, token_id: str) -> bool:
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(S.api_tokens)
+                .where(S.api_tokens.c.token_id == token_id, S.api_tokens.c.revoked_at.is_(None))
+                .values(revoked_at=self.clock())
+            )
+        return res.rowcount == 1
+
+    def count_admin_tokens(self) -> int:
+        with self.engine.begin() as conn:
+            n = conn.execute(
+                select(func.count()).select_from(S.api_tokens).where(S.api_tokens.c.tenant == "*")
+            ).scalar_one()
+        return int(n)
+
+    # ------------------------------------------------------------------ keys
+
+    def insert_key(
+        self, key_id: str, tenant: str, repository: str, layer_digest: str, sealed_kek: bytes
+    ) -> None:
+        now = self.clock()
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(S.layer_keys).values(
+                    key_id=key_id,
+                    tenant=tenant,
+                    repository=repository,
+                    layer_digest=layer_digest,
+                    created_at=now,
+                    unused_at=None,
+                    revoked_at=None,
+                )
+            )
+            conn.execute(
+                insert(S.key_versions).values(
+                    key_id=key_id,
+                    version=1,
+                    status="active",
+                    sealed_kek=sealed_kek,
+                    created_at=now,
+                    changed_at=now,
+                )
+            )
+
+    def next_version(self, key_id: str) -> int:
+        with self.engine.begin() as conn:
+            n = conn.execute(
+                select(func.max(S.key_versions.c.version)).where(S.key_versions.c.key_id == key_id)
+            ).scalar()
+        return int(n or 0) + 1
+
+    def insert_version(self, key_id: str, version: int, sealed_kek: bytes) -> bool:
+        """Add a version; False if another writer took that version number first."""
+        now = self.clock()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(S.key_versions).values(
+                        key_id=key_id,
+                        version=version,
+                        status="active",
+                        sealed_kek=sealed_kek,
+                        created_at=now,
+                        changed_at=now,
+                    )
+                )
+        except SAIntegrityError:
+            return False
+        return True
+
+    def set_version_status(self, key_id: str, version: int | None, status: str) -> int:
+        q = update(S.key_versions).where(S.key_versions.c.key_id == key_id)
+        if version is not None:
+            q = q.where(S.key_versions.c.version == version)
+        if status != "revoked":
+            q = q.where(S.key_versions.c.status != "revoked")  # revocation is final
+        with self.engine.begin() as conn:
+            res = conn.execute(q.values(status=status, changed_at=self.clock()))
+        return int(res.rowcount)
+
+    def set_key_flags(self, key_id: str, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(S.layer_keys).where(S.layer_keys.c.key_id == key_id).values(**values))
+
+    def delete_key(self, key_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(S.key_versions).where(S.key_versions.c.key_id == key_id))
+            conn.execute(delete(S.layer_keys).where(S.layer_keys.c.key_id == key_id))
+
+    def get_keys(self, key_ids: Sequence[str], *, with_secrets: bool = False) -> dict[str, KeyRow]:
+        if not key_ids:
+            return {}
+        with self.engine.begin() as conn:
+            krows = conn.execute(select(S.layer_keys).where(S.layer_keys.c.key_id.in_(set(key_ids)))).all()
+            vrows = conn.execute(
+                select(S.key_versions)
+                .where(S.key_versions.c.key_id.in_(set(key_ids)))
+                .order_by(S.key_versions.c.key_id, S.key_versions.c.version)
+            ).all()
+        return self._assemble(krows, vrows, with_secrets)
+
+    def list_keys(self, tenant: str | None, repository: str | None) -> list[KeyRow]:
+        q = select(S.layer_keys).order_by(S.layer_keys.c.created_at)
+        if tenant is not None:
+            q = q.where(S.layer_keys.c.tenant == tenant)
+        if repository is not None:
+            q = q.where(S.layer_keys.c.repository == repository)
+        with self.engine.begin() as conn:
+            krows = conn.execute(q.limit(10000)).all()
+            ids = [r.key_id for r in krows]
+            vrows: list[Any] = []
+            for i in range(0, len(ids), 500):
+                vrows.extend(
+                    conn.execute(
+                        select(
+                            S.key_versions.c.key_id,
+                            S.key_versions.c.version,
+                            S.key_versions.c.status,
+                            S.key_versions.c.created_at,
+                            S.key_versions.c.changed_at,
+                        ).where(S.key_versions.c.key_id.in_(ids[i : i + 500]))
+                    ).all()
+                )
+        keys = self._assemble(krows, vrows, False)
+        return [keys[i] for i in ids]
+
+    @staticmethod
+    def _assemble(krows: Iterable[Any], vrows: Iterable[Any], with_secrets: bool) -> dict[str, KeyRow]:
+        versions: dict[str, list[KeyVersionRow]] = {}
+        for v in vrows:
+            sealed = bytes(v.sealed_kek) if with_secrets else b""
+            versions.setdefault(v.key_id, []).append(
+                KeyVersionRow(v.version, v.status, v.created_at, v.changed_at, sealed)
+            )
+        out = {}
+        for k in krows:
+            vs = tuple(sorted(versions.get(k.key_id, []), key=lambda x: x.version))
+            out[k.key_id] = KeyRow(
+                k.key_id, k.tenant, k.repository, k.layer_digest, k.created_at, k.unused_at, k.revoked_at, vs
+            )
+        return out
+
+    # ------------------------------------------------------------------ policies, refvalues, platforms
+
+    def put_policy(self, tenant: str, scope: str, target: str, document: str) -> None:
+        now = self.clock()
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(S.policies)
+                .where(
+                    S.policies.c.tenant == tenant, S.policies.c.scope == scope, S.policies.c.target == target
+                )
+                .values(document=document, updated_at=now)
+            )
+            if res.rowcount == 0:
+                conn.execute(
+                    insert(S.policies).values(
+                        tenant=tenant, scope=scope, target=target, document=document, updated_at=now
+                    )
+                )
+
+    def delete_policy(self, tenant: str, scope: str, target: str) -> bool:
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                delete(S.policies).where(
+                    S.policies.c.tenant == tenant, S.policies.c.scope == scope, S.policies.c.target == target
+                )
+            )
+        return res.rowcount > 0
+
+    def list_policies(self, tenant: str | None) -> list[PolicyRow]:
+        q = select(S.policies).order_by(S.policies.c.tenant, S.policies.c.scope, S.policies.c.target)
+        if tenant is not None:
+            q = q.where(S.policies.c.tenant == tenant)
+        with self.engine.begin() as conn:
+            return [PolicyRow(r.tenant, r.scope, r.target, r.document, r.updated_at) for r in conn.execute(q)]
+
+    def add_refvalues(self, tenant: str, name: str, values: Sequence[str]) -> int:
+        now = self.clock()
+        added = 0
+        with self.engine.begin() as conn:
+            existing = {
+                r.value
+                for r in conn.execute(
+                    select(S.refvalues.c.value).where(
+                        S.refvalues.c.tenant == tenant, S.refvalues.c.name == name
+                    )
+                )
+            }
+            for value in dict.fromkeys(values):
+                if value not in existing:
+                    conn.execute(
+                        insert(S.refvalues).values(tenant=tenant, name=name, value=value, created_at=now)
+                    )
+                    added += 1
+        return added
+
+    def remove_refvalues(self, tenant: str, name: str, values: Sequence[str]) -> int:
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                delete(S.refvalues).where(
+                    S.refvalues.c.tenant == tenant,
+                    S.refvalues.c.name == name,
+                    S.refvalues.c.value.in_(values),
+                )
+            )
+        return int(res.rowcount)
+
+    def list_refvalues(self, tenant: str | None) -> dict[str, dict[str, list[str]]]:
+        q = select(S.refvalues).order_by(S.refvalues.c.tenant, S.refvalues.c.name, S.refvalues.c.value)
+        if tenant is not None:
+            q = q.where(S.refvalues.c.tenant == tenant)
+        out: dict[str, dict[str, list[str]]] = {}
+        with self.engine.begin() as conn:
+            for r in conn.execute(q):
+                out.setdefault(r.tenant, {}).setdefault(r.name, []).append(r.value)
+        return out
+
+    def release_snapshot(
+        self,
+        key_ids: Sequence[str],
+        tenants: set[str],
+        *,
+        jti: str | None = None,
+        session_id: str | None = None,
+    ) -> ReleaseSnapshot:
+        """Everything a release decision reads, in one read-only transaction."""
+        with self._reading() as conn:
+            revoked = jti is not None and conn.execute(_Q_REVOKED, {"jti": jti}).first() is not None
+            session = None
+            if session_id is not None:
+                r = conn.execute(_Q_SESSION, {"sid": session_id}).first()
+                session = None if r is None else SessionRow(*r)
+            ids = sorted(set(key_ids))
+            krows = conn.execute(_Q_KEYS, {"ids": ids}).all() if ids else []
+            vrows = conn.execute(_Q_VERSIONS, {"ids": ids}).all() if ids else []
+            pols = [PolicyRow(*r) for r in conn.execute(_Q_POLICIES, {"tenants": sorted(tenants)})]
+            refs: dict[str, dict[str, list[str]]] = {}
+            for r in conn.execute(_Q_REFVALUES, {"tenants": sorted(tenants)}):
+                refs.setdefault(r.tenant, {}).setdefault(r.name, []).append(r.value)
+        return ReleaseSnapshot(revoked, session, self._assemble(krows, vrows, True), pols, refs)
+
+    def put_platform(self, row: PlatformRow) -> bool:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(S.platforms).values(
+                        fingerprint=row.fingerprint,
+                        tee=row.tee,
+                        certificate=row.certificate,
+                        description=row.description,
+                        created_at=row.created_at,
+                    )
+                )
+        except SAIntegrityError:
+            return False
+        return True
+
+    def delete_platform(self, fingerprint: str) -> bool:
+        with self.engine.begin() as conn:
+            res = conn.execute(delete(S.platforms).where(S.platforms.c.fingerprint == fingerprint))
+        return res.rowcount > 0
+
+    def list_platforms(self, tee: str | None = None) -> list[PlatformRow]:
+        q = select(S.platforms).order_by(S.platforms.c.created_at)
+        if tee is not None:
+            q = q.where(S.platforms.c.tee == tee)
+        with self.engine.begin() as conn:
+            return [
+                PlatformRow(r.fingerprint, r.tee, bytes(r.certificate), r.description, r.created_at)
+                for r in conn.execute(q)
+            ]
+
+    # ------------------------------------------------------------------ sessions and tokens
+
+    def count_pending_sessions(self, now: float, client: str | None = None) -> int:
+        q = (
+            select(func.count())
+            .select_from(S.sessions)
+            .where(S.sessions.c.state == "pending", S.sessions.c.expires_at > now)
+        )
+        if client is not None:
+            q = q.where(S.sessions.c.client == client)
+        with self.engine.begin() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def insert_session(self, session_id: str, client: str, tee: str, nonce: str, expires_at: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(S.sessions).values(
+                    session_id=session_id,
+                    client=client,
+                    tee=tee,
+                    nonce=nonce,
+                    state="pending",
+                    created_at=self.clock(),
+                    expires_at=expires_at,
+                )
+            )
+
+    def purge_expired(self, now: float) -> int:
+        with self.engine.begin() as conn:
+            res = conn.execute(delete(S.sessions).where(S.sessions.c.expires_at < now))
+            conn.execute(delete(S.revoked_tokens).where(S.revoked_tokens.c.expires_at < now))
+        return int(res.rowcount)
+
+    def get_session(self, session_id: str) -> SessionRow | None:
+        with self.engine.begin() as conn:
+            r = conn.execute(select(S.sessions).where(S.sessions.c.session_id == session_id)).first()
+        return None if r is None else SessionRow(*r)
+
+    def consume_nonce(self, session_id: str, now: float) -> bool:
+        """Move a pending, unexpired session to 'verifying'; True for exactly one caller."""
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(S.sessions)
+                .where(
+                    S.sessions.c.session_id == session_id,
+                    S.sessions.c.state == "pending",
+                    S.sessions.c.expires_at > now,
+                )
+                .values(state="verifying")
+            )
+        return res.rowcount == 1
+
+    def finish_session(self, session_id: str, state: str, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(S.sessions).where(S.sessions.c.session_id == session_id).values(state=state, **values)
+            )
+
+    def revoke_jti(self, jti: str, expires_at: float) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(S.revoked_tokens).values(jti=jti, expires_at=expires_at))
+                conn.execute(update(S.sessions).where(S.sessions.c.token_jti == jti).values(state="revoked"))
+        except SAIntegrityError:
+            pass  # already revoked
+
+    def is_revoked(self, jti: str) -> bool:
+        with self.engine.begin() as conn:
+            r = conn.execute(select(S.revoked_tokens.c.jti).where(S.revoked_tokens.c.jti == jti)).first()
+        return r is not None
+
+    # ------------------------------------------------------------------ secrets
+
+    def get_or_create_secret(self, name: str, make: Callable[[], bytes]) -> bytes:
+        """The sealed secret *name*; the first replica to ask creates it, the others read it."""
+        with self.engine.begin() as conn:
+            r = conn.execute(select(S.secrets.c.sealed).where(S.secrets.c.name == name)).first()
+        if r is not None:
+            return bytes(r.sealed)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(S.secrets).values(name=name, sealed=make(), created_at=self.clock()))
+        except SAIntegrityError:
+            pass  # another replica won the race; use its secret
+        with self.engine.begin() as conn:
+            return bytes(
+                conn.execute(select(S.secrets.c.sealed).where(S.secrets.c.name == name)).scalar_one()
+            )
+
+    # ------------------------------------------------------------------ audit
+
+    def append_audit(self, entry: dict[str, Any]) -> int:
+        """Append one row to the chain; returns its seq."""
+        for attempt in range(5):
+            try:
+                with self.engine.connect() as conn:
+                    if self.relaxed_audit_sync:
+                        conn.execution_options(**{RELAXED_SYNC_OPTION: True})
+                    conn.begin()
+                    head = conn.execute(_Q_HEAD).one()
+                    seq = int(head.seq) + 1
+                    content = dict(entry, seq=seq)
+                    row_hash = audit.chain_hash(head.row_hash, content)
+                    values = {k: content[k] for k in audit.CONTENT_FIELDS}
+                    conn.execute(_I_AUDIT, [dict(values, prev_hash=head.row_hash, row_hash=row_hash)])
+                    conn.execute(_U_HEAD, [{"seq": seq, "row_hash": row_hash}])
+                    conn.commit()
+                return seq
+            except (SAIntegrityError, OperationalError):
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def iter_audit(
+        self, *, tenant: str | None = None, after: int = 0, limit: int | None = None
+    ) -> Iterator[audit.AuditRow]:
+        q = select(S.audit_log).where(S.audit_log.c.seq > after).order_by(S.audit_log.c.seq)
+        if tenant is not None:
+            q = q.where(S.audit_log.c.tenant == tenant)
+        if limit is not None:
+            q = q.limit(limit)
+        with self.engine.connect() as conn:
+            for r in conn.execution_options(yield_per=1000).execute(q):
+                content = {k: getattr(r, k) for k in audit.CONTENT_FIELDS}
+                yield audit.AuditRow(content, r.prev_hash, r.row_hash)
+
+    def audit_head(self) -> tuple[int, str] | None:
+        with self.engine.begin() as conn:
+            r = conn.execute(
+                select(S.audit_head.c.seq, S.audit_head.c.row_hash).where(S.audit_head.c.id == 1)
+            ).first()
+        return None if r is None else (int(r.seq), str(r.row_hash))
+
+
+def keys_json(paths: Iterable[str]) -> str:
+    return json.dumps(sorted(paths), separators=(",", ":"))

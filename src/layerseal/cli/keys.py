@@ -1,0 +1,135 @@
+"""``layerseal keys rotate|revoke|list``: the publisher's key operations at the broker."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from layerseal.builder.endpoints import open_destination, open_source
+from layerseal.builder.rotate import reencrypt, rotate_keys
+from layerseal.cli.common import (
+    RichProgress,
+    add_encryption_flags,
+    add_registry_flags,
+    parse_unwrappers,
+    parse_wrappers,
+    print_json,
+    registry_options,
+)
+from layerseal.errors import BadInputError
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from layerseal.broker.client import PublisherClient
+
+    token = args.kbs_token or os.environ.get("LAYERSEAL_KBS_TOKEN")
+    if not args.kbs or not token:
+        raise BadInputError("keys: expected --kbs URL and a token (--kbs-token or LAYERSEAL_KBS_TOKEN)")
+    return PublisherClient(args.kbs, token, verify=args.kbs_cacert or True)
+
+
+def _broker_flags(p: argparse.ArgumentParser, with_token: bool = True) -> None:
+    p.add_argument("--kbs", metavar="URL", help="the key broker")
+    if with_token:  # add_encryption_flags already defines these for 'rotate'
+        p.add_argument("--kbs-cacert", help="CA bundle for the broker's TLS certificate")
+        p.add_argument("--kbs-token", help="broker API token (default: $LAYERSEAL_KBS_TOKEN)")
+
+
+def register(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="rotate, revoke and list layer keys at the broker")
+    ksub = keys.add_subparsers(dest="keys_command", metavar="COMMAND")
+    ksub.required = True
+
+    r = ksub.add_parser("rotate", help="new key versions for every layer (annotations only, no re-upload)")
+    r.add_argument("source", metavar="SRC")
+    r.add_argument("destination", metavar="DST")
+    r.add_argument("--retire-previous", action="store_true", help="retire the old versions at the broker")
+    r.add_argument("--reencrypt", action="store_true", help="re-encrypt blobs with fresh layer keys")
+    r.add_argument("--decryption-key", action="append", default=[], metavar="PRIVKEY")
+    add_encryption_flags(r)
+    _broker_flags(r, with_token=False)
+    r.add_argument("--quiet", "-q", action="store_true")
+    r.add_argument("--json", action="store_true")
+    add_registry_flags(r, "src", "dest")
+    r.set_defaults(func=run_rotate)
+
+    v = ksub.add_parser("revoke", help="revoke a key (all versions) or one version")
+    v.add_argument("key_id", metavar="KEY_ID")
+    v.add_argument("--version", type=int)
+    _broker_flags(v)
+    v.set_defaults(func=run_revoke)
+
+    ls = ksub.add_parser("list", help="list the keys the broker holds for this token's tenant")
+    ls.add_argument("--repository")
+    ls.add_argument("--unused", action="store_true", help="only keys of failed publishes (cleanable)")
+    ls.add_argument("--json", action="store_true")
+    _broker_flags(ls)
+    ls.set_defaults(func=run_list)
+
+
+def run_rotate(args: argparse.Namespace) -> int:
+    src = open_source(args.source, registry_options(args, "src", args.source))
+    try:
+        dst = open_destination(args.destination, registry_options(args, "dest", args.destination))
+        try:
+            with RichProgress(not args.quiet and not args.json) as progress:
+                if args.reencrypt:
+                    report = reencrypt(
+                        src,
+                        dst,
+                        parse_unwrappers(args.decryption_key),
+                        parse_wrappers(args, args.destination),
+                        progress=progress,
+                    )
+                else:
+                    with _client(args) as client:
+                        report = rotate_keys(
+                            src, dst, client, retire_previous=args.retire_previous, progress=progress
+                        )
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    if args.json:
+        print_json(
+            {
+                "manifest": str(report.manifest.digest),
+                "rotated": [{"layer": i, "from": a, "to": b} for i, a, b in report.rotated],
+                "reencrypted": report.reencrypted,
+            }
+        )
+    elif not args.quiet:
+        what = (
+            f"{report.reencrypted} layers re-encrypted"
+            if args.reencrypt
+            else f"{len(report.rotated)} keys rotated"
+        )
+        print(f"{what}; manifest {report.manifest.digest}")
+    return 0
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.version is not None:
+            client.revoke_key_version(args.key_id, args.version)
+            print(f"revoked {args.key_id} version {args.version}")
+        else:
+            client.revoke_key(args.key_id)
+            print(f"revoked {args.key_id} (every version)")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        keys = client.list_keys(args.repository)
+    if args.unused:
+        keys = [k for k in keys if k.get("unused")]
+    if args.json:
+        print_json(keys)
+        return 0
+    for k in keys:
+        flag = "  (unused)" if k.get("unused") else ""
+        version = k.get("current_version", "?")
+        print(f"{k.get('key_id')}  {k.get('repository')}  {k.get('layer_digest')}  v{version}{flag}")
+    return 0

@@ -1,0 +1,239 @@
+"""The whole flow with a real broker: publish with per-layer broker keys, add a layer, rotate, pull, run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Deployment, deploy
+from helpers.images import make_busybox_image, make_keys, manifest_of
+from layerseal.cli.main import main
+from support.registry_server import RegistryServer
+
+pytestmark = pytest.mark.integration
+LAYERSEAL = [sys.executable, "-m", "layerseal.cli.main"]
+INSECURE = ["--src-tls-verify=false", "--dest-tls-verify=false"]
+
+
+@pytest.fixture
+def world(tmp_path: Path, sim_platform_dir: Path) -> Iterator[tuple[Deployment, RegistryServer, str]]:
+    d = deploy(str(tmp_path / "broker.db"), tmp_path, sim_platform_dir)
+    token = d.acme._headers["Authorization"].removeprefix("Bearer ")
+    try:
+        with RegistryServer(tmp_path / "registry") as reg:
+            yield d, reg, token
+    finally:
+        for c in d.clients:
+            c.close()
+        for b in d.brokers:
+            b.kill()
+
+
+def publish(tmp_path: Path, d: Deployment, reg: RegistryServer, token: str, *extra: str) -> str:
+    make_busybox_image(f"oci:{tmp_path}/img:v1", extra_layers=2)
+    ref = f"docker://{reg.host}/acme/app:v1"
+    args = ["copy", "-q", *INSECURE, "--encryption-key", f"kbs:{d.url}", "--kbs-token", token, *extra]
+    assert main([*args, f"oci:{tmp_path}/img:v1", ref]) == 0
+    return ref
+
+
+def engine(
+    d: Deployment, tmp_path: Path, ref: str, verb: str, *rest: str
+) -> subprocess.CompletedProcess[str]:
+    cmd = [*LAYERSEAL, verb, "--src-tls-verify=false", "--kbs", d.url, "--sim-platform", str(d.platform_dir)]
+    cmd += ["--store", str(tmp_path / "store"), ref, *rest]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def registry_manifest(reg: RegistryServer, repo: str, tag: str) -> dict[str, object]:
+    req = urllib.request.Request(
+        f"{reg.url}/v2/{repo}/manifests/{tag}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    with urllib.request.urlopen(req) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+def test_every_layer_has_its_own_broker_key_and_the_enclave_runs_it(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path
+) -> None:
+    d, reg, token = world
+    jwe_key = make_keys(tmp_path / "k", "ec256")
+    ref = publish(tmp_path, d, reg, token, "--encryption-key", f"jwe:{jwe_key.public}")
+    keys = d.acme.list_keys("acme/app")
+    layers = registry_manifest(reg, "acme/app", "v1")["layers"]
+    assert len(keys) == len(layers) == 3
+    assert len({k["layer_digest"] for k in keys}) == 3  # one key per portion
+    for layer in layers:  # type: ignore[attr-defined]
+        names = set(layer["annotations"])
+        assert {
+            "org.opencontainers.image.enc.keys.provider.attestation-agent",
+            "org.opencontainers.image.enc.keys.jwe",
+        } <= names
+    # interop kept: skopeo decrypts with the jwe: recipient
+    subprocess.run(
+        [
+            "skopeo",
+            "--insecure-policy",
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            "--decryption-key",
+            str(jwe_key.private),
+            ref,
+            f"oci:{tmp_path}/sk:v1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    assert manifest_of(tmp_path / "sk", "v1")[0] == manifest_of(tmp_path / "img", "v1")[0]
+    # the enclave attests, gets all three keys in one batch and runs the container
+    r = engine(d, tmp_path, ref, "run")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "hello from the enclave"
+    audit = d.acme.audit()
+    releases = [e for e in audit if e.get("action") == "release" and e.get("decision") == "ok"]
+    assert any(
+        len(json.loads(e["keys"]) if isinstance(e["keys"], str) else e["keys"]) == 3 for e in releases
+    ), releases
+
+
+def test_policy_refusing_some_layers_names_them_and_leaves_no_rootfs(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path
+) -> None:
+    d, reg, token = world
+    ref = publish(tmp_path, d, reg, token)
+    keys = sorted(d.acme.list_keys("acme/app"), key=lambda k: k["layer_digest"])
+    refused = keys[0]
+    d.acme.set_policy(
+        {"version": "1.0.0", "anyOf": [{"allOf": [{"claim": "svn", "greaterOrEquals": 99}]}]},
+        scope="key",
+        target=refused["key_id"],
+    )
+    r = engine(d, tmp_path, ref, "pull", "--rootfs", str(tmp_path / "rootfs"))
+    assert r.returncode == 5, r.stderr
+    assert "no key for 1 of 3 encrypted layer(s)" in r.stderr
+    assert refused["key_id"] in r.stderr and "svn" in r.stderr
+    assert not (tmp_path / "rootfs").exists()
+
+
+def test_revoked_key_refuses_a_cached_snapshot(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path
+) -> None:
+    d, reg, token = world
+    ref = publish(tmp_path, d, reg, token)
+    first = engine(d, tmp_path, ref, "pull", "--rootfs", str(tmp_path / "r1"))
+    assert first.returncode == 0, first.stderr
+    snapshots = tmp_path / "store.snapshots" / "sha256"
+    assert len(list(snapshots.iterdir())) == 3  # decrypted snapshots are cached
+    victim = d.acme.list_keys("acme/app")[0]
+    d.acme.revoke_key(victim["key_id"])
+    second = engine(d, tmp_path, ref, "pull", "--rootfs", str(tmp_path / "r2"))
+    assert second.returncode == 5 and "revoked" in second.stderr
+    assert not (tmp_path / "r2").exists()
+
+
+def test_layer_add_creates_a_key_for_the_new_portion_only(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path
+) -> None:
+    d, reg, token = world
+    ref = publish(tmp_path, d, reg, token)
+    before = {k["key_id"]: k for k in d.acme.list_keys("acme/app")}
+    old = registry_manifest(reg, "acme/app", "v1")
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "motd").write_text("added later\n")
+    v2 = f"docker://{reg.host}/acme/app:v2"
+    args = [
+        "layer",
+        "add",
+        "-q",
+        *INSECURE,
+        ref,
+        f"{files}/motd:/etc/motd",
+        "--encryption-key",
+        f"kbs:{d.url}",
+        "--kbs-token",
+        token,
+    ]
+    assert main([*args, "-m", "motd", v2]) == 0
+    after = {k["key_id"]: k for k in d.acme.list_keys("acme/app")}
+    new_ids = set(after) - set(before)
+    assert len(new_ids) == 1
+    new = registry_manifest(reg, "acme/app", "v2")
+    assert new["layers"][:3] == old["layers"]  # type: ignore[index]  # older layers and their keys untouched
+    added_layer = new["layers"][3]  # type: ignore[index]
+    assert after[new_ids.pop()]["layer_digest"] != added_layer["digest"]  # the key names the plaintext digest
+    r = engine(d, tmp_path, v2, "run", "--", "/bin/cat", "/etc/motd")
+    assert (r.returncode, r.stdout) == (0, "added later\n"), r.stderr
+    assert main(["inspect", "--src-tls-verify=false", v2]) == 0
+
+
+def test_rotation_rewrites_annotations_only_and_retired_versions_are_refused(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path
+) -> None:
+    d, reg, token = world
+    ref = publish(tmp_path, d, reg, token)
+    blobs_dir = reg.storage / "docker" / "registry" / "v2" / "blobs"
+    count = len(list(blobs_dir.glob("sha256/*/*")))
+    v2 = f"docker://{reg.host}/acme/app:v2"
+    cmd = [
+        "keys",
+        "rotate",
+        *INSECURE,
+        "--kbs",
+        d.url,
+        "--kbs-token",
+        token,
+        "--retire-previous",
+        "--json",
+        ref,
+        v2,
+    ]
+    assert main(cmd) == 0
+    assert len(list(blobs_dir.glob("sha256/*/*"))) == count + 1  # only the new manifest
+    old, new = registry_manifest(reg, "acme/app", "v1"), registry_manifest(reg, "acme/app", "v2")
+    assert [x["digest"] for x in old["layers"]] == [x["digest"] for x in new["layers"]]  # type: ignore[attr-defined]
+    assert old["layers"] != new["layers"]
+    assert engine(d, tmp_path, v2, "pull", "--rootfs", str(tmp_path / "new")).returncode == 0
+    stale = engine(d, tmp_path, ref, "pull", "--rootfs", str(tmp_path / "old"))
+    assert stale.returncode == 5 and "retired" in stale.stderr
+
+
+def test_broker_down_during_layer_add(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d, reg, token = world
+    ref = publish(tmp_path, d, reg, token)
+    before = registry_manifest(reg, "acme/app", "v1")
+    for b in d.brokers:
+        b.kill()
+    files = tmp_path / "f"
+    files.mkdir()
+    (files / "x").write_text("x")
+    args = [
+        "layer",
+        "add",
+        "-q",
+        *INSECURE,
+        ref,
+        str(files),
+        "--encryption-key",
+        f"kbs:{d.url}",
+        "--kbs-token",
+        token,
+        ref,
+    ]
+    status = main(args)
+    err = capsys.readouterr().err
+    assert status == 4 and "broker" in err.lower()
+    assert registry_manifest(reg, "acme/app", "v1") == before  # the previous manifest is still served
+    with pytest.raises(urllib.error.HTTPError):
+        registry_manifest(reg, "acme/app", "v2")

@@ -1,0 +1,170 @@
+"""The KBS RCAR endpoints through Starlette's TestClient: happy path and each denial."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from brokerenv import Env
+from starlette.testclient import TestClient
+
+from layerseal.attest.binding import report_data
+from layerseal.attest.sample import SampleAttester
+from layerseal.attest.sim_platform import SimAttester
+from layerseal.broker.client import tee_pubkey_jwk
+from layerseal.broker.packets import unwrap_key_packet
+from layerseal.crypto.jwe import decrypt_from_jwk
+from layerseal.crypto.keys import generate_key
+
+
+def rcar(client: TestClient, attester: Any, key: Any = None, *, tee: str = "sim") -> tuple[str, str, Any]:
+    key = key or generate_key("EC-P256")
+    jwk = tee_pubkey_jwk(key)
+    r = client.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": tee, "extra-params": ""})
+    assert r.status_code == 200, r.text
+    sid = r.cookies["kbs-session-id"]
+    nonce = r.json()["nonce"]
+    assert len(base64.b64decode(nonce)) == 32
+    body = {
+        "runtime-data": {"nonce": nonce, "tee-pubkey": jwk},
+        "tee-evidence": {
+            "primary_evidence": attester.evidence(report_data(nonce, jwk)),
+            "additional_evidence": "",
+        },
+    }
+    client.cookies.clear()
+    r = client.post("/kbs/v0/attest", json=body, headers={"Cookie": f"kbs-session-id={sid}"})
+    client.cookies.clear()
+    return sid, r, key  # type: ignore[return-value]
+
+
+def test_full_flow_batch_release_opens_only_with_enclave_key(env: Env) -> None:
+    a = env.create_key()
+    b = env.create_key()
+    env.create_key()  # a third key that is not requested
+    _sid, r, key = rcar(env.client, env.attester)
+    assert r.status_code == 200, r.text
+    token = r.json()["token"]
+    paths = [a["kid"].removeprefix("kbs:///"), b["kid"].removeprefix("kbs:///")]
+    r = env.client.post(
+        "/kbs/v0/resources", json={"resources": paths}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert r.status_code == 200, r.text
+    plain = json.loads(decrypt_from_jwk(r.json(), key))
+    assert sorted(plain["resources"]) == sorted(paths)
+    kek = base64.b64decode(plain["resources"][paths[0]])
+    optsdata = unwrap_key_packet(base64.b64decode(a["packet"]), kek)
+    assert json.loads(optsdata)["digest"].startswith("sha256:")
+    other = generate_key("EC-P256")
+    try:
+        decrypt_from_jwk(r.json(), other)
+    except Exception as exc:
+        assert "key" in str(exc).lower() or exc.__class__.__name__
+    else:
+        raise AssertionError("JWE opened with a foreign key")
+
+
+def test_single_resource_with_cookie(env: Env) -> None:
+    a = env.create_key()
+    sid, r, key = rcar(env.client, env.attester)
+    assert r.status_code == 200
+    path = a["kid"].removeprefix("kbs:///")
+    r = env.client.get(f"/kbs/v0/resource/{path}", headers={"Cookie": f"kbs-session-id={sid}"})
+    assert r.status_code == 200, r.text
+    assert len(decrypt_from_jwk(r.json(), key)) == 32
+
+
+def test_replayed_nonce_is_401(env: Env) -> None:
+    key = generate_key("EC-P256")
+    jwk = tee_pubkey_jwk(key)
+    r = env.client.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": "sim"})
+    sid, nonce = r.cookies["kbs-session-id"], r.json()["nonce"]
+    body = {
+        "runtime-data": {"nonce": nonce, "tee-pubkey": jwk},
+        "tee-evidence": env.attester.evidence(report_data(nonce, jwk)),
+    }
+    env.client.cookies.clear()
+    first = env.client.post("/kbs/v0/attest", json=body, headers={"Cookie": f"kbs-session-id={sid}"})
+    second = env.client.post("/kbs/v0/attest", json=body, headers={"Cookie": f"kbs-session-id={sid}"})
+    assert first.status_code == 200
+    assert second.status_code == 401
+    assert second.headers["content-type"] == "application/problem+json"
+    assert "nonce" in second.json()["detail"]
+
+
+def test_wrong_measurement_is_403_naming_condition(env: Env) -> None:
+    a = env.create_key()
+    other = SimAttester(env.platform_dir, measurement="ab" * 48)
+    _, r, _ = rcar(env.client, other)
+    token = r.json()["token"]
+    r = env.client.post(
+        "/kbs/v0/resources", json={"resources": [a["kid"]]}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert r.status_code == 403
+    assert "measurement in" in r.json()["detail"]
+    assert r.json()["type"].endswith("policy-denied")
+
+
+def test_debug_enclave_is_403(env: Env) -> None:
+    a = env.create_key()
+    _, r, _ = rcar(env.client, SimAttester(env.platform_dir, debug=True))
+    r = env.client.post(
+        "/kbs/v0/resources",
+        json={"resources": [a["kid"]]},
+        headers={"Authorization": f"Bearer {r.json()['token']}"},
+    )
+    assert r.status_code == 403
+    assert "debug equals false" in r.json()["detail"]
+
+
+def test_sample_tee_attests_but_default_policy_refuses(env: Env) -> None:
+    a = env.create_key()
+    _, r, _ = rcar(env.client, SampleAttester(), tee="sample")
+    assert r.status_code == 200, r.text
+    r = env.client.post(
+        "/kbs/v0/resources",
+        json={"resources": [a["kid"]]},
+        headers={"Authorization": f"Bearer {r.json()['token']}"},
+    )
+    assert r.status_code == 403
+    assert 'tee notEquals "sample"' in r.json()["detail"]
+
+
+def test_evidence_bound_to_other_key_is_403(env: Env) -> None:
+    key, other = generate_key("EC-P256"), generate_key("EC-P256")
+    jwk, other_jwk = tee_pubkey_jwk(key), tee_pubkey_jwk(other)
+    r = env.client.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": "sim"})
+    sid, nonce = r.cookies["kbs-session-id"], r.json()["nonce"]
+    body = {
+        "runtime-data": {"nonce": nonce, "tee-pubkey": jwk},
+        "tee-evidence": env.attester.evidence(report_data(nonce, other_jwk)),
+    }
+    env.client.cookies.clear()
+    r = env.client.post("/kbs/v0/attest", json=body, headers={"Cookie": f"kbs-session-id={sid}"})
+    assert r.status_code == 403
+    assert "report data" in r.json()["detail"]
+
+
+def test_unknown_key_is_404_and_no_session_is_401(env: Env) -> None:
+    _, r, _ = rcar(env.client, env.attester)
+    headers = {"Authorization": f"Bearer {r.json()['token']}"}
+    r = env.client.get("/kbs/v0/resource/acme/layer-key/k" + "a" * 26, headers=headers)
+    assert r.status_code == 404
+    r = env.client.get("/kbs/v0/resource/acme/layer-key/k" + "a" * 26)
+    assert r.status_code == 401
+    r = env.client.get(
+        "/kbs/v0/resource/acme/layer-key/k" + "a" * 26, headers={"Authorization": "Bearer x.y.z"}
+    )
+    assert r.status_code == 401
+
+
+def test_malformed_requests_are_400(env: Env) -> None:
+    assert env.client.post("/kbs/v0/auth", content=b"{not json").status_code == 400
+    assert env.client.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": "tdx-nope"}).status_code == 400
+    assert env.client.post("/kbs/v0/auth", json=[1, 2]).status_code == 400
+    _, r, _ = rcar(env.client, env.attester)
+    headers = {"Authorization": f"Bearer {r.json()['token']}"}
+    r = env.client.post("/kbs/v0/resources", json={"resources": ["../../etc"]}, headers=headers)
+    assert r.status_code == 400
+    assert r.headers["content-type"] == "application/problem+json"
