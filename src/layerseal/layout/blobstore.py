@@ -120,9 +120,9 @@ class SharedBlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        if not self.root.exists():
-            self.root.mkdir(mode=0o700, parents=True)
-            os.chmod(self.root, 0o700)
+        # several engines may create the store at the same moment: every mkdir tolerates that
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        _mkdir_private(self.root)
         for sub in ("blobs", "blobs/sha256", "locks", "refs"):
             _mkdir_private(self.root / sub)
 
