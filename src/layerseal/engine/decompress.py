@@ -18,6 +18,8 @@ from layerseal.errors import BadInputError, expected_seen
 
 #: upper bound of one decompressed chunk handed to the caller
 OUT_CHUNK = 256 * 1024
+#: largest piece of compressed input handed to zlib at once
+IN_SLICE = 256 * 1024
 
 Decompressor = Callable[[Iterable[bytes]], Iterator[bytes]]
 
@@ -48,6 +50,15 @@ def _passthrough(chunks: Iterable[bytes]) -> Iterator[bytes]:
             yield bytes(chunk)
 
 
+def _slices(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    # Feed zlib modest pieces: with a bounded output size, every call that stops early
+    # copies the whole unconsumed input tail, which is quadratic in the input chunk size.
+    for chunk in chunks:
+        view = memoryview(chunk)
+        for start in range(0, len(view), IN_SLICE):
+            yield bytes(view[start : start + IN_SLICE])
+
+
 def _gunzip(chunks: Iterable[bytes], what: str) -> Iterator[bytes]:
     # wbits=31: gzip wrapper only.  A layer may hold several gzip members back to back
     # (pigz, concatenated appends): each ends with eof and leaves the next in unused_data.
@@ -56,8 +67,8 @@ def _gunzip(chunks: Iterable[bytes], what: str) -> Iterator[bytes]:
     in_member = False
     total_in = 0
     try:
-        for chunk in chunks:
-            data = bytes(chunk)
+        for piece in _slices(chunks):
+            data = piece
             total_in += len(data)
             while data:
                 in_member = True

@@ -37,6 +37,7 @@ from layerseal.image.encryption import PrivateOptions, PublicOptions
 from layerseal.image.manifest import Index, Manifest, parse_any
 from layerseal.image.transport import ImageSource
 from layerseal.layout.blobstore import SharedBlobStore
+from layerseal.streams import threaded
 
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
@@ -129,14 +130,21 @@ class _Puller:
         self, index: int, desc: Descriptor, diff_id: Digest, key: tuple[PublicOptions, PrivateOptions] | None
     ) -> LayerResult:
         ctx = LayerContext(index, desc, self.src.name)
-        fetched = self.store.ensure(desc, lambda: self.src.iter_blob(desc))
         if self.snapshots.exists(diff_id):
             # reuse is safe here: the key for this layer was released in this run (see _obtain_keys)
+            fetched = self.store.ensure(desc, lambda: self.src.iter_blob(desc))
             return LayerResult(index, desc.digest, diff_id, key is not None, fetched, True)
-        stream: Iterator[bytes] = iter(self.store.iter_verified(desc, lambda: self.src.iter_blob(desc)))
+        downloads: list[bool] = []
+        # one pass: download (into the shared store), decrypt, decompress and unpack together;
+        # the blob and the snapshot are each committed only once everything verified
+        stream: Iterator[bytes] = iter(
+            self.store.stream_through(desc, lambda: self.src.iter_blob(desc), lambda: downloads.append(True))
+        )
         compression = mt.compression(desc.media_type)
         if key is not None:
             stream = _decrypted(stream, LayerDecryptor(key[0], key[1], str(ctx)))
+        # fetch + decrypt + verify on one thread, decompress + unpack on this one
+        stream = threaded(stream)
         with self.snapshots.create(diff_id) as tmp:
             result = unpack_layer(stream, compression, tmp, what=str(ctx))
             for _ in stream:  # authenticate the whole ciphertext before the snapshot is committed
@@ -145,7 +153,7 @@ class _Puller:
                 raise IntegrityError(
                     f"{ctx}: diff_id: expected {diff_id} (from the config), seen {result.diff_id}"
                 )
-        return LayerResult(index, desc.digest, diff_id, key is not None, fetched, False)
+        return LayerResult(index, desc.digest, diff_id, key is not None, bool(downloads), False)
 
 
 def pull_image(

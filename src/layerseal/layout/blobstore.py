@@ -304,6 +304,53 @@ class SharedBlobStore:
             f"shared blob store {self.root}: blob {desc.digest} vanished after it was fetched"
         )
 
+    def stream_through(
+        self,
+        desc: Descriptor,
+        fetch: Callable[[], Iterable[bytes]],
+        on_fetch: Callable[[], None] | None = None,
+    ) -> Iterator[bytes]:
+        """Like :meth:`iter_verified`, but a blob that is missing is streamed while it is stored.
+
+        The download is hashed, written to a temporary file and yielded in one pass; the
+        blob is committed to the store only after its digest matched (at the end of the
+        stream), so the consumer's output is provisional until then, as with
+        :meth:`iter_blob`.  Other processes wanting the same blob wait on its lock and then
+        find it present.  *on_fetch* is called when this call is the one downloading.
+        """
+        if not self.has(desc):
+            with self._lock(desc.digest.hex, exclusive=True):
+                if not self.has(desc):
+                    if on_fetch is not None:
+                        on_fetch()
+                    yield from self._download_through(desc, fetch)
+                    return
+        yield from self.iter_verified(desc, fetch)
+
+    def _download_through(self, desc: Descriptor, fetch: Callable[[], Iterable[bytes]]) -> Iterator[bytes]:
+        final = self.path(desc.digest)
+        _mkdir_private(final.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{desc.digest.hex}.", suffix=".tmp", dir=final.parent)
+        tmp = Path(tmp_name)
+        try:
+            verifier = DigestVerifier(
+                desc.digest, desc.size, what=f"blob {desc.digest} fetched for {self.root}"
+            )
+            with os.fdopen(fd, "wb") as f:
+                for chunk in fetch():
+                    verifier.update(chunk)
+                    f.write(chunk)
+                    yield chunk
+                verifier.verify()
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, _BLOB_MODE)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(final.parent)
+
     # -- references and gc ---------------------------------------------------------------
 
     def _ref_path(self, owner: str) -> Path:

@@ -352,3 +352,22 @@ def test_concurrent_processes_fetch_a_blob_once(tmp_path: Path) -> None:
     assert sum(r["downloaded"] for r in results) == 1
     assert {r["sha256"] for r in results} == {hashlib.sha256(data).hexdigest()}
     assert SharedBlobStore(root).path(desc.digest).read_bytes() == data
+
+
+def test_stream_through_commits_only_a_verified_download(tmp_path: Path) -> None:
+    store = SharedBlobStore(tmp_path / "st")
+    data = os.urandom(300_000)
+    desc = Descriptor("application/octet-stream", Digest.of(data), len(data))
+    calls: list[bool] = []
+    out = b"".join(store.stream_through(desc, lambda: [data[:1000], data[1000:]], lambda: calls.append(True)))
+    assert out == data and calls == [True] and store.has(desc)
+    # present now: streamed from the store, not fetched again
+    assert b"".join(store.stream_through(desc, lambda: [b"never"], lambda: calls.append(True))) == data
+    assert calls == [True]
+    # wrong bytes from the network: yielded provisionally, then refused, nothing stored
+    bad = Descriptor("application/octet-stream", Digest.of(b"other"), len(data))
+    with pytest.raises(IntegrityError):
+        for _ in store.stream_through(bad, lambda: [data]):
+            pass
+    assert not store.has(bad)
+    assert not [p for p in (tmp_path / "st" / "blobs" / "sha256").iterdir() if p.name.endswith(".tmp")]

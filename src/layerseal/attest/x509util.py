@@ -1,0 +1,83 @@
+"""Small X.509 helpers shared by the real-TEE verifiers (pure: bytes in, objects out).
+
+Certificates are compared by the SHA-256 of their DER; a chain link holds when the
+child names its issuer and the issuer's key verifies the child's signature.  Time is not
+checked here: verifiers have no clock, and AMD/Intel roots outlive the keys they sign.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from layerseal.errors import BadInputError, DeniedError
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """``sha256:<hex>`` of the certificate's DER."""
+    return "sha256:" + hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def load_cert(data: bytes, what: str) -> x509.Certificate:
+    """One certificate from PEM or DER bytes."""
+    try:
+        # AMD's VCEKs carry serial number 0, which cryptography warns about but accepts.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if data.lstrip().startswith(b"-----BEGIN"):
+                return x509.load_pem_x509_certificate(data)
+            return x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        raise BadInputError(f"{what}: expected a PEM or DER X.509 certificate, seen unparsable data") from exc
+
+
+def load_pem_certs(data: bytes, what: str) -> list[x509.Certificate]:
+    """Every certificate of a PEM bundle, in order."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise BadInputError(f"{what}: expected PEM certificates, seen unparsable data") from exc
+
+
+def common_name(name: x509.Name) -> str:
+    attrs = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else name.rfc4514_string()
+
+
+def verify_issued_by(child: x509.Certificate, issuer: x509.Certificate, what: str) -> None:
+    """Raise ``DeniedError`` unless *issuer* names and signed *child*.
+
+    RSA issuers are AMD's (RSASSA-PSS, SHA-384, salt 48 is the only scheme AMD uses);
+    EC issuers are Intel's (ECDSA with the certificate's declared hash).
+    """
+    if child.issuer != issuer.subject:
+        raise DeniedError(
+            f"{what}: expected issuer {common_name(issuer.subject)!r}, seen {common_name(child.issuer)!r}"
+        )
+    key = issuer.public_key()
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(
+                child.signature,
+                child.tbs_certificate_bytes,
+                padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48),
+                hashes.SHA384(),
+            )
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            algorithm = child.signature_hash_algorithm
+            if algorithm is None:
+                raise DeniedError(f"{what}: expected an ECDSA signature with a hash, seen none")
+            key.verify(child.signature, child.tbs_certificate_bytes, ec.ECDSA(algorithm))
+        else:
+            raise DeniedError(f"{what}: expected an RSA or EC issuer key, seen {type(key).__name__}")
+    except InvalidSignature as exc:
+        raise DeniedError(
+            f"{what}: expected a signature by {common_name(issuer.subject)!r}, seen an invalid one"
+        ) from exc

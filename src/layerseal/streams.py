@@ -1,0 +1,63 @@
+"""Run the upstream half of a chunk pipeline on its own thread.
+
+``threaded(chunks)`` pulls *chunks* on a helper thread into a small bounded queue, so
+that (for example) fetching, decrypting and hashing overlap with decompressing and
+unpacking on the caller's thread.  The libraries doing the heavy work release the GIL,
+so the two halves really run on two cores.  Memory stays bounded by ``depth`` chunks;
+errors from the upstream iterator are re-raised in the caller; a caller that stops
+early stops the helper thread too.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+
+_END = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def threaded(chunks: Iterable[bytes], depth: int = 4) -> Iterator[bytes]:
+    q: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if not put(chunk):
+                    return
+            put(_END)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(_Failure(exc))
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None and stop.is_set():
+                close()
+
+    thread = threading.Thread(target=produce, name="layerseal-stream", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()
