@@ -5,7 +5,16 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["crypto_throughput", "copy_oci", "copy_registry", "broker_load", "pull_unpack"]
+BENCHMARKS = [
+    "crypto_throughput",
+    "copy_oci",
+    "copy_registry",
+    "pull_unpack",
+    "add_layer",
+    "broker_load",
+    "keyprovider",
+    "attest_verify",
+]
 
 
 def main() -> int:
