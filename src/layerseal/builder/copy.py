@@ -9,7 +9,6 @@ is written last, so a failed copy never publishes a half-made image.
 from __future__ import annotations
 
 import os
-import platform as _platform
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,15 +32,7 @@ from layerseal.image.encryption import (
     keys_annotation,
     strip_encryption,
 )
-from layerseal.image.manifest import Index, Manifest, parse_any
-from layerseal.image.transport import ImageDestination, ImageSource
-
-_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
-
-
-def host_platform() -> Platform:
-    machine = _platform.machine()
-    return Platform(os="linux", architecture=_ARCH.get(machine, machine))
+from layerseal.image.transport import ImageDestination, ImageSource, resolve_manifest
 
 
 class Progress(Protocol):
@@ -103,19 +94,6 @@ def select_layers(spec: Sequence[int] | None, count: int) -> frozenset[int]:
             )
         chosen.add(n % count)
     return frozenset(chosen)
-
-
-def resolve_manifest(src: ImageSource, platform: Platform | None) -> tuple[bytes, str, Manifest]:
-    """The image manifest of *src*, choosing the platform's entry when the tag names an index."""
-    data, media_type = src.get_manifest()
-    parsed = parse_any(data, media_type, f"manifest of {src.name}")
-    if isinstance(parsed, Index):
-        entry = parsed.select(platform or host_platform())
-        data, media_type = src.get_manifest(entry.digest)
-        parsed = parse_any(data, media_type, f"manifest {entry.digest} of {src.name}")
-        if isinstance(parsed, Index):
-            raise BadInputError(f"{src.name}: expected an image manifest below the index, seen another index")
-    return data, media_type, parsed
 
 
 def _metered(

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from layerseal.builder.copy import resolve_manifest
-from layerseal.image.config import ImageConfig
 from layerseal.image.descriptor import Platform
 from layerseal.image.digest import Digest
 from layerseal.image.summary import ImageSummary, summarize
-from layerseal.image.transport import ImageSource
-
-MAX_CONFIG_BYTES = 8 * 1024 * 1024
+from layerseal.image.transport import MAX_CONFIG_BYTES, ImageSource, read_config, resolve_manifest
 
 
 def inspect_image(src: ImageSource, platform: Platform | None = None) -> ImageSummary:
     data, _, manifest = resolve_manifest(src, platform)
-    if manifest.config.size > MAX_CONFIG_BYTES:
-        config = None
-    else:
-        config = ImageConfig.from_bytes(b"".join(src.iter_blob(manifest.config)), f"config of {src.name}")
+    # an oversized config is left out of the summary rather than refused
+    config = None if manifest.config.size > MAX_CONFIG_BYTES else read_config(src, manifest)
     return summarize(src.name, str(Digest.of(data)), manifest, config)

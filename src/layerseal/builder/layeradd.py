@@ -23,7 +23,6 @@ from layerseal.builder.copy import (
     LayerReport,
     Progress,
     encrypting,
-    resolve_manifest,
     transfer_layers,
 )
 from layerseal.builder.tarlayer import MEDIA_TYPES, write_layer_from_paths
@@ -31,13 +30,11 @@ from layerseal.crypto.keywrap import KeyWrapper, LayerContext
 from layerseal.crypto.layercipher import LayerEncryptor
 from layerseal.errors import BadInputError
 from layerseal.image import mediatypes as mt
-from layerseal.image.config import ImageConfig
 from layerseal.image.descriptor import Descriptor, Platform
 from layerseal.image.digest import Digest
 from layerseal.image.encryption import ANNOTATION_PUBOPTS, keys_annotation
-from layerseal.image.transport import CHUNK_SIZE, ImageDestination, ImageSource
+from layerseal.image.transport import CHUNK_SIZE, ImageDestination, ImageSource, read_config, resolve_manifest
 
-MAX_CONFIG_BYTES = 8 * 1024 * 1024
 _DONE = object()
 
 
@@ -144,11 +141,7 @@ def add_layer(
     if not sources:
         raise BadInputError("layer add: expected at least one PATH, seen none")
     _, _, manifest = resolve_manifest(src, platform)
-    if manifest.config.size > MAX_CONFIG_BYTES:
-        raise BadInputError(
-            f"config of {src.name}: expected at most {MAX_CONFIG_BYTES} bytes, seen {manifest.config.size}"
-        )
-    config = ImageConfig.from_bytes(b"".join(src.iter_blob(manifest.config)), f"config of {src.name}")
+    config = read_config(src, manifest)
     if len(config.diff_ids) != len(manifest.layers):
         raise BadInputError(
             f"{src.name}: expected one diff_id per layer ({len(manifest.layers)}), "

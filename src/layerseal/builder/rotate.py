@@ -14,14 +14,14 @@ from dataclasses import dataclass
 
 from layerseal.broker.client import PublisherClient
 from layerseal.broker.packets import KeyPacket, ResourcePath
-from layerseal.builder.copy import CopyOptions, Progress, copy_image, resolve_manifest, transfer_layers
+from layerseal.builder.copy import CopyOptions, Progress, copy_image, transfer_layers
 from layerseal.builder.kbswrap import SCHEME
 from layerseal.crypto.keywrap import KeyUnwrapper, KeyWrapper
 from layerseal.errors import BadInputError
 from layerseal.image import mediatypes as mt
 from layerseal.image.descriptor import Descriptor, Platform
 from layerseal.image.encryption import keys_annotation, wrapped_keys
-from layerseal.image.transport import ImageDestination, ImageSource
+from layerseal.image.transport import ImageDestination, ImageSource, resolve_manifest
 
 
 @dataclass(frozen=True)

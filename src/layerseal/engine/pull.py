@@ -34,19 +34,10 @@ from layerseal.image.config import ImageConfig
 from layerseal.image.descriptor import Descriptor, Platform
 from layerseal.image.digest import Digest
 from layerseal.image.encryption import PrivateOptions, PublicOptions
-from layerseal.image.manifest import Index, Manifest, parse_any
-from layerseal.image.transport import ImageSource
+from layerseal.image.manifest import Manifest
+from layerseal.image.transport import ImageSource, read_config, resolve_manifest
 from layerseal.layout.blobstore import SharedBlobStore
 from layerseal.streams import threaded
-
-MAX_CONFIG_BYTES = 8 * 1024 * 1024
-_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
-
-
-def host_platform() -> Platform:
-    import platform as _p
-
-    return Platform(os="linux", architecture=_ARCH.get(_p.machine(), _p.machine()))
 
 
 @dataclass(frozen=True)
@@ -70,22 +61,13 @@ class PullResult:
 
 
 def fetch_manifest(src: ImageSource, platform: Platform | None) -> tuple[Digest, Manifest]:
-    data, media_type = src.get_manifest()
-    parsed = parse_any(data, media_type, f"manifest of {src.name}")
-    digest = Digest.of(data)
-    if isinstance(parsed, Index):
-        entry = parsed.select(platform or host_platform())
-        data, media_type = src.get_manifest(entry.digest)
-        parsed = parse_any(data, media_type, f"manifest {entry.digest} of {src.name}")
-        digest = entry.digest
-        if isinstance(parsed, Index):
-            raise BadInputError(f"{src.name}: expected an image manifest below the index, seen another index")
-    for i, d in enumerate(parsed.layers):
+    data, _, manifest = resolve_manifest(src, platform)
+    for i, d in enumerate(manifest.layers):
         if not mt.is_layer(d.media_type):
             raise BadInputError(
                 f"{src.name}: layer {i} ({d.digest}): unsupported media type {d.media_type!r}"
             )
-    return digest, parsed
+    return Digest.of(data), manifest
 
 
 def _obtain_keys(
@@ -172,9 +154,7 @@ def pull_image(
     if rootfs.exists() and any(rootfs.iterdir()):
         raise BadInputError(f"rootfs {rootfs}: expected a new or empty directory, seen existing content")
     manifest_digest, manifest = fetch_manifest(src, platform)
-    if manifest.config.size > MAX_CONFIG_BYTES:
-        raise BadInputError(f"config of {src.name}: expected at most {MAX_CONFIG_BYTES} bytes")
-    config = ImageConfig.from_bytes(b"".join(src.iter_blob(manifest.config)), f"config of {src.name}")
+    config = read_config(src, manifest)
     diff_ids = config.diff_ids
     if len(diff_ids) != len(manifest.layers):
         raise BadInputError(

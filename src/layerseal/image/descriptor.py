@@ -12,6 +12,7 @@ from layerseal.image import jsonutil as J
 from layerseal.image.digest import Digest
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+_HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
 
 
 def _frozen(m: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -61,6 +62,14 @@ class Platform:
 
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+    @classmethod
+    def host(cls) -> Platform:
+        """This machine, in OCI terms (``linux/amd64`` on x86_64)."""
+        import platform as _platform
+
+        machine = _platform.machine()
+        return cls(os="linux", architecture=_HOST_ARCH.get(machine, machine))
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
-from layerseal.image.descriptor import Descriptor
+from layerseal.errors import BadInputError
+from layerseal.image.config import ImageConfig
+from layerseal.image.descriptor import Descriptor, Platform
 from layerseal.image.digest import Digest
+from layerseal.image.manifest import Index, Manifest, parse_any
 
 #: chunk size used for streaming blobs everywhere
 CHUNK_SIZE = 4 * 1024 * 1024
@@ -62,3 +65,28 @@ class ImageDestination(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+#: image configs larger than this are refused (they are JSON read into memory)
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
+
+
+def resolve_manifest(src: ImageSource, platform: Platform | None = None) -> tuple[bytes, str, Manifest]:
+    """The image manifest of *src*, choosing *platform*'s entry (default: this host) from an index."""
+    data, media_type = src.get_manifest()
+    parsed = parse_any(data, media_type, f"manifest of {src.name}")
+    if isinstance(parsed, Index):
+        entry = parsed.select(platform or Platform.host())
+        data, media_type = src.get_manifest(entry.digest)
+        parsed = parse_any(data, media_type, f"manifest {entry.digest} of {src.name}")
+        if isinstance(parsed, Index):
+            raise BadInputError(f"{src.name}: expected an image manifest below the index, seen another index")
+    return data, media_type, parsed
+
+
+def read_config(src: ImageSource, manifest: Manifest) -> ImageConfig:
+    if manifest.config.size > MAX_CONFIG_BYTES:
+        raise BadInputError(
+            f"config of {src.name}: expected at most {MAX_CONFIG_BYTES} bytes, seen {manifest.config.size}"
+        )
+    return ImageConfig.from_bytes(b"".join(src.iter_blob(manifest.config)), f"config of {src.name}")

@@ -189,28 +189,8 @@ class SharedBlobStore:
             return True
 
     def _download(self, desc: Descriptor, fetch: Callable[[], Iterable[bytes]]) -> None:
-        final = self.path(desc.digest)
-        _mkdir_private(final.parent)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{desc.digest.hex}.", suffix=".tmp", dir=final.parent)
-        tmp = Path(tmp_name)
-        try:
-            verifier = DigestVerifier(
-                desc.digest, desc.size, what=f"blob {desc.digest} fetched for {self.root}"
-            )
-            with os.fdopen(fd, "wb") as f:
-                for chunk in fetch():
-                    verifier.update(chunk)
-                    f.write(chunk)
-                verifier.verify()
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, _BLOB_MODE)
-            # replaces a stored copy of the wrong size (corrupt or tampered), if any
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(final.parent)
+        for _ in self._download_through(desc, fetch):
+            pass
 
     def iter_blob(self, desc: Descriptor) -> Iterator[bytes]:
         """Stream the stored blob, verifying size and digest; :class:`IntegrityError` on mismatch.
