@@ -246,3 +246,56 @@ def test_ten_layers_in_parallel(tmp_path: Path, registry: RegistryServer) -> Non
         == 0
     )
     assert manifest_of(tmp_path / "o", "v1") == manifest_of(tmp_path / "src", "v1")
+
+
+def test_docker_schema2_image_is_encrypted_as_oci_and_read_back(
+    tmp_path: Path, registry: RegistryServer
+) -> None:
+    make_image(f"oci:{tmp_path}/src:v1", compressions=("gzip", "gzip"))
+    docker_ref = f"docker://{registry.host}/legacy/app:v1"
+    subprocess.run(
+        [
+            "skopeo",
+            "--insecure-policy",
+            "copy",
+            "-q",
+            "--dest-tls-verify=false",
+            "--format",
+            "v2s2",
+            f"oci:{tmp_path}/src:v1",
+            docker_ref,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    req = urllib.request.Request(
+        f"{registry.url}/v2/legacy/app/manifests/v1",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+    )
+    with urllib.request.urlopen(req) as r:
+        pushed = json.loads(r.read())
+    assert pushed["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    key = make_keys(tmp_path / "k", "rsa")
+    enc = f"docker://{registry.host}/legacy/enc:v1"
+    assert main(["copy", "-q", *INSECURE_BOTH, "--encryption-key", f"jwe:{key.public}", docker_ref, enc]) == 0
+    m = registry_manifest(registry, "legacy/enc", "v1")
+    assert m["mediaType"] == "application/vnd.oci.image.manifest.v1+json"  # converted, as ocicrypt does
+    assert m["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"  # type: ignore[index]
+    assert all(x["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip+encrypted" for x in m["layers"])  # type: ignore[attr-defined]
+    subprocess.run(
+        [
+            "skopeo",
+            "--insecure-policy",
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            "--decryption-key",
+            str(key.private),
+            enc,
+            f"oci:{tmp_path}/sk:v1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    _, dec = manifest_of(tmp_path / "sk", "v1")
+    assert [x["digest"] for x in dec["layers"]] == [x["digest"] for x in pushed["layers"]]  # type: ignore[attr-defined]
