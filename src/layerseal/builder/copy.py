@@ -144,7 +144,10 @@ class _LayerJob:
             if self.progress:
                 self.progress.start(key, f"copy    {desc.digest.hex[:12]}", desc.size)
             self.dst.put_blob(
-                _metered(self.src.iter_blob(desc), self.progress, key, self.abort), media_type, desc
+                _metered(self.src.iter_blob(desc), self.progress, key, self.abort),
+                media_type,
+                desc,
+                verified=True,
             )
             self._finish(key)
             return LayerReport(index, "copied", desc, result, time.perf_counter() - started)
@@ -246,7 +249,7 @@ def copy_image(
     reports = transfer_layers(src, dst, layers, to_encrypt, convert, options, progress)
     config = manifest.config
     if not dst.has_blob(config):
-        dst.put_blob(src.iter_blob(config), config.media_type, config)
+        dst.put_blob(src.iter_blob(config), config.media_type, config, verified=True)
     changed = any(r.action not in ("copied", "reused") for r in reports) or convert
     if changed:
         new_manifest = manifest.with_changes(

@@ -19,7 +19,31 @@ import layerseal.cli
 from layerseal.errors import LayersealError
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Which module defines a command, so that a run imports only that one (start-up time
+# matters for per-layer keyprovider calls).  A command missing here still works: all
+# modules are then imported.
+_COMMAND_MODULES = {
+    "copy": "copy",
+    "inspect": "copy",
+    "layer": "layer",
+    "keys": "keys",
+    "pull": "engine",
+    "run": "engine",
+    "store": "store",
+    "broker": "broker",
+    "tee": "tee",
+    "keyprovider": "keyprovider",
+}
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layerseal",
         description="Keep container images confidential until they run in an attested enclave.",
@@ -28,8 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"layerseal {layerseal.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    only = _COMMAND_MODULES.get(_command_of(argv) or "") if argv is not None else None
     for info in sorted(pkgutil.iter_modules(layerseal.cli.__path__), key=lambda i: i.name):
         if info.name in ("main", "common") or info.name.startswith("_"):
+            continue
+        if only is not None and info.name != only:
             continue
         module = importlib.import_module(f"layerseal.cli.{info.name}")
         register = getattr(module, "register", None)
@@ -39,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args, extras = parser.parse_known_args(argv)
     # commands shaped like "SRC PATH... [options] DST" collect positionals given after options
     collect = getattr(args, "collect_positionals", None)

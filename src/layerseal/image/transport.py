@@ -52,11 +52,19 @@ class ImageDestination(Protocol):
         ...
 
     def put_blob(
-        self, chunks: Iterable[bytes], media_type: str, expected: Descriptor | None = None
+        self,
+        chunks: Iterable[bytes],
+        media_type: str,
+        expected: Descriptor | None = None,
+        *,
+        verified: bool = False,
     ) -> Descriptor:
         """Store a blob whose digest may be unknown in advance; commit only on a clean end of *chunks*.
 
         When *expected* is given, the stored bytes must match its digest and size.
+        ``verified=True`` says *chunks* is an ``ImageSource.iter_blob(expected)`` stream,
+        which raises unless the bytes match *expected*: the destination may then skip
+        hashing them again (it still commits only on a clean end of the stream).
         """
         ...
 

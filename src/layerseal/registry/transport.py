@@ -81,14 +81,19 @@ class RegistryDestination(_RegistryEnd):
         return size is not None and size in (desc.size, -1)
 
     def put_blob(
-        self, chunks: Iterable[bytes], media_type: str, expected: Descriptor | None = None
+        self,
+        chunks: Iterable[bytes],
+        media_type: str,
+        expected: Descriptor | None = None,
+        *,
+        verified: bool = False,
     ) -> Descriptor:
         if expected is not None and self.has_blob(expected):
             close = getattr(chunks, "close", None)
             if callable(close):  # release the source stream we are not going to read
                 close()
             return expected
-        digest, size = self.client.upload_blob(self.repository, chunks, expected)
+        digest, size = self.client.upload_blob(self.repository, chunks, expected, verified=verified)
         if expected is not None:
             return expected
         return Descriptor(media_type=media_type, digest=digest, size=size)
