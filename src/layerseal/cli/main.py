@@ -18,7 +18,6 @@ import layerseal
 import layerseal.cli
 from layerseal.errors import LayersealError
 
-
 # Which module defines a command, so that a run imports only that one (start-up time
 # matters for per-layer keyprovider calls).  A command missing here still works: all
 # modules are then imported.
