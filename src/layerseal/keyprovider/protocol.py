@@ -1,0 +1,167 @@
+"""The ocicrypt keyprovider JSON messages (SPEC section 3), parsed and built without I/O.
+
+ocicrypt (Go) marshals ``[]byte`` as standard base64; Rust clients (CoCo's
+``ocicrypt-rs``) send JSON arrays of numbers.  Both are accepted for every byte field:
+``optsdata``, ``annotation`` and each value of ``Parameters``.  Replies are always
+base64, shaped exactly like Go's ``omitempty`` output.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from layerseal.errors import BadInputError
+
+OP_WRAP = "keywrap"
+OP_UNWRAP = "keyunwrap"
+MAX_REQUEST = 1 << 20  # optsdata and packets are a few hundred bytes; refuse megabytes of junk
+
+
+@dataclass(frozen=True, repr=False)
+class WrapRequest:
+    """``keywrap``: wrap *optsdata* (secret); *parameters* are ``ec.Parameters``."""
+
+    parameters: Mapping[str, tuple[bytes, ...]]
+    optsdata: bytes
+
+    def __repr__(self) -> str:  # optsdata holds the layer key
+        return f"WrapRequest(parameters={sorted(self.parameters)}, optsdata=<redacted>)"
+
+
+@dataclass(frozen=True)
+class UnwrapRequest:
+    """``keyunwrap``: open *annotation* (the wrapped blob); *parameters* are ``dc.Parameters``."""
+
+    parameters: Mapping[str, tuple[bytes, ...]]
+    annotation: bytes
+
+
+Request = WrapRequest | UnwrapRequest
+
+
+def byte_field(value: Any, what: str) -> bytes:
+    """A JSON byte field: standard base64 text, or an array of numbers 0..255."""
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise BadInputError(
+                f"{what}: expected standard base64 or an array of bytes, seen invalid base64"
+            ) from exc
+    if isinstance(value, list):
+        if not all(type(v) is int and 0 <= v <= 255 for v in value):
+            bad = next(v for v in value if not (type(v) is int and 0 <= v <= 255))
+            raise BadInputError(
+                f"{what}: expected an array of numbers 0..255, seen element {str(bad)[:20]!r}"
+            )
+        return bytes(value)
+    raise BadInputError(f"{what}: expected base64 text or an array of bytes, seen {_kind(value)}")
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadInputError(f"{what}: expected a JSON object, seen {_kind(value)}")
+    return value
+
+
+def _parameters(config: Any, what: str) -> dict[str, tuple[bytes, ...]]:
+    """``{"Parameters": {name: [bytes...]}}`` of an EncryptConfig or DecryptConfig."""
+    obj = _object(config, what)
+    params = obj.get("Parameters")
+    if params is None:
+        return {}
+    out: dict[str, tuple[bytes, ...]] = {}
+    for name, values in _object(params, f"{what}.Parameters").items():
+        where = f"{what}.Parameters.{name[:40]}"
+        if values is None:
+            out[name] = ()
+        elif isinstance(values, list):
+            out[name] = tuple(byte_field(v, f"{where}[{i}]") for i, v in enumerate(values))
+        else:
+            raise BadInputError(f"{where}: expected an array of byte strings, seen {_kind(values)}")
+    return out
+
+
+def parse_request(data: bytes) -> Request:
+    """The request ocicrypt wrote to stdin (or carried in the gRPC message)."""
+    if len(data) > MAX_REQUEST:
+        raise BadInputError(f"keyprovider request: expected at most {MAX_REQUEST} bytes, seen {len(data)}")
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInputError(
+            f"keyprovider request: expected one JSON object, seen invalid JSON ({len(data)} bytes)"
+        ) from exc
+    obj = _object(doc, "keyprovider request")
+    op = obj.get("op")
+    if op == OP_WRAP:
+        params = _object(obj.get("keywrapparams"), "keywrapparams")
+        if params.get("optsdata") is None:
+            raise BadInputError("keywrapparams.optsdata: expected the private options, seen null")
+        ec = params.get("ec")
+        return WrapRequest(
+            parameters=_parameters(ec, "keywrapparams.ec") if ec is not None else {},
+            optsdata=byte_field(params["optsdata"], "keywrapparams.optsdata"),
+        )
+    if op == OP_UNWRAP:
+        params = _object(obj.get("keyunwrapparams"), "keyunwrapparams")
+        if params.get("annotation") is None:
+            raise BadInputError("keyunwrapparams.annotation: expected the wrapped key, seen null")
+        dc = params.get("dc")
+        return UnwrapRequest(
+            parameters=_parameters(dc, "keyunwrapparams.dc") if dc is not None else {},
+            annotation=byte_field(params["annotation"], "keyunwrapparams.annotation"),
+        )
+    shown = str(op)[:40] if isinstance(op, str) else _kind(op)
+    raise BadInputError(f"keyprovider request op: expected {OP_WRAP!r} or {OP_UNWRAP!r}, seen {shown!r}")
+
+
+def provider_parameter(parameters: Mapping[str, tuple[bytes, ...]], name: str) -> str | None:
+    """The REST text given as ``provider:NAME:REST`` (None when NAME has no parameter)."""
+    values = parameters.get(name)
+    if not values:
+        return None
+    distinct = set(values)
+    if len(distinct) > 1:
+        raise BadInputError(
+            f"provider:{name}: expected one parameter string, seen {len(distinct)} different ones "
+            f"(give provider:{name}:... once)"
+        )
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInputError(f"provider:{name} parameter: expected UTF-8 text, seen other bytes") from exc
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def wrap_reply(annotation: bytes) -> bytes:
+    """``{"keywrapresults":{"annotation":"<b64>"}}``: ocicrypt stores base64 of *annotation*."""
+    return json.dumps({"keywrapresults": {"annotation": _b64(annotation)}}, separators=(",", ":")).encode()
+
+
+def unwrap_reply(optsdata: bytes) -> bytes:
+    """``{"keyunwrapresults":{"optsdata":"<b64>"}}``."""
+    return json.dumps({"keyunwrapresults": {"optsdata": _b64(optsdata)}}, separators=(",", ":")).encode()
+
+
+def parse_reply(data: bytes, op: str) -> bytes:
+    """The byte payload of a reply (what ocicrypt reads back); used by tests and the benchmark."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInputError("keyprovider reply: expected JSON, seen invalid data") from exc
+    section, field = ("keywrapresults", "annotation") if op == OP_WRAP else ("keyunwrapresults", "optsdata")
+    inner = _object(_object(doc, "keyprovider reply").get(section), section)
+    return byte_field(inner.get(field), f"{section}.{field}")
