@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -37,7 +36,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from layerseal.attest.binding import REPORT_DATA_SIZE
 from layerseal.attest.claims import Claims
 from layerseal.attest.x509util import (
     common_name,
@@ -317,13 +315,14 @@ class Evidence:
 
 
 def _b64(value: str, what: str) -> bytes:
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
+    """Standard or URL-safe base64 (Rust attesters use both), padding optional."""
+    padded = value + "=" * (-len(value) % 4)
+    for altchars in (None, b"-_"):
         try:
-            return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-        except (binascii.Error, ValueError) as exc:
-            raise BadInputError(f"{what}: expected base64, seen invalid text") from exc
+            return base64.b64decode(padded, altchars=altchars, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+    raise BadInputError(f"{what}: expected base64, seen invalid text")
 
 
 def _bytes_field(value: Any, what: str) -> bytes:
@@ -566,26 +565,3 @@ def evidence_json(report: bytes, certs: Iterable[tuple[str, bytes]] = ()) -> dic
         "report": base64.b64encode(report).decode(),
         "cert_chain": [{"cert_type": t, "data": base64.b64encode(d).decode()} for t, d in certs],
     }
-
-
-def report_digest(report: bytes) -> str:
-    """SHA-256 of the report, for logs (never the report itself)."""
-    return hashlib.sha256(report).hexdigest()
-
-
-__all__ = [
-    "REPORT_DATA_SIZE",
-    "AmdChain",
-    "Mapping",
-    "Report",
-    "SnpVerifier",
-    "Tcb",
-    "Vek",
-    "claims_of",
-    "decode_tcb",
-    "evidence_json",
-    "parse_amd_chain",
-    "parse_evidence",
-    "parse_report",
-    "parse_vek",
-]

@@ -1,7 +1,14 @@
-"""Choosing the verifier for a TEE name."""
+"""Choosing the verifier for a TEE name.
+
+Real TEEs (``snp``, ``tdx``) verify against the roots shipped in the package; an operator
+may add an offline VCEK cache and TDX collateral with :func:`configure_tee_trust` (the
+broker does this at start-up from its command line).
+"""
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterable
 
 from layerseal.attest.claims import Verifier
@@ -9,7 +16,44 @@ from layerseal.attest.sample import SampleVerifier
 from layerseal.attest.sim import SimVerifier
 from layerseal.errors import BadInputError
 
-SUPPORTED_TEES = ("sim", "sample")
+SUPPORTED_TEES = ("sim", "sample", "snp", "tdx")
+
+_lock = threading.Lock()
+_real: dict[str, Verifier] = {}
+_sources: dict[str, str | os.PathLike[str] | None] = {"snp": None, "tdx": None}
+
+
+def configure_tee_trust(
+    *,
+    snp_vcek_cache: str | os.PathLike[str] | None = None,
+    tdx_collateral: str | os.PathLike[str] | None = None,
+) -> None:
+    """Set the offline VCEK cache and TDX collateral directories (read now, so errors show at start)."""
+    from layerseal.attest import trust
+
+    verifiers: dict[str, Verifier] = {
+        "snp": trust.snp_verifier(snp_vcek_cache),
+        "tdx": trust.tdx_verifier(tdx_collateral),
+    }
+    with _lock:
+        _sources.update(snp=snp_vcek_cache, tdx=tdx_collateral)
+        _real.clear()
+        _real.update(verifiers)
+
+
+def _real_verifier(tee: str) -> Verifier:
+    with _lock:
+        verifier = _real.get(tee)
+    if verifier is not None:
+        return verifier
+    from layerseal.attest import trust
+
+    made: Verifier = (
+        trust.snp_verifier(_sources["snp"]) if tee == "snp" else trust.tdx_verifier(_sources["tdx"])
+    )
+    with _lock:
+        # verifiers keep caches of checked certificate chains, so one instance per process
+        return _real.setdefault(tee, made)
 
 
 def verifier_for(tee: str, trusted_sim_platforms: Iterable[bytes] = ()) -> Verifier:
@@ -18,4 +62,6 @@ def verifier_for(tee: str, trusted_sim_platforms: Iterable[bytes] = ()) -> Verif
         return SimVerifier(trusted_sim_platforms)
     if tee == "sample":
         return SampleVerifier()
+    if tee in ("snp", "tdx"):
+        return _real_verifier(tee)
     raise BadInputError(f"tee: expected one of {list(SUPPORTED_TEES)}, seen {tee[:40]!r}")

@@ -58,9 +58,10 @@ def verify_issued_by(child: x509.Certificate, issuer: x509.Certificate, what: st
     EC issuers are Intel's (ECDSA with the certificate's declared hash).
     """
     if child.issuer != issuer.subject:
-        raise DeniedError(
-            f"{what}: expected issuer {common_name(issuer.subject)!r}, seen {common_name(child.issuer)!r}"
-        )
+        expected, seen = common_name(issuer.subject), common_name(child.issuer)
+        if expected == seen:
+            expected, seen = issuer.subject.rfc4514_string(), child.issuer.rfc4514_string()
+        raise DeniedError(f"{what}: expected issuer {expected!r}, seen {seen!r}")
     key = issuer.public_key()
     try:
         if isinstance(key, rsa.RSAPublicKey):

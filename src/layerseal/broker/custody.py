@@ -1,23 +1,28 @@
 """Key custody: sealing key material at rest.
 
-``KeyCustody`` is the seam a PKCS#11 backend plugs into.  ``MasterKeyCustody`` does
+``KeyCustody`` is the seam custody backends plug into.  ``MasterKeyCustody`` does
 envelope encryption: a fresh data key per record (AES-256-GCM) wrapped under the master
 key (AES-256-GCM); both layers bind the caller's AAD (record id and version), so a sealed
 blob copied onto another row does not open.  Format::
 
     0x01 | master key id (8) | nonce (12) | wrapped data key (48) | nonce (12) | ciphertext+tag
+
+``Pkcs11Custody`` is the same envelope with the data key wrapped by AES-GCM *inside* a
+PKCS#11 token under a non-extractable key (format byte ``0x02``): the master key never
+leaves the token, so the database alone opens nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from typing import Protocol
+import threading
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from layerseal.errors import IntegrityError, MisuseError
+from layerseal.errors import IntegrityError, MisuseError, TransportError
 
 _VERSION = b"\x01"
 _HEADER = 1 + 8 + 12 + 48 + 12
@@ -69,6 +74,89 @@ class MasterKeyCustody:
         n1, wrapped, n2, body = sealed[9:21], sealed[21:69], sealed[69:81], sealed[81:]
         try:
             data_key = self._master.decrypt(n1, wrapped, aad)
+            return AESGCM(data_key).decrypt(n2, body, aad)
+        except InvalidTag as exc:
+            raise IntegrityError(
+                "sealed key: expected authentic ciphertext for this record, seen a forgery"
+            ) from exc
+
+
+_PKCS11_VERSION = b"\x02"
+
+
+class Pkcs11Custody:
+    """Envelope encryption whose master key is an AES key held (non-extractable) in a token.
+
+    *key* is a python-pkcs11 ``SecretKey`` on a logged-in session the caller keeps open;
+    *key_id* names it in sealed blobs so a wrong token is reported as such.
+    """
+
+    def __init__(self, key: Any, key_id: bytes, description: str = "pkcs11", session: Any = None) -> None:
+        if len(key_id) != 8:
+            raise MisuseError(f"pkcs11 key id: expected 8 bytes, seen {len(key_id)}")
+        self._key = key
+        self._session = session
+        self.key_id = key_id
+        self.description = description
+        # one PKCS#11 session is not safe for concurrent operations
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Pkcs11Custody({self.description}, key_id={self.key_id.hex()})"
+
+    def close(self) -> None:
+        """Log out and close the token session (sealing fails afterwards)."""
+        with self._lock:
+            if self._session is not None:
+                self._session.close()
+                self._session = None
+
+    def _token(self, op: str, data: bytes, nonce: bytes, aad: bytes) -> bytes:
+        from pkcs11 import Mechanism, PKCS11Error
+        from pkcs11.mechanisms import GCMParams
+
+        params = GCMParams(nonce, aad)
+        try:
+            with self._lock:
+                if op == "wrap":
+                    return bytes(self._key.encrypt(data, mechanism=Mechanism.AES_GCM, mechanism_param=params))
+                return bytes(self._key.decrypt(data, mechanism=Mechanism.AES_GCM, mechanism_param=params))
+        except PKCS11Error as exc:
+            if op == "unwrap":
+                raise IntegrityError(
+                    "sealed key: expected a data key the token's master key opens for this record, "
+                    f"seen one it refuses ({type(exc).__name__})"
+                ) from exc
+            raise TransportError(
+                f"pkcs11 token {self.description}: wrap failed ({type(exc).__name__})"
+            ) from exc
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
+        data_key = AESGCM.generate_key(bit_length=256)
+        n1, n2 = os.urandom(12), os.urandom(12)
+        wrapped = self._token("wrap", data_key, n1, aad)
+        if len(wrapped) != 48:
+            raise TransportError(
+                f"pkcs11 token {self.description}: expected 48 wrapped bytes, seen {len(wrapped)}"
+            )
+        body = AESGCM(data_key).encrypt(n2, plaintext, aad)
+        return _PKCS11_VERSION + self.key_id + n1 + wrapped + n2 + body
+
+    def unseal(self, sealed: bytes, aad: bytes) -> bytes:
+        if len(sealed) < _HEADER + 16 or sealed[:1] != _PKCS11_VERSION:
+            raise IntegrityError(
+                f"sealed key: expected format 2 (PKCS#11) and >= {_HEADER + 16} bytes, "
+                f"seen format {sealed[:1].hex() or 'none'} and {len(sealed)} bytes"
+            )
+        key_id = sealed[1:9]
+        if key_id != self.key_id:
+            raise IntegrityError(
+                f"sealed key: expected master key id {self.key_id.hex()}, seen {key_id.hex()} "
+                "(the broker runs with a different token key)"
+            )
+        n1, wrapped, n2, body = sealed[9:21], sealed[21:69], sealed[69:81], sealed[81:]
+        data_key = self._token("unwrap", wrapped, n1, aad)
+        try:
             return AESGCM(data_key).decrypt(n2, body, aad)
         except InvalidTag as exc:
             raise IntegrityError(

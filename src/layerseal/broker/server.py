@@ -11,9 +11,9 @@ from pathlib import Path
 from layerseal.broker import database
 from layerseal.broker.app import create_app
 from layerseal.broker.audit import ChainReport, verify_chain
-from layerseal.broker.custody import MasterKeyCustody
+from layerseal.broker.custody import KeyCustody, MasterKeyCustody
 from layerseal.broker.jsonlog import configure_logging
-from layerseal.broker.masterkey import load_master_key
+from layerseal.broker.masterkey import PKCS11_SCHEME, load_master_key, open_pkcs11_custody
 from layerseal.broker.ratelimit import RateLimiter
 from layerseal.broker.service import ADMIN_TENANT, Broker, BrokerConfig
 from layerseal.broker.store import ApiTokenRow, Store
@@ -38,13 +38,23 @@ def open_broker(
     create_master_key: bool = False,
     config: BrokerConfig | None = None,
     relaxed_audit_sync: bool = False,
+    master_key_uri: str | None = None,
 ) -> Broker:
-    """A broker on *db_url* (schema migrated) with its master key loaded."""
-    key_file = master_key_file or default_master_key_file(db_url)
-    key = load_master_key(key_file, create=create_master_key)
+    """A broker on *db_url* (schema migrated) with its master key loaded.
+
+    *master_key_uri* (``pkcs11:...``) puts the master key in a token; it wins over the file.
+    """
+    custody: KeyCustody
+    if master_key_uri is not None:
+        if not master_key_uri.startswith(PKCS11_SCHEME):
+            raise BadInputError("--master-key: expected a 'pkcs11:' URI, seen another scheme")
+        custody = open_pkcs11_custody(master_key_uri, create=create_master_key)
+    else:
+        key_file = master_key_file or default_master_key_file(db_url)
+        custody = MasterKeyCustody(load_master_key(key_file, create=create_master_key))
     engine = database.create_db_engine(db_url)
     database.migrate(engine)
-    return Broker(Store(engine, relaxed_audit_sync=relaxed_audit_sync), MasterKeyCustody(key), config)
+    return Broker(Store(engine, relaxed_audit_sync=relaxed_audit_sync), custody, config)
 
 
 def ensure_admin_token(broker: Broker, admin_token_file: Path | None) -> str | None:
@@ -91,6 +101,9 @@ class ServeOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     master_key_file: Path | None = None
+    master_key_uri: str | None = None
+    snp_vcek_cache: Path | None = None
+    tdx_collateral: Path | None = None
     admin_token_file: Path | None = None
     log_level: str = "info"
     auth_rate: float = 20.0
@@ -110,12 +123,17 @@ def serve(options: ServeOptions) -> None:
     import uvicorn
 
     configure_logging(options.log_level)
+    if options.snp_vcek_cache is not None or options.tdx_collateral is not None:
+        from layerseal.attest.verifiers import configure_tee_trust
+
+        configure_tee_trust(snp_vcek_cache=options.snp_vcek_cache, tdx_collateral=options.tdx_collateral)
     broker = open_broker(
         options.db_url,
         master_key_file=options.master_key_file,
         create_master_key=True,
         config=options.config,
         relaxed_audit_sync=options.relaxed_audit_sync,
+        master_key_uri=options.master_key_uri,
     )
     token = ensure_admin_token(broker, options.admin_token_file)
     if token is not None:

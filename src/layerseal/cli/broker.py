@@ -34,6 +34,9 @@ def _serve(args: argparse.Namespace) -> int:
             tls_cert=Path(args.tls_cert) if args.tls_cert else None,
             tls_key=Path(args.tls_key) if args.tls_key else None,
             master_key_file=Path(args.master_key_file) if args.master_key_file else None,
+            master_key_uri=args.master_key,
+            snp_vcek_cache=Path(args.snp_vcek_cache) if args.snp_vcek_cache else None,
+            tdx_collateral=Path(args.tdx_collateral) if args.tdx_collateral else None,
             admin_token_file=Path(args.admin_token_file) if args.admin_token_file else None,
             log_level=args.log_level,
             auth_rate=args.auth_rate,
@@ -140,6 +143,13 @@ def register(subparsers: Any) -> None:
     serve.add_argument(
         "--master-key-file", help="master key (0600, created if missing); or $LAYERSEAL_MASTER_KEY"
     )
+    serve.add_argument(
+        "--master-key",
+        help="master key in a PKCS#11 token: 'pkcs11:token=T;object=K?pin-source=file:/p' "
+        "(RFC 7512; overrides --master-key-file; the key is created in the token if missing)",
+    )
+    serve.add_argument("--snp-vcek-cache", help="directory of VCEK certificates (offline fallback)")
+    serve.add_argument("--tdx-collateral", help="directory of Intel TDX TCB info collateral")
     serve.add_argument("--admin-token-file", help="admin token file (created 0600 if missing)")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--auth-rate", type=float, default=20.0, help="RCAR requests/s per client")

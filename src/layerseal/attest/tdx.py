@@ -1,0 +1,552 @@
+"""Intel TDX: DCAP quote (versions 4 and 5) parser and (pure) verifier.
+
+Evidence (RCAR ``tee`` = ``tdx``) is Trustee's TDX evidence ``{"quote": b64(quote), ...}``
+(other fields such as ``cc_eventlog`` are ignored) or the raw quote bytes.
+
+Checks, each named in its error: header (version, ECDSA P-256 attestation key, TDX tee
+type, Intel QE vendor); the PCK chain carried in certification data type 5 ends at the
+pinned Intel SGX Root CA, each link signed by the next; the QE report is signed by the
+PCK key and binds the attestation key (``SHA-256(key || qe_auth_data)``); the quote is
+signed by the attestation key over header and body; report data.  TCB status needs Intel
+collateral (TCB info), which this verifier is given or not: without it ``tcb_status`` is
+``unknown`` and policies decide.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import itertools
+import json
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+from layerseal.attest.claims import Claims
+from layerseal.attest.x509util import common_name, fingerprint, load_cert, load_pem_certs, verify_issued_by
+from layerseal.errors import BadInputError, DeniedError
+
+TEE = "tdx"
+HEADER_SIZE = 48
+TDX_TEE_TYPE = 0x81
+ATT_KEY_ECDSA_P256 = 2
+INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
+QE_REPORT_SIZE = 384
+CERT_DATA_QE_REPORT = 6
+CERT_DATA_PCK_CHAIN = 5
+_BODY_SIZES = {2: 584, 3: 648}  # v5 body types: TD 1.0 report, TD 1.5 report
+TD_ATTRIBUTES_DEBUG = 1
+SGX_EXTENSION_OID = "1.2.840.113741.1.13.1"
+_SGX_OID_PREFIX = bytes.fromhex("2a864886f84d010d01")  # DER body of 1.2.840.113741.1.13.1
+_CHAIN_CACHE_SIZE = 256
+
+
+@dataclass(frozen=True)
+class TdReport:
+    """The TD report body inside a quote (TD 1.0 fields, plus TD 1.5 ones when present)."""
+
+    tee_tcb_svn: bytes
+    mr_seam: bytes
+    mr_signer_seam: bytes
+    seam_attributes: bytes
+    td_attributes: bytes
+    xfam: bytes
+    mr_td: bytes
+    mr_config_id: bytes
+    mr_owner: bytes
+    mr_owner_config: bytes
+    rtmrs: tuple[bytes, bytes, bytes, bytes]
+    report_data: bytes
+    tee_tcb_svn2: bytes | None = None
+    mr_servicetd: bytes | None = None
+
+    @property
+    def debug(self) -> bool:
+        return bool(int.from_bytes(self.td_attributes, "little") & TD_ATTRIBUTES_DEBUG)
+
+
+def _td_report(body: bytes) -> TdReport:
+    r = body
+    return TdReport(
+        tee_tcb_svn=r[0:16],
+        mr_seam=r[16:64],
+        mr_signer_seam=r[64:112],
+        seam_attributes=r[112:120],
+        td_attributes=r[120:128],
+        xfam=r[128:136],
+        mr_td=r[136:184],
+        mr_config_id=r[184:232],
+        mr_owner=r[232:280],
+        mr_owner_config=r[280:328],
+        rtmrs=(r[328:376], r[376:424], r[424:472], r[472:520]),
+        report_data=r[520:584],
+        tee_tcb_svn2=r[584:600] if len(r) >= 648 else None,
+        mr_servicetd=r[600:648] if len(r) >= 648 else None,
+    )
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A parsed DCAP TDX quote; ``signed`` is the byte range the attestation key signs."""
+
+    version: int
+    att_key_type: int
+    tee_type: int
+    qe_vendor_id: bytes
+    body_type: int
+    td: TdReport
+    signed: bytes
+    signature: bytes
+    attestation_key: bytes
+    qe_report: bytes
+    qe_report_signature: bytes
+    qe_auth_data: bytes
+    pck_chain_pem: bytes
+
+
+class _Reader:
+    def __init__(self, data: bytes, offset: int) -> None:
+        self.data, self.pos = data, offset
+
+    def take(self, n: int, what: str) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise BadInputError(
+                f"tdx quote {what}: expected {n} bytes at offset {self.pos}, "
+                f"seen {max(0, len(self.data) - self.pos)}"
+            )
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u16(self, what: str) -> int:
+        return int(struct.unpack("<H", self.take(2, what))[0])
+
+    def u32(self, what: str) -> int:
+        return int(struct.unpack("<I", self.take(4, what))[0])
+
+
+def parse_quote(data: bytes) -> Quote:
+    """Parse a version 4 or 5 TDX quote with QE-report certification data."""
+    if len(data) < HEADER_SIZE:
+        raise BadInputError(f"tdx quote size: expected at least {HEADER_SIZE} bytes, seen {len(data)}")
+    version, att_key_type, tee_type = struct.unpack_from("<HHI", data, 0)
+    if version not in (4, 5):
+        raise BadInputError(f"tdx quote version: expected 4 or 5, seen {version}")
+    rd = _Reader(data, HEADER_SIZE)
+    if version == 4:
+        body_type = 2
+        body = rd.take(_BODY_SIZES[2], "body")
+    else:
+        body_type = rd.u16("body type")
+        size = rd.u32("body size")
+        if _BODY_SIZES.get(body_type) != size:
+            raise BadInputError(
+                f"tdx quote body: expected type 2 (584 bytes) or 3 (648 bytes), seen type {body_type} "
+                f"({size} bytes)"
+            )
+        body = rd.take(size, "body")
+    signed = data[: rd.pos]
+    sig_len = rd.u32("signature data length")
+    sig_end = rd.pos + sig_len
+    if sig_end > len(data) or any(data[sig_end:]):
+        # quotes are often zero-padded to a buffer size; anything else is unsigned garbage
+        raise BadInputError(
+            f"tdx quote signature data: expected {sig_len} bytes then zero padding, "
+            f"seen {len(data) - rd.pos} bytes"
+        )
+    rd = _Reader(data[:sig_end], rd.pos)
+    signature = rd.take(64, "quote signature")
+    attestation_key = rd.take(64, "attestation key")
+    cert_type = rd.u16("certification data type")
+    if cert_type != CERT_DATA_QE_REPORT:
+        raise BadInputError(
+            f"tdx quote certification data type: expected {CERT_DATA_QE_REPORT} (QE report), seen {cert_type}"
+        )
+    rd.u32("certification data size")
+    qe_report = rd.take(QE_REPORT_SIZE, "QE report")
+    qe_report_signature = rd.take(64, "QE report signature")
+    qe_auth_data = rd.take(rd.u16("QE auth data size"), "QE auth data")
+    inner_type = rd.u16("PCK certification data type")
+    if inner_type != CERT_DATA_PCK_CHAIN:
+        raise BadInputError(
+            f"tdx quote PCK certification data type: expected {CERT_DATA_PCK_CHAIN} (PEM chain), "
+            f"seen {inner_type}"
+        )
+    pck_chain = rd.take(rd.u32("PCK chain size"), "PCK chain")
+    return Quote(
+        version=version,
+        att_key_type=att_key_type,
+        tee_type=tee_type,
+        qe_vendor_id=data[12:28],
+        body_type=body_type,
+        td=_td_report(body),
+        signed=signed,
+        signature=signature,
+        attestation_key=attestation_key,
+        qe_report=qe_report,
+        qe_report_signature=qe_report_signature,
+        qe_auth_data=qe_auth_data,
+        pck_chain_pem=pck_chain.rstrip(b"\0"),
+    )
+
+
+def _raw_signature(raw: bytes) -> bytes:
+    return utils.encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+
+
+def _p256_key(raw: bytes) -> ec.EllipticCurvePublicKey:
+    try:
+        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + raw)
+    except ValueError as exc:
+        raise DeniedError("tdx attestation key: expected a P-256 point, seen an invalid one") from exc
+
+
+def _der_items(data: bytes, what: str) -> list[tuple[int, bytes]]:
+    """The TLVs of a DER sequence body (short and long lengths; no indefinite form)."""
+    items: list[tuple[int, bytes]] = []
+    i = 0
+    while i < len(data):
+        if i + 2 > len(data):
+            raise BadInputError(f"{what}: expected a DER element, seen a truncated one")
+        tag, length = data[i], data[i + 1]
+        i += 2
+        if length & 0x80:
+            n = length & 0x7F
+            if n == 0 or n > 3 or i + n > len(data):
+                raise BadInputError(f"{what}: expected a DER length, seen an invalid one")
+            length = int.from_bytes(data[i : i + n], "big")
+            i += n
+        if i + length > len(data):
+            raise BadInputError(f"{what}: expected {length} bytes of DER content, seen fewer")
+        items.append((tag, data[i : i + length]))
+        i += length
+    return items
+
+
+@dataclass(frozen=True)
+class SgxExtension:
+    """The PCK certificate facts TCB evaluation needs."""
+
+    fmspc: str
+    sgx_tcb_svns: tuple[int, ...]
+    pce_svn: int
+
+
+def sgx_extension(pck: x509.Certificate) -> SgxExtension | None:
+    """FMSPC, the 16 SGX TCB component SVNs and PCESVN from the PCK's SGX extension."""
+    try:
+        ext = pck.extensions.get_extension_for_oid(x509.ObjectIdentifier(SGX_EXTENSION_OID))
+    except x509.ExtensionNotFound:
+        return None
+    if not isinstance(ext.value, x509.UnrecognizedExtension):
+        return None
+    what = "tdx PCK SGX extension"
+    outer = _der_items(ext.value.value, what)
+    if len(outer) != 1 or outer[0][0] != 0x30:
+        raise BadInputError(f"{what}: expected one SEQUENCE, seen {len(outer)} elements")
+    fields: dict[bytes, bytes] = {}
+    for tag, body in _der_items(outer[0][1], what):
+        pair = _der_items(body, what) if tag == 0x30 else []
+        if len(pair) == 2 and pair[0][0] == 0x06 and pair[0][1].startswith(_SGX_OID_PREFIX):
+            fields[pair[0][1][len(_SGX_OID_PREFIX) :]] = pair[1][1]
+    fmspc = fields.get(b"\x04")
+    tcb = fields.get(b"\x02")
+    if fmspc is None or tcb is None:
+        raise BadInputError(f"{what}: expected FMSPC and TCB fields, seen {len(fields)} fields")
+    comps: dict[int, int] = {}
+    for tag, body in _der_items(tcb, what):
+        pair = _der_items(body, what) if tag == 0x30 else []
+        if len(pair) == 2 and pair[0][0] == 0x06 and pair[1][0] == 0x02:
+            comps[pair[0][1][-1]] = int.from_bytes(pair[1][1], "big")
+    if any(i not in comps for i in range(1, 18)):
+        raise BadInputError(f"{what}: expected TCB components 1..16 and PCESVN, seen {sorted(comps)}")
+    return SgxExtension(fmspc.hex(), tuple(comps[i] for i in range(1, 17)), comps[17])
+
+
+# ---------------------------------------------------------------------------- TCB collateral
+
+
+@dataclass(frozen=True)
+class TcbLevel:
+    sgx_svns: tuple[int, ...]
+    pce_svn: int
+    tdx_svns: tuple[int, ...]
+    status: str
+
+
+@dataclass(frozen=True)
+class TcbInfo:
+    """Intel's TDX TCB info for one FMSPC (signature already checked)."""
+
+    fmspc: str
+    levels: tuple[TcbLevel, ...]
+    issue_date: str
+    next_update: str
+
+
+def _signed_member(text: bytes, name: bytes) -> bytes:
+    """The exact bytes of a top-level JSON object member, as Intel signed them."""
+    key = b'"' + name + b'":'
+    start = text.find(key)
+    if start < 0:
+        raise BadInputError(f"tdx collateral: expected member {name.decode()!r}, seen none")
+    i = start + len(key)
+    while i < len(text) and text[i] in b" \t\r\n":
+        i += 1
+    depth, in_str, esc, begin = 0, False, False, i
+    for j in range(i, len(text)):
+        c = text[j]
+        if in_str:
+            esc, in_str = (False, True) if esc else (c == 0x5C, c != 0x22)
+            continue
+        if c == 0x22:
+            in_str = True
+        elif c == 0x7B:
+            depth += 1
+        elif c == 0x7D:
+            depth -= 1
+            if depth == 0:
+                return text[begin : j + 1]
+    raise BadInputError(f"tdx collateral: expected a complete {name.decode()!r} object, seen truncated JSON")
+
+
+def parse_tcb_info(raw: bytes, issuer_chain_pem: bytes, root_ca: bytes) -> TcbInfo:
+    """Check Intel's signed TDX TCB info (chain to the pinned root) and parse its levels."""
+    root = load_cert(root_ca, "tdx pinned root")
+    certs = load_pem_certs(issuer_chain_pem, "tdx TCB info issuer chain")
+    if not certs or fingerprint(certs[-1]) != fingerprint(root):
+        raise DeniedError(
+            f"tdx TCB info issuer chain root: expected the pinned {fingerprint(root)}, "
+            f"seen {fingerprint(certs[-1]) if certs else 'no certificate'}"
+        )
+    for child, issuer in itertools.pairwise(certs):
+        verify_issued_by(child, issuer, f"tdx TCB info chain link {common_name(child.subject)!r}")
+    try:
+        doc = json.loads(raw)
+        sig = bytes.fromhex(doc["signature"])
+        info = doc["tcbInfo"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadInputError('tdx TCB info: expected {"tcbInfo": {...}, "signature": hex}') from exc
+    signer = certs[0].public_key()
+    if not isinstance(signer, ec.EllipticCurvePublicKey) or len(sig) != 64:
+        raise DeniedError("tdx TCB info signature: expected a 64-byte ECDSA P-256 signature, seen another")
+    try:
+        signer.verify(_raw_signature(sig), _signed_member(raw, b"tcbInfo"), ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature as exc:
+        raise DeniedError(
+            "tdx TCB info signature: expected valid under the TCB signing key, seen invalid"
+        ) from exc
+    return tcb_info_from_json(info)
+
+
+def tcb_info_from_json(info: Any) -> TcbInfo:
+    """Parse the ``tcbInfo`` object (no signature check: :func:`parse_tcb_info` does that)."""
+    try:
+        if info.get("id", "TDX") != "TDX":
+            raise BadInputError(f"tdx TCB info id: expected 'TDX', seen {str(info.get('id'))[:10]!r}")
+        levels = tuple(
+            TcbLevel(
+                sgx_svns=tuple(int(c["svn"]) for c in lvl["tcb"]["sgxtcbcomponents"]),
+                pce_svn=int(lvl["tcb"]["pcesvn"]),
+                tdx_svns=tuple(int(c["svn"]) for c in lvl["tcb"]["tdxtcbcomponents"]),
+                status=str(lvl["tcbStatus"]),
+            )
+            for lvl in info["tcbLevels"]
+        )
+        return TcbInfo(
+            str(info["fmspc"]).lower(),
+            levels,
+            str(info.get("issueDate", "")),
+            str(info.get("nextUpdate", "")),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BadInputError("tdx TCB info: expected tcbInfo with fmspc and tcbLevels") from exc
+
+
+def tcb_status(info: TcbInfo, sgx: SgxExtension, tee_tcb_svn: bytes) -> str:
+    """The status of the first TCB level the platform meets (Intel's ordering: newest first).
+
+    Compares the PCK's SGX component SVNs and PCESVN, then TEE_TCB_SVN byte by byte with the
+    level's TDX components; TDX module identities (``tdxModuleIdentities``) are not evaluated.
+    A platform below every level is ``NotSupported`` (QVL's "TCB not supported").
+    """
+    for level in info.levels:
+        if len(level.sgx_svns) != 16 or len(level.tdx_svns) != 16:
+            continue
+        if any(have < need for have, need in zip(sgx.sgx_tcb_svns, level.sgx_svns, strict=True)):
+            continue
+        if sgx.pce_svn < level.pce_svn:
+            continue
+        if any(have < need for have, need in zip(tee_tcb_svn, level.tdx_svns, strict=True)):
+            continue
+        return level.status
+    return "NotSupported"
+
+
+@dataclass(frozen=True)
+class _Pck:
+    cert: x509.Certificate
+    public_key: ec.EllipticCurvePublicKey
+    sgx: SgxExtension | None
+
+
+class TdxVerifier:
+    """Verifies TDX quotes whose PCK chain ends at the pinned Intel SGX Root CA."""
+
+    tee = TEE
+
+    def __init__(self, root_ca: bytes, tcb_infos: Iterable[TcbInfo] = ()) -> None:
+        self._root = load_cert(root_ca, "tdx pinned root")
+        self._root_fingerprint = fingerprint(self._root)
+        # signature-checked collateral by FMSPC; an FMSPC without one has status unknown
+        self._tcb = {info.fmspc: info for info in tcb_infos}
+        self._pcks: OrderedDict[bytes, _Pck] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def root_fingerprint(self) -> str:
+        return self._root_fingerprint
+
+    def verify(self, evidence: bytes, expected_report_data: bytes) -> Claims:
+        quote = parse_quote(quote_bytes(evidence))
+        if quote.att_key_type != ATT_KEY_ECDSA_P256:
+            raise DeniedError(
+                f"tdx quote attestation key type: expected 2 (ECDSA P-256), seen {quote.att_key_type}"
+            )
+        if quote.tee_type != TDX_TEE_TYPE:
+            raise DeniedError(
+                f"tdx quote tee type: expected {TDX_TEE_TYPE:#x} (TDX), seen {quote.tee_type:#x}"
+            )
+        if quote.qe_vendor_id != INTEL_QE_VENDOR_ID:
+            raise DeniedError(
+                f"tdx quote QE vendor: expected Intel {INTEL_QE_VENDOR_ID.hex()}, "
+                f"seen {quote.qe_vendor_id.hex()}"
+            )
+        pck = self._pck(quote.pck_chain_pem)
+        try:
+            pck.public_key.verify(
+                _raw_signature(quote.qe_report_signature), quote.qe_report, ec.ECDSA(hashes.SHA256())
+            )
+        except (InvalidSignature, ValueError) as exc:
+            raise DeniedError(
+                "tdx QE report signature: expected valid under the PCK key, seen invalid"
+            ) from exc
+        binding = hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest()
+        seen = quote.qe_report[320:384]
+        if not hmac.compare_digest(seen, binding + bytes(32)):
+            raise DeniedError(
+                f"tdx QE report data: expected SHA-256(attestation key || auth data) {binding[:8].hex()}..., "
+                f"seen {seen[:8].hex()}..."
+            )
+        try:
+            _p256_key(quote.attestation_key).verify(
+                _raw_signature(quote.signature), quote.signed, ec.ECDSA(hashes.SHA256())
+            )
+        except (InvalidSignature, ValueError) as exc:
+            raise DeniedError(
+                "tdx quote signature: expected valid under the attestation key, seen invalid"
+            ) from exc
+        if not hmac.compare_digest(quote.td.report_data, expected_report_data):
+            raise DeniedError(
+                "tdx report data: expected SHA-384 of this session's nonce and tee-pubkey "
+                f"({expected_report_data[:8].hex()}...), seen {quote.td.report_data[:8].hex()}..."
+            )
+        fmspc = pck.sgx.fmspc if pck.sgx is not None else ""
+        info = self._tcb.get(fmspc)
+        status = tcb_status(info, pck.sgx, quote.td.tee_tcb_svn) if info and pck.sgx else "unknown"
+        return claims_of(quote, fmspc, status)
+
+    def _pck(self, chain_pem: bytes) -> _Pck:
+        key = hashlib.sha256(chain_pem).digest()
+        with self._lock:
+            hit = self._pcks.get(key)
+            if hit is not None:
+                self._pcks.move_to_end(key)
+                return hit
+        certs = load_pem_certs(chain_pem, "tdx PCK chain")
+        if len(certs) < 2 or len(certs) > 4:
+            raise DeniedError(
+                f"tdx PCK chain: expected PCK, intermediate CA(s) and root, seen {len(certs)} certs"
+            )
+        root = certs[-1]
+        if fingerprint(root) != self._root_fingerprint:
+            raise DeniedError(
+                f"tdx PCK chain root: expected the pinned {common_name(self._root.subject)!r} "
+                f"{self._root_fingerprint}, seen {common_name(root.subject)!r} {fingerprint(root)}"
+            )
+        for child, issuer in itertools.pairwise(certs):
+            verify_issued_by(child, issuer, f"tdx PCK chain link {common_name(child.subject)!r}")
+        leaf = certs[0]
+        public = leaf.public_key()
+        if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
+            raise DeniedError(f"tdx PCK key: expected EC P-256, seen {type(public).__name__}")
+        pck = _Pck(leaf, public, sgx_extension(leaf))
+        with self._lock:
+            self._pcks[key] = pck
+            if len(self._pcks) > _CHAIN_CACHE_SIZE:
+                self._pcks.popitem(last=False)
+        return pck
+
+
+def quote_bytes(evidence: bytes) -> bytes:
+    """The quote inside Trustee-style JSON evidence ``{"quote": b64}``, or the raw quote."""
+    if evidence.lstrip()[:1] != b"{":
+        return evidence
+    try:
+        obj = json.loads(evidence)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInputError(
+            'tdx evidence: expected JSON {"quote": base64} or a raw quote, seen neither'
+        ) from exc
+    quote = obj.get("quote") if isinstance(obj, dict) else None
+    if not isinstance(quote, str):
+        raise BadInputError("tdx evidence: expected field 'quote' (base64 string), seen none")
+    padded = quote + "=" * (-len(quote) % 4)
+    for altchars in (None, b"-_"):
+        try:
+            return base64.b64decode(padded, altchars=altchars, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+    raise BadInputError("tdx evidence quote: expected base64, seen invalid text")
+
+
+def claims_of(quote: Quote, fmspc: str, status: str) -> Claims:
+    td = quote.td
+    details: dict[str, Any] = {
+        "quote_version": quote.version,
+        "mr_td": td.mr_td.hex(),
+        "rtmr0": td.rtmrs[0].hex(),
+        "rtmr1": td.rtmrs[1].hex(),
+        "rtmr2": td.rtmrs[2].hex(),
+        "rtmr3": td.rtmrs[3].hex(),
+        "mr_config_id": td.mr_config_id.hex(),
+        "mr_owner": td.mr_owner.hex(),
+        "mr_owner_config": td.mr_owner_config.hex(),
+        "mr_seam": td.mr_seam.hex(),
+        "mr_signer_seam": td.mr_signer_seam.hex(),
+        "td_attributes": td.td_attributes.hex(),
+        "xfam": td.xfam.hex(),
+        "tee_tcb_svn": td.tee_tcb_svn.hex(),
+        "report_data": td.report_data.hex(),
+        "debug": td.debug,
+        "fmspc": fmspc,
+        "tcb_status": status,
+    }
+    if td.tee_tcb_svn2 is not None and td.mr_servicetd is not None:
+        details["tee_tcb_svn2"] = td.tee_tcb_svn2.hex()
+        details["mr_servicetd"] = td.mr_servicetd.hex()
+    # TDX has no guest SVN; the TD's version lives in its measurements (MRTD, RTMRs)
+    return Claims(
+        tee=TEE, measurement=td.mr_td.hex(), svn=0, debug=td.debug, details=MappingProxyType(details)
+    )
