@@ -23,7 +23,7 @@ from layerseal.crypto.keywrap import (
     open_private_options,
     public_options,
 )
-from layerseal.crypto.layercipher import LayerDecryptor, LayerEncryptor
+from layerseal.crypto.layercipher import LayerDecryptor, LayerEncryptor, decrypt_stream, encrypt_stream
 from layerseal.errors import BadInputError, LayersealError
 from layerseal.image import mediatypes as mt
 from layerseal.image.descriptor import Descriptor, Platform
@@ -107,17 +107,6 @@ def _metered(
         yield chunk
 
 
-def encrypting(chunks: Iterable[bytes], enc: LayerEncryptor) -> Iterator[bytes]:
-    for chunk in chunks:
-        yield enc.update(chunk)
-
-
-def _decrypting(chunks: Iterable[bytes], dec: LayerDecryptor) -> Iterator[bytes]:
-    for chunk in chunks:
-        yield dec.update(chunk)
-    dec.finalize()  # raises before the destination commits anything
-
-
 class _LayerJob:
     def __init__(
         self,
@@ -163,12 +152,12 @@ class _LayerJob:
             priv = open_private_options(desc, layer, self.options.unwrappers)
             plain = Descriptor(mt.decrypted_type(desc.media_type), priv.digest, desc.size)
             # the destination hashes what it stores and checks it against priv.digest
-            stream = _decrypting(stream, LayerDecryptor(pub, priv, str(layer), verify_digest=encrypt))
+            stream = decrypt_stream(stream, LayerDecryptor(pub, priv, str(layer), verify_digest=encrypt))
             annotations = strip_encryption(annotations)
             media_type = plain.media_type
         if encrypt:
             enc = LayerEncryptor(plain_digest=None if decrypt else desc.digest)
-            stored = self.dst.put_blob(encrypting(stream, enc), mt.encrypted_type(media_type))
+            stored = self.dst.put_blob(encrypt_stream(stream, enc), mt.encrypted_type(media_type))
             pub_out, priv_out = enc.finalize()
             plain_layer = LayerContext(index, plain.with_changes(media_type=media_type), self.src.name)
             annotations[ANNOTATION_PUBOPTS] = pub_out.to_annotation()

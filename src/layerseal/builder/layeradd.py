@@ -22,12 +22,11 @@ from layerseal.builder.copy import (
     CopyOptions,
     LayerReport,
     Progress,
-    encrypting,
     transfer_layers,
 )
 from layerseal.builder.tarlayer import MEDIA_TYPES, write_layer_from_paths
 from layerseal.crypto.keywrap import KeyWrapper, LayerContext
-from layerseal.crypto.layercipher import LayerEncryptor
+from layerseal.crypto.layercipher import LayerEncryptor, encrypt_stream
 from layerseal.errors import BadInputError
 from layerseal.image import mediatypes as mt
 from layerseal.image.descriptor import Descriptor, Platform
@@ -45,6 +44,10 @@ class AddLayerReport:
     diff_id: Digest
     encrypted: bool
     existing: tuple[LayerReport, ...]
+
+
+class _Cancelled(Exception):
+    """The consuming side stopped (its own error is the one reported)."""
 
 
 class _QueueWriter:
@@ -72,7 +75,7 @@ class _QueueWriter:
     def _put(self, item: object) -> None:
         while True:
             if self._cancelled.is_set():
-                raise BadInputError("layer build cancelled: the upload side stopped")
+                raise _Cancelled()
             try:
                 self._q.put(item, timeout=0.2)
                 return
@@ -156,7 +159,7 @@ def add_layer(
     index = len(manifest.layers)
     if wrappers:
         enc = LayerEncryptor()
-        stored = dst.put_blob(encrypting(chunks, enc), mt.encrypted_type(plain_type))
+        stored = dst.put_blob(encrypt_stream(chunks, enc), mt.encrypted_type(plain_type))
         pub, priv = enc.finalize()
         plain = Descriptor(plain_type, priv.digest, stored.size)
         layer_ctx = LayerContext(index, plain, src.name)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac as _hmac
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from cryptography.hazmat.primitives import hashes
@@ -170,3 +170,20 @@ class LayerDecryptor:
         if not _hmac.compare_digest(got.hex, self._priv.digest.hex):
             raise IntegrityError(f"{self._what}: decrypted digest: expected {self._priv.digest}, seen {got}")
         return got
+
+
+def encrypt_stream(chunks: Iterable[bytes], enc: LayerEncryptor) -> Iterator[bytes]:
+    """Ciphertext of *chunks*; call ``enc.finalize()`` once the stream is consumed."""
+    for chunk in chunks:
+        yield enc.update(chunk)
+
+
+def decrypt_stream(chunks: Iterable[bytes], dec: LayerDecryptor) -> Iterator[bytes]:
+    """Plaintext of *chunks*, authenticated at the end: the last step raises on a bad HMAC.
+
+    A consumer that commits its output only after this iterator ran to its end without
+    raising never commits unauthenticated plaintext.
+    """
+    for chunk in chunks:
+        yield dec.update(chunk)
+    dec.finalize()

@@ -18,13 +18,13 @@ Order of work, and why:
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from layerseal.crypto.keywrap import KeyUnwrapper, LayerContext, open_private_options, public_options
-from layerseal.crypto.layercipher import LayerDecryptor
+from layerseal.crypto.layercipher import LayerDecryptor, decrypt_stream
 from layerseal.engine.keys import BrokerUnwrapper
 from layerseal.engine.snapshot import SnapshotStore
 from layerseal.engine.unpack import stack_snapshots, unpack_layer
@@ -97,12 +97,6 @@ def _obtain_keys(
     return keys, released
 
 
-def _decrypted(chunks: Iterable[bytes], dec: LayerDecryptor) -> Iterator[bytes]:
-    for chunk in chunks:
-        yield dec.update(chunk)
-    dec.finalize()
-
-
 class _Puller:
     def __init__(self, src: ImageSource, store: SharedBlobStore, snapshots: SnapshotStore) -> None:
         self.src, self.store, self.snapshots = src, store, snapshots
@@ -124,7 +118,7 @@ class _Puller:
         )
         compression = mt.compression(desc.media_type)
         if key is not None:
-            stream = _decrypted(stream, LayerDecryptor(key[0], key[1], str(ctx)))
+            stream = decrypt_stream(stream, LayerDecryptor(key[0], key[1], str(ctx)))
         # fetch + decrypt + verify on one thread, decompress + unpack on this one
         stream = threaded(stream)
         with self.snapshots.create(diff_id) as tmp:
