@@ -27,6 +27,10 @@ class SnapshotStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        # snapshots hold decrypted layers: only this user may even list them
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.root.stat().st_mode & 0o077:
+            os.chmod(self.root, 0o700)
 
     def path(self, diff_id: Digest) -> Path:
         return self.root / diff_id.algorithm / diff_id.hex

@@ -103,3 +103,15 @@ def test_symlink_is_not_a_snapshot(tmp_path: Path) -> None:
     (tmp_path / "elsewhere").mkdir()
     store.path(DIFF_ID).symlink_to(tmp_path / "elsewhere")
     assert not store.exists(DIFF_ID)
+
+
+def test_snapshot_root_is_private(tmp_path: Path) -> None:
+    import stat as _stat
+
+    loose = tmp_path / "snaps"
+    loose.mkdir(mode=0o755)
+    loose.chmod(0o755)
+    SnapshotStore(loose)
+    assert _stat.S_IMODE(loose.stat().st_mode) == 0o700
+    fresh = SnapshotStore(tmp_path / "new" / "snaps")
+    assert _stat.S_IMODE(fresh.root.stat().st_mode) == 0o700
