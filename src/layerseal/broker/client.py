@@ -21,15 +21,12 @@ from layerseal.attest.binding import report_data
 from layerseal.attest.claims import Attester
 from layerseal.broker.packets import ResourcePath, unwrap_key_packet
 from layerseal.broker.problems import (
-    ForbiddenError,
-    PolicyDeniedError,
-    RateLimitedError,
     UnauthenticatedError,
-    UnavailableError,
+    error_for,
 )
 from layerseal.crypto.jwe import decrypt_from_jwk
 from layerseal.crypto.keys import PrivateKey, public_key_to_jwk
-from layerseal.errors import BadInputError, LayersealError, NotFoundError, TransportError
+from layerseal.errors import BadInputError, LayersealError, TransportError
 
 __all__ = ["EnclaveClient", "PublisherClient", "tee_pubkey_jwk", "unwrap_key_packet"]
 
@@ -38,30 +35,7 @@ PROTOCOL_VERSION = "0.4.0"
 
 
 def _error_for(method: str, path: str, response: httpx.Response) -> LayersealError:
-    detail = response.text[:500]
-    kind = ""
-    try:
-        doc = response.json()
-        if isinstance(doc, dict):
-            detail = str(doc.get("detail", detail))
-            kind = str(doc.get("type", ""))
-    except ValueError:
-        pass
-    message = f"broker {method} {path}: HTTP {response.status_code}: {detail}"
-    status = response.status_code
-    if status == 400:
-        return BadInputError(message)
-    if status == 401:
-        return UnauthenticatedError(message)
-    if status == 403:
-        return PolicyDeniedError(message) if kind.endswith("/policy-denied") else ForbiddenError(message)
-    if status == 404:
-        return NotFoundError(message)
-    if status == 429:
-        return RateLimitedError(message)
-    if status == 503:
-        return UnavailableError(message)
-    return TransportError(message)
+    return error_for(method, path, response.status_code, response.content)
 
 
 class _Http:

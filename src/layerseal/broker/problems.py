@@ -7,6 +7,7 @@ store 503.  Anything else is a bug and becomes a bare 500 without details.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from layerseal.errors import BadInputError, DeniedError, LayersealError, NotFoundError, TransportError
@@ -75,3 +76,34 @@ def problem(status: int, kind: str, detail: str, instance: str | None = None) ->
     if instance is not None:
         doc["instance"] = instance
     return doc
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    return " ".join(text.split())[:limit]
+
+
+def error_for(method: str, path: str, status: int, body: bytes) -> LayersealError:
+    """The layerseal error for a broker error response (RFC 7807 document or text)."""
+    detail = body.decode("utf-8", "replace")
+    kind = ""
+    try:
+        doc = json.loads(body)
+        if isinstance(doc, dict):
+            detail = str(doc.get("detail", detail))
+            kind = str(doc.get("type", ""))
+    except ValueError:
+        pass
+    message = f"broker {method} {path}: HTTP {status}: {_one_line(detail)}"
+    if status == 400:
+        return BadInputError(message)
+    if status == 401:
+        return UnauthenticatedError(message)
+    if status == 403:
+        return PolicyDeniedError(message) if kind.endswith("/policy-denied") else ForbiddenError(message)
+    if status == 404:
+        return NotFoundError(message)
+    if status == 429:
+        return RateLimitedError(message)
+    if status == 503:
+        return UnavailableError(message)
+    return TransportError(message)

@@ -16,14 +16,8 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-from layerseal.broker.problems import (
-    ForbiddenError,
-    PolicyDeniedError,
-    RateLimitedError,
-    UnauthenticatedError,
-    UnavailableError,
-)
-from layerseal.errors import BadInputError, LayersealError, NotFoundError, TransportError
+from layerseal.broker.problems import error_for
+from layerseal.errors import BadInputError, TransportError
 
 SESSION_COOKIE = "kbs-session-id"
 PROTOCOL_VERSION = "0.4.0"
@@ -31,33 +25,6 @@ PROTOCOL_VERSION = "0.4.0"
 
 def _one_line(text: str, limit: int = 500) -> str:
     return " ".join(text.split())[:limit]
-
-
-def error_for(method: str, path: str, status: int, body: bytes) -> LayersealError:
-    """The layerseal error for a broker error response (RFC 7807 document or text)."""
-    detail = body.decode("utf-8", "replace")
-    kind = ""
-    try:
-        doc = json.loads(body)
-        if isinstance(doc, dict):
-            detail = str(doc.get("detail", detail))
-            kind = str(doc.get("type", ""))
-    except ValueError:
-        pass
-    message = f"broker {method} {path}: HTTP {status}: {_one_line(detail)}"
-    if status == 400:
-        return BadInputError(message)
-    if status == 401:
-        return UnauthenticatedError(message)
-    if status == 403:
-        return PolicyDeniedError(message) if kind.endswith("/policy-denied") else ForbiddenError(message)
-    if status == 404:
-        return NotFoundError(message)
-    if status == 429:
-        return RateLimitedError(message)
-    if status == 503:
-        return UnavailableError(message)
-    return TransportError(message)
 
 
 class BrokerHttp:
