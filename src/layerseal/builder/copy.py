@@ -33,6 +33,7 @@ from layerseal.image.encryption import (
     strip_encryption,
 )
 from layerseal.image.transport import ImageDestination, ImageSource, resolve_manifest
+from layerseal.streams import threaded
 
 
 class Progress(Protocol):
@@ -133,7 +134,7 @@ class _LayerJob:
             if self.progress:
                 self.progress.start(key, f"copy    {desc.digest.hex[:12]}", desc.size)
             self.dst.put_blob(
-                _metered(self.src.iter_blob(desc), self.progress, key, self.abort),
+                _metered(threaded(self.src.iter_blob(desc), depth=2), self.progress, key, self.abort),
                 media_type,
                 desc,
                 verified=True,
@@ -144,7 +145,9 @@ class _LayerJob:
         if self.progress:
             verb = "reencrypt" if encrypt and decrypt else ("encrypt" if encrypt else "decrypt")
             self.progress.start(key, f"{verb:<9} {desc.digest.hex[:12]}", desc.size)
-        stream: Iterator[bytes] = _metered(self.src.iter_blob(desc), self.progress, key, self.abort)
+        # reading and verifying the source overlaps with the cipher and the upload
+        source = threaded(self.src.iter_blob(desc), depth=2)
+        stream: Iterator[bytes] = _metered(source, self.progress, key, self.abort)
         plain = desc
         annotations = dict(desc.annotations)
         if decrypt:
