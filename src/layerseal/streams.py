@@ -6,13 +6,17 @@ unpacking on the caller's thread.  The libraries doing the heavy work release th
 so the two halves really run on two cores.  Memory stays bounded by ``depth`` chunks;
 errors from the upstream iterator are re-raised in the caller; a caller that stops
 early stops the helper thread too.
+
+``Background`` runs the updates of one hash (HMAC, SHA-256) on a small shared pool, each
+overlapping with the caller's next piece of work.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 _END = object()
 
@@ -61,3 +65,40 @@ def threaded(chunks: Iterable[bytes], depth: int = 4) -> Iterator[bytes]:
     finally:
         stop.set()
         thread.join()
+
+
+# Chunks smaller than this are MAC'ed inline: a thread hop costs more than it saves.
+_PARALLEL_MIN = 64 * 1024
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="layerseal-hash")
+    return _pool
+
+
+class Background:
+    """Runs one hash's updates on a helper thread, overlapping the caller's next chunk.
+
+    Updates of one hash stay in order (each waits for the previous); different hashes
+    (HMAC of the ciphertext, digest of the plaintext) run side by side.
+    """
+
+    def __init__(self, update: Callable[[bytes], object]) -> None:
+        self._update = update
+        self._pending: Future[object] | None = None
+
+    def update(self, data: bytes) -> None:
+        self.wait()
+        if len(data) >= _PARALLEL_MIN:
+            self._pending = _executor().submit(self._update, data)
+        else:
+            self._update(data)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()

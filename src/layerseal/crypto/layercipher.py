@@ -18,8 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac as _hmac
 import os
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as c_hmac
@@ -28,44 +27,10 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from layerseal.errors import IntegrityError, MisuseError
 from layerseal.image.digest import Digest
 from layerseal.image.encryption import CIPHER_AES_CTR_HMAC, PrivateOptions, PublicOptions
+from layerseal.streams import Background
 
 KEY_SIZE = 32
 NONCE_SIZE = 16
-# Chunks smaller than this are MAC'ed inline: a thread hop costs more than it saves.
-_PARALLEL_MIN = 64 * 1024
-
-_pool: ThreadPoolExecutor | None = None
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="layerseal-mac")
-    return _pool
-
-
-class _Background:
-    """Runs one hash's updates on a helper thread, overlapping the caller's next chunk.
-
-    Updates of one hash stay in order (each waits for the previous); different hashes
-    (HMAC of the ciphertext, digest of the plaintext) run side by side.
-    """
-
-    def __init__(self, update: Callable[[bytes], object]) -> None:
-        self._update = update
-        self._pending: Future[object] | None = None
-
-    def update(self, data: bytes) -> None:
-        self.wait()
-        if len(data) >= _PARALLEL_MIN:
-            self._pending = _executor().submit(self._update, data)
-        else:
-            self._update(data)
-
-    def wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
 
 
 class LayerEncryptor:
@@ -81,10 +46,10 @@ class LayerEncryptor:
             raise MisuseError("LayerEncryptor: expected a 32-byte key and a 16-byte nonce")
         self._ctr = Cipher(algorithms.AES(self._symkey), modes.CTR(self._nonce)).encryptor()
         self._mac = c_hmac.HMAC(self._symkey, hashes.SHA256())
-        self._mac_bg = _Background(self._mac.update)
+        self._mac_bg = Background(self._mac.update)
         self._known_digest = plain_digest
         self._plain_digest = None if plain_digest is not None else hashlib.sha256()
-        self._digest_bg = _Background(self._plain_digest.update) if self._plain_digest is not None else None
+        self._digest_bg = Background(self._plain_digest.update) if self._plain_digest is not None else None
         self.size = 0
         self._done = False
 
@@ -133,9 +98,9 @@ class LayerDecryptor:
         self._what = what
         self._ctr = Cipher(algorithms.AES(priv.symkey), modes.CTR(priv.nonce)).decryptor()
         self._mac = c_hmac.HMAC(priv.symkey, hashes.SHA256())
-        self._mac_bg = _Background(self._mac.update)
+        self._mac_bg = Background(self._mac.update)
         self._plain_digest = hashlib.new(priv.digest.algorithm) if verify_digest else None
-        self._digest_bg = _Background(self._plain_digest.update) if self._plain_digest is not None else None
+        self._digest_bg = Background(self._plain_digest.update) if self._plain_digest is not None else None
         self.size = 0
         self._done = False
 

@@ -27,6 +27,7 @@ from layerseal.image.digest import Digest, DigestVerifier
 from layerseal.image.manifest import MAX_MANIFEST_BYTES, Index, detect_media_type
 from layerseal.image.transport import CHUNK_SIZE
 from layerseal.layout.atomic import fsync_dir, write_file_atomic
+from layerseal.streams import Background
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_FILE = "oci-layout"
@@ -269,13 +270,15 @@ class LayoutDestination:
         trust = verified and expected is not None
         try:
             h = hashlib.sha256()
+            hashing = Background(h.update)  # hashing overlaps with the write
             size = 0
             with os.fdopen(fd, "wb") as f:
                 for chunk in chunks:
                     if not trust:
-                        h.update(chunk)
+                        hashing.update(chunk)
                     size += len(chunk)
                     f.write(chunk)
+                hashing.wait()
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o666 & ~_umask())  # as if created with open(): honour the user's umask

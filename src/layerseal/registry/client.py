@@ -41,6 +41,7 @@ from layerseal.registry.credentials import Credentials, resolve_credentials
 from layerseal.registry.options import RegistryOptions
 from layerseal.registry.reference import DOCKER_HUB, DOCKER_HUB_API, validate_repository
 from layerseal.registry.retry import is_retriable_status
+from layerseal.streams import Background
 
 log = logging.getLogger(__name__)
 
@@ -571,10 +572,12 @@ class RegistryClient:
             # a verified source raises unless its bytes match *expected*; the registry checks too
             trust = verified and expected is not None
 
+            hashing = Background(hasher.update)  # overlaps with sending
+
             def take(chunk: bytes) -> None:
                 nonlocal size
                 if not trust:
-                    hasher.update(chunk)
+                    hashing.update(chunk)
                 size += len(chunk)
                 if expected is not None and size > expected.size:
                     raise IntegrityError(
@@ -601,6 +604,7 @@ class RegistryClient:
 
                 location = self._patch_stream(repository, location, body())
                 tail = b""
+            hashing.wait()
             digest = (
                 expected.digest if trust and expected is not None else Digest(algorithm, hasher.hexdigest())
             )
