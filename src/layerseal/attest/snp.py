@@ -395,22 +395,33 @@ class SnpVerifier:
 
     def verify(self, evidence: bytes, expected_report_data: bytes) -> Claims:
         ev = parse_evidence(evidence)
-        report = parse_report(ev.report)
-        if report.signature_algo != 1:
-            raise DeniedError(
-                f"snp report signature_algo: expected 1 (ECDSA P-384 SHA-384), seen {report.signature_algo}"
-            )
-        kind = report.signing_key
-        vek = self._vek(report, kind, ev.certs)
-        self._check_generation(report, vek)
-        self._check_tcb(report, vek)
-        self._check_signature(report, vek)
+        report, vek = self.verify_report(ev.report, ev.certs)
         if not hmac.compare_digest(report.report_data, expected_report_data):
             raise DeniedError(
                 "snp report data: expected SHA-384 of this session's nonce and tee-pubkey "
                 f"({expected_report_data[:8].hex()}...), seen {report.report_data[:8].hex()}..."
             )
         return claims_of(report, vek)
+
+    def verify_report(
+        self, raw: bytes, certs: tuple[tuple[str | None, x509.Certificate], ...] = ()
+    ) -> tuple[Report, Vek]:
+        """Check a report's VEK chain, TCB and signature, but not its report data.
+
+        For evidence formats that wrap an SNP report (Azure's HCL report): the caller
+        checks what the report data binds in its own way.
+        """
+        report = parse_report(raw)
+        if report.signature_algo != 1:
+            raise DeniedError(
+                f"snp report signature_algo: expected 1 (ECDSA P-384 SHA-384), seen {report.signature_algo}"
+            )
+        kind = report.signing_key
+        vek = self._vek(report, kind, certs)
+        self._check_generation(report, vek)
+        self._check_tcb(report, vek)
+        self._check_signature(report, vek)
+        return report, vek
 
     # -- certificates
 

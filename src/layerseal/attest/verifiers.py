@@ -1,8 +1,9 @@
 """Choosing the verifier for a TEE name.
 
-Real TEEs (``snp``, ``tdx``) verify against the roots shipped in the package; an operator
-may add an offline VCEK cache and TDX collateral with :func:`configure_tee_trust` (the
-broker does this at start-up from its command line).
+Real TEEs (``snp``, ``tdx``, ``az-snp-vtpm``) verify against the roots shipped in the
+package; an operator may add an offline VCEK cache and TDX collateral with
+:func:`configure_tee_trust` (the broker does this at start-up from its command line).
+``az-snp-vtpm`` (Azure confidential VMs) checks its SNP report with the ``snp`` verifier.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable
+from typing import cast
 
 from layerseal.attest.claims import Verifier
 from layerseal.attest.sample import SampleVerifier
 from layerseal.attest.sim import SimVerifier
 from layerseal.errors import BadInputError
 
-SUPPORTED_TEES = ("sim", "sample", "snp", "tdx")
+SUPPORTED_TEES = ("sim", "sample", "snp", "tdx", "az-snp-vtpm")
 
 _lock = threading.Lock()
 _real: dict[str, Verifier] = {}
@@ -48,9 +50,17 @@ def _real_verifier(tee: str) -> Verifier:
         return verifier
     from layerseal.attest import trust
 
-    made: Verifier = (
-        trust.snp_verifier(_sources["snp"]) if tee == "snp" else trust.tdx_verifier(_sources["tdx"])
-    )
+    made: Verifier
+    if tee == "az-snp-vtpm":
+        from layerseal.attest.az_snp_vtpm import AzSnpVtpmVerifier
+        from layerseal.attest.snp import SnpVerifier
+
+        # shares the process's SNP verifier (its offline VCEK cache and checked chains)
+        made = AzSnpVtpmVerifier(cast(SnpVerifier, _real_verifier("snp")))
+    elif tee == "snp":
+        made = trust.snp_verifier(_sources["snp"])
+    else:
+        made = trust.tdx_verifier(_sources["tdx"])
     with _lock:
         # verifiers keep caches of checked certificate chains, so one instance per process
         return _real.setdefault(tee, made)
@@ -62,6 +72,6 @@ def verifier_for(tee: str, trusted_sim_platforms: Iterable[bytes] = ()) -> Verif
         return SimVerifier(trusted_sim_platforms)
     if tee == "sample":
         return SampleVerifier()
-    if tee in ("snp", "tdx"):
+    if tee in ("snp", "tdx", "az-snp-vtpm"):
         return _real_verifier(tee)
     raise BadInputError(f"tee: expected one of {list(SUPPORTED_TEES)}, seen {tee[:40]!r}")

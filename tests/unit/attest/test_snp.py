@@ -432,7 +432,7 @@ def test_broker_routes_snp_evidence_to_the_snp_verifier(
 @pytest.mark.parametrize("name", ["evidence-v1.json", "evidence-v2.json"])
 def test_azure_hcl_report_embeds_a_verifiable_snp_report(verifier: snp.SnpVerifier, name: str) -> None:
     """Azure's vTPM evidence carries an SNP report in its HCL report (offset 0x20); the SNP part
-    verifies.  The vTPM quote on top of it is not verified by layerseal (no ``az-snp-vtpm`` tee)."""
+    verifies.  The vTPM quote on top of it is verified by ``attest.az_snp_vtpm`` (test_az_snp_vtpm.py)."""
     doc = json.loads((DATA.parent / "az-snp-vtpm" / name).read_text())
     hcl = base64.urlsafe_b64decode(doc["hcl_report"] + "=" * (-len(doc["hcl_report"]) % 4))
     report = hcl[0x20 : 0x20 + snp.REPORT_SIZE]
