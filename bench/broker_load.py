@@ -1,12 +1,13 @@
 """Load test of the key broker: 32 clients attest once, then fetch batches of 10 layer keys.
 
-The broker runs as a real uvicorn process (one worker); the load generator is this
-process, using a minimal keep-alive HTTP/1.1 client on asyncio so that the client side
-costs as little CPU as possible (both share the machine).  Scenarios: the trivial
-``/healthz`` endpoint (the server stack's ceiling), batch releases on SQLite and on
-PostgreSQL.  Prints a table and writes ``bench/results/broker_load.json``.
+The broker runs as a real uvicorn process (``broker serve --workers N``); the load
+generator is this process, using a minimal keep-alive HTTP/1.1 client on asyncio so that
+the client side costs as little CPU as possible (both share the machine's cores).
+Scenarios, for each worker count: the trivial ``/healthz`` endpoint (the server stack's
+ceiling), batch releases on SQLite (audit fsync full, and normal) and on PostgreSQL.
+Prints a table and writes ``bench/results/broker_load.json``.
 
-    .venv/bin/python bench/broker_load.py [--seconds 10] [--clients 32] [--no-postgres]
+    .venv/bin/python bench/broker_load.py [--seconds 10] [--clients 32] [--workers 1,2] [--no-postgres]
 """
 
 from __future__ import annotations
@@ -182,20 +183,26 @@ def scenario(
     platform_dir: Path,
     args: argparse.Namespace,
     results: dict[str, Any],
+    workers: int,
     extra: list[str] | None = None,
 ) -> None:
     work.mkdir(parents=True, exist_ok=True)
-    proc, enclaves, kids = setup(db, work, platform_dir, args.clients, extra or [])
+    proc, enclaves, kids = setup(
+        db, work, platform_dir, args.clients, ["--workers", str(workers), *(extra or [])]
+    )
     try:
         host = proc.url.removeprefix("http://")
         if name == "sqlite":
             health = [[build("GET", "/healthz", host, {})] for _ in range(args.clients)]
-            results["healthz"] = asyncio.run(run_load(proc.url, health, args.seconds))
-            print_row("healthz (ceiling)", results["healthz"])
+            r = asyncio.run(run_load(proc.url, health, args.seconds))
+            r["workers"] = workers
+            results[f"healthz_w{workers}"] = r
+            print_row(f"healthz (ceiling), w{workers}", r)
         r = asyncio.run(run_load(proc.url, batch_requests(proc.url, enclaves, kids), args.seconds))
         r["keys_per_second"] = round(r["per_second"] * BATCH, 1)
-        results[f"batch_{name}"] = r
-        print_row(f"batch of {BATCH}, {name}", r)
+        r["workers"] = workers
+        results[f"batch_{name}_w{workers}"] = r
+        print_row(f"batch of {BATCH}, {name}, w{workers}", r)
         # a released batch still opens with the enclave key after the run
         import httpx
 
@@ -212,7 +219,7 @@ def scenario(
 
 
 def print_row(name: str, r: dict[str, Any]) -> None:
-    print(f"{name:<28} {r['per_second']:>10} {r['p50_ms']:>9} {r['p99_ms']:>9} {r['errors']:>7}", flush=True)
+    print(f"{name:<40} {r['per_second']:>10} {r['p50_ms']:>9} {r['p99_ms']:>9} {r['errors']:>7}", flush=True)
 
 
 def main() -> int:
@@ -220,53 +227,70 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts to measure")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "broker_load.json"))
     args = parser.parse_args()
+    worker_counts = [int(w) for w in args.workers.split(",")]
     results: dict[str, Any] = {}
-    print(f"{'scenario':<28} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}")
+    print(f"{'scenario':<40} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}")
+    with_pg = not args.no_postgres and postgres_available()
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         platform_dir = base / "platform"
         init_platform(platform_dir)
-        scenario("sqlite", str(base / "sqlite" / "broker.db"), base / "sqlite", platform_dir, args, results)
-        scenario(
-            "sqlite_audit_sync_normal",
-            str(base / "sqlite2" / "broker.db"),
-            base / "sqlite2",
-            platform_dir,
-            args,
-            results,
-            ["--audit-sync", "normal"],
-        )
-        if not args.no_postgres and postgres_available():
-            import psycopg
+        for w in worker_counts:
+            d = base / f"sqlite-w{w}"
+            scenario("sqlite", str(d / "broker.db"), d, platform_dir, args, results, w)
+            d = base / f"sqlite-normal-w{w}"
+            scenario(
+                "sqlite_audit_sync_normal",
+                str(d / "broker.db"),
+                d,
+                platform_dir,
+                args,
+                results,
+                w,
+                ["--audit-sync", "normal"],
+            )
+            if with_pg:
+                import psycopg
 
-            schema = "ls_bench_" + uuid.uuid4().hex[:10]
-            dsn = "host=127.0.0.1 port=5432 user=postgres dbname=test"
-            with psycopg.connect(dsn, autocommit=True) as c:
-                c.execute(f'CREATE SCHEMA "{schema}"')
-            try:
-                url = f"postgresql://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
-                scenario("postgres", url, base / "pg", platform_dir, args, results)
-            finally:
+                schema = "ls_bench_" + uuid.uuid4().hex[:10]
+                dsn = "host=127.0.0.1 port=5432 user=postgres dbname=test"
                 with psycopg.connect(dsn, autocommit=True) as c:
-                    c.execute(f'DROP SCHEMA "{schema}" CASCADE')
-    sqlite = results.get("batch_sqlite", {})
-    pg = results.get("batch_postgres")
+                    c.execute(f'CREATE SCHEMA "{schema}"')
+                try:
+                    url = f"postgresql://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
+                    scenario("postgres", url, base / f"pg-w{w}", platform_dir, args, results, w)
+                finally:
+                    with psycopg.connect(dsn, autocommit=True) as c:
+                        c.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    best_sqlite = max(
+        (v for k, v in results.items() if k.startswith("batch_sqlite_w")),
+        key=lambda r: r["per_second"],
+        default={},
+    )
+    best_pg = max(
+        (v for k, v in results.items() if k.startswith("batch_postgres_w")),
+        key=lambda r: r["per_second"],
+        default=None,
+    )
     results["targets"] = {
         "sqlite_releases_per_s": 1000,
         "sqlite_p99_ms": 50,
-        "sqlite_met": bool(sqlite) and sqlite["per_second"] >= 1000 and sqlite["p99_ms"] <= 50,
-        "postgres_fraction_of_sqlite": round(pg["per_second"] / sqlite["per_second"], 3)
-        if pg and sqlite
+        "best_sqlite_workers": best_sqlite.get("workers"),
+        "sqlite_met": bool(best_sqlite) and best_sqlite["per_second"] >= 1000 and best_sqlite["p99_ms"] <= 50,
+        "postgres_fraction_of_sqlite": round(best_pg["per_second"] / best_sqlite["per_second"], 3)
+        if best_pg and best_sqlite
         else None,
+        "postgres_fraction_target": 0.7,
     }
     results["setup"] = {
         "clients": args.clients,
         "batch": BATCH,
         "keys": N_KEYS,
-        "server": "uvicorn, 1 worker, handlers call the broker on the event loop",
-        "load_generator": "same machine, asyncio keep-alive HTTP/1.1, one process",
+        "server": "uvicorn (uvloop, httptools), 'broker serve --workers N'; audit rows group-committed",
+        "load_generator": "same machine (shares the cores), asyncio keep-alive HTTP/1.1, one process",
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "machine": platform.machine(),

@@ -2,7 +2,9 @@
 
 Handlers call the (synchronous) broker directly on the event loop thread: every call is
 a few short database statements and some microseconds of crypto, so a thread hop would
-cost more than it saves; replicas, not threads, are how the broker scales out.
+cost more than it saves; worker processes and replicas, not threads, are how the broker
+scales out.  Key releases are the exception that awaits: the wait for their audit row's
+commit yields the loop, so concurrent releases share one audit transaction.
 """
 
 from __future__ import annotations
@@ -165,7 +167,7 @@ def create_app(
     async def kbs_resource(request: Request) -> Response:
         p = request.path_params
         path = f"{p['repo']}/{p['type']}/{p['tag']}"
-        attested, keks = broker.release_request(
+        attested, keks = await broker.release_request_async(
             request.cookies.get(SESSION_COOKIE), request.headers.get("authorization"), [path]
         )
         return JSONResponse(broker.seal_response(attested, next(iter(keks.values()))))
@@ -176,7 +178,7 @@ def create_app(
         resources = body.get("resources")
         if not isinstance(resources, list):
             raise BadInputError("batch request: field 'resources': expected an array of resource paths")
-        attested, keks = broker.release_request(
+        attested, keks = await broker.release_request_async(
             request.cookies.get(SESSION_COOKIE), request.headers.get("authorization"), resources
         )
         return JSONResponse(broker.seal_response(attested, batch_payload(keks)))

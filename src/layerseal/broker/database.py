@@ -2,7 +2,8 @@
 
 URLs: a plain path or ``sqlite:///path`` for SQLite; ``postgresql://...`` is mapped to
 the psycopg 3 driver.  SQLite transactions start with ``BEGIN IMMEDIATE`` so writers
-queue on the database lock instead of failing on a stale read snapshot.
+queue on the database lock instead of failing on a stale read snapshot; WAL and a busy
+timeout let several processes (``serve --workers N``, replicas) share one database file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from layerseal.errors import BadInputError, TransportError
 
 READONLY_OPTION = "layerseal_readonly"
+AUTOCOMMIT_OPTION = "layerseal_autocommit"
 RELAXED_SYNC_OPTION = "layerseal_relaxed_sync"
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_MIGRATION_LOCK = 0x6C736B62  # "lskb": serialises replicas migrating one database
@@ -71,6 +73,8 @@ def create_db_engine(url: str, *, pool_size: int = 8) -> Engine:
         def _on_begin(conn: Any) -> None:
             # read-only snapshots need no write lock; WAL readers never block writers
             options = conn.get_execution_options()
+            if options.get(AUTOCOMMIT_OPTION):
+                return  # each statement is its own transaction (single-statement reads)
             if options.get(READONLY_OPTION):
                 conn.exec_driver_sql("BEGIN")
                 return

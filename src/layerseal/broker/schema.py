@@ -139,3 +139,12 @@ audit_head = Table(
     Column("seq", Integer, nullable=False),
     Column("row_hash", String(64), nullable=False),
 )
+
+# Bumped in the same transaction as any change to a tenant's policies or reference
+# values, so a replica can keep both in memory and re-read them only when this moves.
+policy_generations = Table(
+    "policy_generations",
+    metadata,
+    Column("tenant", String(64), primary_key=True),
+    Column("generation", BigInteger, nullable=False),
+)

@@ -2,7 +2,10 @@
 
 Every method takes plain values, returns plain values and raises layerseal errors; the
 ASGI layer only translates.  State lives in the ``Store``; the only in-process state is
-caches of pure functions (compiled policies, policy decisions) and the shared JWT key.
+caches of pure functions (compiled policies, verified JWTs, policy decisions keyed by the
+tenant's rules generation), the shared JWT key and the audit committer.  Audit rows go
+through ``AuditCommitter``: a call returns (and an HTTP response leaves) only once its row
+is committed, but concurrent requests share the commit.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from layerseal.attest.sim import certificate_fingerprint, load_certificate
 from layerseal.attest.verifiers import SUPPORTED_TEES, verifier_for
 from layerseal.broker import packets, policy
 from layerseal.broker.custody import KeyCustody, record_aad
+from layerseal.broker.groupcommit import AuditCommitter
 from layerseal.broker.problems import (
     ForbiddenError,
     PolicyDeniedError,
@@ -42,6 +46,7 @@ from layerseal.broker.store import (
     ReleaseSnapshot,
     SessionRow,
     Store,
+    TenantRules,
     keys_json,
 )
 from layerseal.broker.tokens import (
@@ -131,6 +136,31 @@ class Attested:
     jti: str
     evidence_digest: str
     subject: str
+    claims_digest: str = ""  # sha256 of the sorted claims JSON (decision cache key); "" = compute
+
+    def digest(self) -> str:
+        return self.claims_digest or _claims_digest(self.claims)
+
+
+def _claims_digest(claims: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(claims, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class _Outcome:
+    """A judged release: the keys or the refusal, and the audit row to commit before either."""
+
+    attested: Attested
+    keks: dict[str, bytes] | None
+    error: LayersealError | None
+    entry: dict[str, Any]
+    n_keys: int
+
+    def result(self) -> tuple[Attested, dict[str, bytes]]:
+        if self.error is not None:
+            raise self.error
+        assert self.keks is not None
+        return self.attested, self.keks
 
 
 @dataclass(frozen=True)
@@ -249,9 +279,10 @@ class Broker:
         self.signer = TokenSigner(
             custody.unseal(sealed, record_aad("secret", _SIGNING_SECRET)), self.config.issuer
         )
-        self._decisions: OrderedDict[tuple[str, str, str], policy.Decision] = OrderedDict()
         self._policies: dict[str, policy.Policy] = {}
-        self._tokens: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # verified token -> (claims, claims digest); revocation is still read per request
+        self._tokens: OrderedDict[str, tuple[dict[str, Any], str]] = OrderedDict()
+        self.audit_log = AuditCommitter(store.append_audit_batch)
         self._lock = threading.Lock()
         self._auth_count = 0
         self.listeners: list[Callable[[str, str, int], None]] = []  # (action, decision, keys) for metrics
@@ -629,6 +660,34 @@ class Broker:
         rows = self.store.iter_audit(tenant=chosen, after=after, limit=max(1, min(limit, 10000)))
         return [dict(r.content, prev_hash=r.prev_hash, row_hash=r.row_hash) for r in rows]
 
+    def _audit_entry(
+        self,
+        action: str,
+        decision: str,
+        *,
+        tenant: str | None = None,
+        keys: Sequence[str] = (),
+        actor: str = "",
+        evidence_digest: str | None = None,
+        measurement: str | None = None,
+        reason: str = "",
+    ) -> dict[str, Any]:
+        return {
+            "at_ms": int(self.clock() * 1000),
+            "actor": actor[:200],
+            "action": action,
+            "decision": decision,
+            "tenant": tenant,
+            "keys": keys_json(keys),
+            "evidence_digest": evidence_digest,
+            "measurement": measurement,
+            "reason": reason[:2000],
+        }
+
+    def _notify(self, entry: Mapping[str, Any], n_keys: int) -> None:
+        for listener in self.listeners:
+            listener(entry["action"], entry["decision"], n_keys)
+
     def _audit(
         self,
         action: str,
@@ -641,20 +700,23 @@ class Broker:
         measurement: str | None = None,
         reason: str = "",
     ) -> None:
-        entry = {
-            "at_ms": int(self.clock() * 1000),
-            "actor": actor[:200],
-            "action": action,
-            "decision": decision,
-            "tenant": tenant,
-            "keys": keys_json(keys),
-            "evidence_digest": evidence_digest,
-            "measurement": measurement,
-            "reason": reason[:2000],
-        }
-        self.store.append_audit(entry)
-        for listener in self.listeners:
-            listener(action, decision, len(keys))
+        """Append an audit row and wait until it is committed."""
+        entry = self._audit_entry(
+            action,
+            decision,
+            tenant=tenant,
+            keys=keys,
+            actor=actor,
+            evidence_digest=evidence_digest,
+            measurement=measurement,
+            reason=reason,
+        )
+        self.audit_log.append(entry)
+        self._notify(entry, len(keys))
+
+    def close(self) -> None:
+        """Stop accepting audit rows (queued ones are still committed)."""
+        self.audit_log.close()
 
     # ================================================================== RCAR
 
@@ -776,29 +838,31 @@ class Broker:
         )
         return token, exp, Attested(tree, tee_pubkey, jti, evidence_digest, f"session:{session_id[:8]}")
 
-    def _verify_token(self, authorization: str, now: float) -> dict[str, Any]:
+    def _verify_token(self, authorization: str, now: float) -> tuple[dict[str, Any], str]:
+        """The claims of a valid bearer token and their digest (revocation not checked here)."""
         if not authorization.startswith("Bearer "):
             raise UnauthenticatedError("resource: expected 'Authorization: Bearer <attestation token>'")
         token = authorization[7:].strip()
         # a verified token is a pure function of its bytes and our key; only exp changes its meaning
         with self._lock:
-            claims = self._tokens.get(token)
-        if claims is None:
+            hit = self._tokens.get(token)
+        if hit is None:
             claims = self.signer.verify(token, now)
             if not isinstance(claims.get("tcb"), dict) or not isinstance(claims.get("tee-pubkey"), dict):
                 raise UnauthenticatedError("attestation token: expected 'tcb' and 'tee-pubkey' claims")
+            hit = (claims, _claims_digest(claims["tcb"]))
             with self._lock:
-                self._tokens[token] = claims
+                self._tokens[token] = hit
                 if len(self._tokens) > 4096:
                     self._tokens.popitem(last=False)
-        elif float(claims["exp"]) <= now:
+        elif float(hit[0]["exp"]) <= now:
             raise UnauthenticatedError(
-                f"attestation token: expected unexpired, seen expired {int(now - float(claims['exp']))} s ago"
+                f"attestation token: expected unexpired, seen expired {int(now - float(hit[0]['exp']))} s ago"
             )
-        return claims
+        return hit
 
     @staticmethod
-    def _attested_from_token(claims: Mapping[str, Any], revoked: bool) -> Attested:
+    def _attested_from_token(claims: Mapping[str, Any], revoked: bool, claims_digest: str = "") -> Attested:
         jti = str(claims["jti"])
         if revoked:
             raise UnauthenticatedError(f"attestation token {jti[:8]}: expected unrevoked, seen revoked")
@@ -808,6 +872,7 @@ class Broker:
             jti,
             str(claims.get("evidence_digest", "")),
             f"token:{jti[:8]}",
+            claims_digest,
         )
 
     @staticmethod
@@ -832,8 +897,8 @@ class Broker:
         """The attestation a resource request rides on: bearer token first, else the cookie."""
         now = self.clock()
         if authorization:
-            claims = self._verify_token(authorization, now)
-            return self._attested_from_token(claims, self.store.is_revoked(str(claims["jti"])))
+            claims, digest = self._verify_token(authorization, now)
+            return self._attested_from_token(claims, self.store.is_revoked(str(claims["jti"])), digest)
         if not session_id:
             raise UnauthenticatedError(
                 "resource: expected an attested kbs-session-id cookie or a bearer token, seen neither"
@@ -854,25 +919,21 @@ class Broker:
 
     # ------------------------------------------------------------------ release
 
+    @staticmethod
     def _decide(
-        self, pol: policy.Policy, claims: Mapping[str, Any], refs: Mapping[str, list[str]]
+        pol: policy.Policy, claims: Mapping[str, Any], digest: str, rules: TenantRules
     ) -> policy.Decision:
-        claims_digest = hashlib.sha256(json.dumps(claims, sort_keys=True).encode()).hexdigest()
-        ref_digest = hashlib.sha256(
-            json.dumps({n: sorted(refs.get(n, [])) for n in sorted(pol.refvalue_names())}).encode()
-        ).hexdigest()
-        cache_key = (pol.digest, claims_digest, ref_digest)
-        with self._lock:
-            hit = self._decisions.get(cache_key)
-            if hit is not None:
-                self._decisions.move_to_end(cache_key)
-                return hit
-        decision = policy.evaluate(pol, claims, refs)
-        with self._lock:
-            self._decisions[cache_key] = decision
-            if len(self._decisions) > 4096:
-                self._decisions.popitem(last=False)
-        return decision
+        # a decision is a pure function of the policy, the claims and the tenant's reference
+        # values; the memo lives (and dies) with the cached rules of one generation
+        memo = rules.memo
+        key = (pol.digest, digest)
+        hit: policy.Decision | None = memo.get(key)
+        if hit is None:
+            hit = policy.evaluate(pol, claims, rules.refvalues)
+            if len(memo) >= 4096:
+                memo.clear()
+            memo[key] = hit
+        return hit
 
     def _policy(self, document: str) -> policy.Policy:
         pol = self._policies.get(document)
@@ -893,47 +954,69 @@ class Broker:
             )
         return [packets.ResourcePath.parse(r) for r in resources]
 
-    def release_request(
-        self, session_id: str | None, authorization: str | None, resources: Any
-    ) -> tuple[Attested, dict[str, bytes]]:
-        """Authenticate (token or cookie) and release, reading the database once."""
+    def _judge_request(self, session_id: str | None, authorization: str | None, resources: Any) -> _Outcome:
+        """Authenticate (token or cookie) and judge a release, reading the database once.
+
+        Authentication failures raise (they are not audited); release decisions, allow or
+        deny, come back with their audit row.
+        """
         now = self.clock()
-        claims = self._verify_token(authorization, now) if authorization else None
-        if claims is None and not session_id:
+        verified = self._verify_token(authorization, now) if authorization else None
+        if verified is None and not session_id:
             raise UnauthenticatedError(
                 "resource: expected an attested kbs-session-id cookie or a bearer token, seen neither"
             )
         paths = self._parse_paths(resources)
         snap = self.store.release_snapshot(
             [p.key_id for p in paths],
-            {p.tenant for p in paths},
-            jti=None if claims is None else str(claims["jti"]),
-            session_id=None if claims is not None else session_id,
+            jti=None if verified is None else str(verified[0]["jti"]),
+            session_id=None if verified is not None else session_id,
         )
-        if claims is not None:
-            attested = self._attested_from_token(claims, snap.revoked)
+        if verified is not None:
+            attested = self._attested_from_token(verified[0], snap.revoked, verified[1])
         else:
             assert session_id is not None
             attested = self._attested_from_session(snap.session, session_id, now)
-        return attested, self._release(attested, paths, snap)
+        return self._judge(attested, paths, snap)
+
+    def release_request(
+        self, session_id: str | None, authorization: str | None, resources: Any
+    ) -> tuple[Attested, dict[str, bytes]]:
+        """Authenticate and release (all or nothing); returns once the audit row is committed."""
+        outcome = self._judge_request(session_id, authorization, resources)
+        self.audit_log.append(outcome.entry)
+        self._notify(outcome.entry, outcome.n_keys)
+        return outcome.result()
+
+    async def release_request_async(
+        self, session_id: str | None, authorization: str | None, resources: Any
+    ) -> tuple[Attested, dict[str, bytes]]:
+        """``release_request`` for the event loop: the wait for the audit commit yields, so
+        concurrent requests share one audit transaction."""
+        outcome = self._judge_request(session_id, authorization, resources)
+        await self.audit_log.append_async(outcome.entry)
+        self._notify(outcome.entry, outcome.n_keys)
+        return outcome.result()
 
     def release(self, attested: Attested, resources: Sequence[Any]) -> dict[str, bytes]:
         """KEKs for *resources* (all or nothing), each allowed by its key's policy."""
         paths = self._parse_paths(list(resources))
-        snap = self.store.release_snapshot([p.key_id for p in paths], {p.tenant for p in paths})
-        return self._release(attested, paths, snap)
+        outcome = self._judge(attested, paths, self.store.release_snapshot([p.key_id for p in paths]))
+        self.audit_log.append(outcome.entry)
+        self._notify(outcome.entry, outcome.n_keys)
+        return outcome.result()[1]
 
-    def _release(
+    def _judge(
         self, attested: Attested, paths: list[packets.ResourcePath], snap: ReleaseSnapshot
-    ) -> dict[str, bytes]:
+    ) -> _Outcome:
         names = [str(p) for p in paths]
         claims = attested.claims
         measurement = str(claims.get("measurement", ""))
         tenants = {p.tenant for p in paths}
         audit_tenant = next(iter(tenants)) if len(tenants) == 1 else None
 
-        def deny(exc: LayersealError) -> LayersealError:
-            self._audit(
+        def deny(exc: LayersealError) -> _Outcome:
+            entry = self._audit_entry(
                 "release",
                 "deny",
                 tenant=audit_tenant,
@@ -943,48 +1026,51 @@ class Broker:
                 measurement=measurement,
                 reason=str(exc),
             )
-            return exc
+            return _Outcome(attested, None, exc, entry, len(names))
 
         rows = snap.keys
         chosen: list[tuple[packets.ResourcePath, KeyRow, int, bytes]] = []
         for p in paths:
             row = rows.get(p.key_id)
             if row is None or row.tenant != p.tenant:
-                raise deny(NotFoundError(f"resource {p}: expected a key of tenant {p.tenant!r}, seen none"))
+                return deny(NotFoundError(f"resource {p}: expected a key of tenant {p.tenant!r}, seen none"))
             if row.revoked_at is not None:
-                raise deny(ForbiddenError(f"resource {p}: expected an unrevoked key, seen revoked"))
+                return deny(ForbiddenError(f"resource {p}: expected an unrevoked key, seen revoked"))
             if p.version is None:
                 active = [v for v in row.versions if v.status == "active"]
                 if not active:
-                    raise deny(ForbiddenError(f"resource {p}: expected an active version, seen none"))
+                    return deny(ForbiddenError(f"resource {p}: expected an active version, seen none"))
                 ver = active[-1]
             else:
                 found = next((v for v in row.versions if v.version == p.version), None)
                 if found is None:
-                    raise deny(
+                    return deny(
                         NotFoundError(f"resource {p}: expected version {p.version} to exist, seen none")
                     )
                 ver = found
             if ver.status != "active":
-                raise deny(ForbiddenError(f"resource {p}: expected an active key version, seen {ver.status}"))
+                return deny(
+                    ForbiddenError(f"resource {p}: expected an active key version, seen {ver.status}")
+                )
             chosen.append((p, row, ver.version, ver.sealed_kek))
-        by_scope = {(r.tenant, r.scope, r.target): r.document for r in snap.policies}
+        digest = attested.digest()
         for p, row, _version, _sealed in chosen:
+            rules = snap.rules[row.tenant]
             doc = (
-                by_scope.get((row.tenant, "key", row.key_id))
-                or by_scope.get((row.tenant, "repository", row.repository))
-                or by_scope.get((row.tenant, "tenant", ""))
+                rules.policies.get(("key", row.key_id))
+                or rules.policies.get(("repository", row.repository))
+                or rules.policies.get(("tenant", ""))
             )
             pol = policy.DEFAULT_POLICY if doc is None else self._policy(doc)
-            decision = self._decide(pol, claims, snap.refvalues.get(row.tenant, {}))
+            decision = self._decide(pol, claims, digest, rules)
             if not decision.allowed:
                 source = "default policy" if doc is None else "policy"
-                raise deny(PolicyDeniedError(f"resource {p}: {source} denied release: {decision.reason}"))
+                return deny(PolicyDeniedError(f"resource {p}: {source} denied release: {decision.reason}"))
         keks = {
             str(p): self.custody.unseal(sealed, record_aad("kek", row.key_id, version))
             for p, row, version, sealed in chosen
         }
-        self._audit(
+        entry = self._audit_entry(
             "release",
             "ok",
             tenant=audit_tenant,
@@ -994,7 +1080,7 @@ class Broker:
             measurement=measurement,
             reason="policy allowed",
         )
-        return keks
+        return _Outcome(attested, keks, None, entry, len(chosen))
 
     @staticmethod
     def seal_response(attested: Attested, payload: bytes) -> dict[str, Any]:

@@ -3,25 +3,30 @@
 Everything a request needs lives here (sessions, nonces, revoked tokens, keys, policies,
 audit chain), so any replica can serve any request.  Each method is one transaction.
 Races between replicas are settled by the database: nonces are consumed with a guarded
-UPDATE, the audit chain is appended under a row lock on its head record.
+UPDATE, the audit chain is appended under a row lock on its head record (a batch of rows
+per transaction, see ``groupcommit``).  The release path reads keys, versions, token
+revocation and the tenant's policy generation in one statement; policies and reference
+values are kept per replica and re-read only when that generation moves.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.exc import OperationalError
 
 from layerseal.broker import audit
 from layerseal.broker import schema as S
-from layerseal.broker.database import READONLY_OPTION, RELAXED_SYNC_OPTION
+from layerseal.broker.database import AUTOCOMMIT_OPTION, RELAXED_SYNC_OPTION
 
 
 @dataclass(frozen=True)
@@ -89,29 +94,62 @@ class PlatformRow:
     created_at: float
 
 
+@dataclass
+class TenantRules:
+    """A tenant's policies and reference values, at least as new as ``generation``."""
+
+    generation: int
+    policies: dict[tuple[str, str], str]  # (scope, target) -> policy document
+    refvalues: dict[str, list[str]]
+    # values the broker derives from these rules (policy decisions); dropped with them
+    memo: dict[Any, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class ReleaseSnapshot:
     revoked: bool
     session: SessionRow | None
     keys: dict[str, KeyRow]
-    policies: list[PolicyRow]
-    refvalues: dict[str, dict[str, list[str]]]
+    rules: dict[str, TenantRules]  # by tenant, for every tenant owning a found key
 
 
 # Hot-path statements are built once; SQLAlchemy then only binds parameters.
 _Q_REVOKED = select(S.revoked_tokens.c.jti).where(S.revoked_tokens.c.jti == bindparam("jti"))
 _Q_SESSION = select(S.sessions).where(S.sessions.c.session_id == bindparam("sid"))
-_Q_KEYS = select(S.layer_keys).where(S.layer_keys.c.key_id.in_(bindparam("ids", expanding=True)))
-_Q_VERSIONS = select(S.key_versions).where(S.key_versions.c.key_id.in_(bindparam("ids", expanding=True)))
-_Q_POLICIES = select(
-    S.policies.c.tenant,
-    S.policies.c.scope,
-    S.policies.c.target,
-    S.policies.c.document,
-    S.policies.c.updated_at,
-).where(S.policies.c.tenant.in_(bindparam("tenants", expanding=True)))
-_Q_REFVALUES = select(S.refvalues.c.tenant, S.refvalues.c.name, S.refvalues.c.value).where(
-    S.refvalues.c.tenant.in_(bindparam("tenants", expanding=True))
+_Q_POLICIES = select(S.policies.c.scope, S.policies.c.target, S.policies.c.document).where(
+    S.policies.c.tenant == bindparam("tenant")
+)
+_Q_REFVALUES = select(S.refvalues.c.name, S.refvalues.c.value).where(
+    S.refvalues.c.tenant == bindparam("tenant")
+)
+_GENERATION = (
+    select(S.policy_generations.c.generation)
+    .where(S.policy_generations.c.tenant == S.layer_keys.c.tenant)
+    .scalar_subquery()
+)
+_JTI_REVOKED = (
+    select(func.count()).select_from(S.revoked_tokens).where(S.revoked_tokens.c.jti == bindparam("jti"))
+).scalar_subquery()
+# one row per (key, version): everything a release reads, in one statement (one snapshot)
+_Q_RELEASE = (
+    select(
+        S.layer_keys.c.key_id,
+        S.layer_keys.c.tenant,
+        S.layer_keys.c.repository,
+        S.layer_keys.c.layer_digest,
+        S.layer_keys.c.created_at,
+        S.layer_keys.c.unused_at,
+        S.layer_keys.c.revoked_at,
+        S.key_versions.c.version,
+        S.key_versions.c.status,
+        S.key_versions.c.created_at,
+        S.key_versions.c.changed_at,
+        S.key_versions.c.sealed_kek,
+        _GENERATION.label("generation"),
+        _JTI_REVOKED.label("jti_revoked"),
+    )
+    .select_from(S.layer_keys.outerjoin(S.key_versions, S.key_versions.c.key_id == S.layer_keys.c.key_id))
+    .where(S.layer_keys.c.key_id.in_(bindparam("ids", expanding=True)))
 )
 _Q_HEAD = select(S.audit_head.c.seq, S.audit_head.c.row_hash).where(S.audit_head.c.id == 1).with_for_update()
 _I_AUDIT = insert(S.audit_log)
@@ -127,13 +165,28 @@ class Store:
         self.engine = engine
         self.clock = clock
         self.relaxed_audit_sync = relaxed_audit_sync
+        self._rules: dict[str, TenantRules] = {}
 
     @contextmanager
-    def _reading(self) -> Iterator[Connection]:
+    def _autocommit(self) -> Iterator[Connection]:
+        """Statements without BEGIN/COMMIT: for reads whose single statement is their snapshot."""
         with self.engine.connect() as conn:
-            conn.execution_options(**{READONLY_OPTION: True})
-            with conn.begin():
-                yield conn
+            if self.engine.dialect.name == "sqlite":
+                conn.execution_options(**{AUTOCOMMIT_OPTION: True})
+            else:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+
+    def _bump_generation(self, conn: Connection, tenant: str) -> None:
+        """Invalidate every replica's cached rules of *tenant* (same transaction as the change)."""
+        table = S.policy_generations
+        postgres = self.engine.dialect.name == "postgresql"
+        ins = (pg_dialect.insert if postgres else sqlite_dialect.insert)(table)
+        conn.execute(
+            ins.values(tenant=tenant, generation=1).on_conflict_do_update(
+                index_elements=[table.c.tenant], set_={"generation": table.c.generation + 1}
+            )
+        )
 
     # ------------------------------------------------------------------ API tokens
 
@@ -340,6 +393,7 @@ class Store:
                         tenant=tenant, scope=scope, target=target, document=document, updated_at=now
                     )
                 )
+            self._bump_generation(conn, tenant)
 
     def delete_policy(self, tenant: str, scope: str, target: str) -> bool:
         with self.engine.begin() as conn:
@@ -348,6 +402,7 @@ class Store:
                     S.policies.c.tenant == tenant, S.policies.c.scope == scope, S.policies.c.target == target
                 )
             )
+            self._bump_generation(conn, tenant)
         return res.rowcount > 0
 
     def list_policies(self, tenant: str | None) -> list[PolicyRow]:
@@ -375,6 +430,7 @@ class Store:
                         insert(S.refvalues).values(tenant=tenant, name=name, value=value, created_at=now)
                     )
                     added += 1
+            self._bump_generation(conn, tenant)
         return added
 
     def remove_refvalues(self, tenant: str, name: str, values: Sequence[str]) -> int:
@@ -386,6 +442,7 @@ class Store:
                     S.refvalues.c.value.in_(values),
                 )
             )
+            self._bump_generation(conn, tenant)
         return int(res.rowcount)
 
     def list_refvalues(self, tenant: str | None) -> dict[str, dict[str, list[str]]]:
@@ -401,26 +458,67 @@ class Store:
     def release_snapshot(
         self,
         key_ids: Sequence[str],
-        tenants: set[str],
         *,
         jti: str | None = None,
         session_id: str | None = None,
     ) -> ReleaseSnapshot:
-        """Everything a release decision reads, in one read-only transaction."""
-        with self._reading() as conn:
-            revoked = jti is not None and conn.execute(_Q_REVOKED, {"jti": jti}).first() is not None
+        """Everything a release decision reads: keys and versions, the token's revocation and
+        the key tenants' generations come from one statement; rules from the cache or fresh."""
+        ids = sorted(set(key_ids))
+        with self._autocommit() as conn:
+            rows = conn.execute(_Q_RELEASE, {"ids": ids, "jti": jti or ""}).all() if ids else []
+            if rows:
+                revoked = jti is not None and int(rows[0].jti_revoked) > 0
+            else:
+                revoked = jti is not None and conn.execute(_Q_REVOKED, {"jti": jti}).first() is not None
             session = None
             if session_id is not None:
                 r = conn.execute(_Q_SESSION, {"sid": session_id}).first()
                 session = None if r is None else SessionRow(*r)
-            ids = sorted(set(key_ids))
-            krows = conn.execute(_Q_KEYS, {"ids": ids}).all() if ids else []
-            vrows = conn.execute(_Q_VERSIONS, {"ids": ids}).all() if ids else []
-            pols = [PolicyRow(*r) for r in conn.execute(_Q_POLICIES, {"tenants": sorted(tenants)})]
-            refs: dict[str, dict[str, list[str]]] = {}
-            for r in conn.execute(_Q_REFVALUES, {"tenants": sorted(tenants)}):
-                refs.setdefault(r.tenant, {}).setdefault(r.name, []).append(r.value)
-        return ReleaseSnapshot(revoked, session, self._assemble(krows, vrows, True), pols, refs)
+            keys: dict[str, KeyRow] = {}
+            versions: dict[str, list[KeyVersionRow]] = {}
+            generations: dict[str, int] = {}
+            for r in rows:
+                key_id = r[0]
+                if key_id not in keys:
+                    keys[key_id] = KeyRow(key_id, r[1], r[2], r[3], r[4], r[5], r[6], ())
+                    versions[key_id] = []
+                    generations[r[1]] = int(r[12] or 0)
+                if r[7] is not None:
+                    versions[key_id].append(KeyVersionRow(r[7], r[8], r[9], r[10], bytes(r[11])))
+            for key_id, vs in versions.items():
+                vs.sort(key=lambda v: v.version)
+                k = keys[key_id]
+                keys[key_id] = KeyRow(
+                    k.key_id,
+                    k.tenant,
+                    k.repository,
+                    k.layer_digest,
+                    k.created_at,
+                    k.unused_at,
+                    k.revoked_at,
+                    tuple(vs),
+                )
+            rules = {t: self._tenant_rules(conn, t, g) for t, g in generations.items()}
+        return ReleaseSnapshot(revoked, session, keys, rules)
+
+    def _tenant_rules(self, conn: Connection, tenant: str, generation: int) -> TenantRules:
+        cached = self._rules.get(tenant)
+        if cached is not None and cached.generation == generation:
+            return cached
+        # read after the generation, so the content is at least as new as the tag: a newer
+        # content only makes the next request re-read once more
+        policies = {(r.scope, r.target): r.document for r in conn.execute(_Q_POLICIES, {"tenant": tenant})}
+        refs: dict[str, list[str]] = {}
+        for r in conn.execute(_Q_REFVALUES, {"tenant": tenant}):
+            refs.setdefault(r.name, []).append(r.value)
+        for values in refs.values():
+            values.sort()
+        fresh = TenantRules(generation, policies, refs)
+        if len(self._rules) >= 4096:
+            self._rules.clear()
+        self._rules[tenant] = fresh
+        return fresh
 
     def put_platform(self, row: PlatformRow) -> bool:
         try:
@@ -546,6 +644,10 @@ class Store:
 
     def append_audit(self, entry: dict[str, Any]) -> int:
         """Append one row to the chain; returns its seq."""
+        return self.append_audit_batch([entry])[0]
+
+    def append_audit_batch(self, entries: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Append rows to the chain in one transaction (one commit); returns their seqs."""
         for attempt in range(5):
             try:
                 with self.engine.connect() as conn:
@@ -553,14 +655,20 @@ class Store:
                         conn.execution_options(**{RELAXED_SYNC_OPTION: True})
                     conn.begin()
                     head = conn.execute(_Q_HEAD).one()
-                    seq = int(head.seq) + 1
-                    content = dict(entry, seq=seq)
-                    row_hash = audit.chain_hash(head.row_hash, content)
-                    values = {k: content[k] for k in audit.CONTENT_FIELDS}
-                    conn.execute(_I_AUDIT, [dict(values, prev_hash=head.row_hash, row_hash=row_hash)])
-                    conn.execute(_U_HEAD, [{"seq": seq, "row_hash": row_hash}])
+                    seq, prev = int(head.seq), str(head.row_hash)
+                    rows, seqs = [], []
+                    for entry in entries:
+                        seq += 1
+                        content = dict(entry, seq=seq)
+                        row_hash = audit.chain_hash(prev, content)
+                        values = {k: content[k] for k in audit.CONTENT_FIELDS}
+                        rows.append(dict(values, prev_hash=prev, row_hash=row_hash))
+                        seqs.append(seq)
+                        prev = row_hash
+                    conn.execute(_I_AUDIT, rows)
+                    conn.execute(_U_HEAD, [{"seq": seq, "row_hash": prev}])
                     conn.commit()
-                return seq
+                return seqs
             except (SAIntegrityError, OperationalError):
                 if attempt == 4:
                     raise

@@ -42,6 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
             auth_rate=args.auth_rate,
             auth_burst=args.auth_burst,
             relaxed_audit_sync=args.audit_sync == "normal",
+            workers=args.workers,
             config=BrokerConfig(token_ttl=args.token_ttl, session_ttl=args.session_ttl),
         )
     )
@@ -152,6 +153,13 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--tdx-collateral", help="directory of Intel TDX TCB info collateral")
     serve.add_argument("--admin-token-file", help="admin token file (created 0600 if missing)")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the listen socket (state is in the database; "
+        "the --auth-rate limit applies per worker)",
+    )
     serve.add_argument("--auth-rate", type=float, default=20.0, help="RCAR requests/s per client")
     serve.add_argument("--auth-burst", type=float, default=100.0)
     serve.add_argument("--token-ttl", type=float, default=300.0, help="attestation token lifetime, seconds")
