@@ -34,6 +34,14 @@ WORKER_OPTIONS_ENV = "LAYERSEAL_BROKER_WORKER_OPTIONS"
 MAX_WORKERS = 64
 
 
+def default_admin_token_file(db_url: str) -> Path:
+    """``<sqlite file>.admin-token``, or ``./broker-admin.token`` for a server database."""
+    key_file = default_master_key_file(db_url)
+    if key_file is not None:
+        return key_file.with_name(key_file.name.removesuffix(".master-key") + ".admin-token")
+    return Path("broker-admin.token")
+
+
 def default_master_key_file(db_url: str) -> Path | None:
     """``<db file>.master-key`` beside a SQLite database; none for PostgreSQL."""
     url = database.normalize_url(db_url)
@@ -193,9 +201,12 @@ def serve(options: ServeOptions) -> None:
     import uvicorn
 
     broker = _open_for_serving(options)
-    token = ensure_admin_token(broker, options.admin_token_file)
-    if token is not None:
-        print(f"admin token (shown once, store it now): {token}", flush=True)
+    # the bootstrap admin token goes to a 0600 file, never to stdout (often a log)
+    token_file = options.admin_token_file or default_admin_token_file(options.db_url)
+    created = not token_file.exists()
+    ensure_admin_token(broker, token_file)
+    if created and token_file.exists():
+        print(f"admin token written to {token_file} (mode 0600)", flush=True)
     common: dict[str, Any] = {
         "host": options.host,
         "port": options.port,
