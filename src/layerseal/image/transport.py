@@ -19,7 +19,7 @@ from layerseal.image.digest import Digest
 from layerseal.image.manifest import Index, Manifest, parse_any
 
 #: chunk size used for streaming blobs everywhere
-CHUNK_SIZE = 4 * 1024 * 1024
+CHUNK_SIZE = 2 * 1024 * 1024
 
 
 class ImageSource(Protocol):
