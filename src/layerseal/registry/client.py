@@ -20,7 +20,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import httpcore._sync.http11 as _h11conn
 import httpx
+
+# Blob bodies are megabytes: reading them 64 KiB at a time spends more CPU in the HTTP
+# parser than in hashing (measured: 10 x 50 MB pull 1.65 s -> 1.2 s).  httpcore keeps its
+# read size in a class attribute; if a future release drops it, nothing breaks.
+if hasattr(_h11conn.HTTP11Connection, "READ_NUM_BYTES"):
+    _h11conn.HTTP11Connection.READ_NUM_BYTES = 1024 * 1024
 
 from layerseal.errors import (
     BadInputError,
