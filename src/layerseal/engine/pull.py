@@ -25,6 +25,7 @@ from pathlib import Path
 
 from layerseal.crypto.keywrap import KeyUnwrapper, LayerContext, open_private_options, public_options
 from layerseal.crypto.layercipher import LayerDecryptor, decrypt_stream
+from layerseal.engine.decompress import decompressor
 from layerseal.engine.keys import BrokerUnwrapper
 from layerseal.engine.snapshot import SnapshotStore
 from layerseal.engine.unpack import stack_snapshots, unpack_layer
@@ -119,11 +120,11 @@ class _Puller:
         compression = mt.compression(desc.media_type)
         if key is not None:
             stream = decrypt_stream(stream, LayerDecryptor(key[0], key[1], str(ctx)))
-        # fetch + decrypt + verify on one thread, decompress + unpack on this one
-        stream = threaded(stream)
+        # three stages on three threads: fetch + decrypt + verify, decompress, unpack
+        tar_stream = threaded(decompressor(compression, what=str(ctx))(threaded(stream)), depth=8)
         with self.snapshots.create(diff_id) as tmp:
-            result = unpack_layer(stream, compression, tmp, what=str(ctx))
-            for _ in stream:  # authenticate the whole ciphertext before the snapshot is committed
+            result = unpack_layer(tar_stream, "none", tmp, what=str(ctx))
+            for _ in tar_stream:  # authenticate the whole ciphertext before the snapshot is committed
                 pass
             if result.diff_id != diff_id:
                 raise IntegrityError(
