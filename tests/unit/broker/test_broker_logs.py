@@ -19,7 +19,8 @@ def test_no_secret_reaches_the_logs(env: Env) -> None:
     handler = logging.StreamHandler(out)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger("layerseal")
-    old_level, root.level = root.level, logging.DEBUG
+    old_level = root.level
+    root.setLevel(logging.DEBUG)  # setLevel, not .level: loggers cache isEnabledFor answers
     root.addHandler(handler)
     try:
         optsdata = make_optsdata()
@@ -42,7 +43,7 @@ def test_no_secret_reaches_the_logs(env: Env) -> None:
         assert env.client.post("/kbs/v0/attest", content=b"{not json").status_code in (400, 401)
     finally:
         root.removeHandler(handler)
-        root.level = old_level
+        root.setLevel(old_level)
     text = out.getvalue()
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     assert lines, "the flow logged nothing"  # otherwise the assertions below prove nothing
