@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from support.registry_server import RegistryServer
 
 
 def require(tool: str) -> str:
@@ -12,3 +16,10 @@ def require(tool: str) -> str:
     if path is None:
         pytest.fail(f"{tool} is not installed: run 'make test', which installs the Debian packages")
     return path
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[RegistryServer]:
+    """A real docker-registry on a free 127.0.0.1 port, plain HTTP, for this test only."""
+    with RegistryServer(tmp_path / "registry") as reg:
+        yield reg

@@ -3,42 +3,20 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import tarfile
 import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from isal import igzip
 
 from helpers.images import blob_path, make_image, make_keys, manifest_of
+from helpers.registry import registry_blobs, registry_manifest, skopeo_copy
 from layerseal.cli.main import main
 from support.registry_server import RegistryServer
 
 pytestmark = pytest.mark.integration
 INSECURE_BOTH = ["--src-tls-verify=false", "--dest-tls-verify=false"]
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[RegistryServer]:
-    with RegistryServer(tmp_path / "registry") as reg:
-        yield reg
-
-
-def registry_blobs(reg: RegistryServer) -> set[str]:
-    root = reg.storage / "docker" / "registry" / "v2" / "blobs" / "sha256"
-    return {p.name for p in root.glob("*/*")}
-
-
-def registry_manifest(reg: RegistryServer, repo: str, tag: str) -> dict[str, object]:
-    req = urllib.request.Request(
-        f"{reg.url}/v2/{repo}/manifests/{tag}",
-        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
-    )
-    with urllib.request.urlopen(req) as r:
-        return json.loads(r.read())  # type: ignore[no-any-return]
 
 
 def test_every_combination_of_oci_and_docker(tmp_path: Path, registry: RegistryServer) -> None:
@@ -69,21 +47,7 @@ def test_every_combination_of_oci_and_docker(tmp_path: Path, registry: RegistryS
     assert main(["copy", "-q", *INSECURE_BOTH, plain, f"oci:{tmp_path}/back:v1"]) == 0
     assert manifest_of(tmp_path / "back", "v1") == manifest_of(tmp_path / "src", "v1")
     # skopeo reads what layerseal pushed, and decrypts it
-    subprocess.run(
-        [
-            "skopeo",
-            "--insecure-policy",
-            "copy",
-            "-q",
-            "--src-tls-verify=false",
-            "--decryption-key",
-            str(key.private),
-            enc,
-            f"oci:{tmp_path}/sk:v1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    skopeo_copy("--src-tls-verify=false", "--decryption-key", str(key.private), enc, f"oci:{tmp_path}/sk:v1")
     assert manifest_of(tmp_path / "sk", "v1")[0] == manifest_of(tmp_path / "src", "v1")[0]
 
 
@@ -91,20 +55,8 @@ def test_skopeo_pushes_encrypted_layerseal_pulls(tmp_path: Path, registry: Regis
     make_image(f"oci:{tmp_path}/src:v1", compressions=("gzip", "gzip"))
     key = make_keys(tmp_path / "k", "rsa")
     dest = f"docker://{registry.host}/sk/app:v1"
-    subprocess.run(
-        [
-            "skopeo",
-            "--insecure-policy",
-            "copy",
-            "-q",
-            "--dest-tls-verify=false",
-            "--encryption-key",
-            f"jwe:{key.public}",
-            f"oci:{tmp_path}/src:v1",
-            dest,
-        ],
-        check=True,
-        capture_output=True,
+    skopeo_copy(
+        "--dest-tls-verify=false", "--encryption-key", f"jwe:{key.public}", f"oci:{tmp_path}/src:v1", dest
     )
     assert (
         main(
@@ -253,27 +205,10 @@ def test_docker_schema2_image_is_encrypted_as_oci_and_read_back(
 ) -> None:
     make_image(f"oci:{tmp_path}/src:v1", compressions=("gzip", "gzip"))
     docker_ref = f"docker://{registry.host}/legacy/app:v1"
-    subprocess.run(
-        [
-            "skopeo",
-            "--insecure-policy",
-            "copy",
-            "-q",
-            "--dest-tls-verify=false",
-            "--format",
-            "v2s2",
-            f"oci:{tmp_path}/src:v1",
-            docker_ref,
-        ],
-        check=True,
-        capture_output=True,
+    skopeo_copy("--dest-tls-verify=false", "--format", "v2s2", f"oci:{tmp_path}/src:v1", docker_ref)
+    pushed = registry_manifest(
+        registry, "legacy/app", "v1", accept="application/vnd.docker.distribution.manifest.v2+json"
     )
-    req = urllib.request.Request(
-        f"{registry.url}/v2/legacy/app/manifests/v1",
-        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
-    )
-    with urllib.request.urlopen(req) as r:
-        pushed = json.loads(r.read())
     assert pushed["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
     key = make_keys(tmp_path / "k", "rsa")
     enc = f"docker://{registry.host}/legacy/enc:v1"
@@ -282,20 +217,6 @@ def test_docker_schema2_image_is_encrypted_as_oci_and_read_back(
     assert m["mediaType"] == "application/vnd.oci.image.manifest.v1+json"  # converted, as ocicrypt does
     assert m["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"  # type: ignore[index]
     assert all(x["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip+encrypted" for x in m["layers"])  # type: ignore[attr-defined]
-    subprocess.run(
-        [
-            "skopeo",
-            "--insecure-policy",
-            "copy",
-            "-q",
-            "--src-tls-verify=false",
-            "--decryption-key",
-            str(key.private),
-            enc,
-            f"oci:{tmp_path}/sk:v1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    skopeo_copy("--src-tls-verify=false", "--decryption-key", str(key.private), enc, f"oci:{tmp_path}/sk:v1")
     _, dec = manifest_of(tmp_path / "sk", "v1")
     assert [x["digest"] for x in dec["layers"]] == [x["digest"] for x in pushed["layers"]]  # type: ignore[attr-defined]

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,6 @@ from support.registry_server import RegistryServer
 
 pytestmark = pytest.mark.integration
 LAYERSEAL = [sys.executable, "-m", "layerseal.cli.main"]
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[RegistryServer]:
-    with RegistryServer(tmp_path / "registry") as reg:
-        yield reg
 
 
 def push_encrypted(tmp_path: Path, registry_host: str, *, layers: int = 3) -> tuple[str, Path]:

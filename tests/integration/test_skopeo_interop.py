@@ -8,13 +8,10 @@ from pathlib import Path
 import pytest
 
 from helpers.images import blob_path, make_image, make_keys, manifest_of
+from helpers.registry import skopeo_copy
 from layerseal.cli.main import main
 
 pytestmark = pytest.mark.integration
-
-
-def skopeo(*args: str) -> None:
-    subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", *args], check=True, capture_output=True)
 
 
 def layers(layout: Path, tag: str) -> list[dict[str, object]]:
@@ -39,7 +36,7 @@ def test_skopeo_encrypts_layerseal_decrypts(
     keys = [make_keys(tmp_path / "keys", k) for k in kinds]
     enc_args = [a for k in keys for a in ("--encryption-key", f"jwe:{k.public}")]
     enc_args += [a for n in only for a in ("--encrypt-layer", n)]
-    skopeo(*enc_args, f"oci:{tmp_path}/src:v1", f"oci:{tmp_path}/enc:v1")
+    skopeo_copy(*enc_args, f"oci:{tmp_path}/src:v1", f"oci:{tmp_path}/enc:v1")
     enc_layers = layers(tmp_path / "enc", "v1")
     want_encrypted = len(comps) if not only else len(only)
     assert sum(str(x["mediaType"]).endswith("+encrypted") for x in enc_layers) == want_encrypted
@@ -87,7 +84,9 @@ def test_layerseal_encrypts_skopeo_decrypts(
         assert enc_layers[i]["size"] == src_layers[i]["size"]
 
     for n, key in enumerate(keys):
-        skopeo("--decryption-key", str(key.private), f"oci:{tmp_path}/enc:v1", f"oci:{tmp_path}/dec{n}:v1")
+        skopeo_copy(
+            "--decryption-key", str(key.private), f"oci:{tmp_path}/enc:v1", f"oci:{tmp_path}/dec{n}:v1"
+        )
         assert manifest_of(tmp_path / f"dec{n}", "v1") == manifest_of(tmp_path / "src", "v1")
 
 
@@ -108,4 +107,6 @@ def test_skopeo_refuses_wrong_key_for_layerseal_image(tmp_path: Path) -> None:
         == 0
     )
     with pytest.raises(subprocess.CalledProcessError):
-        skopeo("--decryption-key", str(wrong.private), f"oci:{tmp_path}/enc:v1", f"oci:{tmp_path}/dec:v1")
+        skopeo_copy(
+            "--decryption-key", str(wrong.private), f"oci:{tmp_path}/enc:v1", f"oci:{tmp_path}/dec:v1"
+        )

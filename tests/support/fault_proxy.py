@@ -16,7 +16,8 @@ import socket
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+
+from support.loopback import LoopbackServer
 
 _HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
@@ -130,7 +131,7 @@ class _Server(ThreadingHTTPServer):
     proxy: FaultProxy
 
 
-class FaultProxy:
+class FaultProxy(LoopbackServer):
     """``with FaultProxy("127.0.0.1", port) as p: p.host`` -> ``127.0.0.1:PROXYPORT``."""
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
@@ -141,9 +142,8 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.proxy = self
-        self.port: int = self._server.server_address[1]
+        super().__init__()
         self.host = f"127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def add(self, fault: Fault) -> Fault:
         with self._lock:
@@ -163,20 +163,3 @@ class FaultProxy:
     def log(self, seen: SeenRequest) -> None:
         with self._lock:
             self.requests.append(seen)
-
-    def start(self) -> FaultProxy:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -16,12 +16,12 @@ import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from support.certs import make_signing_cert
+from support.loopback import LoopbackServer
 
 
 def _b64url(data: bytes) -> str:
@@ -76,7 +76,7 @@ class _Server(ThreadingHTTPServer):
     token_server: TokenServer
 
 
-class TokenServer:
+class TokenServer(LoopbackServer):
     def __init__(
         self,
         *,
@@ -95,9 +95,8 @@ class TokenServer:
         self.cert_pem = self._cert.public_bytes(serialization.Encoding.PEM)
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.token_server = self
-        self.port: int = self._server.server_address[1]
+        super().__init__()
         self.realm = f"http://127.0.0.1:{self.port}/token"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def issue(self, user: str, service: str, scopes: list[str]) -> str:
         allowed = set(self.grants.get(user, ()))
@@ -125,20 +124,3 @@ class TokenServer:
         with self._lock:
             self.issued.append((user, tuple(scopes)))
         return f"{signing_input}.{_b64url(signature)}"
-
-    def start(self) -> TokenServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
-
-    def __enter__(self) -> TokenServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

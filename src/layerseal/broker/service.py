@@ -688,31 +688,11 @@ class Broker:
         for listener in self.listeners:
             listener(entry["action"], entry["decision"], n_keys)
 
-    def _audit(
-        self,
-        action: str,
-        decision: str,
-        *,
-        tenant: str | None = None,
-        keys: Sequence[str] = (),
-        actor: str = "",
-        evidence_digest: str | None = None,
-        measurement: str | None = None,
-        reason: str = "",
-    ) -> None:
-        """Append an audit row and wait until it is committed."""
-        entry = self._audit_entry(
-            action,
-            decision,
-            tenant=tenant,
-            keys=keys,
-            actor=actor,
-            evidence_digest=evidence_digest,
-            measurement=measurement,
-            reason=reason,
-        )
+    def _audit(self, action: str, decision: str, **fields: Any) -> None:
+        """Append an audit row (fields as for :meth:`_audit_entry`) and wait until it is committed."""
+        entry = self._audit_entry(action, decision, **fields)
         self.audit_log.append(entry)
-        self._notify(entry, len(keys))
+        self._notify(entry, len(fields.get("keys", ())))
 
     def close(self) -> None:
         """Stop accepting audit rows (queued ones are still committed)."""

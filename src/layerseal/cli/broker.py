@@ -131,6 +131,14 @@ def _with_http(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _group(sub: Any, name: str, help_text: str) -> Any:
+    """A ``broker NAME ACTION`` command group; its subparsers."""
+    group = sub.add_parser(name, help=help_text)
+    actions = group.add_subparsers(dest=f"{name}_command", metavar="ACTION")
+    actions.required = True
+    return actions
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("broker", help="the key broker (security service)")
     sub = parser.add_subparsers(dest="broker_command", metavar="ACTION")
@@ -172,17 +180,13 @@ def register(subparsers: Any) -> None:
     )
     serve.set_defaults(func=_serve)
 
-    audit = sub.add_parser("audit", help="audit log tools")
-    audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION")
-    audit_sub.required = True
+    audit_sub = _group(sub, "audit", "audit log tools")
     verify = audit_sub.add_parser("verify", help="check the hash chain; exit 3 if broken")
     verify.add_argument("--db", required=True)
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=_audit_verify)
 
-    token = sub.add_parser("token", help="API tokens")
-    token_sub = token.add_subparsers(dest="token_command", metavar="ACTION")
-    token_sub.required = True
+    token_sub = _group(sub, "token", "API tokens")
     create = token_sub.add_parser("create", help="create a publisher token (admin)")
     create.add_argument("--tenant", required=True)
     create.add_argument(
@@ -192,9 +196,7 @@ def register(subparsers: Any) -> None:
     _with_http(create)
     create.set_defaults(func=_token_create)
 
-    policy = sub.add_parser("policy", help="release policies")
-    policy_sub = policy.add_subparsers(dest="policy_command", metavar="ACTION")
-    policy_sub.required = True
+    policy_sub = _group(sub, "policy", "release policies")
     pset = policy_sub.add_parser("set", help="set a release policy from a JSON file ('-' = stdin)")
     pset.add_argument("file")
     pset.add_argument("--scope", default="tenant", choices=["tenant", "repository", "key"])
@@ -203,9 +205,7 @@ def register(subparsers: Any) -> None:
     _with_http(pset)
     pset.set_defaults(func=_policy_set)
 
-    refv = sub.add_parser("refvalues", help="reference values")
-    refv_sub = refv.add_subparsers(dest="refvalues_command", metavar="ACTION")
-    refv_sub.required = True
+    refv_sub = _group(sub, "refvalues", "reference values")
     radd = refv_sub.add_parser("add", help="add reference values")
     radd.add_argument("name")
     radd.add_argument("values", nargs="+")
@@ -213,18 +213,14 @@ def register(subparsers: Any) -> None:
     _with_http(radd)
     radd.set_defaults(func=_refvalues_add)
 
-    plat = sub.add_parser("platform", help="trusted sim platforms")
-    plat_sub = plat.add_subparsers(dest="platform_command", metavar="ACTION")
-    plat_sub.required = True
+    plat_sub = _group(sub, "platform", "trusted sim platforms")
     preg = plat_sub.add_parser("register", help="trust a sim platform certificate (admin)")
     preg.add_argument("certificate", help="platform-cert.pem")
     preg.add_argument("--description", default="")
     _with_http(preg)
     preg.set_defaults(func=_platform_register)
 
-    keys = sub.add_parser("keys", help="layer keys")
-    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION")
-    keys_sub.required = True
+    keys_sub = _group(sub, "keys", "layer keys")
     klist = keys_sub.add_parser("list", help="list keys")
     klist.add_argument("--repository")
     klist.add_argument("--tenant")

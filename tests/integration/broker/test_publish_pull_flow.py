@@ -14,6 +14,7 @@ import pytest
 
 from conftest import Deployment, deploy
 from helpers.images import make_busybox_image, make_keys, manifest_of
+from helpers.registry import registry_manifest, skopeo_copy
 from layerseal.cli.main import main
 from support.registry_server import RegistryServer
 
@@ -52,15 +53,6 @@ def engine(
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
-def registry_manifest(reg: RegistryServer, repo: str, tag: str) -> dict[str, object]:
-    req = urllib.request.Request(
-        f"{reg.url}/v2/{repo}/manifests/{tag}",
-        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
-    )
-    with urllib.request.urlopen(req) as r:
-        return json.loads(r.read())  # type: ignore[no-any-return]
-
-
 def test_every_layer_has_its_own_broker_key_and_the_enclave_runs_it(
     world: tuple[Deployment, RegistryServer, str], tmp_path: Path
 ) -> None:
@@ -78,20 +70,8 @@ def test_every_layer_has_its_own_broker_key_and_the_enclave_runs_it(
             "org.opencontainers.image.enc.keys.jwe",
         } <= names
     # interop kept: skopeo decrypts with the jwe: recipient
-    subprocess.run(
-        [
-            "skopeo",
-            "--insecure-policy",
-            "copy",
-            "-q",
-            "--src-tls-verify=false",
-            "--decryption-key",
-            str(jwe_key.private),
-            ref,
-            f"oci:{tmp_path}/sk:v1",
-        ],
-        check=True,
-        capture_output=True,
+    skopeo_copy(
+        "--src-tls-verify=false", "--decryption-key", str(jwe_key.private), ref, f"oci:{tmp_path}/sk:v1"
     )
     assert manifest_of(tmp_path / "sk", "v1")[0] == manifest_of(tmp_path / "img", "v1")[0]
     # the enclave attests, gets all three keys in one batch and runs the container
