@@ -53,7 +53,8 @@ class CopyOptions:
     encrypt_layers: tuple[int, ...] | None = None
     unwrappers: tuple[KeyUnwrapper, ...] = ()
     platform: Platform | None = None
-    workers: int = field(default_factory=lambda: min(8, (os.cpu_count() or 2) * 2))
+    #: layers moved at once: one per core (measured: more threads only add GIL hand-offs)
+    workers: int = field(default_factory=lambda: max(2, min(8, os.cpu_count() or 2)))
 
 
 @dataclass(frozen=True)

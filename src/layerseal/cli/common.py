@@ -11,13 +11,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
-
 from layerseal.crypto.keys import load_private_key, load_public_key
 from layerseal.crypto.keywrap import JweUnwrapper, JweWrapper, KeyUnwrapper, KeyWrapper
 from layerseal.errors import BadInputError, LayersealError
 
 if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
     from layerseal.registry.transport import RegistryOptions
 
 
@@ -63,43 +63,50 @@ def registry_options(args: argparse.Namespace, side: str, ref: str) -> RegistryO
 
 
 class RichProgress:
-    """Per-layer transfer bars on a terminal; silent otherwise."""
+    """Per-layer transfer bars on a terminal; silent otherwise (rich is then never imported)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr.isatty()
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            transient=True,
-            disable=not self.enabled,
-        )
+        self._progress: Progress | None = None
+        if self.enabled:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                transient=True,
+            )
         self._tasks: dict[str, TaskID] = {}
         self._lock = threading.Lock()
 
     def __enter__(self) -> RichProgress:
-        self._progress.start()
+        if self._progress is not None:
+            self._progress.start()
         return self
 
     def __exit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._progress.stop()
+        if self._progress is not None:
+            self._progress.stop()
 
     def start(self, key: str, description: str, total: int) -> None:
+        if self._progress is None:
+            return
         with self._lock:
             self._tasks[key] = self._progress.add_task(description, total=total)
 
     def advance(self, key: str, amount: int) -> None:
         task = self._tasks.get(key)
-        if task is not None:
+        if task is not None and self._progress is not None:
             self._progress.advance(task, amount)
 
     def finish(self, key: str) -> None:
         with self._lock:
             task = self._tasks.pop(key, None)
-        if task is not None:
+        if task is not None and self._progress is not None:
             self._progress.remove_task(task)
 
 

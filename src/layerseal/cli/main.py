@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import layerseal
 import layerseal.cli
+from layerseal.allocator import tune_allocator
 from layerseal.errors import LayersealError
 
 # Which module defines a command, so that a run imports only that one (start-up time
@@ -66,6 +67,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    tune_allocator()
     parser = build_parser(argv)
     args, extras = parser.parse_known_args(argv)
     # commands shaped like "SRC PATH... [options] DST" collect positionals given after options

@@ -15,7 +15,6 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
 
-from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -160,6 +159,8 @@ def load_public_key(data: bytes, what: str = "public key") -> PublicKey:
             raise BadInputError(f"{what}: expected a public key or certificate, seen a PEM {label}")
         try:
             if label in ("CERTIFICATE", "X509 CERTIFICATE", "TRUSTED CERTIFICATE"):
+                from cryptography import x509  # 30 ms to import: only for certificates
+
                 loaded: object = x509.load_pem_x509_certificate(data).public_key()
             else:
                 loaded = serialization.load_pem_public_key(data)
@@ -172,6 +173,8 @@ def load_public_key(data: bytes, what: str = "public key") -> PublicKey:
         loaded = serialization.load_der_public_key(data)
     except (ValueError, UnsupportedAlgorithm):
         try:
+            from cryptography import x509
+
             loaded = x509.load_der_x509_certificate(data).public_key()
         except (ValueError, UnsupportedAlgorithm) as exc:
             raise BadInputError(

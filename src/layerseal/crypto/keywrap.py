@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from layerseal.crypto import jwe
 from layerseal.crypto.keys import PrivateKey, PublicKey
 from layerseal.errors import BadInputError, WrongKeyError
 from layerseal.image.descriptor import Descriptor
@@ -53,6 +52,8 @@ class JweWrapper:
         self.keys = tuple(keys)
 
     def wrap(self, opts: PrivateOptions, layer: LayerContext) -> bytes:
+        from layerseal.crypto import jwe  # joserfc costs 40 ms of start-up: only when wrapping
+
         return jwe.encrypt(opts.to_json_bytes(), self.keys)
 
 
@@ -67,6 +68,8 @@ class JweUnwrapper:
 
     def unwrap(self, scheme: str, blob: bytes, layer: LayerContext) -> bytes | None:
         try:
+            from layerseal.crypto import jwe
+
             return jwe.decrypt(blob, self.keys, what=f"JWE of {layer}")
         except WrongKeyError:
             return None

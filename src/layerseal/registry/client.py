@@ -4,9 +4,9 @@ Every request goes through :meth:`RegistryClient._request`, which adds authentic
 repeats a 401 once after answering the challenge, and retries connection errors and
 5xx/429 answers with backoff (honouring ``Retry-After``).  Upload requests that must not
 be applied twice are retried only when the server cannot have acted on them.  Blobs are
-streamed in ``CHUNK_SIZE`` pieces, verified against digest and size, and an interrupted
-download continues with ``Range`` from where it stopped.  One client is safe to share
-between threads.
+streamed in the pieces the socket delivers (small ones joined), verified against digest
+and size, and an interrupted download continues with ``Range`` from where it stopped.
+One client is safe to share between threads.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from layerseal.image import mediatypes as mt
 from layerseal.image.descriptor import Descriptor
 from layerseal.image.digest import Digest, DigestVerifier
 from layerseal.image.manifest import MAX_MANIFEST_BYTES, Index, detect_media_type
-from layerseal.image.transport import CHUNK_SIZE
 from layerseal.registry.auth import Authenticator, repository_scope
 from layerseal.registry.credentials import Credentials, resolve_credentials
 from layerseal.registry.options import RegistryOptions
@@ -57,6 +56,10 @@ MANIFEST_ACCEPT = ", ".join((mt.OCI_MANIFEST, mt.OCI_INDEX, mt.DOCKER_MANIFEST, 
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_LIST_BODY = 16 * 1024 * 1024
 _MAX_PAGES = 10_000
+# Reads at least this big go downstream as they arrived; smaller ones are joined first,
+# so the cipher and hash threads see few, large pieces without a re-slicing copy.
+_MIN_PIECE = 256 * 1024
+
 _PULL = ("pull",)
 _PUSH = ("pull", "push")
 # errors that prove the request never reached the server, so repeating it is always safe
@@ -425,7 +428,7 @@ class RegistryClient:
         verifier = DigestVerifier(desc.digest, desc.size, what=where)
         policy = self.options.retry
         failures = 0
-        # received and hashed, not yet handed out: at most CHUNK_SIZE + one read
+        # received and hashed, not yet handed out: less than _MIN_PIECE
         parts: list[bytes] = []
         buffered = 0
         while True:
@@ -451,15 +454,15 @@ class RegistryClient:
                         dropped = min(skip, len(piece))
                         piece, skip = piece[dropped:], skip - dropped
                     verifier.update(piece)
+                    if not parts and len(piece) >= _MIN_PIECE:
+                        yield piece  # most reads: handed on as they are, no copy
+                        continue
                     parts.append(piece)
                     buffered += len(piece)
-                    if buffered >= CHUNK_SIZE:
-                        data = b"".join(parts) if len(parts) > 1 else parts[0]
-                        cut = len(data) - len(data) % CHUNK_SIZE
-                        for start in range(0, cut, CHUNK_SIZE):
-                            yield data[start : start + CHUNK_SIZE]
-                        parts[:] = [data[cut:]] if cut < len(data) else []
-                        buffered = len(data) - cut
+                    if buffered >= _MIN_PIECE:
+                        yield b"".join(parts)
+                        parts.clear()
+                        buffered = 0
             except httpx.TransportError as exc:
                 failures = 1 if verifier.size > offset else failures + 1
                 if failures < policy.max_attempts and verifier.size < desc.size:
