@@ -21,6 +21,7 @@ VENV_BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
 class Run:
     seconds: float
     peak_rss_mb: float
+    cpu_s: float = 0.0  # the child's user + system time
 
 
 def timed(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: str | None = None) -> Run:
@@ -33,20 +34,29 @@ def timed(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: str | N
     err = proc.stderr.read().decode() if proc.stderr else ""
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.strip()[:500]}")
-    return Run(elapsed, usage.ru_maxrss / 1024)
+    return Run(elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
-def best_of(n: int, cmd: Sequence[str], prepare: Any = None, **kw: Any) -> dict[str, float]:
-    runs = []
+def best_of(
+    n: int, cmd: Sequence[str], prepare: Any = None, server_cpu: Any = None, **kw: Any
+) -> dict[str, float]:
+    """Fastest and median of *n* runs; ``cpu_s`` (and ``server_cpu_s``, read from the
+    *server_cpu* callable around each run) belong to the fastest run."""
+    runs, server = [], []
     for _ in range(n):
         if prepare:
             prepare()
+        before = server_cpu() if server_cpu else 0.0
         runs.append(timed(cmd, **kw))
+        server.append(server_cpu() - before if server_cpu else 0.0)
     secs = [r.seconds for r in runs]
+    fastest = secs.index(min(secs))
     return {
         "min_s": min(secs),
         "median_s": statistics.median(secs),
         "peak_rss_mb": max(r.peak_rss_mb for r in runs),
+        "cpu_s": runs[fastest].cpu_s,
+        "server_cpu_s": server[fastest],
     }
 
 

@@ -25,24 +25,39 @@ from support.registry_server import RegistryServer
 
 LAYER_MB = int(os.environ.get("BENCH_LAYER_MB", "500"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+CORES = os.cpu_count() or 1
 LS = [str(VENV_BIN / "layerseal"), "copy", "-q"]
 SK = ["skopeo", "--insecure-policy", "copy", "-q"]
 
 
 def _push(d: Path, tool: list[str], flags: list[str], src: str) -> dict[str, float]:
-    times: list[dict[str, float]] = []
+    """Fastest of RUNS pushes, each to a fresh registry; the registry's CPU time is recorded too."""
+    runs: list[dict[str, float]] = []
     for _ in range(RUNS):
         with RegistryServer(d / "reg-push") as reg:
             subprocess.run(["sync"], check=True)
-            times.append(
-                best_of(1, [*tool, "--dest-tls-verify=false", *flags, src, f"docker://{reg.host}/b/img:v1"])
+            runs.append(
+                best_of(
+                    1,
+                    [*tool, "--dest-tls-verify=false", *flags, src, f"docker://{reg.host}/b/img:v1"],
+                    server_cpu=reg.cpu_seconds,
+                )
             )
         drop_tree(d / "reg-push")
+    fastest = min(runs, key=lambda r: r["min_s"])
     return {
-        "min_s": min(t["min_s"] for t in times),
-        "median_s": sorted(t["min_s"] for t in times)[len(times) // 2],
-        "peak_rss_mb": max(t["peak_rss_mb"] for t in times),
+        **fastest,
+        "median_s": sorted(r["min_s"] for r in runs)[len(runs) // 2],
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
     }
+
+
+def cpu_ceiling(total: int, run: dict[str, float]) -> float:
+    """MB/s if client and registry kept every core busy: the CPU both spent, over the cores.
+
+    No tool can beat this on this machine without spending less CPU per byte (the
+    registry's share is the same for any client)."""
+    return total / ((run["cpu_s"] + run["server_cpu_s"]) / CORES) / 1e6
 
 
 def ingest_ceiling(d: Path, blob: Path) -> float:
@@ -89,14 +104,20 @@ def measure(d: Path, label: str, sizes: list[int]) -> tuple[list[list[Any]], dic
     if len(sizes) == 1:
         biggest = max((src / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
         ceiling = max(ingest_ceiling(d, biggest) for _ in range(RUNS))
-        rows.append([f"registry ingest ceiling (curl -T), {label}", ceiling, "", "", ""])
+        rows.append([f"registry ingest ceiling (curl -T), {label}", ceiling, "", "", "", ""])
         data["curl_ingest_mb_s"] = ceiling
     for name, flags in (("plain", []), ("encrypted", ["--encryption-key", f"jwe:{pub}"])):
         a = _push(d, LS, flags, f"oci:{src}:v1")
         b = _push(d, SK, flags, f"oci:{src}:v1")
-        ra, rb = total / a["min_s"] / 1e6, total / b["min_s"] / 1e6
-        rows.append([f"push {name}, {label}", ra, rb, f"{ra / rb:.2f}x", a["peak_rss_mb"]])
-        data[f"push {name}"] = {"layerseal": a, "skopeo": b, "layerseal_mb_s": ra, "skopeo_mb_s": rb}
+        ra, rb, rc = total / a["min_s"] / 1e6, total / b["min_s"] / 1e6, cpu_ceiling(total, a)
+        rows.append([f"push {name}, {label}", ra, rb, f"{ra / rb:.2f}x", rc, a["peak_rss_mb"]])
+        data[f"push {name}"] = {
+            "layerseal": a,
+            "skopeo": b,
+            "layerseal_mb_s": ra,
+            "skopeo_mb_s": rb,
+            "layerseal_cpu_ceiling_mb_s": rc,
+        }
     with RegistryServer(d / "reg-pull") as reg:
         plain_ref = f"docker://{reg.host}/b/plain:v1"
         enc_ref = f"docker://{reg.host}/b/enc:v1"
@@ -116,11 +137,17 @@ def measure(d: Path, label: str, sizes: list[int]) -> tuple[list[list[Any]], dic
             ("decrypted", ["--decryption-key", str(priv)], enc_ref),
         ):
             cmd_tail = ["--src-tls-verify=false", *flags, ref, f"oci:{out}:v1"]
-            a = best_of(RUNS, [*LS, *cmd_tail], prepare=fresh)
-            b = best_of(RUNS, [*SK, *cmd_tail], prepare=fresh)
-            ra, rb = total / a["min_s"] / 1e6, total / b["min_s"] / 1e6
-            rows.append([f"pull {name}, {label}", ra, rb, f"{ra / rb:.2f}x", a["peak_rss_mb"]])
-            data[f"pull {name}"] = {"layerseal": a, "skopeo": b, "layerseal_mb_s": ra, "skopeo_mb_s": rb}
+            a = best_of(RUNS, [*LS, *cmd_tail], prepare=fresh, server_cpu=reg.cpu_seconds)
+            b = best_of(RUNS, [*SK, *cmd_tail], prepare=fresh, server_cpu=reg.cpu_seconds)
+            ra, rb, rc = total / a["min_s"] / 1e6, total / b["min_s"] / 1e6, cpu_ceiling(total, a)
+            rows.append([f"pull {name}, {label}", ra, rb, f"{ra / rb:.2f}x", rc, a["peak_rss_mb"]])
+            data[f"pull {name}"] = {
+                "layerseal": a,
+                "skopeo": b,
+                "layerseal_mb_s": ra,
+                "skopeo_mb_s": rb,
+                "layerseal_cpu_ceiling_mb_s": rc,
+            }
         drop_tree(out)
     drop_tree(d / "reg-pull")
     drop_tree(src)
@@ -143,12 +170,17 @@ def main() -> int:
     print(
         table(
             "registry push/pull through docker-registry on 127.0.0.1 (MB/s from min of runs)",
-            ["case", "layerseal MB/s", "skopeo MB/s", "speedup", "layerseal RSS MB"],
+            ["case", "layerseal MB/s", "skopeo MB/s", "speedup", "CPU ceiling MB/s", "layerseal RSS MB"],
             rows,
         )
     )
     print("targets: encrypted push/pull >= 3x skopeo; plain >= 1x skopeo")
     print("(a push cannot beat the registry's own ingest ceiling, measured with curl above)")
+    print(
+        f"CPU ceiling: layerseal's bytes over (its CPU seconds + the registry's) / {CORES} cores,\n"
+        "the rate at which this machine's cores would all be busy; no faster run is possible\n"
+        "without spending less CPU per byte"
+    )
     print(f"results: {save('copy_registry', results)}")
     return 0
 

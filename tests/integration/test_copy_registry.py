@@ -13,6 +13,7 @@ from isal import igzip
 from helpers.images import blob_path, make_image, make_keys, manifest_of
 from helpers.registry import registry_blobs, registry_manifest, skopeo_copy
 from layerseal.cli.main import main
+from support.fault_proxy import Fault, FaultProxy
 from support.registry_server import RegistryServer
 
 pytestmark = pytest.mark.integration
@@ -220,3 +221,49 @@ def test_docker_schema2_image_is_encrypted_as_oci_and_read_back(
     skopeo_copy("--src-tls-verify=false", "--decryption-key", str(key.private), enc, f"oci:{tmp_path}/sk:v1")
     _, dec = manifest_of(tmp_path / "sk", "v1")
     assert [x["digest"] for x in dec["layers"]] == [x["digest"] for x in pushed["layers"]]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("chunk_flag", [[], ["--dest-chunk-size", "1M"]], ids=["streamed", "chunked"])
+def test_push_survives_an_upload_broken_off_midway(
+    tmp_path: Path, registry: RegistryServer, chunk_flag: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    make_image(f"oci:{tmp_path}/src:v1", compressions=("gzip", "gzip"), big=3_000_000)
+    key = make_keys(tmp_path / "k", "ec256")
+    host, port = registry.host.split(":")
+    with FaultProxy(host, int(port)) as proxy:
+        cut = proxy.add(Fault("cut_request", path="/blobs/uploads/", method="PATCH", cut_after=500_000))
+        argv = ["copy", "-q", "--dest-tls-verify=false", *chunk_flag, "--encryption-key", f"jwe:{key.public}"]
+        assert main([*argv, f"oci:{tmp_path}/src:v1", f"docker://{proxy.host}/team/cut:v1"]) == 0
+        uploads = [r.method for r in proxy.requests if "/blobs/uploads/" in r.path]
+    assert cut.hits == 1
+    assert uploads.count("DELETE") == 1  # the broken upload was cancelled, and the layer sent again
+    assert "transferring it again (attempt 2 of 3)" in caplog.text
+    # what the registry holds decrypts (with skopeo) to the original image
+    skopeo_copy(
+        "--src-tls-verify=false",
+        "--decryption-key",
+        str(key.private),
+        f"docker://{registry.host}/team/cut:v1",
+        f"oci:{tmp_path}/back:v1",
+    )
+    assert manifest_of(tmp_path / "back", "v1")[0] == manifest_of(tmp_path / "src", "v1")[0]
+
+
+def test_push_gives_up_after_the_layer_attempts(tmp_path: Path, registry: RegistryServer) -> None:
+    make_image(f"oci:{tmp_path}/src:v1", compressions=("gzip",), big=3_000_000)
+    host, port = registry.host.split(":")
+    with FaultProxy(host, int(port)) as proxy:
+        proxy.add(Fault("cut_request", path="/blobs/uploads/", method="PATCH", cut_after=500_000, times=10))
+        status = main(
+            [
+                "copy",
+                "-q",
+                "--dest-tls-verify=false",
+                f"oci:{tmp_path}/src:v1",
+                f"docker://{proxy.host}/t/x:v1",
+            ]
+        )
+        patches = [r for r in proxy.requests if r.method == "PATCH"]
+    assert status == 4  # TransportError's exit status
+    assert len(patches) == 3  # one per layer attempt
+    assert registry_blobs(registry) == set()  # nothing half-written: no blob, no manifest

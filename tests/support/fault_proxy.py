@@ -3,7 +3,9 @@
 Faults match a method and a path pattern and fire a bounded number of times:
 ``status`` answers with an error status (and ``Retry-After``) without asking upstream,
 ``cut`` sends the headers and the first ``cut_after`` body bytes then drops the
-connection, ``corrupt`` flips one byte of the body, ``inflate`` pads the body with
+connection, ``cut_request`` passes only the first ``cut_after`` bytes of the request body
+upstream (as if the client's connection broke there) and drops the connection unanswered,
+``corrupt`` flips one byte of the body, ``inflate`` pads the body with
 spaces to ``inflate_to`` bytes (optionally without Content-Length).  Every request
 seen is logged in ``requests``.  Listens on 127.0.0.1 only.
 """
@@ -26,7 +28,7 @@ _HOP = frozenset(
 
 @dataclass
 class Fault:
-    kind: str  # status | cut | corrupt | inflate
+    kind: str  # status | cut | cut_request | corrupt | inflate
     path: str  # regular expression searched in the request path
     method: str | None = None
     times: int = 1
@@ -84,6 +86,21 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {
             k: v for k, v in self.headers.items() if k.lower() not in _HOP and k.lower() != "content-length"
         }
+        if fault is not None and fault.kind == "cut_request":
+            body = (body or b"")[: fault.cut_after]
+            rng = next((k for k in headers if k.lower() == "content-range"), None)
+            if rng is not None:
+                start = int(headers[rng].split("-")[0])
+                headers[rng] = f"{start}-{start + len(body) - 1}"
+            upstream = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
+            try:
+                upstream.request(self.command, self.path, body=body, headers=headers)
+                upstream.getresponse().read()
+            finally:
+                upstream.close()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         upstream = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
         try:
             upstream.request(self.command, self.path, body=body, headers=headers)

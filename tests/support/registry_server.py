@@ -94,6 +94,13 @@ class RegistryServer:
         self.config_path = self.workdir / "config.yml"
         self._proc: subprocess.Popen[bytes] | None = None
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the registry process has used so far (benchmarks share it out)."""
+        if self._proc is None:
+            return 0.0
+        fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     @property
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}"

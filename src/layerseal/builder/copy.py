@@ -8,6 +8,7 @@ is written last, so a failed copy never publishes a half-made image.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -24,7 +25,7 @@ from layerseal.crypto.keywrap import (
     public_options,
 )
 from layerseal.crypto.layercipher import LayerDecryptor, LayerEncryptor, decrypt_stream, encrypt_stream
-from layerseal.errors import BadInputError, LayersealError
+from layerseal.errors import BadInputError, LayersealError, MisuseError, TransportError
 from layerseal.image import mediatypes as mt
 from layerseal.image.descriptor import Descriptor, Platform
 from layerseal.image.encryption import (
@@ -34,6 +35,8 @@ from layerseal.image.encryption import (
 )
 from layerseal.image.transport import ImageDestination, ImageSource, resolve_manifest
 from layerseal.streams import threaded
+
+log = logging.getLogger(__name__)
 
 
 class Progress(Protocol):
@@ -55,6 +58,15 @@ class CopyOptions:
     platform: Platform | None = None
     #: layers moved at once: one per core (measured: more threads only add GIL hand-offs)
     workers: int = field(default_factory=lambda: max(2, min(8, os.cpu_count() or 2)))
+    #: times one layer is transferred from the start when the network fails beyond the
+    #: registry client's own retries (an upload broken off midway cannot be resumed)
+    layer_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "layer_attempts"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise MisuseError(f"CopyOptions.{name}: expected a positive integer, seen {value!r}")
 
 
 @dataclass(frozen=True)
@@ -119,6 +131,26 @@ class _LayerJob:
         abort: threading.Event,
     ) -> None:
         self.src, self.dst, self.options, self.progress, self.abort = src, dst, options, progress, abort
+
+    def run_retrying(self, index: int, desc: Descriptor, encrypt: bool, convert_to_oci: bool) -> LayerReport:
+        """:meth:`run`, repeated from the start after a network failure (nothing was committed)."""
+        attempts = self.options.layer_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.run(index, desc, encrypt, convert_to_oci)
+            except TransportError as exc:
+                self._finish(f"{index}")
+                if attempt == attempts or self.abort.is_set():
+                    raise
+                log.warning(
+                    "layer %d (%s): %s; transferring it again (attempt %d of %d)",
+                    index,
+                    desc.digest,
+                    exc,
+                    attempt + 1,
+                    attempts,
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def run(self, index: int, desc: Descriptor, encrypt: bool, convert_to_oci: bool) -> LayerReport:
         started = time.perf_counter()
@@ -198,7 +230,9 @@ def transfer_layers(
     results: list[LayerReport | None] = [None] * len(layers)
     errors: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=max(1, min(options.workers, len(layers) or 1))) as pool:
-        futures = {pool.submit(job.run, i, d, i in to_encrypt, convert): i for i, d in enumerate(layers)}
+        futures = {
+            pool.submit(job.run_retrying, i, d, i in to_encrypt, convert): i for i, d in enumerate(layers)
+        }
         for future, i in futures.items():
             try:
                 results[i] = future.result()

@@ -38,6 +38,14 @@ def add_registry_flags(p: argparse.ArgumentParser, *sides: str) -> None:
         )
         p.add_argument(f"--{side}-creds", metavar="USER:PASS", help=f"credentials for the {side} registry")
         p.add_argument(f"--{side}-cert-dir", metavar="DIR", help="CA certificates (*.crt) to trust")
+        if side == "dest":
+            p.add_argument(
+                "--dest-chunk-size",
+                metavar="SIZE",
+                help="upload blobs in requests of at most SIZE bytes (K, M, G suffixes: powers of 1024), "
+                "resuming a broken one where the registry stopped; for registries or proxies that cap "
+                "request bodies (default: one streamed request per blob)",
+            )
     p.add_argument("--authfile", help="auth file (Docker config.json or containers auth.json format)")
 
 
@@ -54,12 +62,26 @@ def registry_options(args: argparse.Namespace, side: str, ref: str) -> RegistryO
         ca = str(crts[0])
     from layerseal.registry.transport import RegistryOptions
 
+    chunk = getattr(args, f"{side}_chunk_size", None)
     return RegistryOptions(
         tls_verify=getattr(args, f"{side}_tls_verify", "true") == "true",
         ca_file=ca,
         creds=getattr(args, f"{side}_creds", None),
         authfile=getattr(args, "authfile", None),
+        upload_chunk_limit=parse_size(chunk, f"--{side}-chunk-size") if chunk is not None else None,
     )
+
+
+_SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str, what: str) -> int:
+    """``1048576``, ``512K``, ``16M``, ``1G`` (also ``16MiB``) -> bytes; at least 1."""
+    body = text.strip().upper().removesuffix("IB").removesuffix("B")
+    number, suffix = (body[:-1], body[-1]) if body[-1:] in ("K", "M", "G") else (body, "")
+    if not number.isdigit() or int(number) < 1:
+        raise BadInputError(f"{what} {text!r}: expected a positive size such as 1048576, 512K or 16M")
+    return int(number) * _SIZE_SUFFIXES[suffix]
 
 
 class RichProgress:

@@ -62,9 +62,12 @@ def run_copy(args: argparse.Namespace) -> int:
     )
     if args.encrypt_layer and not options.wrappers:
         raise BadInputError("--encrypt-layer: expected --encryption-key too, seen none")
-    src = open_source(args.source, registry_options(args, "src", args.source))
+    # every flag is checked before anything is opened
+    src_options = registry_options(args, "src", args.source)
+    dst_options = registry_options(args, "dest", args.destination)
+    src = open_source(args.source, src_options)
     try:
-        dst = open_destination(args.destination, registry_options(args, "dest", args.destination))
+        dst = open_destination(args.destination, dst_options)
         try:
             with RichProgress(not args.quiet and not args.json) as progress:
                 try:

@@ -525,7 +525,8 @@ class RegistryClient:
 
     # ----------------------------------------------------------------- uploads
 
-    def _start_upload(self, repository: str) -> str:
+    def _start_upload(self, repository: str) -> tuple[str, int]:
+        """Open an upload session: its URL, and the registry's smallest chunk (``OCI-Chunk-Min-Length``)."""
         what = "blob upload (POST)"
         response = self._request(
             "POST",
@@ -537,7 +538,8 @@ class RegistryClient:
         )
         if response.status_code != 202:
             raise self._fail(response, repository, what, "HTTP 202")
-        return self._location(response, repository, what)
+        minimum = response.headers.get("oci-chunk-min-length", "")
+        return self._location(response, repository, what), int(minimum) if minimum.isdigit() else 0
 
     def _location(self, response: httpx.Response, repository: str, what: str) -> str:
         location = response.headers.get("location")
@@ -564,14 +566,16 @@ class RegistryClient:
     ) -> tuple[Digest, int]:
         """Upload a stream (digest computed on the way) and commit it only after a clean end.
 
-        One PUT for blobs up to ``upload_chunk_size``, else POST + PATCH per chunk + PUT.
-        The upload session is deleted when anything fails.
+        Blobs up to ``upload_chunk_size`` go in the closing PUT.  Larger ones go in one
+        streamed PATCH, or, with ``upload_chunk_limit`` set, in PATCHes of that many bytes
+        (each resumed from the offset the registry reports after a failure).  The upload
+        session is deleted when anything fails.
         """
         validate_repository(repository)
         algorithm = expected.digest.algorithm if expected is not None else "sha256"
         hasher = hashlib.new(algorithm)
         segment = self.options.upload_chunk_size
-        location = self._start_upload(repository)
+        location, min_chunk = self._start_upload(repository)
         where = f"{self._where(repository)}: blob upload"
         size = 0
         try:
@@ -603,7 +607,12 @@ class RegistryClient:
                 take(chunk)
                 buf += chunk
             tail = bytes(buf)
-            if not exhausted:
+            limit = self.options.upload_chunk_limit
+            if not exhausted and limit is not None:
+                location, tail = self._patch_chunks(
+                    repository, location, tail, iterator, take, max(limit, min_chunk)
+                )
+            elif not exhausted:
                 # One streamed PATCH for the rest: a request per chunk costs the registry a
                 # round trip and a hash-state save each, which halves throughput.
                 def body() -> Iterator[bytes]:
@@ -647,6 +656,105 @@ class RegistryClient:
         if response.status_code != 202:
             raise self._fail(response, repository, what, "HTTP 202")
         return self._location(response, repository, what)
+
+    def _patch_chunks(
+        self,
+        repository: str,
+        location: str,
+        head: bytes,
+        rest: Iterator[bytes],
+        take: Callable[[bytes], None],
+        size: int,
+    ) -> tuple[str, bytes]:
+        """Send *head* then *rest* in PATCHes of *size* bytes; the remainder is returned for the PUT."""
+        buf = bytearray(head)
+        offset = 0
+        while True:
+            while len(buf) >= size:
+                location = self._patch_chunk(repository, location, offset, bytes(buf[:size]))
+                del buf[:size]
+                offset += size
+            chunk = next(rest, None)
+            if chunk is None:
+                return location, bytes(buf)
+            take(chunk)
+            buf += chunk
+
+    def _patch_chunk(self, repository: str, location: str, offset: int, data: bytes) -> str:
+        """PATCH one chunk at *offset*; after a failure, ask the registry how much it kept and send the rest.
+
+        Distribution keeps the bytes of a request that broke off, so a blind resend would be
+        refused (416) or duplicate data: the upload's status (``Range: 0-N``) says where to go on.
+        """
+        policy = self.options.retry
+        end = offset + len(data)
+        done, failures = 0, 0
+        while True:
+            start = offset + done
+            what = f"blob upload chunk, bytes {start}-{end - 1} (PATCH)"
+            try:
+                response = self._request(
+                    "PATCH",
+                    location,
+                    repository=repository,
+                    actions=_PUSH,
+                    what=what,
+                    content=data[done:],
+                    idempotent=False,
+                    max_attempts=1,  # repeated below, from the offset the registry confirms
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Range": f"{start}-{end - 1}",
+                    },
+                )
+            except TransportError as exc:
+                error: LayersealError = exc
+            else:
+                if response.status_code == 202:
+                    response.close()
+                    return self._location(response, repository, what)
+                error = self._fail(response, repository, what, "HTTP 202")
+                if not (response.status_code in (416, 429) or response.status_code >= 500):
+                    raise error
+            failures += 1
+            if failures >= policy.max_attempts:
+                raise error
+            self._sleep(policy.backoff(failures))
+            try:
+                location, kept = self._upload_status(repository, location)
+            except LayersealError as status_error:
+                # distribution 2.8 cancels an upload whose size no longer matches its state token,
+                # which is what a request broken off midway leaves: only a new upload can follow
+                raise TransportError(
+                    f"{error}; the registry cannot resume the upload after it ({status_error})"
+                ) from error
+            if not offset <= kept <= end:
+                raise TransportError(
+                    f"{self._where(repository)}: blob upload status after a failed chunk: "
+                    + expected_seen("bytes received", f"{offset} to {end}", kept)
+                ) from error
+            log.debug("%s: %s failed (%s); registry holds %d bytes", repository, what, error, kept)
+            if kept == end:
+                return location
+            done = kept - offset
+
+    def _upload_status(self, repository: str, location: str) -> tuple[str, int]:
+        """The upload's URL to go on with and how many bytes the registry holds (``Range: 0-N``)."""
+        what = "blob upload status (GET)"
+        response = self._request("GET", location, repository=repository, actions=_PUSH, what=what)
+        response.close()
+        if response.status_code != 204:
+            raise self._fail(response, repository, what, "HTTP 204")
+        rng = response.headers.get("range", "")
+        first, sep, last = rng.removeprefix("bytes=").partition("-")
+        if not (sep and first == "0" and last.isdigit()):
+            raise TransportError(
+                f"{self._where(repository)}: {what}: "
+                + expected_seen("a Range header 0-N", "0-N", rng or "none")
+            )
+        # distribution reports "0-0" for an empty upload as well as for one byte
+        kept = int(last) + 1 if int(last) > 0 else 0
+        return self._location(response, repository, what), kept
 
     def _finish(self, repository: str, location: str, digest: Digest, size: int, tail: bytes) -> None:
         what = f"blob upload commit of {digest} (PUT)"

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from layerseal.errors import MisuseError
 from layerseal.image.transport import CHUNK_SIZE
 from layerseal.registry.retry import RetryPolicy
 
@@ -28,8 +29,18 @@ class RegistryOptions:
     max_connections: int = 16
     #: seconds for connect / read / write of one network operation
     timeout: float = 60.0
-    #: bytes sent per PATCH of a chunked upload (memory held per upload)
+    #: blobs up to this size go up in a single PUT (memory held per upload)
     upload_chunk_size: int = CHUNK_SIZE
+    #: None: larger blobs go in one streamed PATCH (fastest); N: in PATCHes of N bytes with
+    #: ``Content-Range`` (for registries and proxies that cap request bodies), each resumed
+    #: after a failure from the offset the registry reports; N bytes are held per upload
+    upload_chunk_limit: int | None = None
     user_agent: str = "layerseal/0.1"
     #: tests put an ``httpx.MockTransport`` here
     transport: httpx.BaseTransport | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("upload_chunk_size", "upload_chunk_limit", "max_connections"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise MisuseError(f"RegistryOptions.{name}: expected a positive integer, seen {value!r}")

@@ -9,12 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from registry_helpers import LAYER, desc_of, fast_options, pull_image, push_blobs, push_image
 
-from layerseal.errors import NotFoundError
+from layerseal.errors import NotFoundError, TransportError
 from layerseal.image.digest import Digest
 from layerseal.image.manifest import Index
 from layerseal.image.transport import CHUNK_SIZE
-from layerseal.registry import RegistryClient, open_registry_destination, open_registry_source
-from support.fault_proxy import FaultProxy
+from layerseal.registry import (
+    RegistryClient,
+    RegistryDestination,
+    open_registry_destination,
+    open_registry_source,
+)
+from support.fault_proxy import Fault, FaultProxy
 from support.oci_images import OCI_INDEX, OCI_MANIFEST, make_image, make_index, sha256
 from support.registry_server import RegistryServer
 
@@ -151,3 +156,60 @@ def test_missing_things_are_not_found_with_names(registry: RegistryServer) -> No
         with pytest.raises(NotFoundError, match="blob sha256:"):
             list(src.iter_blob(desc_of(sha256(b"x"), b"x")))
         assert src.referrers(Digest.parse(sha256(b"x"))) == []
+
+
+def _chunked(proxy: FaultProxy, repo: str, limit: int) -> RegistryDestination:
+    return open_registry_destination(
+        f"docker://{proxy.host}/{repo}:v1", fast_options(tls_verify=False, upload_chunk_limit=limit)
+    )
+
+
+def test_chunked_upload_with_content_range(registry: RegistryServer) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 777)
+    host, port = registry.host.split(":")
+    with FaultProxy(host, int(port)) as proxy:
+        pieces = (data[i : i + 300_000] for i in range(0, len(data), 300_000))
+        stored = _chunked(proxy, "team/chunked", 1024 * 1024).put_blob(pieces, LAYER)
+        methods = [r.method for r in proxy.requests if "/blobs/uploads/" in r.path]
+    # 2 MiB go in the first PATCHes, the rest in the PUT: the real registry takes Content-Range chunks
+    assert methods == ["POST", "PATCH", "PATCH", "PATCH", "PUT"]
+    assert str(stored.digest) == sha256(data)
+    src = open_registry_source(f"docker://{registry.host}/team/chunked:v1", fast_options(tls_verify=False))
+    assert b"".join(src.iter_blob(stored)) == data
+
+
+def test_refused_chunk_is_sent_again_after_the_status_check(registry: RegistryServer) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    host, port = registry.host.split(":")
+    with FaultProxy(host, int(port)) as proxy:
+        busy = proxy.add(Fault("status", path="/blobs/uploads/", method="PATCH", status=503, times=2))
+        stored = _chunked(proxy, "team/retried", 1024 * 1024).put_blob(iter([data]), LAYER)
+        seen = [(r.method, r.fault) for r in proxy.requests if "/blobs/uploads/" in r.path]
+    assert busy.hits == 2
+    assert seen[:6] == [
+        ("POST", None),
+        ("PATCH", "status"),
+        ("GET", None),  # the registry holds 0 bytes of this chunk: all of it again
+        ("PATCH", "status"),
+        ("GET", None),
+        ("PATCH", None),
+    ]
+    assert str(stored.digest) == sha256(data)
+    src = open_registry_source(f"docker://{registry.host}/team/retried:v1", fast_options(tls_verify=False))
+    assert b"".join(src.iter_blob(stored)) == data
+
+
+def test_chunk_broken_off_midway_fails_clearly_and_leaves_no_blob(registry: RegistryServer) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    host, port = registry.host.split(":")
+    with FaultProxy(host, int(port)) as proxy:
+        proxy.add(Fault("cut_request", path="/blobs/uploads/", method="PATCH", cut_after=300_001))
+        with pytest.raises(TransportError) as info:
+            _chunked(proxy, "team/cut", 1024 * 1024).put_blob(iter([data]), LAYER)
+        seen = [r.method for r in proxy.requests if "/blobs/uploads/" in r.path]
+    # distribution kept 300,001 bytes, then refused the upload's now stale state: it is cancelled
+    assert "bytes 0-1048575 (PATCH)" in str(info.value)
+    assert "cannot resume the upload" in str(info.value) and "BLOB_UPLOAD_INVALID" in str(info.value)
+    assert seen == ["POST", "PATCH", "GET", "DELETE"]
+    client = RegistryClient(registry.host, fast_options(tls_verify=False))
+    assert client.stat_blob("team/cut", Digest.parse(sha256(data))) is None

@@ -176,6 +176,14 @@ class FakeRegistry:
         if session not in self.uploads:
             return self._error(404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown")
         buf = self.uploads[session]
+        if request.method == "GET":  # upload status, as distribution answers it ("0-0" when empty)
+            return httpx.Response(
+                204,
+                headers={
+                    "Location": f"/v2/{repo}/blobs/uploads/{session}?_state=s{len(buf)}",
+                    "Range": f"0-{max(len(buf) - 1, 0)}",
+                },
+            )
         if request.method == "DELETE":
             self.deleted_uploads.append(session)
             del self.uploads[session]

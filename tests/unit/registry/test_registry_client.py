@@ -9,7 +9,14 @@ import httpx
 import pytest
 from registry_fakes import BreakingStream, FakeRegistry, sha
 
-from layerseal.errors import BadInputError, DeniedError, IntegrityError, NotFoundError, TransportError
+from layerseal.errors import (
+    BadInputError,
+    DeniedError,
+    IntegrityError,
+    MisuseError,
+    NotFoundError,
+    TransportError,
+)
 from layerseal.image.descriptor import Descriptor
 from layerseal.image.digest import Digest
 from layerseal.image.manifest import MAX_MANIFEST_BYTES
@@ -554,3 +561,130 @@ def test_shared_client_is_thread_safe() -> None:
         got = list(pool.map(lambda b: b"".join(src.iter_blob(desc(b))), blobs))
     assert got == blobs
     assert len(fake.token_requests) == 1
+
+
+# --------------------------------------------------------------- chunked uploads (Content-Range)
+
+
+def _patches(fake: FakeRegistry) -> list[httpx.Request]:
+    return [r for r in fake.requests if r.method == "PATCH"]
+
+
+def test_chunk_limit_sends_patches_of_that_size_with_content_range() -> None:
+    fake = FakeRegistry()
+    data = os.urandom(5 * 1000 + 17)
+    pieces = [data[i : i + 700] for i in range(0, len(data), 700)]
+    digest, size = client(fake, upload_chunk_size=1024, upload_chunk_limit=1000).upload_blob(
+        "a/b", iter(pieces)
+    )
+    assert (str(digest), size) == (sha(data), len(data))
+    assert fake.blobs["a/b"][sha(data)] == data
+    ranges = [r.headers["content-range"] for r in _patches(fake)]
+    assert ranges == [f"{i}-{i + 999}" for i in range(0, 5000, 1000)]
+    assert all(int(r.headers["content-length"]) == 1000 for r in _patches(fake))
+    assert fake.requests[-1].method == "PUT" and fake.requests[-1].content == data[5000:]
+
+
+def test_registry_minimum_chunk_wins_over_a_smaller_limit() -> None:
+    fake = FakeRegistry()
+
+    def minimum(r: httpx.Request) -> httpx.Response | None:
+        if r.method == "POST":
+            fake.hooks.remove(minimum)
+            response = fake.handle(r)
+            response.headers["OCI-Chunk-Min-Length"] = "2500"
+            return response
+        return None
+
+    fake.hooks.append(minimum)
+    data = os.urandom(6000)
+    client(fake, upload_chunk_size=1024, upload_chunk_limit=1000).upload_blob("a/b", [data])
+    assert [r.headers["content-range"] for r in _patches(fake)] == ["0-2499", "2500-4999"]
+    assert fake.blobs["a/b"][sha(data)] == data
+
+
+def test_broken_chunk_resumes_from_what_the_registry_kept() -> None:
+    fake = FakeRegistry()
+    broken = {"done": False}
+
+    def cut_second_chunk(r: httpx.Request) -> httpx.Response | None:
+        if r.method == "PATCH" and r.headers["content-range"].startswith("1000-") and not broken["done"]:
+            broken["done"] = True
+            session = r.url.path.rsplit("/", 1)[1]
+            fake.uploads[session] += r.read()[:300]  # the registry kept 300 bytes, then the line dropped
+            raise httpx.ReadError("connection reset by peer")
+        return None
+
+    fake.hooks.append(cut_second_chunk)
+    data = os.urandom(3500)
+    c = client(fake, upload_chunk_size=1024, upload_chunk_limit=1000)
+    digest, _ = c.upload_blob("a/b", [data])
+    assert fake.blobs["a/b"][str(digest)] == data
+    assert [r.headers["content-range"] for r in _patches(fake)] == [
+        "0-999",
+        "1000-1999",
+        "1300-1999",
+        "2000-2999",
+    ]
+    status = [r for r in fake.requests if r.method == "GET"]
+    assert len(status) == 1 and "/blobs/uploads/" in status[0].url.path
+
+
+def test_chunk_refused_with_503_is_sent_again_after_checking_the_offset() -> None:
+    fake = FakeRegistry()
+    refusals = {"left": 2}
+
+    def busy(r: httpx.Request) -> httpx.Response | None:
+        if r.method == "PATCH" and refusals["left"]:
+            refusals["left"] -= 1
+            return httpx.Response(503)
+        return None
+
+    fake.hooks.append(busy)
+    data = os.urandom(2500)
+    client(fake, upload_chunk_size=1024, upload_chunk_limit=1000).upload_blob("a/b", [data])
+    assert fake.blobs["a/b"][sha(data)] == data
+    assert [r.headers["content-range"] for r in _patches(fake)] == ["0-999"] * 3 + ["1000-1999"]
+
+
+def test_chunk_failing_beyond_the_retry_budget_cancels_the_upload() -> None:
+    fake = FakeRegistry()
+    fake.hooks.append(lambda r: httpx.Response(503) if r.method == "PATCH" else None)
+    with pytest.raises(TransportError, match=r"bytes 0-999 \(PATCH\).*HTTP 503"):
+        client(fake, upload_chunk_size=1024, upload_chunk_limit=1000).upload_blob("a/b", [os.urandom(2500)])
+    assert len(_patches(fake)) == 4  # the fake's RetryPolicy(max_attempts=4)
+    assert fake.requests[-1].method == "DELETE" and not fake.blobs.get("a/b")
+
+
+def test_chunk_refused_as_bad_request_is_not_repeated() -> None:
+    fake = FakeRegistry()
+    fake.hooks.append(
+        lambda r: fake._error(400, "BLOB_UPLOAD_INVALID", "bad") if r.method == "PATCH" else None
+    )
+    with pytest.raises(BadInputError, match="BLOB_UPLOAD_INVALID"):
+        client(fake, upload_chunk_size=1024, upload_chunk_limit=1000).upload_blob("a/b", [os.urandom(2500)])
+    assert len(_patches(fake)) == 1 and fake.requests[-1].method == "DELETE"
+
+
+def test_status_outside_the_chunk_is_an_error() -> None:
+    fake = FakeRegistry()
+
+    def lose_everything(r: httpx.Request) -> httpx.Response | None:
+        if r.method == "PATCH" and r.headers["content-range"].startswith("1000-"):
+            fake.uploads[r.url.path.rsplit("/", 1)[1]].clear()  # the registry lost the first chunk
+            return httpx.Response(503)
+        return None
+
+    fake.hooks.append(lose_everything)
+    with pytest.raises(TransportError, match="bytes received: expected 1000 to 2000, seen 0"):
+        client(fake, upload_chunk_size=1024, upload_chunk_limit=1000).upload_blob("a/b", [os.urandom(2500)])
+    assert fake.requests[-1].method == "DELETE" and not fake.blobs.get("a/b")
+
+
+@pytest.mark.parametrize("field", ["upload_chunk_limit", "upload_chunk_size", "max_connections"])
+@pytest.mark.parametrize("value", [0, -5])
+def test_options_refuse_non_positive_sizes(field: str, value: int) -> None:
+    with pytest.raises(
+        MisuseError, match=f"RegistryOptions.{field}: expected a positive integer, seen {value}"
+    ):
+        RegistryOptions(**{field: value})  # type: ignore[arg-type]
