@@ -106,18 +106,22 @@ def measure(d: Path, label: str, sizes: list[int]) -> tuple[list[list[Any]], dic
         ceiling = max(ingest_ceiling(d, biggest) for _ in range(RUNS))
         rows.append([f"registry ingest ceiling (curl -T), {label}", ceiling, "", "", "", ""])
         data["curl_ingest_mb_s"] = ceiling
-    for name, flags in (("plain", []), ("encrypted", ["--encryption-key", f"jwe:{pub}"])):
-        a = _push(d, LS, flags, f"oci:{src}:v1")
-        b = _push(d, SK, flags, f"oci:{src}:v1")
-        ra, rb, rc = total / a["min_s"] / 1e6, total / b["min_s"] / 1e6, cpu_ceiling(total, a)
-        rows.append([f"push {name}, {label}", ra, rb, f"{ra / rb:.2f}x", rc, a["peak_rss_mb"]])
-        data[f"push {name}"] = {
+
+    def record(case: str, a: dict[str, float], b: dict[str, float] | None) -> None:
+        ra, rc = total / a["min_s"] / 1e6, cpu_ceiling(total, a)
+        rb = total / b["min_s"] / 1e6 if b is not None else None
+        speedup = f"{ra / rb:.2f}x" if rb else ""
+        rows.append([f"{case}, {label}", ra, rb if rb else "", speedup, rc, a["peak_rss_mb"]])
+        data[case] = {
             "layerseal": a,
             "skopeo": b,
             "layerseal_mb_s": ra,
             "skopeo_mb_s": rb,
             "layerseal_cpu_ceiling_mb_s": rc,
         }
+
+    for name, flags in (("plain", []), ("encrypted", ["--encryption-key", f"jwe:{pub}"])):
+        record(f"push {name}", _push(d, LS, flags, f"oci:{src}:v1"), _push(d, SK, flags, f"oci:{src}:v1"))
     with RegistryServer(d / "reg-pull") as reg:
         plain_ref = f"docker://{reg.host}/b/plain:v1"
         enc_ref = f"docker://{reg.host}/b/enc:v1"
@@ -136,18 +140,13 @@ def measure(d: Path, label: str, sizes: list[int]) -> tuple[list[list[Any]], dic
             ("plain", [], plain_ref),
             ("decrypted", ["--decryption-key", str(priv)], enc_ref),
         ):
-            cmd_tail = ["--src-tls-verify=false", *flags, ref, f"oci:{out}:v1"]
-            a = best_of(RUNS, [*LS, *cmd_tail], prepare=fresh, server_cpu=reg.cpu_seconds)
-            b = best_of(RUNS, [*SK, *cmd_tail], prepare=fresh, server_cpu=reg.cpu_seconds)
-            ra, rb, rc = total / a["min_s"] / 1e6, total / b["min_s"] / 1e6, cpu_ceiling(total, a)
-            rows.append([f"pull {name}, {label}", ra, rb, f"{ra / rb:.2f}x", rc, a["peak_rss_mb"]])
-            data[f"pull {name}"] = {
-                "layerseal": a,
-                "skopeo": b,
-                "layerseal_mb_s": ra,
-                "skopeo_mb_s": rb,
-                "layerseal_cpu_ceiling_mb_s": rc,
-            }
+            tail = ["--src-tls-verify=false", *flags, ref, f"oci:{out}:v1"]
+            a = best_of(RUNS, [*LS, *tail], prepare=fresh, server_cpu=reg.cpu_seconds)
+            b = best_of(RUNS, [*SK, *tail], prepare=fresh, server_cpu=reg.cpu_seconds)
+            record(f"pull {name}", a, b)
+            if len(sizes) > 1:  # the same pull one layer at a time: what parallel layers gain
+                one = best_of(RUNS, [*LS, "--jobs", "1", *tail], prepare=fresh, server_cpu=reg.cpu_seconds)
+                record(f"pull {name} --jobs 1", one, None)
         drop_tree(out)
     drop_tree(d / "reg-pull")
     drop_tree(src)

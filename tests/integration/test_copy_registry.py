@@ -267,3 +267,17 @@ def test_push_gives_up_after_the_layer_attempts(tmp_path: Path, registry: Regist
     assert status == 4  # TransportError's exit status
     assert len(patches) == 3  # one per layer attempt
     assert registry_blobs(registry) == set()  # nothing half-written: no blob, no manifest
+
+
+def test_one_job_at_a_time_and_skopeo_style_inspect_flags(
+    tmp_path: Path, registry: RegistryServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_image(f"oci:{tmp_path}/src:v1", compressions=("gzip", "zstd", "gzip"))
+    ref = f"docker://{registry.host}/team/serial:v1"
+    assert main(["copy", "-q", "--jobs", "1", "--dest-tls-verify=false", f"oci:{tmp_path}/src:v1", ref]) == 0
+    capsys.readouterr()
+    # skopeo inspect spells them --tls-verify / --creds / --cert-dir
+    assert main(["inspect", "--json", "--tls-verify=false", ref]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    source_layers = manifest_of(tmp_path / "src", "v1")[1]["layers"]
+    assert [x["digest"] for x in summary["layers"]] == [x["digest"] for x in source_layers]

@@ -1,9 +1,8 @@
-"""The allocator tuning the CLI applies: accepted by glibc, harmless to call twice."""
+"""Process-level start-up and allocator tuning of the CLI: glibc accepts it, httpx is lighter."""
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import platform
 import subprocess
 import sys
@@ -44,8 +43,17 @@ def test_tuned_process_faults_less_when_churning_megabyte_buffers() -> None:
     assert faults["tuned"] * 4 < faults["plain"], faults
 
 
-def test_libc_is_found_where_the_module_looks() -> None:
-    name = ctypes.util.find_library("c")
+def test_mallopt_is_found_where_the_module_looks() -> None:
     if platform.libc_ver()[0] == "glibc":
-        assert name is not None
-        assert hasattr(ctypes.CDLL(name), "mallopt")
+        assert hasattr(ctypes.CDLL(None), "mallopt")
+
+
+def test_cli_blocks_only_httpx_own_command_line_client() -> None:
+    # start-up: importing the CLI package keeps httpx from importing click, pygments and rich
+    code = (
+        "import sys, layerseal.cli, httpx\n"
+        "print(sorted(m for m in ('click', 'pygments', 'rich') if m in sys.modules))\n"
+        "print(httpx.Client is not None)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:2] == ["[]", "True"]

@@ -40,6 +40,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--platform", metavar="OS/ARCH[/VARIANT]", help="choose from an index (default: this host)"
     )
+    p.add_argument(
+        "--jobs", "-j", type=_positive, metavar="N", help="layers transferred at once (default: one per core)"
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_registry_flags(p, "src", "dest")
@@ -50,7 +53,17 @@ def register(sub: Any) -> None:
     i.add_argument("--json", action="store_true", help="print JSON")
     i.add_argument("--platform", metavar="OS/ARCH[/VARIANT]")
     add_registry_flags(i, "src")
+    # skopeo inspect's spelling of the same flags
+    i.add_argument("--tls-verify", dest="src_tls_verify", choices=["true", "false"], help=argparse.SUPPRESS)
+    i.add_argument("--creds", dest="src_creds", help=argparse.SUPPRESS)
+    i.add_argument("--cert-dir", dest="src_cert_dir", help=argparse.SUPPRESS)
     i.set_defaults(func=run_inspect)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, seen {text!r}")
+    return int(text)
 
 
 def run_copy(args: argparse.Namespace) -> int:
@@ -59,6 +72,7 @@ def run_copy(args: argparse.Namespace) -> int:
         encrypt_layers=tuple(args.encrypt_layer) if args.encrypt_layer else None,
         unwrappers=parse_unwrappers(args.decryption_key),
         platform=Platform.parse(args.platform) if args.platform else None,
+        **({"workers": args.jobs} if args.jobs else {}),
     )
     if args.encrypt_layer and not options.wrappers:
         raise BadInputError("--encrypt-layer: expected --encryption-key too, seen none")

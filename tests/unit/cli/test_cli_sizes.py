@@ -1,4 +1,4 @@
-"""``--dest-chunk-size`` and the option checks behind it: clear errors, nothing sent."""
+"""CLI flags with values: sizes, job counts, skopeo spellings; clear errors before any transfer."""
 
 from __future__ import annotations
 
@@ -43,3 +43,21 @@ def test_cli_refuses_a_bad_chunk_size_before_any_transfer(capsys: pytest.Capture
 def test_copy_options_refuse_non_positive_counts(field: str) -> None:
     with pytest.raises(MisuseError, match=f"CopyOptions.{field}: expected a positive integer, seen 0"):
         CopyOptions(**{field: 0})  # type: ignore[arg-type]
+
+
+def test_inspect_takes_skopeo_flag_spellings() -> None:
+    from layerseal.cli.main import build_parser
+
+    argv = ["inspect", "--tls-verify=false", "--creds", "u:p", "--cert-dir", "/c", "docker://h/r:t"]
+    args = build_parser(argv).parse_args(argv)
+    assert (args.src_tls_verify, args.src_creds, args.src_cert_dir) == ("false", "u:p", "/c")
+    default = build_parser(["inspect"]).parse_args(["inspect", "docker://h/r:t"])
+    assert default.src_tls_verify == "true"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x", "1.5"])
+def test_jobs_must_be_positive(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["copy", "--jobs", value, "oci:/a:v1", "oci:/b:v1"])
+    assert info.value.code == 2
+    assert f"expected a positive whole number, seen {value!r}" in capsys.readouterr().err
