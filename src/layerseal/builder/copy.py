@@ -72,7 +72,7 @@ class CopyOptions:
 @dataclass(frozen=True)
 class LayerReport:
     index: int
-    action: str  # copied | reused | encrypted | decrypted | reencrypted
+    action: str  # copied | reused | mounted | encrypted | decrypted | reencrypted
     source: Descriptor
     result: Descriptor
     seconds: float
@@ -88,7 +88,18 @@ class CopyReport:
 
     @property
     def bytes_moved(self) -> int:
-        return sum(r.source.size for r in self.layers if r.action != "reused")
+        return sum(r.source.size for r in self.layers if r.action not in ("reused", "mounted"))
+
+
+def reuse_blob(src: ImageSource, dst: ImageDestination, desc: Descriptor) -> str | None:
+    """``"reused"`` when *dst* holds the blob, ``"mounted"`` when it could mount it from *src*
+    (a repository of the same registry), None when it must be copied."""
+    if dst.has_blob(desc):
+        return "reused"
+    mount = getattr(dst, "mount_from", None)  # registries only
+    if mount is not None and mount(src, desc):
+        return "mounted"
+    return None
 
 
 class _Aborted(Exception):
@@ -162,8 +173,9 @@ class _LayerJob:
         decrypt = mt.is_encrypted(desc.media_type) and bool(self.options.unwrappers)
         if not encrypt and not decrypt:
             result = desc.with_changes(media_type=media_type)
-            if self.dst.has_blob(desc):
-                return LayerReport(index, "reused", desc, result, time.perf_counter() - started)
+            reused = reuse_blob(self.src, self.dst, desc)
+            if reused is not None:
+                return LayerReport(index, reused, desc, result, time.perf_counter() - started)
             if self.progress:
                 self.progress.start(key, f"copy    {desc.digest.hex[:12]}", desc.size)
             self.dst.put_blob(
@@ -275,9 +287,9 @@ def copy_image(
     convert = bool(to_encrypt) and manifest.is_docker
     reports = transfer_layers(src, dst, layers, to_encrypt, convert, options, progress)
     config = manifest.config
-    if not dst.has_blob(config):
+    if reuse_blob(src, dst, config) is None:
         dst.put_blob(src.iter_blob(config), config.media_type, config, verified=True)
-    changed = any(r.action not in ("copied", "reused") for r in reports) or convert
+    changed = any(r.action not in ("copied", "reused", "mounted") for r in reports) or convert
     if changed:
         new_manifest = manifest.with_changes(
             layers=tuple(r.result for r in reports),

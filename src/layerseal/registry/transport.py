@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 
-from layerseal.errors import BadInputError, IntegrityError
+from layerseal.errors import BadInputError, DeniedError, IntegrityError, NotFoundError
 from layerseal.image.descriptor import Descriptor
 from layerseal.image.digest import Digest
 from layerseal.registry.client import RegistryClient
 from layerseal.registry.options import RegistryOptions
 from layerseal.registry.reference import RegistryReference, parse_reference, validate_repository
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "RegistryDestination",
@@ -104,6 +107,22 @@ class RegistryDestination(_RegistryEnd):
         if from_repo == self.repository:
             return self.has_blob(desc)
         return self.client.mount_blob(self.repository, desc.digest, from_repo)
+
+    def mount_from(self, source: object, desc: Descriptor) -> bool:
+        """Mount *desc* when *source* is another repository of this registry, as skopeo does.
+
+        False when it is not, or when the registry declines or the credentials may not read
+        the source repository: the caller then uploads the blob.
+        """
+        if not isinstance(source, RegistrySource) or source.reference.registry != self.reference.registry:
+            return False
+        if source.repository == self.repository:
+            return False
+        try:
+            return self.mount_blob(desc, source.repository)
+        except (DeniedError, NotFoundError) as exc:
+            log.debug("%s: mount of %s from %s refused: %s", self.name, desc.digest, source.repository, exc)
+            return False
 
     def put_manifest(self, data: bytes, media_type: str) -> Descriptor:
         """Push to the reference's tag, or by digest when the reference names only a digest."""

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from registry_helpers import LAYER, desc_of, fast_options, pull_image, push_blobs, push_image
 
+from layerseal.builder.copy import copy_image
 from layerseal.errors import NotFoundError, TransportError
 from layerseal.image.digest import Digest
 from layerseal.image.manifest import Index
@@ -213,3 +214,30 @@ def test_chunk_broken_off_midway_fails_clearly_and_leaves_no_blob(registry: Regi
     assert seen == ["POST", "PATCH", "GET", "DELETE"]
     client = RegistryClient(registry.host, fast_options(tls_verify=False))
     assert client.stat_blob("team/cut", Digest.parse(sha256(data))) is None
+
+
+def test_copy_between_repositories_of_one_registry_mounts_instead_of_uploading(
+    registry: RegistryServer,
+) -> None:
+    image = make_image([{"a": os.urandom(400_000)}, {"b": os.urandom(300_000)}])
+    with open_registry_destination(
+        f"docker://{registry.host}/src/app:v1", fast_options(tls_verify=False)
+    ) as dst:
+        push_image(dst, image)
+    host, port = registry.host.split(":")
+    with FaultProxy(host, int(port)) as proxy:
+        src = open_registry_source(f"docker://{proxy.host}/src/app:v1", fast_options(tls_verify=False))
+        dst = open_registry_destination(f"docker://{proxy.host}/dst/app:v1", fast_options(tls_verify=False))
+        report = copy_image(src, dst)
+        uploads = [(r.method, r.path) for r in proxy.requests if "/blobs/uploads/" in r.path]
+        layer_gets = [r for r in proxy.requests if r.method == "GET" and "/blobs/" in r.path]
+    assert [r.action for r in report.layers] == ["mounted", "mounted"]
+    assert str(report.manifest.digest) == image.digest and report.bytes_moved == 0
+    # three mounts (two layers and the config), no upload session, no blob read
+    assert len(uploads) == 3 and all(
+        m == "POST" and "mount=sha256:" in p and "from=src" in p for m, p in uploads
+    )
+    assert layer_gets == []
+    with open_registry_source(f"docker://{registry.host}/dst/app:v1", fast_options(tls_verify=False)) as back:
+        manifest, blobs = pull_image(back)
+    assert manifest == image.manifest and blobs == image.blobs

@@ -688,3 +688,56 @@ def test_options_refuse_non_positive_sizes(field: str, value: int) -> None:
         MisuseError, match=f"RegistryOptions.{field}: expected a positive integer, seen {value}"
     ):
         RegistryOptions(**{field: value})  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------- mounting instead of uploading
+
+
+def _copy_between(fake: FakeRegistry, src_ref: str, dst_ref: str) -> list[str]:
+    from layerseal.builder.copy import copy_image
+
+    layer = os.urandom(5000)
+    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    manifest = (
+        '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",'
+        f'"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{sha(config)}",'
+        f'"size":{len(config)}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip",'
+        f'"digest":"{sha(layer)}","size":{len(layer)}}}]}}'
+    ).encode()
+    for data in (layer, config):
+        fake.add_blob("src/app", data)
+    fake.add_manifest("src/app", "v1", manifest, "application/vnd.oci.image.manifest.v1+json")
+    with (
+        open_registry_source(src_ref, fake.options()) as src,
+        open_registry_destination(dst_ref, fake.options()) as dst,
+    ):
+        report = copy_image(src, dst)
+    assert fake.blobs["dst/app"][sha(layer)] == layer
+    return [r.action for r in report.layers]
+
+
+def test_same_registry_other_repository_is_mounted() -> None:
+    fake = FakeRegistry()
+    assert _copy_between(fake, "docker://reg.test/src/app:v1", "docker://reg.test/dst/app:v1") == ["mounted"]
+    assert not [r for r in fake.requests if r.method in ("PATCH", "PUT") and "/blobs/" in r.url.path]
+
+
+def test_declined_mount_falls_back_to_upload() -> None:
+    fake = FakeRegistry()
+    fake.hooks.append(  # the registry opens an upload session instead of mounting (202)
+        lambda r: (
+            httpx.Response(202, headers={"Location": "/v2/dst/app/blobs/uploads/x?_state=m"})
+            if r.method == "POST" and "mount" in r.url.params
+            else None
+        )
+    )
+    assert _copy_between(fake, "docker://reg.test/src/app:v1", "docker://reg.test/dst/app:v1") == ["copied"]
+    assert any(r.method == "DELETE" and r.url.path.endswith("/uploads/x") for r in fake.requests)
+
+
+def test_other_registry_is_never_asked_to_mount() -> None:
+    fake = FakeRegistry()
+    # same fake behind two names: a mount across registries must not even be tried
+    fake2_ref = "docker://other.test/dst/app:v1"
+    assert _copy_between(fake, "docker://reg.test/src/app:v1", fake2_ref) == ["copied"]
+    assert not [r for r in fake.requests if "mount" in r.url.params]
