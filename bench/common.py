@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -24,17 +25,34 @@ class Run:
     cpu_s: float = 0.0  # the child's user + system time
 
 
+GNU_TIME = "/usr/bin/time"
+
+
 def timed(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: str | None = None) -> Run:
-    """Run *cmd* to completion; wall time and the child's peak RSS (from wait4)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.strip()[:500]}")
-    return Run(elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
+    """Run *cmd* to completion; wall time, peak RSS and CPU time.
+
+    The peak RSS comes from GNU time, which forks the command itself: a child forked
+    straight from this (large) process would report this process's memory as its own
+    peak, because Linux keeps the pre-exec high-water mark.
+    """
+    with tempfile.NamedTemporaryFile("r", prefix="bench-rss-") as rss:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [GNU_TIME, "-q", "-f", "%M", "-o", rss.name, *cmd],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.strip()[:500]}")
+        peak_kb = int(rss.read().split()[-1])
+    # the CPU time includes GNU time's own, a millisecond or so
+    return Run(elapsed, peak_kb / 1024, usage.ru_utime + usage.ru_stime)
 
 
 def best_of(

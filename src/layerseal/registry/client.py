@@ -574,7 +574,9 @@ class RegistryClient:
         validate_repository(repository)
         algorithm = expected.digest.algorithm if expected is not None else "sha256"
         hasher = hashlib.new(algorithm)
-        segment = self.options.upload_chunk_size
+        limit = self.options.upload_chunk_limit
+        # with a limit, no request body may exceed it: not even a single-PUT upload's
+        segment = min(self.options.upload_chunk_size, limit) if limit else self.options.upload_chunk_size
         location, min_chunk = self._start_upload(repository)
         where = f"{self._where(repository)}: blob upload"
         size = 0
@@ -607,7 +609,6 @@ class RegistryClient:
                 take(chunk)
                 buf += chunk
             tail = bytes(buf)
-            limit = self.options.upload_chunk_limit
             if not exhausted and limit is not None:
                 location, tail = self._patch_chunks(
                     repository, location, tail, iterator, take, max(limit, min_chunk)

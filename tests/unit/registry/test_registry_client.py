@@ -741,3 +741,15 @@ def test_other_registry_is_never_asked_to_mount() -> None:
     fake2_ref = "docker://other.test/dst/app:v1"
     assert _copy_between(fake, "docker://reg.test/src/app:v1", fake2_ref) == ["copied"]
     assert not [r for r in fake.requests if "mount" in r.url.params]
+
+
+def test_with_a_chunk_limit_no_request_body_exceeds_it() -> None:
+    fake = FakeRegistry()
+    data = os.urandom(2500)  # below the single-PUT size, above the limit
+    client(fake, upload_chunk_size=4096, upload_chunk_limit=1000).upload_blob("a/b", [data])
+    assert fake.blobs["a/b"][sha(data)] == data
+    assert [r.headers["content-range"] for r in _patches(fake)] == ["0-999", "1000-1999"]
+    assert len(fake.requests[-1].content) == 500
+    small = FakeRegistry()
+    client(small, upload_chunk_size=4096, upload_chunk_limit=1000).upload_blob("a/b", [data[:900]])
+    assert [r.method for r in small.requests] == ["POST", "PUT"]  # fits in one request: one PUT
