@@ -641,19 +641,31 @@ class RegistryClient:
             self._cancel_upload(repository, location)
             raise
 
-    def _patch_stream(self, repository: str, location: str, body: Iterator[bytes]) -> str:
-        what = "blob upload (streamed PATCH)"
-        response = self._request(
+    def _send_patch(
+        self,
+        repository: str,
+        location: str,
+        what: str,
+        content: bytes | Iterator[bytes],
+        headers: dict[str, str],
+    ) -> httpx.Response:
+        # never repeated here: a consumed stream cannot be sent again, and a chunk is sent
+        # again only from the offset the registry confirms (see _patch_chunk)
+        return self._request(
             "PATCH",
             location,
             repository=repository,
             actions=_PUSH,
             what=what,
-            content=body,
+            content=content,
             idempotent=False,
-            max_attempts=1,  # a consumed stream cannot be sent again
-            headers={"Content-Type": "application/octet-stream"},
+            max_attempts=1,
+            headers={"Content-Type": "application/octet-stream", **headers},
         )
+
+    def _patch_stream(self, repository: str, location: str, body: Iterator[bytes]) -> str:
+        what = "blob upload (streamed PATCH)"
+        response = self._send_patch(repository, location, what, body, {})
         if response.status_code != 202:
             raise self._fail(response, repository, what, "HTTP 202")
         return self._location(response, repository, what)
@@ -694,19 +706,8 @@ class RegistryClient:
             start = offset + done
             what = f"blob upload chunk, bytes {start}-{end - 1} (PATCH)"
             try:
-                response = self._request(
-                    "PATCH",
-                    location,
-                    repository=repository,
-                    actions=_PUSH,
-                    what=what,
-                    content=data[done:],
-                    idempotent=False,
-                    max_attempts=1,  # repeated below, from the offset the registry confirms
-                    headers={
-                        "Content-Type": "application/octet-stream",
-                        "Content-Range": f"{start}-{end - 1}",
-                    },
+                response = self._send_patch(
+                    repository, location, what, data[done:], {"Content-Range": f"{start}-{end - 1}"}
                 )
             except TransportError as exc:
                 error: LayersealError = exc

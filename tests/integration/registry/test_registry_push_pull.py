@@ -11,6 +11,7 @@ from registry_helpers import LAYER, desc_of, fast_options, pull_image, push_blob
 
 from layerseal.builder.copy import copy_image
 from layerseal.errors import NotFoundError, TransportError
+from layerseal.image.descriptor import Descriptor
 from layerseal.image.digest import Digest
 from layerseal.image.manifest import Index
 from layerseal.image.transport import CHUNK_SIZE
@@ -159,6 +160,12 @@ def test_missing_things_are_not_found_with_names(registry: RegistryServer) -> No
         assert src.referrers(Digest.parse(sha256(b"x"))) == []
 
 
+def _reads_back(registry: RegistryServer, repo: str, stored: Descriptor, data: bytes) -> None:
+    src = open_registry_source(f"docker://{registry.host}/{repo}:v1", fast_options(tls_verify=False))
+    assert str(stored.digest) == sha256(data)
+    assert b"".join(src.iter_blob(stored)) == data
+
+
 def _chunked(proxy: FaultProxy, repo: str, limit: int) -> RegistryDestination:
     return open_registry_destination(
         f"docker://{proxy.host}/{repo}:v1", fast_options(tls_verify=False, upload_chunk_limit=limit)
@@ -174,9 +181,7 @@ def test_chunked_upload_with_content_range(registry: RegistryServer) -> None:
         methods = [r.method for r in proxy.requests if "/blobs/uploads/" in r.path]
     # 2 MiB go in the first PATCHes, the rest in the PUT: the real registry takes Content-Range chunks
     assert methods == ["POST", "PATCH", "PATCH", "PATCH", "PUT"]
-    assert str(stored.digest) == sha256(data)
-    src = open_registry_source(f"docker://{registry.host}/team/chunked:v1", fast_options(tls_verify=False))
-    assert b"".join(src.iter_blob(stored)) == data
+    _reads_back(registry, "team/chunked", stored, data)
 
 
 def test_refused_chunk_is_sent_again_after_the_status_check(registry: RegistryServer) -> None:
@@ -195,9 +200,7 @@ def test_refused_chunk_is_sent_again_after_the_status_check(registry: RegistrySe
         ("GET", None),
         ("PATCH", None),
     ]
-    assert str(stored.digest) == sha256(data)
-    src = open_registry_source(f"docker://{registry.host}/team/retried:v1", fast_options(tls_verify=False))
-    assert b"".join(src.iter_blob(stored)) == data
+    _reads_back(registry, "team/retried", stored, data)
 
 
 def test_chunk_broken_off_midway_fails_clearly_and_leaves_no_blob(registry: RegistryServer) -> None:
