@@ -225,7 +225,7 @@ def serve(options: ServeOptions) -> None:
         # the supervisor serves nothing itself; workers open their own engines (after a
         # fork-free spawn, so no connection or thread is shared across processes)
         broker.close()
-        broker.store.engine.dispose()
+        broker.store.dispose()
         os.environ[WORKER_OPTIONS_ENV] = _options_to_json(options)
         uvicorn.run("layerseal.broker.server:worker_app", factory=True, workers=options.workers, **common)
     sys.stdout.flush()

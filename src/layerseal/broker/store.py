@@ -21,12 +21,12 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
-from sqlalchemy.exc import OperationalError
 
 from layerseal.broker import audit
 from layerseal.broker import schema as S
-from layerseal.broker.database import AUTOCOMMIT_OPTION, RELAXED_SYNC_OPTION
+from layerseal.broker.database import AUTOCOMMIT_OPTION, RELAXED_SYNC_OPTION, autocommit_engine
 
 
 @dataclass(frozen=True)
@@ -166,15 +166,22 @@ class Store:
         self.clock = clock
         self.relaxed_audit_sync = relaxed_audit_sync
         self._rules: dict[str, TenantRules] = {}
+        self._reads: Engine | None = None
+
+    def dispose(self) -> None:
+        """Close the pooled connections of both engines."""
+        if self._reads is not None and self._reads is not self.engine:
+            self._reads.dispose()
+        self.engine.dispose()
 
     @contextmanager
     def _autocommit(self) -> Iterator[Connection]:
         """Statements without BEGIN/COMMIT: for reads whose single statement is their snapshot."""
-        with self.engine.connect() as conn:
-            if self.engine.dialect.name == "sqlite":
+        if self._reads is None:
+            self._reads = autocommit_engine(self.engine)
+        with self._reads.connect() as conn:
+            if self._reads.dialect.name == "sqlite":
                 conn.execution_options(**{AUTOCOMMIT_OPTION: True})
-            else:
-                conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
 
     def _bump_generation(self, conn: Connection, tenant: str) -> None:
@@ -464,6 +471,19 @@ class Store:
     ) -> ReleaseSnapshot:
         """Everything a release decision reads: keys and versions, the token's revocation and
         the key tenants' generations come from one statement; rules from the cache or fresh."""
+        for attempt in (1, 2):
+            try:
+                return self._release_snapshot(key_ids, jti, session_id)
+            except DBAPIError as exc:
+                # the read pool pings nothing: a connection the server dropped (restart,
+                # failover) fails once, is discarded by the pool, and the read runs again
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _release_snapshot(
+        self, key_ids: Sequence[str], jti: str | None, session_id: str | None
+    ) -> ReleaseSnapshot:
         ids = sorted(set(key_ids))
         with self._autocommit() as conn:
             rows = conn.execute(_Q_RELEASE, {"ids": ids, "jti": jti or ""}).all() if ids else []

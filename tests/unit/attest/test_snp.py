@@ -426,7 +426,7 @@ def test_broker_routes_snp_evidence_to_the_snp_verifier(
         # a genuine report, but not bound to this session's nonce and key
         assert r.status_code in (401, 403), r.text
         assert "snp report data: expected SHA-384 of this session's nonce" in r.json()["detail"]
-    broker.store.engine.dispose()
+    broker.store.dispose()
 
 
 @pytest.mark.parametrize("name", ["evidence-v1.json", "evidence-v2.json"])

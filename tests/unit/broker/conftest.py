@@ -50,4 +50,4 @@ def env(tmp_path: Path, sim_platform: Path) -> Iterator[Env]:
         )
         assert r.status_code == 200, r.text
         yield Env(client, broker, admin, tenant_token, headers, sim_platform, attester, tmp_path)
-    broker.store.engine.dispose()
+    broker.store.dispose()

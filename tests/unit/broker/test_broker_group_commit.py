@@ -153,7 +153,7 @@ def test_rule_changes_by_another_replica_apply_to_the_next_release(env: Env) -> 
             broker.release_request(None, auth, [kid])
     finally:
         other.close()
-        other.store.engine.dispose()
+        other.store.dispose()
 
 
 def test_worker_options_round_trip_and_bounds(tmp_path: Path) -> None:
