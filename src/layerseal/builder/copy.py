@@ -106,6 +106,16 @@ class _Aborted(Exception):
     """Raised inside a layer stream when another layer failed first."""
 
 
+class _TransferFailed(Exception):
+    """The network failed while a blob moved (reading the source or writing the destination):
+    the one failure worth moving the layer again for.  A broker that fails while wrapping
+    the layer key is not retried here: uploading the layer again would not help it."""
+
+    def __init__(self, error: TransportError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def select_layers(spec: Sequence[int] | None, count: int) -> frozenset[int]:
     """Positions to encrypt, from skopeo-style ``--encrypt-layer`` values."""
     if spec is None:
@@ -149,19 +159,32 @@ class _LayerJob:
         for attempt in range(1, attempts + 1):
             try:
                 return self.run(index, desc, encrypt, convert_to_oci)
-            except TransportError as exc:
+            except _TransferFailed as failed:
                 self._finish(f"{index}")
                 if attempt == attempts or self.abort.is_set():
-                    raise
+                    raise failed.error from None
                 log.warning(
                     "layer %d (%s): %s; transferring it again (attempt %d of %d)",
                     index,
                     desc.digest,
-                    exc,
+                    failed.error,
                     attempt + 1,
                     attempts,
                 )
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _put_blob(
+        self,
+        chunks: Iterable[bytes],
+        media_type: str,
+        expected: Descriptor | None = None,
+        *,
+        verified: bool = False,
+    ) -> Descriptor:
+        try:
+            return self.dst.put_blob(chunks, media_type, expected, verified=verified)
+        except TransportError as exc:
+            raise _TransferFailed(exc) from exc
 
     def run(self, index: int, desc: Descriptor, encrypt: bool, convert_to_oci: bool) -> LayerReport:
         started = time.perf_counter()
@@ -178,7 +201,7 @@ class _LayerJob:
                 return LayerReport(index, reused, desc, result, time.perf_counter() - started)
             if self.progress:
                 self.progress.start(key, f"copy    {desc.digest.hex[:12]}", desc.size)
-            self.dst.put_blob(
+            self._put_blob(
                 _metered(threaded(self.src.iter_blob(desc), depth=2), self.progress, key, self.abort),
                 media_type,
                 desc,
@@ -205,7 +228,7 @@ class _LayerJob:
             media_type = plain.media_type
         if encrypt:
             enc = LayerEncryptor(plain_digest=None if decrypt else desc.digest)
-            stored = self.dst.put_blob(encrypt_stream(stream, enc), mt.encrypted_type(media_type))
+            stored = self._put_blob(encrypt_stream(stream, enc), mt.encrypted_type(media_type))
             pub_out, priv_out = enc.finalize()
             plain_layer = LayerContext(index, plain.with_changes(media_type=media_type), self.src.name)
             annotations[ANNOTATION_PUBOPTS] = pub_out.to_annotation()
@@ -216,7 +239,7 @@ class _LayerJob:
             action = "reencrypted" if decrypt else "encrypted"
         else:
             expected = plain.with_changes(media_type=media_type)
-            stored = self.dst.put_blob(stream, media_type, expected)
+            stored = self._put_blob(stream, media_type, expected)
             result = stored.with_changes(annotations=annotations)
             action = "decrypted"
         self._finish(key)

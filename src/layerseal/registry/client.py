@@ -696,8 +696,10 @@ class RegistryClient:
     def _patch_chunk(self, repository: str, location: str, offset: int, data: bytes) -> str:
         """PATCH one chunk at *offset*; after a failure, ask the registry how much it kept and send the rest.
 
-        Distribution keeps the bytes of a request that broke off, so a blind resend would be
-        refused (416) or duplicate data: the upload's status (``Range: 0-N``) says where to go on.
+        A registry may keep part of a request that broke off, so a blind resend could be
+        refused (416) or duplicate data: the upload's status (``Range: 0-N``) says where to
+        go on.  distribution 2.8 instead cancels an upload left in that state; the error
+        then says the upload cannot be resumed, and the caller starts a new one.
         """
         policy = self.options.retry
         end = offset + len(data)
