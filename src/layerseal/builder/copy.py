@@ -14,8 +14,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import Protocol, cast
 
 from layerseal.crypto.keywrap import (
     KeyUnwrapper,
@@ -33,6 +33,7 @@ from layerseal.image.encryption import (
     keys_annotation,
     strip_encryption,
 )
+from layerseal.image.manifest import Index, Manifest, parse_any
 from layerseal.image.transport import ImageDestination, ImageSource, resolve_manifest
 from layerseal.streams import threaded
 
@@ -289,6 +290,21 @@ def copy_image(
 ) -> CopyReport:
     """Copy one image from *src* to *dst*; see the module docstring for the guarantees."""
     manifest_bytes, manifest_type, manifest = resolve_manifest(src, options.platform)
+    return _copy_manifest(
+        src, dst, manifest_bytes, manifest_type, manifest, options, progress, dst.put_manifest
+    )
+
+
+def _copy_manifest(
+    src: ImageSource,
+    dst: ImageDestination,
+    manifest_bytes: bytes,
+    manifest_type: str,
+    manifest: Manifest,
+    options: CopyOptions,
+    progress: Progress | None,
+    commit: Callable[[bytes, str], Descriptor],
+) -> CopyReport:
     layers = manifest.layers
     for i, d in enumerate(layers):
         if not mt.is_layer(d.media_type):
@@ -320,8 +336,84 @@ def copy_image(
             config=config.with_changes(media_type=mt.OCI_CONFIG) if convert else config,
         )
         manifest_bytes, manifest_type = new_manifest.to_bytes(), new_manifest.effective_media_type
-    written = dst.put_manifest(manifest_bytes, manifest_type)
+    written = commit(manifest_bytes, manifest_type)
     return CopyReport(src.name, dst.name, written, config, reports)
+
+
+@dataclass(frozen=True)
+class IndexCopyReport:
+    source: str
+    destination: str
+    index: Descriptor
+    #: one per entry of the index, in its order; None for entries copied as they are
+    images: tuple[CopyReport | None, ...]
+
+
+def _child_committer(dst: ImageDestination) -> Callable[[bytes, str], Descriptor]:
+    """How *dst* stores a manifest that only an index names (no tag of its own)."""
+    by_digest = getattr(dst, "put_manifest_by_digest", None)  # registries
+    if by_digest is not None:
+        return cast(Callable[[bytes, str], Descriptor], by_digest)
+    return lambda data, media_type: dst.put_blob([data], media_type)  # layouts commit it with the index
+
+
+def _copy_verbatim(src: ImageSource, dst: ImageDestination, entry: Descriptor, data: bytes) -> Descriptor:
+    """An index entry that is no plain image (attestation, artifact): blobs and manifest as they are."""
+    parsed = parse_any(data, entry.media_type, f"manifest {entry.digest} of {src.name}")
+    if isinstance(parsed, Index):
+        raise BadInputError(
+            f"{src.name}: manifest {entry.digest}: expected an image manifest, seen a nested index"
+        )
+    for blob in (parsed.config, *parsed.layers):
+        if reuse_blob(src, dst, blob) is None:
+            dst.put_blob(src.iter_blob(blob), blob.media_type, blob, verified=True)
+    return _child_committer(dst)(data, entry.media_type)
+
+
+def copy_index(
+    src: ImageSource,
+    dst: ImageDestination,
+    options: CopyOptions = CopyOptions(),
+    progress: Progress | None = None,
+) -> IndexCopyReport | CopyReport:
+    """Copy every image of *src*'s index (skopeo's ``--all``), encrypting or decrypting each.
+
+    Entries whose layers are not all image layers (attestations, artifacts) are copied as
+    they are.  The index is written last, so a failure leaves no new tag.  A source that is
+    a single image is copied as :func:`copy_image` would.
+    """
+    if options.platform is not None:
+        raise BadInputError("--all: expected no --platform (every platform is copied), seen one")
+    data, media_type = src.get_manifest()
+    parsed = parse_any(data, media_type, f"manifest of {src.name}")
+    if not isinstance(parsed, Index):
+        return _copy_manifest(src, dst, data, media_type, parsed, options, progress, dst.put_manifest)
+    commit_child = _child_committer(dst)
+    entries: list[Descriptor] = []
+    images: list[CopyReport | None] = []
+    for entry in parsed.manifests:
+        child_data, child_type = src.get_manifest(entry.digest)
+        child = parse_any(child_data, child_type, f"manifest {entry.digest} of {src.name}")
+        if isinstance(child, Manifest) and all(mt.is_layer(d.media_type) for d in child.layers):
+            report = _copy_manifest(src, dst, child_data, child_type, child, options, progress, commit_child)
+            written = report.manifest
+            images.append(report)
+        else:
+            written = _copy_verbatim(src, dst, entry, child_data)
+            images.append(None)
+        entries.append(
+            entry.with_changes(media_type=written.media_type, digest=written.digest, size=written.size)
+        )
+    index_type = parsed.media_type
+    if index_type == mt.DOCKER_MANIFEST_LIST and any(e.media_type != mt.DOCKER_MANIFEST for e in entries):
+        index_type = mt.OCI_INDEX  # encrypted images are OCI manifests, which a Docker list cannot hold
+    if tuple(entries) == parsed.manifests and index_type == parsed.media_type:
+        index_bytes, written_type = data, media_type  # unchanged: byte for byte, digest kept
+    else:
+        new_index = replace(parsed, manifests=tuple(entries), media_type=index_type)
+        index_bytes, written_type = new_index.to_bytes(), index_type or mt.OCI_INDEX
+    written_index = dst.put_manifest(index_bytes, written_type)
+    return IndexCopyReport(src.name, dst.name, written_index, tuple(images))
 
 
 ProgressFactory = Callable[[], Progress]

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from layerseal.builder.copy import CopyOptions, copy_image
+from layerseal.builder.copy import CopyOptions, CopyReport, IndexCopyReport, copy_image, copy_index
 from layerseal.builder.endpoints import open_destination, open_source
 from layerseal.builder.inspect import inspect_image
 from layerseal.cli.common import (
@@ -39,6 +39,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--platform", metavar="OS/ARCH[/VARIANT]", help="choose from an index (default: this host)"
+    )
+    p.add_argument(
+        "--all",
+        "-a",
+        action="store_true",
+        help="copy every image of an index (each platform), not only this host's or --platform's",
     )
     p.add_argument(
         "--jobs", "-j", type=_positive, metavar="N", help="layers transferred at once (default: one per core)"
@@ -76,6 +82,8 @@ def run_copy(args: argparse.Namespace) -> int:
     )
     if args.encrypt_layer and not options.wrappers:
         raise BadInputError("--encrypt-layer: expected --encryption-key too, seen none")
+    if args.all and args.platform:
+        raise BadInputError("--all: expected no --platform (every platform is copied), seen one")
     # every flag is checked before anything is opened
     src_options = registry_options(args, "src", args.source)
     dst_options = registry_options(args, "dest", args.destination)
@@ -85,7 +93,11 @@ def run_copy(args: argparse.Namespace) -> int:
         try:
             with RichProgress(not args.quiet and not args.json) as progress:
                 try:
-                    report = copy_image(src, dst, options, progress)
+                    result = (
+                        copy_index(src, dst, options, progress)
+                        if args.all
+                        else copy_image(src, dst, options, progress)
+                    )
                 except BaseException:
                     abandon_broker_keys(options.wrappers)
                     raise
@@ -93,33 +105,39 @@ def run_copy(args: argparse.Namespace) -> int:
             dst.close()
     finally:
         src.close()
+    reports = [r for r in result.images if r is not None] if isinstance(result, IndexCopyReport) else [result]
+    top = result.index if isinstance(result, IndexCopyReport) else result.manifest
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "source": report.source,
-                    "destination": report.destination,
-                    "manifest": str(report.manifest.digest),
-                    "layers": [
-                        {
-                            "index": r.index,
-                            "action": r.action,
-                            "from": str(r.source.digest),
-                            "to": str(r.result.digest),
-                        }
-                        for r in report.layers
-                    ],
-                },
-                indent=2,
-            )
-        )
+        out: dict[str, Any] = {
+            "source": result.source,
+            "destination": result.destination,
+            "manifest": str(top.digest),
+        }
+        if isinstance(result, IndexCopyReport):
+            out["images"] = [None if r is None else _report_json(r) for r in result.images]
+        else:
+            out["layers"] = _report_json(result)["layers"]
+        print(json.dumps(out, indent=2))
     elif not args.quiet:
         counts: dict[str, int] = {}
-        for r in report.layers:
-            counts[r.action] = counts.get(r.action, 0) + 1
+        for report in reports:
+            for r in report.layers:
+                counts[r.action] = counts.get(r.action, 0) + 1
         done = ", ".join(f"{n} {a}" for a, n in sorted(counts.items())) or "no layers"
-        print(f"copied {report.source} -> {report.destination}: {done}; manifest {report.manifest.digest}")
+        images = f"{len(reports)} images, " if isinstance(result, IndexCopyReport) else ""
+        kind = "index" if isinstance(result, IndexCopyReport) else "manifest"
+        print(f"copied {result.source} -> {result.destination}: {images}{done}; {kind} {top.digest}")
     return 0
+
+
+def _report_json(report: CopyReport) -> dict[str, Any]:
+    return {
+        "manifest": str(report.manifest.digest),
+        "layers": [
+            {"index": r.index, "action": r.action, "from": str(r.source.digest), "to": str(r.result.digest)}
+            for r in report.layers
+        ],
+    }
 
 
 def run_inspect(args: argparse.Namespace) -> int:
