@@ -38,10 +38,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from layerseal.attest.claims import Claims
 from layerseal.attest.x509util import (
+    Clock,
+    Validity,
     common_name,
     fingerprint,
     load_cert,
     load_pem_certs,
+    utc_now,
     verify_issued_by,
 )
 from layerseal.errors import BadInputError, DeniedError
@@ -372,7 +375,11 @@ class SnpVerifier:
 
     tee = TEE
 
-    def __init__(self, chains: Iterable[AmdChain], cached_veks: Iterable[bytes] = ()) -> None:
+    def __init__(
+        self, chains: Iterable[AmdChain], cached_veks: Iterable[bytes] = (), *, clock: Clock = utc_now
+    ) -> None:
+        """*clock* gives the time at which every certificate of a VEK's chain must be valid."""
+        self._clock = clock
         self._chains: dict[str, AmdChain] = {c.generation: c for c in chains}
         self._by_ark = {c.ark_fingerprint: c for c in self._chains.values()}
         # offline cache: VCEKs indexed by (hwID, reported TCB) as the report names them
@@ -386,7 +393,7 @@ class SnpVerifier:
             if vek.hw_id is not None:
                 self._cache[(vek.generation, vek.hw_id, vek.tcb)] = cert
         # verifying a VEK's chain costs 1-2 RSA-4096 checks; reports from one host repeat it
-        self._verified: OrderedDict[tuple[str, str], Vek] = OrderedDict()
+        self._verified: OrderedDict[tuple[str, str], tuple[Vek, Validity]] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -460,13 +467,16 @@ class SnpVerifier:
             hit = self._verified.get(key)
             if hit is not None:
                 self._verified.move_to_end(key)
-                return hit
-        self._verify_vek_chain(vek, chain, intermediates)
-        with self._lock:
-            self._verified[key] = vek
-            if len(self._verified) > _VEK_CACHE_SIZE:
-                self._verified.popitem(last=False)
-        return vek
+        if hit is None:
+            signer = self._verify_vek_chain(vek, chain, intermediates)
+            hit = (vek, Validity.of((vek.cert, signer, chain.ark)))
+            with self._lock:
+                self._verified[key] = hit
+                if len(self._verified) > _VEK_CACHE_SIZE:
+                    self._verified.popitem(last=False)
+        # checked on every report, cached or not: certificates expire while a broker runs
+        hit[1].check(self._clock(), f"snp {kind} chain validity ({chain.generation})")
+        return hit[0]
 
     def _from_cache(self, report: Report, kind: str) -> x509.Certificate:
         if kind == "vcek" and not report.chip_id_masked:
@@ -482,7 +492,10 @@ class SnpVerifier:
         )
 
     @staticmethod
-    def _verify_vek_chain(vek: Vek, chain: AmdChain, intermediates: list[x509.Certificate]) -> None:
+    def _verify_vek_chain(
+        vek: Vek, chain: AmdChain, intermediates: list[x509.Certificate]
+    ) -> x509.Certificate:
+        """Check the VEK's signature chain up to the pinned ARK; returns the VEK's signer."""
         signer = chain.asvk if vek.kind == "vlek" else chain.ask
         signer_name = "asvk" if vek.kind == "vlek" else "ask"
         if signer is None:
@@ -493,6 +506,7 @@ class SnpVerifier:
                 verify_issued_by(cert, chain.ark, f"snp {signer_name} signature ({chain.generation})")
                 signer = cert
         verify_issued_by(vek.cert, signer, f"snp {vek.kind} signature ({chain.generation})")
+        return signer
 
     @staticmethod
     def _check_generation(report: Report, vek: Vek) -> None:

@@ -34,7 +34,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from layerseal.attest.claims import Claims
-from layerseal.attest.x509util import common_name, fingerprint, load_cert, load_pem_certs, verify_issued_by
+from layerseal.attest.x509util import (
+    Clock,
+    Validity,
+    common_name,
+    fingerprint,
+    load_cert,
+    load_pem_certs,
+    utc_now,
+    verify_issued_by,
+)
 from layerseal.errors import BadInputError, DeniedError
 
 TEE = "tdx"
@@ -399,6 +408,7 @@ class _Pck:
     cert: x509.Certificate
     public_key: ec.EllipticCurvePublicKey
     sgx: SgxExtension | None
+    validity: Validity
 
 
 class TdxVerifier:
@@ -406,7 +416,9 @@ class TdxVerifier:
 
     tee = TEE
 
-    def __init__(self, root_ca: bytes, tcb_infos: Iterable[TcbInfo] = ()) -> None:
+    def __init__(self, root_ca: bytes, tcb_infos: Iterable[TcbInfo] = (), *, clock: Clock = utc_now) -> None:
+        """*clock* gives the time at which every certificate of a quote's PCK chain must be valid."""
+        self._clock = clock
         self._root = load_cert(root_ca, "tdx pinned root")
         self._root_fingerprint = fingerprint(self._root)
         # signature-checked collateral by FMSPC; an FMSPC without one has status unknown
@@ -434,6 +446,8 @@ class TdxVerifier:
                 f"seen {quote.qe_vendor_id.hex()}"
             )
         pck = self._pck(quote.pck_chain_pem)
+        # checked on every quote, cached chain or not: certificates expire while a broker runs
+        pck.validity.check(self._clock(), "tdx PCK chain validity")
         try:
             pck.public_key.verify(
                 _raw_signature(quote.qe_report_signature), quote.qe_report, ec.ECDSA(hashes.SHA256())
@@ -491,7 +505,7 @@ class TdxVerifier:
         public = leaf.public_key()
         if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
             raise DeniedError(f"tdx PCK key: expected EC P-256, seen {type(public).__name__}")
-        pck = _Pck(leaf, public, sgx_extension(leaf))
+        pck = _Pck(leaf, public, sgx_extension(leaf), Validity.of(certs))
         with self._lock:
             self._pcks[key] = pck
             if len(self._pcks) > _CHAIN_CACHE_SIZE:

@@ -17,7 +17,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from layerseal.attest import snp, tdx
-from layerseal.attest.x509util import fingerprint, load_cert, load_pem_certs
+from layerseal.attest.x509util import Clock, fingerprint, load_cert, load_pem_certs, utc_now
 from layerseal.errors import BadInputError, IntegrityError, NotFoundError
 
 INTEL_SGX_ROOT_CA_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
@@ -65,17 +65,21 @@ def read_vcek_cache(directory: str | os.PathLike[str]) -> list[bytes]:
     return out
 
 
-def snp_verifier(vcek_cache: str | os.PathLike[str] | None = None) -> snp.SnpVerifier:
+def snp_verifier(
+    vcek_cache: str | os.PathLike[str] | None = None, *, clock: Clock = utc_now
+) -> snp.SnpVerifier:
     """An SNP verifier over the shipped AMD chains and, optionally, a VCEK cache directory."""
     cached = read_vcek_cache(vcek_cache) if vcek_cache is not None else []
-    return snp.SnpVerifier(shipped_amd_chains(), cached)
+    return snp.SnpVerifier(shipped_amd_chains(), cached, clock=clock)
 
 
-def tdx_verifier(collateral: str | os.PathLike[str] | None = None) -> tdx.TdxVerifier:
+def tdx_verifier(
+    collateral: str | os.PathLike[str] | None = None, *, clock: Clock = utc_now
+) -> tdx.TdxVerifier:
     """A TDX verifier pinned to the shipped Intel root, with collateral when a directory is given."""
     root = shipped_intel_root()
     tcb_infos = read_tdx_collateral(collateral, root) if collateral is not None else []
-    return tdx.TdxVerifier(root, tcb_infos)
+    return tdx.TdxVerifier(root, tcb_infos, clock=clock)
 
 
 def read_tdx_collateral(directory: str | os.PathLike[str], root_ca: bytes) -> list[tdx.TcbInfo]:

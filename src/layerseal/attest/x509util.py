@@ -1,14 +1,18 @@
 """Small X.509 helpers shared by the real-TEE verifiers (pure: bytes in, objects out).
 
 Certificates are compared by the SHA-256 of their DER; a chain link holds when the
-child names its issuer and the issuer's key verifies the child's signature.  Time is not
-checked here: verifiers have no clock, and AMD/Intel roots outlive the keys they sign.
+child names its issuer and the issuer's key verifies the child's signature.  A chain's
+:class:`Validity` is the window in which all its certificates are valid; verifiers check
+it against the time their injected clock gives (the only outside input they take).
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -82,3 +86,53 @@ def verify_issued_by(child: x509.Certificate, issuer: x509.Certificate, what: st
         raise DeniedError(
             f"{what}: expected a signature by {common_name(issuer.subject)!r}, seen an invalid one"
         ) from exc
+
+
+Clock = Callable[[], datetime.datetime]
+
+
+def utc_now() -> datetime.datetime:
+    """The default clock of the verifiers."""
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _stamp(t: datetime.datetime) -> str:
+    return t.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Validity:
+    """When every certificate of a chain is valid: the latest notBefore, the earliest notAfter,
+    and the certificates that set them (for messages)."""
+
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+    starts_with: str
+    ends_with: str
+
+    @classmethod
+    def of(cls, certs: Iterable[x509.Certificate]) -> Validity:
+        chain = list(certs)
+        if not chain:
+            raise ValueError("Validity.of: expected at least one certificate")
+        first = max(chain, key=lambda c: c.not_valid_before_utc)
+        last = min(chain, key=lambda c: c.not_valid_after_utc)
+        return cls(
+            first.not_valid_before_utc,
+            last.not_valid_after_utc,
+            common_name(first.subject),
+            common_name(last.subject),
+        )
+
+    def check(self, at: datetime.datetime, what: str) -> None:
+        """Raise ``DeniedError`` unless every certificate is valid at *at*."""
+        if at < self.not_before:
+            raise DeniedError(
+                f"{what}: expected certificates valid at {_stamp(at)}, seen {self.starts_with!r} "
+                f"valid only from {_stamp(self.not_before)}"
+            )
+        if at > self.not_after:
+            raise DeniedError(
+                f"{what}: expected certificates valid at {_stamp(at)}, seen {self.ends_with!r} "
+                f"expired at {_stamp(self.not_after)}"
+            )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import struct
 from collections.abc import Callable
@@ -40,7 +41,10 @@ VAR_DATA_OFFSET = 0x20 + snp.REPORT_SIZE + 20
 
 @pytest.fixture(scope="module")
 def verifier() -> AzSnpVtpmVerifier:
-    return AzSnpVtpmVerifier(trust.snp_verifier())
+    # a fixed time inside the captured VCEK's validity (2023-05-02 .. 2030-05-02)
+    return AzSnpVtpmVerifier(
+        trust.snp_verifier(clock=lambda: datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC))
+    )
 
 
 def b64url_decode(text: str) -> bytes:

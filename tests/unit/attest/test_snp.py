@@ -69,14 +69,47 @@ def test_vcek_report_verifies_with_expected_claims(verifier: snp.SnpVerifier) ->
     assert Claims.from_tree(json.loads(json.dumps(claims.as_tree()))) == Claims.from_tree(claims.as_tree())
 
 
-def test_vlek_report_verifies_with_expected_claims(verifier: snp.SnpVerifier) -> None:
-    claims = verifier.verify(ev(VLEK_REPORT, ("VLEK", VLEK)), rd_of(VLEK_REPORT))
+# the VLEK of the captured report was valid from 2024-12-10 to 2025-12-10
+VLEK_TIME = datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC)
+
+
+def at(when: datetime.datetime) -> snp.SnpVerifier:
+    return trust.snp_verifier(clock=lambda: when)
+
+
+def test_vlek_report_verifies_with_expected_claims() -> None:
+    claims = at(VLEK_TIME).verify(ev(VLEK_REPORT, ("VLEK", VLEK)), rd_of(VLEK_REPORT))
     assert claims.measurement.startswith("8922ebbdd00ec2c5")
     assert claims.details["signing_key"] == "vlek"
     assert claims.details["version"] == 3
     assert claims.details["vmpl"] == 1
     assert claims.details["reported_tcb"] == {"bootloader": 4, "tee": 0, "snp": 24, "microcode": 217}
     assert claims.debug is False
+
+
+def test_expired_vlek_is_refused_naming_the_certificate_and_the_date() -> None:
+    later = datetime.datetime(2025, 12, 11, tzinfo=datetime.UTC)
+    with pytest.raises(DeniedError) as info:
+        at(later).verify(ev(VLEK_REPORT, ("VLEK", VLEK)), rd_of(VLEK_REPORT))
+    assert str(info.value) == (
+        "snp vlek chain validity (milan): expected certificates valid at 2025-12-11T00:00:00Z, "
+        "seen 'SEV-VLEK' expired at 2025-12-10T22:14:21Z"
+    )
+
+
+def test_validity_is_checked_on_every_report_not_only_the_first() -> None:
+    now = [VLEK_TIME]
+    verifier = trust.snp_verifier(clock=lambda: now[0])
+    verifier.verify(ev(VLEK_REPORT, ("VLEK", VLEK)), rd_of(VLEK_REPORT))  # chain checked and cached
+    now[0] = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    with pytest.raises(DeniedError, match="'SEV-VLEK' expired"):
+        verifier.verify(ev(VLEK_REPORT, ("VLEK", VLEK)), rd_of(VLEK_REPORT))
+
+
+def test_vcek_not_yet_valid_is_refused() -> None:
+    before = datetime.datetime(2023, 1, 1, tzinfo=datetime.UTC)  # the VCEK starts on 2023-01-24
+    with pytest.raises(DeniedError, match="'SEV-VCEK' valid only from 2023-01-24"):
+        at(before).verify(ev(REPORT, ("VCEK", VCEK)), rd_of(REPORT))
 
 
 def test_trustee_style_fields_and_pem_are_accepted(verifier: snp.SnpVerifier) -> None:

@@ -29,9 +29,32 @@ def rd_of(quote: bytes) -> bytes:
     return tdx.parse_quote(quote).td.report_data
 
 
+# every captured quote's PCK chain is valid then (the youngest PCK starts 2025-04-08)
+CAPTURED = datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC)
+
+
 @pytest.fixture(scope="module")
 def verifier() -> tdx.TdxVerifier:
-    return trust.tdx_verifier()
+    return trust.tdx_verifier(clock=lambda: CAPTURED)
+
+
+def test_expired_pck_chain_is_refused_on_every_quote() -> None:
+    now = [CAPTURED]
+    verifier = trust.tdx_verifier(clock=lambda: now[0])
+    quote = QUOTES[4]
+    verifier.verify(quote, rd_of(quote))  # the chain is checked and cached
+    now[0] = datetime.datetime(2030, 2, 8, tzinfo=datetime.UTC)  # quote 4's PCK ends 2030-02-07
+    with pytest.raises(DeniedError) as info:
+        verifier.verify(quote, rd_of(quote))
+    message = str(info.value)
+    assert message.startswith("tdx PCK chain validity: expected certificates valid at 2030-02-08T00:00:00Z")
+    assert "'Intel SGX PCK Certificate' expired at 2030-02-07" in message
+
+
+def test_pck_not_yet_valid_is_refused() -> None:
+    early = trust.tdx_verifier(clock=lambda: datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC))
+    with pytest.raises(DeniedError, match="'Intel SGX PCK Certificate' valid only from 2025-04-08"):
+        early.verify(QUOTES[6], rd_of(QUOTES[6]))
 
 
 # ---------------------------------------------------------------------------- real quotes
