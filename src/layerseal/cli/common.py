@@ -68,20 +68,29 @@ def registry_options(args: argparse.Namespace, side: str, ref: str) -> RegistryO
         ca_file=ca,
         creds=getattr(args, f"{side}_creds", None),
         authfile=getattr(args, "authfile", None),
-        upload_chunk_limit=parse_size(chunk, f"--{side}-chunk-size") if chunk is not None else None,
+        upload_chunk_limit=parse_size(chunk, f"--{side}-chunk-size", most=MAX_CHUNK)
+        if chunk is not None
+        else None,
     )
 
 
 _SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
-def parse_size(text: str, what: str) -> int:
-    """``1048576``, ``512K``, ``16M``, ``1G`` (also ``16MiB``) -> bytes; at least 1."""
+# an upload holds one chunk in memory: more than this is a typo, not a plan
+MAX_CHUNK = 1 << 30
+
+
+def parse_size(text: str, what: str, *, most: int | None = None) -> int:
+    """``1048576``, ``512K``, ``16M``, ``1G`` (also ``16MiB``) -> bytes; at least 1, at most *most*."""
     body = text.strip().upper().removesuffix("IB").removesuffix("B")
     number, suffix = (body[:-1], body[-1]) if body[-1:] in ("K", "M", "G") else (body, "")
     if not number.isdigit() or int(number) < 1:
         raise BadInputError(f"{what} {text!r}: expected a positive size such as 1048576, 512K or 16M")
-    return int(number) * _SIZE_SUFFIXES[suffix]
+    size = int(number) * _SIZE_SUFFIXES[suffix]
+    if most is not None and size > most:
+        raise BadInputError(f"{what} {text!r}: expected at most {most} bytes, seen {size}")
+    return size
 
 
 class RichProgress:

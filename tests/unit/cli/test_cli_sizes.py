@@ -61,3 +61,13 @@ def test_jobs_must_be_positive(value: str, capsys: pytest.CaptureFixture[str]) -
         main(["copy", "--jobs", value, "oci:/a:v1", "oci:/b:v1"])
     assert info.value.code == 2
     assert f"expected a positive whole number, seen {value!r}" in capsys.readouterr().err
+
+
+def test_chunk_size_above_the_cap_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(
+        BadInputError, match=r"--dest-chunk-size '2G': expected at most 1073741824 bytes, seen 2147483648"
+    ):
+        parse_size("2G", "--dest-chunk-size", most=1 << 30)
+    assert parse_size("1G", "--dest-chunk-size", most=1 << 30) == 1 << 30
+    status = main(["copy", "--dest-chunk-size", "5G", "oci:/nonexistent/x:v1", "docker://127.0.0.1:9/a/b:v1"])
+    assert status == 2 and "expected at most 1073741824 bytes" in capsys.readouterr().err
