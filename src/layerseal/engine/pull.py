@@ -17,6 +17,7 @@ Order of work, and why:
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -143,9 +144,15 @@ def pull_image(
     broker: BrokerUnwrapper | None = None,
     platform: Platform | None = None,
     owner: str | None = None,
-    workers: int = 4,
+    workers: int | None = None,
 ) -> PullResult:
-    """Pull *src* into *rootfs* (which must not exist yet); see the module docstring."""
+    """Pull *src* into *rootfs* (which must not exist yet); see the module docstring.
+
+    *workers* layers are pulled at once (default: one per core, as ``copy`` does; each
+    layer already runs its fetch, cipher and unpack on threads of its own).
+    """
+    if workers is None:
+        workers = max(2, min(8, os.cpu_count() or 2))
     if rootfs.exists() and any(rootfs.iterdir()):
         raise BadInputError(f"rootfs {rootfs}: expected a new or empty directory, seen existing content")
     manifest_digest, manifest = fetch_manifest(src, platform)
