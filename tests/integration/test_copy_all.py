@@ -127,3 +127,22 @@ def test_all_refuses_a_platform(capsys: pytest.CaptureFixture[str]) -> None:
         == 2
     )
     assert "--all: expected no --platform" in capsys.readouterr().err
+
+
+def test_inspect_shows_the_index_and_the_chosen_platform(
+    registry: RegistryServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    index, images = _push_index(registry, "multi/app:v1")
+    ref = f"docker://{registry.host}/multi/app:v1"
+    assert main(["inspect", "--json", "--tls-verify=false", "--platform", "linux/arm64", ref]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["index"]["digest"] == sha256(index)
+    assert [e["platform"] for e in summary["index"]["manifests"]] == [
+        "linux/amd64",
+        "linux/arm64",
+        "unknown/unknown",
+    ]
+    assert summary["manifestDigest"] == images["linux/arm64"].digest
+    assert main(["inspect", "--tls-verify=false", "--platform", "linux/arm64", ref]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.endswith(f"index {sha256(index)}  (3: linux/amd64, linux/arm64, unknown/unknown)")

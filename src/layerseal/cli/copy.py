@@ -149,6 +149,9 @@ def run_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary.to_json(), indent=2))
         return 0
+    if summary.index is not None:
+        platforms = ", ".join(e.platform or "(none)" for e in summary.index.entries)
+        print(f"{summary.name}  index {summary.index.digest}  ({len(summary.index.entries)}: {platforms})")
     print(f"{summary.name}  manifest {summary.manifest_digest}  ({summary.media_type})")
     print(f"config {summary.config_digest}")
     for layer in summary.layers:

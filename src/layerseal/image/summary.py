@@ -33,6 +33,31 @@ class LayerSummary:
 
 
 @dataclass(frozen=True)
+class IndexEntry:
+    platform: str  # "linux/arm64/v8", or "" when the entry names none
+    digest: str
+    media_type: str
+
+
+@dataclass(frozen=True)
+class IndexSummary:
+    """The index the image was chosen from, when the reference names one."""
+
+    digest: str
+    media_type: str
+    entries: tuple[IndexEntry, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "digest": self.digest,
+            "mediaType": self.media_type,
+            "manifests": [
+                {"platform": e.platform, "digest": e.digest, "mediaType": e.media_type} for e in self.entries
+            ],
+        }
+
+
+@dataclass(frozen=True)
 class ImageSummary:
     name: str
     manifest_digest: str
@@ -40,8 +65,15 @@ class ImageSummary:
     config_digest: str
     layers: tuple[LayerSummary, ...]
     history: tuple[dict[str, Any], ...]
+    index: IndexSummary | None = None
 
     def to_json(self) -> dict[str, Any]:
+        out = self._image_json()
+        if self.index is not None:
+            out["index"] = self.index.to_json()
+        return out
+
+    def _image_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "manifestDigest": self.manifest_digest,
