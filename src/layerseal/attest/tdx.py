@@ -7,15 +7,17 @@ Checks, each named in its error: header (version, ECDSA P-256 attestation key, T
 type, Intel QE vendor); the PCK chain carried in certification data type 5 ends at the
 pinned Intel SGX Root CA, each link signed by the next; the QE report is signed by the
 PCK key and binds the attestation key (``SHA-256(key || qe_auth_data)``); the quote is
-signed by the attestation key over header and body; report data.  TCB status needs Intel
-collateral (TCB info), which this verifier is given or not: without it ``tcb_status`` is
-``unknown`` and policies decide.
+signed by the attestation key over header and body; report data; every certificate of
+the PCK chain valid at the clock's time.  TCB status needs Intel collateral (TCB info),
+which this verifier is given or not: without it, or once it is past its ``nextUpdate``
+(``collateral_expired``), ``tcb_status`` is ``unknown`` and policies decide.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import hashlib
 import hmac
 import itertools
@@ -446,8 +448,9 @@ class TdxVerifier:
                 f"seen {quote.qe_vendor_id.hex()}"
             )
         pck = self._pck(quote.pck_chain_pem)
+        now = self._clock()
         # checked on every quote, cached chain or not: certificates expire while a broker runs
-        pck.validity.check(self._clock(), "tdx PCK chain validity")
+        pck.validity.check(now, "tdx PCK chain validity")
         try:
             pck.public_key.verify(
                 _raw_signature(quote.qe_report_signature), quote.qe_report, ec.ECDSA(hashes.SHA256())
@@ -478,8 +481,12 @@ class TdxVerifier:
             )
         fmspc = pck.sgx.fmspc if pck.sgx is not None else ""
         info = self._tcb.get(fmspc)
-        status = tcb_status(info, pck.sgx, quote.td.tee_tcb_svn) if info and pck.sgx else "unknown"
-        return claims_of(quote, fmspc, status)
+        # collateral past its nextUpdate no longer vouches for anything: status unknown, as
+        # without collateral, so that a policy asking for UpToDate refuses
+        expired = info is not None and collateral_expired(info, now)
+        usable = info is not None and not expired and pck.sgx is not None
+        status = tcb_status(info, pck.sgx, quote.td.tee_tcb_svn) if usable and info and pck.sgx else "unknown"
+        return claims_of(quote, fmspc, status, collateral_expired=expired)
 
     def _pck(self, chain_pem: bytes) -> _Pck:
         key = hashlib.sha256(chain_pem).digest()
@@ -535,7 +542,18 @@ def quote_bytes(evidence: bytes) -> bytes:
     raise BadInputError("tdx evidence quote: expected base64, seen invalid text")
 
 
-def claims_of(quote: Quote, fmspc: str, status: str) -> Claims:
+def collateral_expired(info: TcbInfo, now: datetime.datetime) -> bool:
+    """True once *now* is past the collateral's ``nextUpdate`` (or when that is unreadable)."""
+    try:
+        next_update = datetime.datetime.fromisoformat(info.next_update)
+    except ValueError:
+        return True  # fail closed: signed collateral without a readable date vouches for nothing
+    if next_update.tzinfo is None:
+        next_update = next_update.replace(tzinfo=datetime.UTC)
+    return now > next_update
+
+
+def claims_of(quote: Quote, fmspc: str, status: str, *, collateral_expired: bool = False) -> Claims:
     td = quote.td
     details: dict[str, Any] = {
         "quote_version": quote.version,
@@ -556,6 +574,7 @@ def claims_of(quote: Quote, fmspc: str, status: str) -> Claims:
         "debug": td.debug,
         "fmspc": fmspc,
         "tcb_status": status,
+        "collateral_expired": collateral_expired,
     }
     if td.tee_tcb_svn2 is not None and td.mr_servicetd is not None:
         details["tee_tcb_svn2"] = td.tee_tcb_svn2.hex()

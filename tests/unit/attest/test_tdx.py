@@ -331,13 +331,16 @@ def _level(sgx: list[int], pce: int, tdx_svns: list[int], status: str) -> dict[s
     }
 
 
-def _collateral(f: FakeIntel, levels: list[dict[str, object]], fmspc: str = "50806f000000") -> bytes:
+def _collateral(
+    f: FakeIntel, levels: list[dict[str, object]], fmspc: str = "50806f000000", next_update: str | None = None
+) -> bytes:
+    now = datetime.datetime.now(datetime.UTC)
     info = json.dumps(
         {
             "id": "TDX",
             "version": 3,
-            "issueDate": "2025-01-01T00:00:00Z",
-            "nextUpdate": "2025-02-01T00:00:00Z",
+            "issueDate": (now - datetime.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "nextUpdate": next_update or (now + datetime.timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "fmspc": fmspc,
             "pceId": "0000",
             "tcbType": 0,
@@ -383,6 +386,23 @@ def test_tcb_status_from_signed_collateral(fake_intel: FakeIntel, tmp_path: Path
     assert (
         tdx.TdxVerifier(f.root_der, [other]).verify(forged, rd_of(forged)).details["tcb_status"] == "unknown"
     )
+
+
+def test_collateral_past_its_next_update_vouches_for_nothing(fake_intel: FakeIntel) -> None:
+    f = fake_intel
+    forged = forge_quote(QUOTES[4], f.pck_key, f.pem(f.pck, f.root))
+    up = [_level(_SGX_OK, 11, [3, 0, 5] + [0] * 13, "UpToDate")]
+    fresh = tdx.parse_tcb_info(_collateral(f, up), f.pem(f.tcb, f.root), f.root_der)
+    claims = tdx.TdxVerifier(f.root_der, [fresh]).verify(forged, rd_of(forged))
+    assert (claims.details["tcb_status"], claims.details["collateral_expired"]) == ("UpToDate", False)
+    stale = tdx.parse_tcb_info(
+        _collateral(f, up, next_update="2025-02-01T00:00:00Z"), f.pem(f.tcb, f.root), f.root_der
+    )
+    claims = tdx.TdxVerifier(f.root_der, [stale]).verify(forged, rd_of(forged))
+    assert (claims.details["tcb_status"], claims.details["collateral_expired"]) == ("unknown", True)
+    garbled = tdx.parse_tcb_info(_collateral(f, up, next_update="soon"), f.pem(f.tcb, f.root), f.root_der)
+    claims = tdx.TdxVerifier(f.root_der, [garbled]).verify(forged, rd_of(forged))
+    assert claims.details["collateral_expired"] is True  # fail closed
 
 
 def test_forged_or_unpinned_collateral_is_refused(fake_intel: FakeIntel, tmp_path: Path) -> None:
