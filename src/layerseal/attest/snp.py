@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import hmac
 import json
 import struct
@@ -34,7 +35,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, utils
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from layerseal.attest.claims import Claims
 from layerseal.attest.x509util import (
@@ -224,6 +225,54 @@ def parse_amd_chain(generation: str, pem: bytes) -> AmdChain:
     return AmdChain(generation, ark, ask, asvk)
 
 
+@dataclass(frozen=True)
+class AmdCrl:
+    """AMD's certificate revocation list for one generation (KDS ``/vcek/v1/<gen>/crl``),
+    its signature by the pinned ARK checked."""
+
+    generation: str
+    revoked: frozenset[int]  # serial numbers (AMD revokes ASKs and ASVKs)
+    this_update: datetime.datetime
+    next_update: datetime.datetime | None
+
+
+def parse_amd_crl(data: bytes, chains: Iterable[AmdChain], what: str = "snp CRL") -> AmdCrl:
+    """A DER or PEM CRL issued and signed by one of *chains*' ARKs."""
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            crl = x509.load_pem_x509_crl(data)
+        else:
+            crl = x509.load_der_x509_crl(data)
+    except ValueError as exc:
+        raise BadInputError(f"{what}: expected a DER or PEM X.509 CRL, seen unparsable data") from exc
+    by_subject = {c.ark.subject: c for c in chains}
+    chain = by_subject.get(crl.issuer)
+    if chain is None:
+        arks = ", ".join(repr(common_name(c.ark.subject)) for c in by_subject.values())
+        raise BadInputError(f"{what}: expected an issuer among {arks}, seen {common_name(crl.issuer)!r}")
+    key = chain.ark.public_key()
+    try:
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise InvalidSignature
+        key.verify(
+            crl.signature,
+            crl.tbs_certlist_bytes,
+            padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48),
+            hashes.SHA384(),
+        )
+    except InvalidSignature as exc:
+        raise DeniedError(
+            f"{what}: expected a signature by the pinned {common_name(chain.ark.subject)}, "
+            "seen an invalid one"
+        ) from exc
+    return AmdCrl(
+        chain.generation,
+        frozenset(r.serial_number for r in crl),
+        crl.last_update_utc,
+        crl.next_update_utc,
+    )
+
+
 # ---------------------------------------------------------------------------- VCEK/VLEK
 
 
@@ -376,11 +425,22 @@ class SnpVerifier:
     tee = TEE
 
     def __init__(
-        self, chains: Iterable[AmdChain], cached_veks: Iterable[bytes] = (), *, clock: Clock = utc_now
+        self,
+        chains: Iterable[AmdChain],
+        cached_veks: Iterable[bytes] = (),
+        *,
+        crls: Iterable[AmdCrl] = (),
+        clock: Clock = utc_now,
     ) -> None:
-        """*clock* gives the time at which every certificate of a VEK's chain must be valid."""
+        """*clock* gives the time at which every certificate of a VEK's chain must be valid;
+        *crls* (at most one per generation) revoke ASKs, ASVKs and VEKs, and must be current."""
         self._clock = clock
         self._chains: dict[str, AmdChain] = {c.generation: c for c in chains}
+        self._crls: dict[str, AmdCrl] = {}
+        for crl in crls:
+            if crl.generation in self._crls:
+                raise BadInputError(f"snp CRLs: expected one per generation, seen two for {crl.generation}")
+            self._crls[crl.generation] = crl
         self._by_ark = {c.ark_fingerprint: c for c in self._chains.values()}
         # offline cache: VCEKs indexed by (hwID, reported TCB) as the report names them
         self._cache: dict[tuple[str, bytes, Tcb], x509.Certificate] = {}
@@ -393,7 +453,7 @@ class SnpVerifier:
             if vek.hw_id is not None:
                 self._cache[(vek.generation, vek.hw_id, vek.tcb)] = cert
         # verifying a VEK's chain costs 1-2 RSA-4096 checks; reports from one host repeat it
-        self._verified: OrderedDict[tuple[str, str], tuple[Vek, Validity]] = OrderedDict()
+        self._verified: OrderedDict[tuple[str, str], tuple[Vek, Validity, x509.Certificate]] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -469,14 +529,36 @@ class SnpVerifier:
                 self._verified.move_to_end(key)
         if hit is None:
             signer = self._verify_vek_chain(vek, chain, intermediates)
-            hit = (vek, Validity.of((vek.cert, signer, chain.ark)))
+            hit = (vek, Validity.of((vek.cert, signer, chain.ark)), signer)
             with self._lock:
                 self._verified[key] = hit
                 if len(self._verified) > _VEK_CACHE_SIZE:
                     self._verified.popitem(last=False)
         # checked on every report, cached or not: certificates expire while a broker runs
-        hit[1].check(self._clock(), f"snp {kind} chain validity ({chain.generation})")
+        now = self._clock()
+        hit[1].check(now, f"snp {kind} chain validity ({chain.generation})")
+        crl = self._crls.get(chain.generation)
+        if crl is not None:
+            self._check_crl(crl, now, ((hit[2], "ask" if kind == "vcek" else "asvk"), (vek.cert, kind)))
         return hit[0]
+
+    @staticmethod
+    def _check_crl(
+        crl: AmdCrl, now: datetime.datetime, certs: tuple[tuple[x509.Certificate, str], ...]
+    ) -> None:
+        # a configured CRL that is out of date vouches for nothing: refuse rather than ignore it
+        if crl.next_update is not None and now > crl.next_update:
+            raise DeniedError(
+                f"snp CRL ({crl.generation}): expected one current at {now:%Y-%m-%dT%H:%M:%SZ}, "
+                f"seen nextUpdate {crl.next_update:%Y-%m-%dT%H:%M:%SZ}"
+            )
+        for cert, name in certs:
+            # AMD issues every VCEK with serial 0: only a listed non-zero serial can be meant
+            if cert.serial_number and cert.serial_number in crl.revoked:
+                raise DeniedError(
+                    f"snp {name} ({common_name(cert.subject)}): expected a certificate not on AMD's "
+                    f"{crl.generation} CRL, seen serial {cert.serial_number:#x} revoked"
+                )
 
     def _from_cache(self, report: Report, kind: str) -> x509.Certificate:
         if kind == "vcek" and not report.chip_id_masked:

@@ -66,11 +66,35 @@ def read_vcek_cache(directory: str | os.PathLike[str]) -> list[bytes]:
 
 
 def snp_verifier(
-    vcek_cache: str | os.PathLike[str] | None = None, *, clock: Clock = utc_now
+    vcek_cache: str | os.PathLike[str] | None = None,
+    *,
+    crl_dir: str | os.PathLike[str] | None = None,
+    clock: Clock = utc_now,
 ) -> snp.SnpVerifier:
-    """An SNP verifier over the shipped AMD chains and, optionally, a VCEK cache directory."""
+    """An SNP verifier over the shipped AMD chains and, optionally, a VCEK cache directory
+    and a directory of AMD CRLs (one per generation, as KDS serves them)."""
     cached = read_vcek_cache(vcek_cache) if vcek_cache is not None else []
-    return snp.SnpVerifier(shipped_amd_chains(), cached, clock=clock)
+    crls = read_amd_crls(crl_dir) if crl_dir is not None else []
+    return snp.SnpVerifier(shipped_amd_chains(), cached, crls=crls, clock=clock)
+
+
+def read_amd_crls(directory: str | os.PathLike[str]) -> list[snp.AmdCrl]:
+    """Every ``*.crl``, ``*.der`` and ``*.pem`` in *directory*, each checked against the
+    pinned ARK of its generation; a directory without one is an error (a typo, not a choice)."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise BadInputError(f"snp CRL directory {root}: expected a directory, seen none")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in (".crl", ".der", ".pem"))
+    if not files:
+        raise BadInputError(f"snp CRL directory {root}: expected *.crl, *.der or *.pem files, seen none")
+    chains = shipped_amd_chains()
+    out = []
+    for path in files[:_MAX_CACHE_FILES]:
+        data = path.read_bytes()[: _MAX_CERT_BYTES + 1]
+        if len(data) > _MAX_CERT_BYTES:
+            raise BadInputError(f"snp CRL {path}: expected at most {_MAX_CERT_BYTES} bytes")
+        out.append(snp.parse_amd_crl(data, chains, f"snp CRL {path}"))
+    return out
 
 
 def tdx_verifier(

@@ -22,23 +22,25 @@ SUPPORTED_TEES = ("sim", "sample", "snp", "tdx", "az-snp-vtpm")
 
 _lock = threading.Lock()
 _real: dict[str, Verifier] = {}
-_sources: dict[str, str | os.PathLike[str] | None] = {"snp": None, "tdx": None}
+_sources: dict[str, str | os.PathLike[str] | None] = {"snp": None, "snp_crl": None, "tdx": None}
 
 
 def configure_tee_trust(
     *,
     snp_vcek_cache: str | os.PathLike[str] | None = None,
+    snp_crl: str | os.PathLike[str] | None = None,
     tdx_collateral: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Set the offline VCEK cache and TDX collateral directories (read now, so errors show at start)."""
+    """Set the offline VCEK cache, AMD CRL and TDX collateral directories (read now, so
+    errors show at start)."""
     from layerseal.attest import trust
 
     verifiers: dict[str, Verifier] = {
-        "snp": trust.snp_verifier(snp_vcek_cache),
+        "snp": trust.snp_verifier(snp_vcek_cache, crl_dir=snp_crl),
         "tdx": trust.tdx_verifier(tdx_collateral),
     }
     with _lock:
-        _sources.update(snp=snp_vcek_cache, tdx=tdx_collateral)
+        _sources.update(snp=snp_vcek_cache, snp_crl=snp_crl, tdx=tdx_collateral)
         _real.clear()
         _real.update(verifiers)
 
@@ -58,7 +60,7 @@ def _real_verifier(tee: str) -> Verifier:
         # shares the process's SNP verifier (its offline VCEK cache and checked chains)
         made = AzSnpVtpmVerifier(cast(SnpVerifier, _real_verifier("snp")))
     elif tee == "snp":
-        made = trust.snp_verifier(_sources["snp"])
+        made = trust.snp_verifier(_sources["snp"], crl_dir=_sources["snp_crl"])
     else:
         made = trust.tdx_verifier(_sources["tdx"])
     with _lock:

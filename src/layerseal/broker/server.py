@@ -124,6 +124,7 @@ class ServeOptions:
     master_key_file: Path | None = None
     master_key_uri: str | None = None
     snp_vcek_cache: Path | None = None
+    snp_crl: Path | None = None
     tdx_collateral: Path | None = None
     admin_token_file: Path | None = None
     log_level: str = "info"
@@ -148,7 +149,7 @@ def _options_to_json(options: ServeOptions) -> str:
 
 def _options_from_json(text: str) -> ServeOptions:
     raw: dict[str, Any] = json.loads(text)
-    for name in ("tls_cert", "tls_key", "master_key_file", "snp_vcek_cache", "tdx_collateral"):
+    for name in ("tls_cert", "tls_key", "master_key_file", "snp_vcek_cache", "snp_crl", "tdx_collateral"):
         raw[name] = None if raw.get(name) is None else Path(raw[name])
     raw["admin_token_file"] = None  # the parent made sure an admin can log in
     raw["config"] = BrokerConfig(**raw["config"])
@@ -157,10 +158,14 @@ def _options_from_json(text: str) -> ServeOptions:
 
 def _open_for_serving(options: ServeOptions, *, migrate: bool = True) -> Broker:
     configure_logging(options.log_level)
-    if options.snp_vcek_cache is not None or options.tdx_collateral is not None:
+    if any(x is not None for x in (options.snp_vcek_cache, options.snp_crl, options.tdx_collateral)):
         from layerseal.attest.verifiers import configure_tee_trust
 
-        configure_tee_trust(snp_vcek_cache=options.snp_vcek_cache, tdx_collateral=options.tdx_collateral)
+        configure_tee_trust(
+            snp_vcek_cache=options.snp_vcek_cache,
+            snp_crl=options.snp_crl,
+            tdx_collateral=options.tdx_collateral,
+        )
     return open_broker(
         options.db_url,
         master_key_file=options.master_key_file,

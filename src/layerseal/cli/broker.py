@@ -36,6 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
             master_key_file=Path(args.master_key_file) if args.master_key_file else None,
             master_key_uri=args.master_key,
             snp_vcek_cache=Path(args.snp_vcek_cache) if args.snp_vcek_cache else None,
+            snp_crl=Path(args.snp_crl) if args.snp_crl else None,
             tdx_collateral=Path(args.tdx_collateral) if args.tdx_collateral else None,
             admin_token_file=Path(args.admin_token_file) if args.admin_token_file else None,
             log_level=args.log_level,
@@ -158,6 +159,11 @@ def register(subparsers: Any) -> None:
         "(RFC 7512; overrides --master-key-file; the key is created in the token if missing)",
     )
     serve.add_argument("--snp-vcek-cache", help="directory of VCEK certificates (offline fallback)")
+    serve.add_argument(
+        "--snp-crl",
+        help="directory of AMD CRLs (KDS /vcek/v1/<gen>/crl): revoked ASKs/ASVKs are refused; "
+        "a CRL past its nextUpdate refuses all evidence of its generation",
+    )
     serve.add_argument("--tdx-collateral", help="directory of Intel TDX TCB info collateral")
     serve.add_argument("--admin-token-file", help="admin token file (created 0600 if missing)")
     serve.add_argument("--log-level", default="info")

@@ -489,3 +489,81 @@ def test_broker_trust_configuration_adds_the_vcek_cache(tmp_path: Path) -> None:
         configure_tee_trust()
     with pytest.raises(BadInputError, match="offline VCEK cache"):
         verifier_for("snp").verify(REPORT, rd_of(REPORT))
+
+
+# ---------------------------------------------------------------------------- AMD CRLs
+
+
+def _crl(
+    f: FakeAmd, revoked: list[int], next_update: datetime.datetime, key: rsa.RSAPrivateKey | None = None
+) -> bytes:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(f.ark.subject)
+        .last_update(now - datetime.timedelta(days=1))
+        .next_update(next_update)
+    )
+    for serial in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
+    crl = builder.sign(
+        key or f.ark_key,
+        hashes.SHA384(),
+        rsa_padding=padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48),
+    )
+    return crl.public_bytes(serialization.Encoding.DER)
+
+
+def test_ask_on_the_crl_is_refused_and_others_pass(fake_milan: FakeAmd) -> None:
+    f = fake_milan
+    chain = snp.AmdChain("milan", f.ark, f.ask, None)
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=7)
+    forged = f.sign(REPORT)
+    evidence = ev(forged, ("VCEK", f.der(f.vcek)))
+
+    clean = snp.parse_amd_crl(_crl(f, [12345], later), [chain])
+    assert clean.generation == "milan" and clean.revoked == frozenset({12345})
+    assert snp.SnpVerifier([chain], crls=[clean]).verify(evidence, rd_of(forged)).svn == 4
+
+    revoked = snp.parse_amd_crl(_crl(f, [f.ask.serial_number], later), [chain])
+    with pytest.raises(DeniedError) as info:
+        snp.SnpVerifier([chain], crls=[revoked]).verify(evidence, rd_of(forged))
+    assert str(info.value) == (
+        f"snp ask (SEV-Milan): expected a certificate not on AMD's milan CRL, "
+        f"seen serial {f.ask.serial_number:#x} revoked"
+    )
+
+
+def test_crl_past_its_next_update_refuses_its_generation(fake_milan: FakeAmd) -> None:
+    f = fake_milan
+    chain = snp.AmdChain("milan", f.ark, f.ask, None)
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+    crl = snp.parse_amd_crl(_crl(f, [], soon), [chain])
+    forged = f.sign(REPORT)
+    verifier = snp.SnpVerifier([chain], crls=[crl], clock=lambda: soon + datetime.timedelta(minutes=1))
+    with pytest.raises(DeniedError, match=r"snp CRL \(milan\): expected one current at .*, seen nextUpdate"):
+        verifier.verify(ev(forged, ("VCEK", f.der(f.vcek))), rd_of(forged))
+
+
+def test_crl_not_signed_by_the_pinned_ark_is_refused(fake_milan: FakeAmd, tmp_path: Path) -> None:
+    f = fake_milan
+    chain = snp.AmdChain("milan", f.ark, f.ask, None)
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=7)
+    with pytest.raises(DeniedError, match="signature by the pinned ARK-Milan, seen an invalid one"):
+        snp.parse_amd_crl(_crl(f, [], later, key=f.ask_key), [chain])
+    with pytest.raises(BadInputError, match=r"expected a DER or PEM X\.509 CRL"):
+        snp.parse_amd_crl(b"not a crl", [chain])
+    # the shipped (real) chains: a CRL of the look-alike ARK names an issuer they pin, yet
+    # its signature is not the real ARK's
+    (tmp_path / "milan.crl").write_bytes(_crl(f, [], later))
+    with pytest.raises(
+        DeniedError, match=r"snp CRL .*milan\.crl: expected a signature by the pinned ARK-Milan"
+    ):
+        trust.read_amd_crls(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadInputError, match=r"expected \*\.crl, \*\.der or \*\.pem files, seen none"):
+        trust.read_amd_crls(tmp_path / "empty")
+    with pytest.raises(BadInputError, match="expected a directory, seen none"):
+        trust.read_amd_crls(tmp_path / "missing")

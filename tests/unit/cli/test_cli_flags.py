@@ -1,6 +1,8 @@
-"""CLI flags with values: sizes, job counts, skopeo spellings; clear errors before any transfer."""
+"""CLI flags with values: sizes, job counts, skopeo spellings, trust directories; clear errors before any work."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +73,16 @@ def test_chunk_size_above_the_cap_is_refused(capsys: pytest.CaptureFixture[str])
     assert parse_size("1G", "--dest-chunk-size", most=1 << 30) == 1 << 30
     status = main(["copy", "--dest-chunk-size", "5G", "oci:/nonexistent/x:v1", "docker://127.0.0.1:9/a/b:v1"])
     assert status == 2 and "expected at most 1073741824 bytes" in capsys.readouterr().err
+
+
+def test_broker_refuses_a_missing_crl_directory_before_serving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "broker.db"
+    status = main(
+        ["broker", "serve", "--db", str(db), "--listen", "127.0.0.1:0", "--snp-crl", str(tmp_path / "nope")]
+    )
+    assert status == 2
+    assert capsys.readouterr().err.strip() == (
+        f"layerseal: error: snp CRL directory {tmp_path / 'nope'}: expected a directory, seen none"
+    )
