@@ -8,9 +8,11 @@ type, Intel QE vendor); the PCK chain carried in certification data type 5 ends 
 pinned Intel SGX Root CA, each link signed by the next; the QE report is signed by the
 PCK key and binds the attestation key (``SHA-256(key || qe_auth_data)``); the quote is
 signed by the attestation key over header and body; report data; every certificate of
-the PCK chain valid at the clock's time.  TCB status needs Intel collateral (TCB info),
-which this verifier is given or not: without it, or once it is past its ``nextUpdate``
-(``collateral_expired``), ``tcb_status`` is ``unknown`` and policies decide.
+the PCK chain valid at the clock's time; with Intel's QE identity, the QE is Intel's
+(MRSIGNER, ISVPRODID, masked MISCSELECT/ATTRIBUTES; ``qe_tcb_status`` from its ISVSVN).
+TCB status needs Intel collateral (TCB info), which this verifier is given or not:
+without it, or once it is past its ``nextUpdate`` (``collateral_expired``),
+``tcb_status`` is ``unknown`` and policies decide.
 """
 
 from __future__ import annotations
@@ -332,33 +334,110 @@ def _signed_member(text: bytes, name: bytes) -> bytes:
     raise BadInputError(f"tdx collateral: expected a complete {name.decode()!r} object, seen truncated JSON")
 
 
-def parse_tcb_info(raw: bytes, issuer_chain_pem: bytes, root_ca: bytes) -> TcbInfo:
-    """Check Intel's signed TDX TCB info (chain to the pinned root) and parse its levels."""
+def _signed_collateral(raw: bytes, member: str, issuer_chain_pem: bytes, root_ca: bytes, what: str) -> Any:
+    """Intel PCS collateral ``{"<member>": {...}, "signature": hex}``: the issuer chain ends at
+    the pinned root, each link signed by the next, and the member's exact bytes are signed."""
     root = load_cert(root_ca, "tdx pinned root")
-    certs = load_pem_certs(issuer_chain_pem, "tdx TCB info issuer chain")
+    certs = load_pem_certs(issuer_chain_pem, f"{what} issuer chain")
     if not certs or fingerprint(certs[-1]) != fingerprint(root):
         raise DeniedError(
-            f"tdx TCB info issuer chain root: expected the pinned {fingerprint(root)}, "
+            f"{what} issuer chain root: expected the pinned {fingerprint(root)}, "
             f"seen {fingerprint(certs[-1]) if certs else 'no certificate'}"
         )
     for child, issuer in itertools.pairwise(certs):
-        verify_issued_by(child, issuer, f"tdx TCB info chain link {common_name(child.subject)!r}")
+        verify_issued_by(child, issuer, f"{what} chain link {common_name(child.subject)!r}")
     try:
         doc = json.loads(raw)
         sig = bytes.fromhex(doc["signature"])
-        info = doc["tcbInfo"]
+        body = doc[member]
     except (ValueError, KeyError, TypeError) as exc:
-        raise BadInputError('tdx TCB info: expected {"tcbInfo": {...}, "signature": hex}') from exc
+        raise BadInputError(f'{what}: expected {{"{member}": {{...}}, "signature": hex}}') from exc
     signer = certs[0].public_key()
     if not isinstance(signer, ec.EllipticCurvePublicKey) or len(sig) != 64:
-        raise DeniedError("tdx TCB info signature: expected a 64-byte ECDSA P-256 signature, seen another")
+        raise DeniedError(f"{what} signature: expected a 64-byte ECDSA P-256 signature, seen another")
     try:
-        signer.verify(_raw_signature(sig), _signed_member(raw, b"tcbInfo"), ec.ECDSA(hashes.SHA256()))
+        signer.verify(_raw_signature(sig), _signed_member(raw, member.encode()), ec.ECDSA(hashes.SHA256()))
     except InvalidSignature as exc:
         raise DeniedError(
-            "tdx TCB info signature: expected valid under the TCB signing key, seen invalid"
+            f"{what} signature: expected valid under the TCB signing key, seen invalid"
         ) from exc
-    return tcb_info_from_json(info)
+    return body
+
+
+def parse_tcb_info(raw: bytes, issuer_chain_pem: bytes, root_ca: bytes) -> TcbInfo:
+    """Check Intel's signed TDX TCB info (chain to the pinned root) and parse its levels."""
+    return tcb_info_from_json(_signed_collateral(raw, "tcbInfo", issuer_chain_pem, root_ca, "tdx TCB info"))
+
+
+@dataclass(frozen=True)
+class QeIdentity:
+    """Intel's identity of the TDX quoting enclave (PCS ``/tdx/certification/v4/qe/identity``)."""
+
+    miscselect: int
+    miscselect_mask: int
+    attributes: bytes
+    attributes_mask: bytes
+    mrsigner: bytes
+    isvprodid: int
+    levels: tuple[tuple[int, str], ...]  # (ISVSVN at least, status), newest first
+    next_update: str
+
+
+def parse_qe_identity(raw: bytes, issuer_chain_pem: bytes, root_ca: bytes) -> QeIdentity:
+    """Check Intel's signed QE identity (chain to the pinned root) and parse it."""
+    what = "tdx QE identity"
+    body = _signed_collateral(raw, "enclaveIdentity", issuer_chain_pem, root_ca, what)
+    try:
+        if body.get("id") != "TD_QE":
+            raise BadInputError(f"{what} id: expected 'TD_QE', seen {str(body.get('id'))[:10]!r}")
+        return QeIdentity(
+            miscselect=int(body["miscselect"], 16),
+            miscselect_mask=int(body["miscselectMask"], 16),
+            attributes=bytes.fromhex(body["attributes"]),
+            attributes_mask=bytes.fromhex(body["attributesMask"]),
+            mrsigner=bytes.fromhex(body["mrsigner"]),
+            isvprodid=int(body["isvprodid"]),
+            levels=tuple((int(lvl["tcb"]["isvsvn"]), str(lvl["tcbStatus"])) for lvl in body["tcbLevels"]),
+            next_update=str(body.get("nextUpdate", "")),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BadInputError(f"{what}: expected enclaveIdentity with TD_QE fields and tcbLevels") from exc
+
+
+def qe_tcb_status(identity: QeIdentity, qe_report: bytes, now: datetime.datetime) -> str:
+    """Refuse a QE that is not the one Intel describes; its TCB status otherwise.
+
+    The identity (MRSIGNER, ISVPRODID, masked MISCSELECT and ATTRIBUTES) is checked even
+    when the collateral is past its ``nextUpdate``; the status is then ``unknown``.
+    """
+    miscselect = int.from_bytes(qe_report[16:20], "little")
+    attributes, mrsigner = qe_report[48:64], qe_report[128:160]
+    isvprodid = int.from_bytes(qe_report[256:258], "little")
+    isvsvn = int.from_bytes(qe_report[258:260], "little")
+    if not hmac.compare_digest(mrsigner, identity.mrsigner):
+        raise DeniedError(
+            f"tdx QE identity MRSIGNER: expected Intel's {identity.mrsigner[:8].hex()}..., "
+            f"seen {mrsigner[:8].hex()}..."
+        )
+    if isvprodid != identity.isvprodid:
+        raise DeniedError(f"tdx QE identity ISVPRODID: expected {identity.isvprodid}, seen {isvprodid}")
+    if miscselect & identity.miscselect_mask != identity.miscselect & identity.miscselect_mask:
+        raise DeniedError(
+            f"tdx QE identity MISCSELECT: expected {identity.miscselect:#x} under mask "
+            f"{identity.miscselect_mask:#x}, seen {miscselect:#x}"
+        )
+    masked = bytes(a & m for a, m in zip(attributes, identity.attributes_mask, strict=True))
+    wanted = bytes(a & m for a, m in zip(identity.attributes, identity.attributes_mask, strict=True))
+    if masked != wanted:
+        raise DeniedError(
+            f"tdx QE identity ATTRIBUTES: expected {wanted.hex()} under mask, seen {masked.hex()}"
+        )
+    if _past(identity.next_update, now):
+        return "unknown"
+    for svn, status in identity.levels:
+        if isvsvn >= svn:
+            return status
+    return "NotSupported"
 
 
 def tcb_info_from_json(info: Any) -> TcbInfo:
@@ -418,9 +497,18 @@ class TdxVerifier:
 
     tee = TEE
 
-    def __init__(self, root_ca: bytes, tcb_infos: Iterable[TcbInfo] = (), *, clock: Clock = utc_now) -> None:
-        """*clock* gives the time at which every certificate of a quote's PCK chain must be valid."""
+    def __init__(
+        self,
+        root_ca: bytes,
+        tcb_infos: Iterable[TcbInfo] = (),
+        *,
+        qe_identity: QeIdentity | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        """*clock* gives the time at which every certificate of a quote's PCK chain must be
+        valid; with *qe_identity*, a QE other than Intel's is refused."""
         self._clock = clock
+        self._qe_identity = qe_identity
         self._root = load_cert(root_ca, "tdx pinned root")
         self._root_fingerprint = fingerprint(self._root)
         # signature-checked collateral by FMSPC; an FMSPC without one has status unknown
@@ -459,6 +547,9 @@ class TdxVerifier:
             raise DeniedError(
                 "tdx QE report signature: expected valid under the PCK key, seen invalid"
             ) from exc
+        qe_status = "unknown"
+        if self._qe_identity is not None:
+            qe_status = qe_tcb_status(self._qe_identity, quote.qe_report, now)
         binding = hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest()
         seen = quote.qe_report[320:384]
         if not hmac.compare_digest(seen, binding + bytes(32)):
@@ -486,7 +577,7 @@ class TdxVerifier:
         expired = info is not None and collateral_expired(info, now)
         usable = info is not None and not expired and pck.sgx is not None
         status = tcb_status(info, pck.sgx, quote.td.tee_tcb_svn) if usable and info and pck.sgx else "unknown"
-        return claims_of(quote, fmspc, status, collateral_expired=expired)
+        return claims_of(quote, fmspc, status, collateral_expired=expired, qe_status=qe_status)
 
     def _pck(self, chain_pem: bytes) -> _Pck:
         key = hashlib.sha256(chain_pem).digest()
@@ -542,18 +633,24 @@ def quote_bytes(evidence: bytes) -> bytes:
     raise BadInputError("tdx evidence quote: expected base64, seen invalid text")
 
 
-def collateral_expired(info: TcbInfo, now: datetime.datetime) -> bool:
-    """True once *now* is past the collateral's ``nextUpdate`` (or when that is unreadable)."""
+def _past(next_update: str, now: datetime.datetime) -> bool:
     try:
-        next_update = datetime.datetime.fromisoformat(info.next_update)
+        when = datetime.datetime.fromisoformat(next_update)
     except ValueError:
         return True  # fail closed: signed collateral without a readable date vouches for nothing
-    if next_update.tzinfo is None:
-        next_update = next_update.replace(tzinfo=datetime.UTC)
-    return now > next_update
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return now > when
 
 
-def claims_of(quote: Quote, fmspc: str, status: str, *, collateral_expired: bool = False) -> Claims:
+def collateral_expired(info: TcbInfo, now: datetime.datetime) -> bool:
+    """True once *now* is past the collateral's ``nextUpdate`` (or when that is unreadable)."""
+    return _past(info.next_update, now)
+
+
+def claims_of(
+    quote: Quote, fmspc: str, status: str, *, collateral_expired: bool = False, qe_status: str = "unknown"
+) -> Claims:
     td = quote.td
     details: dict[str, Any] = {
         "quote_version": quote.version,
@@ -575,6 +672,7 @@ def claims_of(quote: Quote, fmspc: str, status: str, *, collateral_expired: bool
         "fmspc": fmspc,
         "tcb_status": status,
         "collateral_expired": collateral_expired,
+        "qe_tcb_status": qe_status,
     }
     if td.tee_tcb_svn2 is not None and td.mr_servicetd is not None:
         details["tee_tcb_svn2"] = td.tee_tcb_svn2.hex()

@@ -103,7 +103,21 @@ def tdx_verifier(
     """A TDX verifier pinned to the shipped Intel root, with collateral when a directory is given."""
     root = shipped_intel_root()
     tcb_infos = read_tdx_collateral(collateral, root) if collateral is not None else []
-    return tdx.TdxVerifier(root, tcb_infos, clock=clock)
+    qe = read_tdx_qe_identity(collateral, root) if collateral is not None else None
+    return tdx.TdxVerifier(root, tcb_infos, qe_identity=qe, clock=clock)
+
+
+def read_tdx_qe_identity(directory: str | os.PathLike[str], root_ca: bytes) -> tdx.QeIdentity | None:
+    """Intel's TDX QE identity (``qe_identity.json``, as PCS serves it), signed by the same
+    chain as the TCB info; None when the directory holds none."""
+    root = Path(directory)
+    path = root / "qe_identity.json"
+    if not path.is_file():
+        return None
+    chain_path = root / "tcb_info_issuer_chain.pem"
+    if not chain_path.is_file():
+        raise NotFoundError(f"tdx collateral {root}: expected tcb_info_issuer_chain.pem, seen none")
+    return tdx.parse_qe_identity(path.read_bytes()[: _MAX_CERT_BYTES + 1], chain_path.read_bytes(), root_ca)
 
 
 def read_tdx_collateral(directory: str | os.PathLike[str], root_ca: bytes) -> list[tdx.TcbInfo]:

@@ -9,6 +9,7 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -426,3 +427,101 @@ def test_sgx_extension_of_the_real_pck() -> None:
     assert ext.fmspc == "50806f000000"
     assert ext.sgx_tcb_svns == tuple(_SGX_OK)
     assert ext.pce_svn == 11
+
+
+# ---------------------------------------------------------------------------- QE identity
+
+
+def _qe_identity(
+    f: FakeIntel,
+    qe_report: bytes,
+    *,
+    mrsigner: bytes | None = None,
+    isvprodid: int | None = None,
+    levels: tuple[tuple[int, str], ...] = ((8, "UpToDate"), (0, "OutOfDate")),
+    next_update: str | None = None,
+) -> bytes:
+    now = datetime.datetime.now(datetime.UTC)
+    body = json.dumps(
+        {
+            "id": "TD_QE",
+            "version": 2,
+            "issueDate": (now - datetime.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "nextUpdate": next_update or (now + datetime.timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "miscselect": qe_report[16:20][::-1].hex(),
+            "miscselectMask": "FFFFFFFF",
+            "attributes": qe_report[48:64].hex(),
+            "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
+            "mrsigner": (mrsigner or qe_report[128:160]).hex(),
+            "isvprodid": int.from_bytes(qe_report[256:258], "little") if isvprodid is None else isvprodid,
+            "tcbLevels": [
+                {"tcb": {"isvsvn": svn}, "tcbDate": "2024-03-13T00:00:00Z", "tcbStatus": st}
+                for svn, st in levels
+            ],
+        },
+        separators=(",", ":"),
+    ).encode()
+    sig = _raw_sig(f.tcb_key.sign(body, ec.ECDSA(hashes.SHA256())))
+    return b'{"enclaveIdentity":' + body + b',"signature":"' + sig.hex().encode() + b'"}'
+
+
+def test_qe_identity_of_intel_gives_the_qe_tcb_status(fake_intel: FakeIntel, tmp_path: Path) -> None:
+    f = fake_intel
+    forged = forge_quote(QUOTES[4], f.pck_key, f.pem(f.pck, f.root))
+    qe_report = tdx.parse_quote(forged).qe_report
+    isvsvn = int.from_bytes(qe_report[258:260], "little")
+    (tmp_path / "qe_identity.json").write_bytes(
+        _qe_identity(f, qe_report, levels=((isvsvn + 1, "UpToDate"), (isvsvn, "OutOfDate")))
+    )
+    (tmp_path / "tcb_info_issuer_chain.pem").write_bytes(f.pem(f.tcb, f.root))
+    identity = trust.read_tdx_qe_identity(tmp_path, f.root_der)
+    assert identity is not None and identity.mrsigner == qe_report[128:160]
+    claims = tdx.TdxVerifier(f.root_der, qe_identity=identity).verify(forged, rd_of(forged))
+    assert claims.details["qe_tcb_status"] == "OutOfDate"  # one ISVSVN below the newest level
+    up = tdx.parse_qe_identity(
+        _qe_identity(f, qe_report, levels=((isvsvn, "UpToDate"),)), f.pem(f.tcb, f.root), f.root_der
+    )
+    assert (
+        tdx.TdxVerifier(f.root_der, qe_identity=up).verify(forged, rd_of(forged)).details["qe_tcb_status"]
+        == "UpToDate"
+    )
+    stale = tdx.parse_qe_identity(
+        _qe_identity(f, qe_report, next_update="2025-02-01T00:00:00Z"), f.pem(f.tcb, f.root), f.root_der
+    )
+    assert (
+        tdx.TdxVerifier(f.root_der, qe_identity=stale).verify(forged, rd_of(forged)).details["qe_tcb_status"]
+        == "unknown"
+    )
+    # without an identity nothing is claimed about the QE
+    assert tdx.TdxVerifier(f.root_der).verify(forged, rd_of(forged)).details["qe_tcb_status"] == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"mrsigner": b"\x01" * 32}, "tdx QE identity MRSIGNER: expected Intel's 0101010101010101..., seen"),
+        ({"isvprodid": 99}, "tdx QE identity ISVPRODID: expected 99, seen"),
+    ],
+)
+def test_qe_other_than_the_identity_is_refused(
+    fake_intel: FakeIntel, change: dict[str, Any], message: str
+) -> None:
+    f = fake_intel
+    forged = forge_quote(QUOTES[4], f.pck_key, f.pem(f.pck, f.root))
+    raw = _qe_identity(f, tdx.parse_quote(forged).qe_report, **change)
+    identity = tdx.parse_qe_identity(raw, f.pem(f.tcb, f.root), f.root_der)
+    with pytest.raises(DeniedError) as info:
+        tdx.TdxVerifier(f.root_der, qe_identity=identity).verify(forged, rd_of(forged))
+    assert str(info.value).startswith(message)
+
+
+def test_qe_identity_not_signed_by_intel_is_refused(fake_intel: FakeIntel) -> None:
+    f = fake_intel
+    raw = _qe_identity(f, tdx.parse_quote(QUOTES[4]).qe_report)
+    tampered = raw.replace(b'"isvprodid":', b'"isvprodid":1', 1)
+    with pytest.raises(
+        DeniedError, match="tdx QE identity signature: expected valid under the TCB signing key"
+    ):
+        tdx.parse_qe_identity(tampered, f.pem(f.tcb, f.root), f.root_der)
+    with pytest.raises(DeniedError, match="tdx QE identity issuer chain root: expected the pinned"):
+        tdx.parse_qe_identity(raw, f.pem(f.tcb), trust.shipped_intel_root())
