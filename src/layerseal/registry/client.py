@@ -708,9 +708,15 @@ class RegistryClient:
             start = offset + done
             what = f"blob upload chunk, bytes {start}-{end - 1} (PATCH)"
             try:
+                part = data[done:]
                 response = self._send_patch(
-                    repository, location, what, data[done:], {"Content-Range": f"{start}-{end - 1}"}
+                    repository,
+                    location,
+                    what,
+                    _sent_once(part),
+                    {"Content-Range": f"{start}-{end - 1}", "Content-Length": str(len(part))},
                 )
+                del part
             except TransportError as exc:
                 error: LayersealError = exc
             else:
@@ -839,6 +845,17 @@ class RegistryClient:
         if artifact_type:
             found = [d for d in found if d.artifact_type == artifact_type]
         return found
+
+
+def _sent_once(data: bytes) -> Iterator[bytes]:
+    """*data* as a request body that lets go of it once sent.
+
+    httpx responses and their requests form a reference cycle, so a request holding its
+    body as ``bytes`` keeps it until the garbage collector runs: with 16 MiB chunks that
+    was 200 MB of dead chunks for a 200 MB upload (measured).  A finished generator holds
+    nothing.
+    """
+    yield data
 
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
