@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import layerseal
 import layerseal.cli
-from layerseal.allocator import tune_allocator
+from layerseal.cli._allocator import tune_allocator
 from layerseal.errors import LayersealError
 
 # Which module defines a command, so that a run imports only that one (start-up time

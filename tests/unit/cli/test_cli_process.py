@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from layerseal.allocator import tune_allocator
+from layerseal.cli._allocator import tune_allocator
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
@@ -24,7 +24,7 @@ def test_tuned_process_faults_less_when_churning_megabyte_buffers() -> None:
     # two threads, each holding a few buffers of 256 KiB .. 2 MiB, as a transfer does
     code = (
         "import resource, sys, threading\n"
-        "from layerseal.allocator import tune_allocator\n"
+        "from layerseal.cli._allocator import tune_allocator\n"
         "if sys.argv[1] == 'tuned': tune_allocator()\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
         "def work(seed):\n"
