@@ -9,7 +9,9 @@ pinned Intel SGX Root CA, each link signed by the next; the QE report is signed 
 PCK key and binds the attestation key (``SHA-256(key || qe_auth_data)``); the quote is
 signed by the attestation key over header and body; report data; every certificate of
 the PCK chain valid at the clock's time; with Intel's QE identity, the QE is Intel's
-(MRSIGNER, ISVPRODID, masked MISCSELECT/ATTRIBUTES; ``qe_tcb_status`` from its ISVSVN).
+(MRSIGNER, ISVPRODID, masked MISCSELECT/ATTRIBUTES; ``qe_tcb_status`` from its ISVSVN);
+with TCB info v3, the TDX module is Intel's (MRSIGNERSEAM, SEAMATTRIBUTES) and its
+identity's levels give ``tdx_module_tcb_status``.
 TCB status needs Intel collateral (TCB info), which this verifier is given or not:
 without it, or once it is past its ``nextUpdate`` (``collateral_expired``),
 ``tcb_status`` is ``unknown`` and policies decide.
@@ -299,6 +301,18 @@ class TcbLevel:
 
 
 @dataclass(frozen=True)
+class ModuleIdentity:
+    """A TDX module identity of TCB info v3: ``tdxModule`` (id "") or one of
+    ``tdxModuleIdentities`` (``TDX_03``...), with its TCB levels by ISVSVN."""
+
+    id: str
+    mrsigner: bytes
+    attributes: bytes
+    attributes_mask: bytes
+    levels: tuple[tuple[int, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class TcbInfo:
     """Intel's TDX TCB info for one FMSPC (signature already checked)."""
 
@@ -306,6 +320,8 @@ class TcbInfo:
     levels: tuple[TcbLevel, ...]
     issue_date: str
     next_update: str
+    tdx_module: ModuleIdentity | None = None
+    module_identities: tuple[ModuleIdentity, ...] = ()
 
 
 def _signed_member(text: bytes, name: bytes) -> bytes:
@@ -454,14 +470,64 @@ def tcb_info_from_json(info: Any) -> TcbInfo:
             )
             for lvl in info["tcbLevels"]
         )
+        module = info.get("tdxModule")
         return TcbInfo(
             str(info["fmspc"]).lower(),
             levels,
             str(info.get("issueDate", "")),
             str(info.get("nextUpdate", "")),
+            _module_identity(module, "") if module is not None else None,
+            tuple(_module_identity(m, str(m["id"])) for m in info.get("tdxModuleIdentities") or ()),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BadInputError("tdx TCB info: expected tcbInfo with fmspc and tcbLevels") from exc
+
+
+def _module_identity(obj: Any, ident: str) -> ModuleIdentity:
+    identity = ModuleIdentity(
+        ident.upper(),
+        bytes.fromhex(obj["mrsigner"]),
+        bytes.fromhex(obj["attributes"]),
+        bytes.fromhex(obj["attributesMask"]),
+        tuple((int(lvl["tcb"]["isvsvn"]), str(lvl["tcbStatus"])) for lvl in obj.get("tcbLevels") or ()),
+    )
+    if (len(identity.mrsigner), len(identity.attributes), len(identity.attributes_mask)) != (48, 8, 8):
+        raise ValueError("module identity: expected a 48-byte mrsigner and 8-byte attributes and mask")
+    return identity
+
+
+def tdx_module_status(info: TcbInfo, td: TdReport) -> str:
+    """Refuse a TDX module other than the one Intel's TCB info describes; its TCB status otherwise.
+
+    TEE_TCB_SVN[1] is the module's major version and [0] its SVN.  Version 0, or TCB info
+    without per-version identities, is checked against ``tdxModule`` alone; otherwise the
+    ``TDX_<version>`` identity must exist and its levels give the status.
+    """
+    if info.tdx_module is None:
+        return "unknown"  # TCB info before v3 describes no module
+    version, svn = td.tee_tcb_svn[1], td.tee_tcb_svn[0]
+    identity, status = info.tdx_module, "UpToDate"
+    if version and info.module_identities:
+        wanted = f"TDX_{version:02X}"
+        found = next((m for m in info.module_identities if m.id == wanted), None)
+        if found is None:
+            listed = ", ".join(m.id for m in info.module_identities)
+            raise DeniedError(f"tdx module identity: expected {wanted} among Intel's ({listed}), seen none")
+        identity = found
+        status = next((st for level_svn, st in identity.levels if svn >= level_svn), "NotSupported")
+    what = f"tdx module {identity.id or 'identity'}"
+    if not hmac.compare_digest(td.mr_signer_seam, identity.mrsigner):
+        raise DeniedError(
+            f"{what} MRSIGNERSEAM: expected {identity.mrsigner[:8].hex()}..., "
+            f"seen {td.mr_signer_seam[:8].hex()}..."
+        )
+    masked = bytes(a & m for a, m in zip(td.seam_attributes, identity.attributes_mask, strict=True))
+    wanted_attrs = bytes(a & m for a, m in zip(identity.attributes, identity.attributes_mask, strict=True))
+    if masked != wanted_attrs:
+        raise DeniedError(
+            f"{what} SEAMATTRIBUTES: expected {wanted_attrs.hex()} under mask, seen {masked.hex()}"
+        )
+    return status
 
 
 def tcb_status(info: TcbInfo, sgx: SgxExtension, tee_tcb_svn: bytes) -> str:
@@ -577,7 +643,12 @@ class TdxVerifier:
         expired = info is not None and collateral_expired(info, now)
         usable = info is not None and not expired and pck.sgx is not None
         status = tcb_status(info, pck.sgx, quote.td.tee_tcb_svn) if usable and info and pck.sgx else "unknown"
-        return claims_of(quote, fmspc, status, collateral_expired=expired, qe_status=qe_status)
+        module_status = tdx_module_status(info, quote.td) if usable and info else "unknown"
+        if status == "UpToDate" and module_status not in ("UpToDate", "unknown"):
+            status = module_status  # an out-of-date module makes the whole TCB so, as Intel's QVL merges them
+        return claims_of(
+            quote, fmspc, status, collateral_expired=expired, qe_status=qe_status, module_status=module_status
+        )
 
     def _pck(self, chain_pem: bytes) -> _Pck:
         key = hashlib.sha256(chain_pem).digest()
@@ -649,7 +720,13 @@ def collateral_expired(info: TcbInfo, now: datetime.datetime) -> bool:
 
 
 def claims_of(
-    quote: Quote, fmspc: str, status: str, *, collateral_expired: bool = False, qe_status: str = "unknown"
+    quote: Quote,
+    fmspc: str,
+    status: str,
+    *,
+    collateral_expired: bool = False,
+    qe_status: str = "unknown",
+    module_status: str = "unknown",
 ) -> Claims:
     td = quote.td
     details: dict[str, Any] = {
@@ -673,6 +750,7 @@ def claims_of(
         "tcb_status": status,
         "collateral_expired": collateral_expired,
         "qe_tcb_status": qe_status,
+        "tdx_module_tcb_status": module_status,
     }
     if td.tee_tcb_svn2 is not None and td.mr_servicetd is not None:
         details["tee_tcb_svn2"] = td.tee_tcb_svn2.hex()

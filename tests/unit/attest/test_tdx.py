@@ -333,7 +333,11 @@ def _level(sgx: list[int], pce: int, tdx_svns: list[int], status: str) -> dict[s
 
 
 def _collateral(
-    f: FakeIntel, levels: list[dict[str, object]], fmspc: str = "50806f000000", next_update: str | None = None
+    f: FakeIntel,
+    levels: list[dict[str, object]],
+    fmspc: str = "50806f000000",
+    next_update: str | None = None,
+    extra: dict[str, object] | None = None,
 ) -> bytes:
     now = datetime.datetime.now(datetime.UTC)
     info = json.dumps(
@@ -346,6 +350,7 @@ def _collateral(
             "pceId": "0000",
             "tcbType": 0,
             "tcbLevels": levels,
+            **(extra or {}),
         },
         separators=(",", ":"),
     ).encode()
@@ -525,3 +530,75 @@ def test_qe_identity_not_signed_by_intel_is_refused(fake_intel: FakeIntel) -> No
         tdx.parse_qe_identity(tampered, f.pem(f.tcb, f.root), f.root_der)
     with pytest.raises(DeniedError, match="tdx QE identity issuer chain root: expected the pinned"):
         tdx.parse_qe_identity(raw, f.pem(f.tcb), trust.shipped_intel_root())
+
+
+# ---------------------------------------------------------------------------- TDX module identity
+
+
+def _module(
+    td: tdx.TdReport, ident: str | None = None, mrsigner: bytes | None = None, **kw: object
+) -> dict[str, object]:
+    out: dict[str, object] = {
+        "mrsigner": (mrsigner if mrsigner is not None else td.mr_signer_seam).hex().upper(),
+        "attributes": td.seam_attributes.hex(),
+        "attributesMask": "FFFFFFFFFFFFFFFF",
+        **kw,
+    }
+    if ident is not None:
+        out["id"] = ident
+    return out
+
+
+def _verify_with_module(f: FakeIntel, template: bytes, extra: dict[str, object]) -> dict[str, object]:
+    forged = forge_quote(template, f.pck_key, f.pem(f.pck, f.root))
+    levels = [_level(_SGX_OK, 11, [0] * 16, "UpToDate")]
+    info = tdx.parse_tcb_info(_collateral(f, levels, extra=extra), f.pem(f.tcb, f.root), f.root_der)
+    return dict(tdx.TdxVerifier(f.root_der, [info]).verify(forged, rd_of(forged)).details)
+
+
+def test_module_version_0_is_checked_against_tdx_module(fake_intel: FakeIntel) -> None:
+    td = tdx.parse_quote(QUOTES[4]).td  # TEE_TCB_SVN 03 00 ...: major version 0
+    details = _verify_with_module(fake_intel, QUOTES[4], {"tdxModule": _module(td)})
+    assert (details["tdx_module_tcb_status"], details["tcb_status"]) == ("UpToDate", "UpToDate")
+    with pytest.raises(
+        DeniedError, match=r"tdx module identity MRSIGNERSEAM: expected 0101010101010101\.\.\., seen"
+    ):
+        _verify_with_module(fake_intel, QUOTES[4], {"tdxModule": _module(td, mrsigner=b"\x01" * 48)})
+
+
+def test_module_identity_of_its_version_gives_the_module_status(fake_intel: FakeIntel) -> None:
+    td = tdx.parse_quote(QUOTES[5]).td  # TEE_TCB_SVN 05 01 ...: TDX_01, module SVN 5
+    assert (td.tee_tcb_svn[1], td.tee_tcb_svn[0]) == (1, 5)
+    identities = [
+        _module(td, "TDX_03", tcbLevels=[{"tcb": {"isvsvn": 3}, "tcbStatus": "UpToDate"}]),
+        _module(
+            td,
+            "TDX_01",
+            tcbLevels=[
+                {"tcb": {"isvsvn": 6}, "tcbStatus": "UpToDate"},
+                {"tcb": {"isvsvn": 2}, "tcbStatus": "OutOfDate"},
+            ],
+        ),
+    ]
+    details = _verify_with_module(
+        fake_intel, QUOTES[5], {"tdxModule": _module(td), "tdxModuleIdentities": identities}
+    )
+    # the platform levels say UpToDate; the module's SVN 5 is below Intel's 6: the TCB is out of date
+    assert (details["tdx_module_tcb_status"], details["tcb_status"]) == ("OutOfDate", "OutOfDate")
+
+
+def test_module_version_without_an_identity_is_refused(fake_intel: FakeIntel) -> None:
+    td = tdx.parse_quote(QUOTES[5]).td
+    only_03 = [_module(td, "TDX_03", tcbLevels=[{"tcb": {"isvsvn": 3}, "tcbStatus": "UpToDate"}])]
+    with pytest.raises(
+        DeniedError, match=r"tdx module identity: expected TDX_01 among Intel's \(TDX_03\), seen none"
+    ):
+        _verify_with_module(fake_intel, QUOTES[5], {"tdxModule": _module(td), "tdxModuleIdentities": only_03})
+
+
+def test_malformed_module_identity_is_bad_collateral(fake_intel: FakeIntel) -> None:
+    f = fake_intel
+    td = tdx.parse_quote(QUOTES[4]).td
+    short = _collateral(f, [], extra={"tdxModule": _module(td, mrsigner=b"\x00" * 8)})
+    with pytest.raises(BadInputError, match="tdx TCB info: expected tcbInfo"):
+        tdx.parse_tcb_info(short, f.pem(f.tcb, f.root), f.root_der)
