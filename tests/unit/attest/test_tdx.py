@@ -332,6 +332,15 @@ def _level(sgx: list[int], pce: int, tdx_svns: list[int], status: str) -> dict[s
     }
 
 
+def _dates(next_update: str | None) -> dict[str, str]:
+    """Collateral issued yesterday and current for a month, unless *next_update* says otherwise."""
+    now = datetime.datetime.now(datetime.UTC)
+    return {
+        "issueDate": (now - datetime.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "nextUpdate": next_update or (now + datetime.timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
 def _collateral(
     f: FakeIntel,
     levels: list[dict[str, object]],
@@ -339,13 +348,11 @@ def _collateral(
     next_update: str | None = None,
     extra: dict[str, object] | None = None,
 ) -> bytes:
-    now = datetime.datetime.now(datetime.UTC)
     info = json.dumps(
         {
             "id": "TDX",
             "version": 3,
-            "issueDate": (now - datetime.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "nextUpdate": next_update or (now + datetime.timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            **_dates(next_update),
             "fmspc": fmspc,
             "pceId": "0000",
             "tcbType": 0,
@@ -446,13 +453,11 @@ def _qe_identity(
     levels: tuple[tuple[int, str], ...] = ((8, "UpToDate"), (0, "OutOfDate")),
     next_update: str | None = None,
 ) -> bytes:
-    now = datetime.datetime.now(datetime.UTC)
     body = json.dumps(
         {
             "id": "TD_QE",
             "version": 2,
-            "issueDate": (now - datetime.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "nextUpdate": next_update or (now + datetime.timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            **_dates(next_update),
             "miscselect": qe_report[16:20][::-1].hex(),
             "miscselectMask": "FFFFFFFF",
             "attributes": qe_report[48:64].hex(),
