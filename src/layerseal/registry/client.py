@@ -679,21 +679,39 @@ class RegistryClient:
         take: Callable[[bytes], None],
         size: int,
     ) -> tuple[str, bytes]:
-        """Send *head* then *rest* in PATCHes of *size* bytes; the remainder is returned for the PUT."""
-        buf = bytearray(head)
+        """Send *head* then *rest* in PATCHes of *size* bytes; the remainder is returned for the PUT.
+
+        A chunk is the list of pieces that make it up (the piece across a boundary split by
+        ``memoryview``), so building it copies nothing.
+        """
+        pending: list[bytes | memoryview] = [head] if head else []
+        held = len(head)
         offset = 0
         while True:
-            while len(buf) >= size:
-                location = self._patch_chunk(repository, location, offset, bytes(buf[:size]))
-                del buf[:size]
+            while held >= size:
+                pieces: list[bytes | memoryview] = []
+                need = size
+                while need:
+                    piece = pending.pop(0)
+                    if len(piece) > need:
+                        view = memoryview(piece)
+                        piece, rest_of_piece = view[:need], view[need:]
+                        pending.insert(0, rest_of_piece)
+                    pieces.append(piece)
+                    need -= len(piece)
+                location = self._patch_chunk(repository, location, offset, pieces)
+                held -= size
                 offset += size
             chunk = next(rest, None)
             if chunk is None:
-                return location, bytes(buf)
+                return location, b"".join(pending)
             take(chunk)
-            buf += chunk
+            pending.append(chunk)
+            held += len(chunk)
 
-    def _patch_chunk(self, repository: str, location: str, offset: int, data: bytes) -> str:
+    def _patch_chunk(
+        self, repository: str, location: str, offset: int, pieces: list[bytes | memoryview]
+    ) -> str:
         """PATCH one chunk at *offset*; after a failure, ask the registry how much it kept and send the rest.
 
         A registry may keep part of a request that broke off, so a blind resend could be
@@ -702,21 +720,19 @@ class RegistryClient:
         then says the upload cannot be resumed, and the caller starts a new one.
         """
         policy = self.options.retry
-        end = offset + len(data)
+        end = offset + sum(len(p) for p in pieces)
         done, failures = 0, 0
         while True:
             start = offset + done
             what = f"blob upload chunk, bytes {start}-{end - 1} (PATCH)"
             try:
-                part = data[done:]
                 response = self._send_patch(
                     repository,
                     location,
                     what,
-                    _sent_once(part),
-                    {"Content-Range": f"{start}-{end - 1}", "Content-Length": str(len(part))},
+                    _sent_once(pieces, skip=done),
+                    {"Content-Range": f"{start}-{end - 1}", "Content-Length": str(end - start)},
                 )
-                del part
             except TransportError as exc:
                 error: LayersealError = exc
             else:
@@ -847,15 +863,20 @@ class RegistryClient:
         return found
 
 
-def _sent_once(data: bytes) -> Iterator[bytes]:
-    """*data* as a request body that lets go of it once sent.
+def _sent_once(pieces: list[bytes | memoryview], skip: int = 0) -> Iterator[bytes]:
+    """*pieces* (less their first *skip* bytes) as a request body that lets go of them once sent.
 
     httpx responses and their requests form a reference cycle, so a request holding its
     body as ``bytes`` keeps it until the garbage collector runs: with 16 MiB chunks that
     was 200 MB of dead chunks for a 200 MB upload (measured).  A finished generator holds
     nothing.
     """
-    yield data
+    for piece in pieces:
+        if skip >= len(piece):
+            skip -= len(piece)
+            continue
+        yield bytes(piece[skip:]) if skip or isinstance(piece, memoryview) else piece
+        skip = 0
 
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:

@@ -33,7 +33,7 @@ class RegistryOptions:
     upload_chunk_size: int = CHUNK_SIZE
     #: None: larger blobs go in one streamed PATCH (fastest); N: in PATCHes of N bytes with
     #: ``Content-Range`` (for registries and proxies that cap request bodies), each resumed
-    #: after a failure from the offset the registry reports; about 4N bytes are held per upload
+    #: after a failure from the offset the registry reports; about 2N bytes are held per upload
     upload_chunk_limit: int | None = None
     user_agent: str = "layerseal/0.1"
     #: tests put an ``httpx.MockTransport`` here
