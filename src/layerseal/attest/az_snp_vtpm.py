@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from layerseal.attest import snp
+from layerseal.attest.bytereader import ByteReader
 from layerseal.attest.claims import Claims
 from layerseal.attest.x509util import load_cert
 from layerseal.errors import BadInputError, DeniedError, LayersealError
@@ -89,36 +90,9 @@ class Attest:
     pcr_digest: bytes
 
 
-class _Reader:
-    """Big-endian TPM marshalling with bounds checks named after the quote field."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def take(self, n: int, what: str) -> bytes:
-        if self.pos + n > len(self.data):
-            raise BadInputError(
-                f"{TEE} tpm quote {what}: expected {n} bytes at offset {self.pos}, "
-                f"seen {len(self.data) - self.pos} left"
-            )
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def uint(self, size: int, what: str) -> int:
-        return int.from_bytes(self.take(size, what), "big")
-
-    def sized(self, what: str, limit: int) -> bytes:
-        size = self.uint(2, f"{what} size")
-        if size > limit:
-            raise BadInputError(f"{TEE} tpm quote {what}: expected at most {limit} bytes, seen {size}")
-        return self.take(size, what)
-
-
 def parse_attest(message: bytes) -> Attest:
     """Parse the quote's TPMS_ATTEST; every byte must belong to a field."""
-    r = _Reader(message)
+    r = ByteReader(message, f"{TEE} tpm quote", byteorder="big")
     magic = r.uint(4, "magic")
     if magic != TPM_GENERATED_VALUE:
         raise BadInputError(f"{TEE} tpm quote magic: expected {TPM_GENERATED_VALUE:#x}, seen {magic:#x}")

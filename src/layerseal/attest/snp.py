@@ -35,7 +35,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from layerseal.attest.claims import Claims
 from layerseal.attest.x509util import (
@@ -47,6 +47,7 @@ from layerseal.attest.x509util import (
     load_pem_certs,
     utc_now,
     verify_issued_by,
+    verify_signature,
 )
 from layerseal.errors import BadInputError, DeniedError
 
@@ -250,21 +251,8 @@ def parse_amd_crl(data: bytes, chains: Iterable[AmdChain], what: str = "snp CRL"
     if chain is None:
         arks = ", ".join(repr(common_name(c.ark.subject)) for c in by_subject.values())
         raise BadInputError(f"{what}: expected an issuer among {arks}, seen {common_name(crl.issuer)!r}")
-    key = chain.ark.public_key()
-    try:
-        if not isinstance(key, rsa.RSAPublicKey):
-            raise InvalidSignature
-        key.verify(
-            crl.signature,
-            crl.tbs_certlist_bytes,
-            padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48),
-            hashes.SHA384(),
-        )
-    except InvalidSignature as exc:
-        raise DeniedError(
-            f"{what}: expected a signature by the pinned {common_name(chain.ark.subject)}, "
-            "seen an invalid one"
-        ) from exc
+    signer = f"the pinned {common_name(chain.ark.subject)}"
+    verify_signature(chain.ark.public_key(), crl.signature, crl.tbs_certlist_bytes, None, what, signer)
     return AmdCrl(
         chain.generation,
         frozenset(r.serial_number for r in crl),

@@ -39,6 +39,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
+from layerseal.attest.bytereader import ByteReader
 from layerseal.attest.claims import Claims
 from layerseal.attest.x509util import (
     Clock,
@@ -130,27 +131,6 @@ class Quote:
     pck_chain_pem: bytes
 
 
-class _Reader:
-    def __init__(self, data: bytes, offset: int) -> None:
-        self.data, self.pos = data, offset
-
-    def take(self, n: int, what: str) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise BadInputError(
-                f"tdx quote {what}: expected {n} bytes at offset {self.pos}, "
-                f"seen {max(0, len(self.data) - self.pos)}"
-            )
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def u16(self, what: str) -> int:
-        return int(struct.unpack("<H", self.take(2, what))[0])
-
-    def u32(self, what: str) -> int:
-        return int(struct.unpack("<I", self.take(4, what))[0])
-
-
 def parse_quote(data: bytes) -> Quote:
     """Parse a version 4 or 5 TDX quote with QE-report certification data."""
     if len(data) < HEADER_SIZE:
@@ -158,13 +138,13 @@ def parse_quote(data: bytes) -> Quote:
     version, att_key_type, tee_type = struct.unpack_from("<HHI", data, 0)
     if version not in (4, 5):
         raise BadInputError(f"tdx quote version: expected 4 or 5, seen {version}")
-    rd = _Reader(data, HEADER_SIZE)
+    rd = ByteReader(data, "tdx quote", offset=HEADER_SIZE)
     if version == 4:
         body_type = 2
         body = rd.take(_BODY_SIZES[2], "body")
     else:
-        body_type = rd.u16("body type")
-        size = rd.u32("body size")
+        body_type = rd.uint(2, "body type")
+        size = rd.uint(4, "body size")
         if _BODY_SIZES.get(body_type) != size:
             raise BadInputError(
                 f"tdx quote body: expected type 2 (584 bytes) or 3 (648 bytes), seen type {body_type} "
@@ -172,7 +152,7 @@ def parse_quote(data: bytes) -> Quote:
             )
         body = rd.take(size, "body")
     signed = data[: rd.pos]
-    sig_len = rd.u32("signature data length")
+    sig_len = rd.uint(4, "signature data length")
     sig_end = rd.pos + sig_len
     if sig_end > len(data) or any(data[sig_end:]):
         # quotes are often zero-padded to a buffer size; anything else is unsigned garbage
@@ -180,25 +160,25 @@ def parse_quote(data: bytes) -> Quote:
             f"tdx quote signature data: expected {sig_len} bytes then zero padding, "
             f"seen {len(data) - rd.pos} bytes"
         )
-    rd = _Reader(data[:sig_end], rd.pos)
+    rd = ByteReader(data[:sig_end], "tdx quote", offset=rd.pos)
     signature = rd.take(64, "quote signature")
     attestation_key = rd.take(64, "attestation key")
-    cert_type = rd.u16("certification data type")
+    cert_type = rd.uint(2, "certification data type")
     if cert_type != CERT_DATA_QE_REPORT:
         raise BadInputError(
             f"tdx quote certification data type: expected {CERT_DATA_QE_REPORT} (QE report), seen {cert_type}"
         )
-    rd.u32("certification data size")
+    rd.uint(4, "certification data size")
     qe_report = rd.take(QE_REPORT_SIZE, "QE report")
     qe_report_signature = rd.take(64, "QE report signature")
-    qe_auth_data = rd.take(rd.u16("QE auth data size"), "QE auth data")
-    inner_type = rd.u16("PCK certification data type")
+    qe_auth_data = rd.take(rd.uint(2, "QE auth data size"), "QE auth data")
+    inner_type = rd.uint(2, "PCK certification data type")
     if inner_type != CERT_DATA_PCK_CHAIN:
         raise BadInputError(
             f"tdx quote PCK certification data type: expected {CERT_DATA_PCK_CHAIN} (PEM chain), "
             f"seen {inner_type}"
         )
-    pck_chain = rd.take(rd.u32("PCK chain size"), "PCK chain")
+    pck_chain = rd.take(rd.uint(4, "PCK chain size"), "PCK chain")
     return Quote(
         version=version,
         att_key_type=att_key_type,
@@ -406,7 +386,7 @@ def parse_qe_identity(raw: bytes, issuer_chain_pem: bytes, root_ca: bytes) -> Qe
     try:
         if body.get("id") != "TD_QE":
             raise BadInputError(f"{what} id: expected 'TD_QE', seen {str(body.get('id'))[:10]!r}")
-        return QeIdentity(
+        identity = QeIdentity(
             miscselect=int(body["miscselect"], 16),
             miscselect_mask=int(body["miscselectMask"], 16),
             attributes=bytes.fromhex(body["attributes"]),
@@ -416,6 +396,9 @@ def parse_qe_identity(raw: bytes, issuer_chain_pem: bytes, root_ca: bytes) -> Qe
             levels=tuple((int(lvl["tcb"]["isvsvn"]), str(lvl["tcbStatus"])) for lvl in body["tcbLevels"]),
             next_update=str(body.get("nextUpdate", "")),
         )
+        if (len(identity.mrsigner), len(identity.attributes), len(identity.attributes_mask)) != (32, 16, 16):
+            raise ValueError("QE identity: expected a 32-byte mrsigner and 16-byte attributes and mask")
+        return identity
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BadInputError(f"{what}: expected enclaveIdentity with TD_QE fields and tcbLevels") from exc
 
@@ -442,12 +425,7 @@ def qe_tcb_status(identity: QeIdentity, qe_report: bytes, now: datetime.datetime
             f"tdx QE identity MISCSELECT: expected {identity.miscselect:#x} under mask "
             f"{identity.miscselect_mask:#x}, seen {miscselect:#x}"
         )
-    masked = bytes(a & m for a, m in zip(attributes, identity.attributes_mask, strict=True))
-    wanted = bytes(a & m for a, m in zip(identity.attributes, identity.attributes_mask, strict=True))
-    if masked != wanted:
-        raise DeniedError(
-            f"tdx QE identity ATTRIBUTES: expected {wanted.hex()} under mask, seen {masked.hex()}"
-        )
+    _check_masked(attributes, identity.attributes, identity.attributes_mask, "tdx QE identity ATTRIBUTES")
     if _past(identity.next_update, now):
         return "unknown"
     for svn, status in identity.levels:
@@ -521,13 +499,17 @@ def tdx_module_status(info: TcbInfo, td: TdReport) -> str:
             f"{what} MRSIGNERSEAM: expected {identity.mrsigner[:8].hex()}..., "
             f"seen {td.mr_signer_seam[:8].hex()}..."
         )
-    masked = bytes(a & m for a, m in zip(td.seam_attributes, identity.attributes_mask, strict=True))
-    wanted_attrs = bytes(a & m for a, m in zip(identity.attributes, identity.attributes_mask, strict=True))
-    if masked != wanted_attrs:
-        raise DeniedError(
-            f"{what} SEAMATTRIBUTES: expected {wanted_attrs.hex()} under mask, seen {masked.hex()}"
-        )
+    _check_masked(td.seam_attributes, identity.attributes, identity.attributes_mask, f"{what} SEAMATTRIBUTES")
     return status
+
+
+def _check_masked(seen: bytes, expected: bytes, mask: bytes, what: str) -> None:
+    """Intel's attribute rule: *seen* and *expected* agree on every bit *mask* selects
+    (lengths are checked when the collateral is parsed)."""
+    got = bytes(a & m for a, m in zip(seen, mask, strict=True))
+    want = bytes(a & m for a, m in zip(expected, mask, strict=True))
+    if got != want:
+        raise DeniedError(f"{what}: expected {want.hex()} under mask, seen {got.hex()}")
 
 
 def tcb_status(info: TcbInfo, sgx: SgxExtension, tee_tcb_svn: bytes) -> str:

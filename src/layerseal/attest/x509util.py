@@ -56,36 +56,51 @@ def common_name(name: x509.Name) -> str:
 
 
 def verify_issued_by(child: x509.Certificate, issuer: x509.Certificate, what: str) -> None:
-    """Raise ``DeniedError`` unless *issuer* names and signed *child*.
-
-    RSA issuers are AMD's (RSASSA-PSS, SHA-384, salt 48 is the only scheme AMD uses);
-    EC issuers are Intel's (ECDSA with the certificate's declared hash).
-    """
+    """Raise ``DeniedError`` unless *issuer* names and signed *child*."""
     if child.issuer != issuer.subject:
         expected, seen = common_name(issuer.subject), common_name(child.issuer)
         if expected == seen:
             expected, seen = issuer.subject.rfc4514_string(), child.issuer.rfc4514_string()
         raise DeniedError(f"{what}: expected issuer {expected!r}, seen {seen!r}")
-    key = issuer.public_key()
+    verify_signature(
+        issuer.public_key(),
+        child.signature,
+        child.tbs_certificate_bytes,
+        child.signature_hash_algorithm,
+        what,
+        repr(common_name(issuer.subject)),
+    )
+
+
+def verify_signature(
+    key: object,
+    signature: bytes,
+    signed: bytes,
+    ecdsa_hash: hashes.HashAlgorithm | None,
+    what: str,
+    signer: str,
+) -> None:
+    """Raise ``DeniedError`` unless *key* signed *signed* (a certificate's or CRL's TBS bytes).
+
+    RSA keys are AMD's (RSASSA-PSS, SHA-384, salt 48 is the only scheme AMD uses); EC keys
+    are Intel's (ECDSA with the declared *ecdsa_hash*).  *signer* names the key in errors.
+    """
     try:
         if isinstance(key, rsa.RSAPublicKey):
             key.verify(
-                child.signature,
-                child.tbs_certificate_bytes,
+                signature,
+                signed,
                 padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48),
                 hashes.SHA384(),
             )
         elif isinstance(key, ec.EllipticCurvePublicKey):
-            algorithm = child.signature_hash_algorithm
-            if algorithm is None:
+            if ecdsa_hash is None:
                 raise DeniedError(f"{what}: expected an ECDSA signature with a hash, seen none")
-            key.verify(child.signature, child.tbs_certificate_bytes, ec.ECDSA(algorithm))
+            key.verify(signature, signed, ec.ECDSA(ecdsa_hash))
         else:
             raise DeniedError(f"{what}: expected an RSA or EC issuer key, seen {type(key).__name__}")
     except InvalidSignature as exc:
-        raise DeniedError(
-            f"{what}: expected a signature by {common_name(issuer.subject)!r}, seen an invalid one"
-        ) from exc
+        raise DeniedError(f"{what}: expected a signature by {signer}, seen an invalid one") from exc
 
 
 Clock = Callable[[], datetime.datetime]

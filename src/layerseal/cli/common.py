@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -18,6 +20,7 @@ from layerseal.errors import BadInputError, LayersealError
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
+    from layerseal.image.transport import ImageDestination, ImageSource
     from layerseal.registry.transport import RegistryOptions
 
 
@@ -72,6 +75,25 @@ def registry_options(args: argparse.Namespace, side: str, ref: str) -> RegistryO
         if chunk is not None
         else None,
     )
+
+
+@contextlib.contextmanager
+def open_endpoints(args: argparse.Namespace) -> Iterator[tuple[ImageSource, ImageDestination]]:
+    """``args.source`` and ``args.destination`` opened, both closed afterwards; every
+    registry flag of both sides is checked before either is opened."""
+    from layerseal.builder.endpoints import open_destination, open_source
+
+    src_options = registry_options(args, "src", args.source)
+    dst_options = registry_options(args, "dest", args.destination)
+    src = open_source(args.source, src_options)
+    try:
+        dst = open_destination(args.destination, dst_options)
+        try:
+            yield src, dst
+        finally:
+            dst.close()
+    finally:
+        src.close()
 
 
 _SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}

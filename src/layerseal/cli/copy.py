@@ -7,13 +7,14 @@ import json
 from typing import Any
 
 from layerseal.builder.copy import CopyOptions, CopyReport, IndexCopyReport, copy_image, copy_index
-from layerseal.builder.endpoints import open_destination, open_source
+from layerseal.builder.endpoints import open_source
 from layerseal.builder.inspect import inspect_image
 from layerseal.cli.common import (
     RichProgress,
     abandon_broker_keys,
     add_encryption_flags,
     add_registry_flags,
+    open_endpoints,
     parse_unwrappers,
     parse_wrappers,
     registry_options,
@@ -84,27 +85,16 @@ def run_copy(args: argparse.Namespace) -> int:
         raise BadInputError("--encrypt-layer: expected --encryption-key too, seen none")
     if args.all and args.platform:
         raise BadInputError("--all: expected no --platform (every platform is copied), seen one")
-    # every flag is checked before anything is opened
-    src_options = registry_options(args, "src", args.source)
-    dst_options = registry_options(args, "dest", args.destination)
-    src = open_source(args.source, src_options)
-    try:
-        dst = open_destination(args.destination, dst_options)
+    with open_endpoints(args) as (src, dst), RichProgress(not args.quiet and not args.json) as progress:
         try:
-            with RichProgress(not args.quiet and not args.json) as progress:
-                try:
-                    result = (
-                        copy_index(src, dst, options, progress)
-                        if args.all
-                        else copy_image(src, dst, options, progress)
-                    )
-                except BaseException:
-                    abandon_broker_keys(options.wrappers)
-                    raise
-        finally:
-            dst.close()
-    finally:
-        src.close()
+            result = (
+                copy_index(src, dst, options, progress)
+                if args.all
+                else copy_image(src, dst, options, progress)
+            )
+        except BaseException:
+            abandon_broker_keys(options.wrappers)
+            raise
     reports = [r for r in result.images if r is not None] if isinstance(result, IndexCopyReport) else [result]
     top = result.index if isinstance(result, IndexCopyReport) else result.manifest
     if args.json:

@@ -6,16 +6,15 @@ import argparse
 import os
 from typing import Any
 
-from layerseal.builder.endpoints import open_destination, open_source
 from layerseal.builder.rotate import reencrypt, rotate_keys
 from layerseal.cli.common import (
     RichProgress,
     add_encryption_flags,
     add_registry_flags,
+    open_endpoints,
     parse_unwrappers,
     parse_wrappers,
     print_json,
-    registry_options,
 )
 from layerseal.errors import BadInputError
 
@@ -69,28 +68,20 @@ def register(sub: Any) -> None:
 
 
 def run_rotate(args: argparse.Namespace) -> int:
-    src = open_source(args.source, registry_options(args, "src", args.source))
-    try:
-        dst = open_destination(args.destination, registry_options(args, "dest", args.destination))
-        try:
-            with RichProgress(not args.quiet and not args.json) as progress:
-                if args.reencrypt:
-                    report = reencrypt(
-                        src,
-                        dst,
-                        parse_unwrappers(args.decryption_key),
-                        parse_wrappers(args, args.destination),
-                        progress=progress,
-                    )
-                else:
-                    with _client(args) as client:
-                        report = rotate_keys(
-                            src, dst, client, retire_previous=args.retire_previous, progress=progress
-                        )
-        finally:
-            dst.close()
-    finally:
-        src.close()
+    with open_endpoints(args) as (src, dst), RichProgress(not args.quiet and not args.json) as progress:
+        if args.reencrypt:
+            report = reencrypt(
+                src,
+                dst,
+                parse_unwrappers(args.decryption_key),
+                parse_wrappers(args, args.destination),
+                progress=progress,
+            )
+        else:
+            with _client(args) as client:
+                report = rotate_keys(
+                    src, dst, client, retire_previous=args.retire_previous, progress=progress
+                )
     if args.json:
         print_json(
             {

@@ -8,16 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from layerseal.builder.endpoints import open_destination, open_source
 from layerseal.builder.layeradd import add_layer
 from layerseal.cli.common import (
     RichProgress,
     abandon_broker_keys,
     add_encryption_flags,
     add_registry_flags,
+    open_endpoints,
     parse_wrappers,
     print_json,
-    registry_options,
 )
 from layerseal.crypto.keywrap import KeyWrapper
 from layerseal.errors import BadInputError
@@ -78,26 +77,23 @@ def run_add(args: argparse.Namespace) -> int:
     args.source, args.destination = args.items[0], args.items[-1]
     sources = parse_paths(args.items[1:-1])
     wrappers = parse_wrappers(args, args.destination)
-    src = open_source(args.source, registry_options(args, "src", args.source))
-    try:
-        dst = open_destination(args.destination, registry_options(args, "dest", args.destination))
-        try:
-            with RichProgress(not args.quiet and not args.json) as progress, _abandon_on_error(wrappers):
-                report = add_layer(
-                    src,
-                    dst,
-                    sources,
-                    wrappers=wrappers,
-                    compression=args.compress,
-                    message=args.message,
-                    keep_mtime=args.keep_mtime,
-                    platform=Platform.parse(args.platform) if args.platform else None,
-                    progress=progress,
-                )
-        finally:
-            dst.close()
-    finally:
-        src.close()
+    platform = Platform.parse(args.platform) if args.platform else None
+    with (
+        open_endpoints(args) as (src, dst),
+        RichProgress(not args.quiet and not args.json) as progress,
+        _abandon_on_error(wrappers),
+    ):
+        report = add_layer(
+            src,
+            dst,
+            sources,
+            wrappers=wrappers,
+            compression=args.compress,
+            message=args.message,
+            keep_mtime=args.keep_mtime,
+            platform=platform,
+            progress=progress,
+        )
     if args.json:
         print_json(
             {

@@ -82,7 +82,15 @@ MAX_CONFIG_BYTES = 8 * 1024 * 1024
 def resolve_manifest(src: ImageSource, platform: Platform | None = None) -> tuple[bytes, str, Manifest]:
     """The image manifest of *src*, choosing *platform*'s entry (default: this host) from an index."""
     data, media_type = src.get_manifest()
-    parsed = parse_any(data, media_type, f"manifest of {src.name}")
+    return select_manifest(
+        src, data, media_type, parse_any(data, media_type, f"manifest of {src.name}"), platform
+    )
+
+
+def select_manifest(
+    src: ImageSource, data: bytes, media_type: str, parsed: Manifest | Index, platform: Platform | None = None
+) -> tuple[bytes, str, Manifest]:
+    """:func:`resolve_manifest` for a top-level manifest the caller already fetched and parsed."""
     if isinstance(parsed, Index):
         entry = parsed.select(platform or Platform.host())
         data, media_type = src.get_manifest(entry.digest)

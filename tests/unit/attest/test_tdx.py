@@ -607,3 +607,10 @@ def test_malformed_module_identity_is_bad_collateral(fake_intel: FakeIntel) -> N
     short = _collateral(f, [], extra={"tdxModule": _module(td, mrsigner=b"\x00" * 8)})
     with pytest.raises(BadInputError, match="tdx TCB info: expected tcbInfo"):
         tdx.parse_tcb_info(short, f.pem(f.tcb, f.root), f.root_der)
+
+
+def test_qe_identity_with_wrong_field_sizes_is_bad_collateral(fake_intel: FakeIntel) -> None:
+    f = fake_intel
+    raw = _qe_identity(f, tdx.parse_quote(QUOTES[4]).qe_report, mrsigner=b"\x01" * 8)
+    with pytest.raises(BadInputError, match="tdx QE identity: expected enclaveIdentity"):
+        tdx.parse_qe_identity(raw, f.pem(f.tcb, f.root), f.root_der)

@@ -86,3 +86,27 @@ def test_broker_refuses_a_missing_crl_directory_before_serving(
     assert capsys.readouterr().err.strip() == (
         f"layerseal: error: snp CRL directory {tmp_path / 'nope'}: expected a directory, seen none"
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [
+            "layer",
+            "add",
+            "--dest-chunk-size",
+            "0",
+            "oci:/nonexistent/x:v1",
+            "/etc/hostname",
+            "docker://127.0.0.1:9/a/b:v1",
+        ],
+        ["keys", "rotate", "--dest-chunk-size", "0", "oci:/nonexistent/x:v1", "docker://127.0.0.1:9/a/b:v1"],
+    ],
+    ids=["layer-add", "keys-rotate"],
+)
+def test_every_command_checks_registry_flags_before_opening(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the source does not exist: a command that opened it first would report that instead
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith("layerseal: error: --dest-chunk-size '0'")

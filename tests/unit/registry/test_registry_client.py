@@ -17,7 +17,7 @@ from layerseal.errors import (
     NotFoundError,
     TransportError,
 )
-from layerseal.image.descriptor import Descriptor
+from layerseal.image.descriptor import Descriptor, Platform
 from layerseal.image.digest import Digest
 from layerseal.image.manifest import MAX_MANIFEST_BYTES
 from layerseal.image.transport import CHUNK_SIZE, ImageDestination, ImageSource
@@ -753,3 +753,28 @@ def test_with_a_chunk_limit_no_request_body_exceeds_it() -> None:
     small = FakeRegistry()
     client(small, upload_chunk_size=4096, upload_chunk_limit=1000).upload_blob("a/b", [data[:900]])
     assert [r.method for r in small.requests] == ["POST", "PUT"]  # fits in one request: one PUT
+
+
+def test_inspect_of_an_index_reads_the_tagged_manifest_once() -> None:
+    from layerseal.builder.inspect import inspect_image
+
+    fake = FakeRegistry()
+    config = b'{"architecture":"arm64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    fake.add_blob("a/b", config)
+    child = (
+        '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":'
+        f'{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{sha(config)}","size":{len(config)}}},'
+        '"layers":[]}'
+    ).encode()
+    index = (
+        '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":['
+        f'{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{sha(child)}","size":{len(child)},'
+        '"platform":{"architecture":"arm64","os":"linux"}}]}'
+    ).encode()
+    fake.add_manifest("a/b", sha(child), child, "application/vnd.oci.image.manifest.v1+json")
+    fake.add_manifest("a/b", "v1", index, "application/vnd.oci.image.index.v1+json")
+    with open_registry_source("docker://reg.test/a/b:v1", fake.options()) as src:
+        summary = inspect_image(src, Platform("arm64", "linux"))
+    assert summary.index is not None and summary.manifest_digest == sha(child)
+    tagged = [r for r in fake.requests if r.method == "GET" and r.url.path.endswith("/manifests/v1")]
+    assert len(tagged) == 1
