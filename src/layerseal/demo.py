@@ -171,18 +171,15 @@ def run(work: Path) -> None:
             say("publish", f"layer {str(key['layer_digest'])[7:19]} -> broker key {key['kid']}")
 
         store = work / "shared-store"
+        # what every engine run here shares: the broker, the simulated TEE, one blob store
+        engine_flags = ["--src-tls-verify=false", "--kbs", broker_url]
+        engine_flags += ["--sim-platform", str(work / "sim-platform"), "--store", str(store)]
         engines = [
             subprocess.Popen(
                 [
                     *CLI,
                     "pull",
-                    "--src-tls-verify=false",
-                    "--kbs",
-                    broker_url,
-                    "--sim-platform",
-                    str(work / "sim-platform"),
-                    "--store",
-                    str(store),
+                    *engine_flags,
                     "--snapshots",
                     str(work / f"snapshots-{n}"),
                     ref,
@@ -221,18 +218,7 @@ def run(work: Path) -> None:
 
         say("run", "layerseal run (runc) prints:")
         status = subprocess.run(
-            [
-                *CLI,
-                "run",
-                "--src-tls-verify=false",
-                "--kbs",
-                broker_url,
-                "--sim-platform",
-                str(work / "sim-platform"),
-                "--store",
-                str(store),
-                ref,
-            ],
+            [*CLI, "run", *engine_flags, ref],
             check=False,
         ).returncode
         if status != 0:
