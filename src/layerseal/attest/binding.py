@@ -2,7 +2,10 @@
 
 The evidence's report data must equal ``SHA-384(JCS({"additional-evidence", "nonce",
 "tee-pubkey"}))`` zero-padded to 64 bytes, so the evidence is fresh (nonce) and names
-the only key a released secret may be wrapped to (tee-pubkey).
+the only key a released secret may be wrapped to (tee-pubkey).  Additional (device)
+evidence is bound to ``SHA-384(JCS({"nonce", "tee-pubkey"}))``, as Trustee's KBS binds it
+and guest-components' attester produces it; the primary evidence then binds the
+additional evidence itself.
 """
 
 from __future__ import annotations
@@ -24,4 +27,11 @@ def runtime_data(nonce: str, tee_pubkey: Mapping[str, Any], additional_evidence:
 def report_data(nonce: str, tee_pubkey: Mapping[str, Any], additional_evidence: str = "") -> bytes:
     """The 64 report-data bytes an honest enclave puts in its evidence."""
     digest = hashlib.sha384(canonicalize(runtime_data(nonce, tee_pubkey, additional_evidence))).digest()
+    return digest.ljust(REPORT_DATA_SIZE, b"\0")
+
+
+def device_report_data(nonce: str, tee_pubkey: Mapping[str, Any]) -> bytes:
+    """The report data of a piece of additional evidence: it cannot bind itself, so only the
+    nonce and tee-pubkey (zero-padded to 64 bytes like the primary's)."""
+    digest = hashlib.sha384(canonicalize({"nonce": nonce, "tee-pubkey": dict(tee_pubkey)})).digest()
     return digest.ljust(REPORT_DATA_SIZE, b"\0")
