@@ -31,6 +31,9 @@ from layerseal.attest.claims import Claims
 from layerseal.errors import BadInputError, DeniedError
 
 MAX_BODY = 256 * 1024
+MAX_INLINE = 1024  # longest data entry copied into the claims
+MAX_INLINE_TOTAL = 4096
+MAX_ENTRIES = 64
 ALGORITHMS = ("sha256", "sha384", "sha512")
 # TEE -> (claim detail holding the field, field size) for fields compared after regularizing
 _FIELDS = {"snp": ("host_data", 32, "HOSTDATA"), "tdx": ("mr_config_id", 48, "MRCONFIGID")}
@@ -48,12 +51,28 @@ class InitData:
     data: Mapping[str, str]
 
     def claims(self) -> dict[str, Any]:
-        """What policies see under ``init_data`` once the TEE's field matched."""
+        """What policies see under ``init_data`` once the TEE's field matched.
+
+        ``data`` holds each entry up to :data:`MAX_INLINE` characters (claims travel in
+        every token; a kata ``policy.rego`` is often tens of KiB); ``data_sha256`` holds
+        ``sha256:<hex>`` of every entry, so a policy can pin a large one by digest.
+        """
+        inline: dict[str, str] = {}
+        budget = MAX_INLINE_TOTAL
+        for key in sorted(self.data):
+            value = self.data[key]
+            if len(value) <= MAX_INLINE and len(value) <= budget:
+                inline[key] = value
+                budget -= len(value)
         return {
             "digest": self.digest.hex(),
             "algorithm": self.algorithm,
             "version": self.version,
-            "data": dict(self.data),
+            "data": inline,
+            "data_sha256": {
+                key: "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+                for key, value in self.data.items()
+            },
         }
 
 
@@ -88,6 +107,8 @@ def parse(value: Any) -> InitData | None:
         )
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise BadInputError(f"{what} data: expected a table of strings, seen {type(data).__name__}")
+    if len(data) > MAX_ENTRIES:
+        raise BadInputError(f"{what} data: expected at most {MAX_ENTRIES} entries, seen {len(data)}")
     digest = hashlib.new(str(algorithm), body.encode("utf-8")).digest()
     return InitData(body, version, str(algorithm), digest, MappingProxyType(dict(data)))
 

@@ -274,3 +274,14 @@ def test_tees_without_a_field_refuse_init_data(tee: str) -> None:
     assert parsed is not None
     with pytest.raises(BadInputError, match=f"expected a TEE that binds its digest .*seen tee {tee}"):
         initdata.check(claims, parsed)
+
+
+def test_large_entries_are_claimed_by_digest_only() -> None:
+    big = "p" * 5000
+    body = f'algorithm = "sha384"\nversion = "0.1.0"\n[data]\n"policy.rego" = "{big}"\n"aa.toml" = "x"\n'
+    parsed = initdata.parse(body)
+    assert parsed is not None
+    claims = parsed.claims()
+    assert claims["data"] == {"aa.toml": "x"}
+    assert claims["data_sha256"]["policy.rego"] == "sha256:" + hashlib.sha256(big.encode()).hexdigest()
+    assert len(json.dumps(claims)) < 1024
