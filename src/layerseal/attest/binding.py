@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from layerseal.attest.jcs import canonicalize
+from layerseal.errors import BadInputError
 
 REPORT_DATA_SIZE = 64
 
@@ -24,10 +25,23 @@ def runtime_data(nonce: str, tee_pubkey: Mapping[str, Any], additional_evidence:
     return {"additional-evidence": additional_evidence, "nonce": nonce, "tee-pubkey": dict(tee_pubkey)}
 
 
-def report_data(nonce: str, tee_pubkey: Mapping[str, Any], additional_evidence: str = "") -> bytes:
-    """The 64 report-data bytes an honest enclave puts in its evidence."""
-    digest = hashlib.sha384(canonicalize(runtime_data(nonce, tee_pubkey, additional_evidence))).digest()
-    return digest.ljust(REPORT_DATA_SIZE, b"\0")
+HASH_ALGORITHMS = ("sha256", "sha384", "sha512")
+
+
+def report_data(
+    nonce: str, tee_pubkey: Mapping[str, Any], additional_evidence: str = "", algorithm: str = "sha384"
+) -> bytes:
+    """The 64 report-data bytes an honest enclave puts in its evidence.
+
+    *algorithm* is SHA-384 unless a KBS challenge's ``extra-params`` names another
+    (``selected-hash-algorithm``, kbs-types' names), as guest-components honours it.
+    """
+    if algorithm not in HASH_ALGORITHMS:
+        raise BadInputError(
+            f"report data hash algorithm: expected one of {list(HASH_ALGORITHMS)}, seen {algorithm!r:.20}"
+        )
+    material = canonicalize(runtime_data(nonce, tee_pubkey, additional_evidence))
+    return hashlib.new(algorithm, material).digest().ljust(REPORT_DATA_SIZE, b"\0")
 
 
 def device_report_data(nonce: str, tee_pubkey: Mapping[str, Any]) -> bytes:
