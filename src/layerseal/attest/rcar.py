@@ -29,7 +29,7 @@ from layerseal.attest.claims import Claims, Verifier
 from layerseal.errors import BadInputError, DeniedError
 
 # kinds whose additional evidence is verified; "sample" is unsigned, so never vouched for
-VERIFIED_ADDITIONAL = ("snp", "tdx", "az-snp-vtpm", "sim")
+VERIFIED_ADDITIONAL = ("snp", "tdx", "az-snp-vtpm", "azsnpvtpm", "sim")
 MAX_ADDITIONAL = 8
 
 

@@ -103,3 +103,10 @@ def test_coco_snp_guest_evidence_reaches_the_binding_check(env: Env) -> None:
     r = attest(env, lambda _rd: COCO_SNP, tee="snp")
     assert r.status_code == 403, r.text
     assert "snp report data: expected SHA-384 of this session's nonce" in r.json()["detail"]
+
+
+def test_kbs_types_tee_name_for_azure_reaches_the_az_snp_vtpm_verifier(env: Env) -> None:
+    # kbs-types writes Tee::AzSnpVtpm as "azsnpvtpm" (serde rename_all = "lowercase")
+    r = attest(env, lambda _rd: {"version": 2}, tee="azsnpvtpm")
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"].startswith("az-snp-vtpm evidence tpm_quote")
