@@ -35,3 +35,7 @@ def test_a_token_of_another_key_does_not_verify(env: Env) -> None:
     forged = jwt.encode({"alg": "ES256", "kid": doc["keys"][0]["kid"]}, {"tcb": {}}, other)
     with pytest.raises(BadSignatureError):
         jwt.decode(forged, KeySet.import_key_set(doc), algorithms=["ES256"])
+
+
+def test_jwks_is_in_the_openapi_document(env: Env) -> None:
+    assert "/.well-known/jwks.json" in env.client.get("/openapi.json").json()["paths"]
