@@ -26,7 +26,7 @@ from typing import Any
 
 from layerseal.attest import binding, initdata
 from layerseal.attest.claims import Claims, Verifier
-from layerseal.errors import BadInputError, DeniedError
+from layerseal.errors import BadInputError, LayersealError
 
 # kinds whose additional evidence is verified; "sample" is unsigned, so never vouched for
 VERIFIED_ADDITIONAL = ("snp", "tdx", "az-snp-vtpm", "azsnpvtpm", "sim")
@@ -81,8 +81,9 @@ def verify(
             what = f"attestation additional evidence {kind!r}"
             try:
                 sub = verifier_for(kind).verify(_evidence_bytes(piece, what), device_rd)
-            except DeniedError as exc:
-                raise DeniedError(f"{what}: {exc}") from exc
+            except LayersealError as exc:
+                # same family (400 malformed, 403 refused), named as the additional piece
+                raise type(exc)(f"{what}: {exc}") from exc
             verified[kind] = MappingProxyType(sub.as_tree())
     if verified:
         claims = dataclasses.replace(claims, additional=MappingProxyType(verified))

@@ -95,6 +95,9 @@ def test_malformed_additional_evidence_is_400(env: Env) -> None:
     r = attest(env, env.attester.evidence, additional="{not json")
     assert r.status_code == 400
     assert "additional_evidence: expected a JSON object" in r.json()["detail"]
+    r = attest(env, env.attester.evidence, additional=json.dumps({"snp": {"report": "!!"}}))
+    assert r.status_code == 400
+    assert r.json()["detail"].startswith("attestation additional evidence 'snp': snp evidence report")
 
 
 def test_coco_snp_guest_evidence_reaches_the_binding_check(env: Env) -> None:
