@@ -7,8 +7,11 @@ Evidence (RCAR ``tee`` = ``snp``) is a JSON object modelled on Trustee's SNP evi
 
 ``attestation_report`` is accepted for ``report``, ``data`` may be a byte array (Trustee's
 serde form), and a chain entry may be a bare PEM string; the raw 1184 report bytes alone
-are accepted too.  The VCEK/VLEK comes from the evidence, else from VCEKs handed to the
-verifier (an offline cache read by :mod:`layerseal.attest.trust`); nothing is fetched.
+are accepted too.  CoCo guests send ``attestation_report`` as the sev crate's JSON object
+of named fields: :mod:`layerseal.attest.snp_json` rebuilds its bytes (certificate-table
+entries without a certificate, CRL and OTHER, are skipped).  The VCEK/VLEK comes from the
+evidence, else from VCEKs handed to the verifier (an offline cache read by
+:mod:`layerseal.attest.trust`); nothing is fetched.
 
 Checks, each named in its error: report layout and version; the AMD chain for the
 processor generation (ARK self-signed and equal to the pinned ARK, ASK/ASVK signed by the
@@ -37,6 +40,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
+from layerseal.attest import snp_json
 from layerseal.attest.claims import Claims
 from layerseal.attest.x509util import (
     Clock,
@@ -388,7 +392,10 @@ def parse_evidence(evidence: bytes) -> Evidence:
     report_field = obj.get("report", obj.get("attestation_report"))
     if report_field is None:
         raise BadInputError("snp evidence: expected field 'report' (base64 of the report), seen none")
-    report = _bytes_field(report_field, "snp evidence report")
+    if snp_json.is_report_object(report_field):
+        report = snp_json.report_bytes(report_field)
+    else:
+        report = _bytes_field(report_field, "snp evidence report")
     chain = obj.get("cert_chain") or []
     if not isinstance(chain, list) or len(chain) > 8:
         raise BadInputError("snp evidence cert_chain: expected an array of at most 8 certificates")
@@ -397,6 +404,8 @@ def parse_evidence(evidence: bytes) -> Evidence:
         what = f"snp evidence cert_chain[{i}]"
         if isinstance(entry, dict):
             kind = entry.get("cert_type")
+            if snp_json.skipped_cert_type(kind):
+                continue
             cert = load_cert(_bytes_field(entry.get("data"), what), what)
             certs.append((str(kind).upper() if kind is not None else None, cert))
         else:

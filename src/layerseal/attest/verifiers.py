@@ -18,7 +18,9 @@ from layerseal.attest.sample import SampleVerifier
 from layerseal.attest.sim import SimVerifier
 from layerseal.errors import BadInputError
 
-SUPPORTED_TEES = ("sim", "sample", "snp", "tdx", "az-snp-vtpm")
+# kbs-types serializes its Tee enum in lowercase: CoCo guests on Azure send "azsnpvtpm"
+TEE_ALIASES = {"azsnpvtpm": "az-snp-vtpm"}
+SUPPORTED_TEES = ("sim", "sample", "snp", "tdx", "az-snp-vtpm", *TEE_ALIASES)
 
 _lock = threading.Lock()
 _real: dict[str, Verifier] = {}
@@ -70,6 +72,7 @@ def _real_verifier(tee: str) -> Verifier:
 
 def verifier_for(tee: str, trusted_sim_platforms: Iterable[bytes] = ()) -> Verifier:
     """The verifier of *tee*; sim trusts exactly the given DER platform certificates."""
+    tee = TEE_ALIASES.get(tee, tee)
     if tee == "sim":
         return SimVerifier(trusted_sim_platforms)
     if tee == "sample":

@@ -349,6 +349,11 @@ def create_app(
     async def metrics_endpoint(request: Request) -> Response:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    @endpoint("jwks")
+    async def jwks_endpoint(request: Request) -> Response:
+        # public: services that receive our attestation tokens verify them with this key
+        return JSONResponse(broker.signer.jwks(), headers={"Cache-Control": "public, max-age=300"})
+
     openapi = openapi_document()
 
     @endpoint("openapi")
@@ -370,6 +375,7 @@ def create_app(
         Route("/kbs/v0/attest", kbs_attest, methods=["POST"]),
         Route("/kbs/v0/resource/{repo}/{type}/{tag}", kbs_resource, methods=["GET"]),
         Route("/kbs/v0/resources", kbs_resources, methods=["POST"]),
+        Route("/.well-known/jwks.json", jwks_endpoint, methods=["GET"]),
         Route("/api/v1/keys", keys_create, methods=["POST"]),
         Route("/api/v1/keys", keys_list, methods=["GET"]),
         Route("/api/v1/keys/{key_id}", keys_get, methods=["GET"]),

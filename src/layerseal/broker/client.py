@@ -4,6 +4,12 @@
 token.  ``EnclaveClient`` runs RCAR with an attester and an enclave key pair and fetches
 many layer KEKs in one JWE.  Error responses (RFC 7807) become layerseal errors whose
 message carries the HTTP status and the broker's detail.
+
+``EnclaveClient`` also works against a Trustee KBS: a kid outside layerseal's scheme
+(``kbs:///<repo>/<type>/<tag>``) is fetched with the plain ``GET /kbs/v0/resource/...``,
+and when the batch endpoint is absent (a 404/405 that is not a layerseal problem
+document, e.g. Trustee's ``PluginNotFound``) every key is fetched that way from then
+on.  The challenge's ``selected-hash-algorithm`` (kbs-types) picks the report-data hash.
 """
 
 from __future__ import annotations
@@ -11,17 +17,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from layerseal.attest.binding import report_data
+from layerseal.attest.binding import HASH_ALGORITHMS, report_data
 from layerseal.attest.claims import Attester
 from layerseal.broker.packets import ResourcePath, unwrap_key_packet
 from layerseal.broker.problems import (
-    UnauthenticatedError,
+    PROBLEM_TYPE,
     error_for,
 )
 from layerseal.crypto.jwe import decrypt_from_jwk
@@ -45,13 +52,17 @@ class _Http:
         self.base = url.rstrip("/")
         self._client = httpx.Client(base_url=self.base, transport=transport, timeout=timeout, verify=verify)
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The response, whatever its status (transport failures still raise)."""
         try:
-            response = self._client.request(method, path, **kwargs)
+            return self._client.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise TransportError(
                 f"broker {method} {self.base}{path}: expected a response, seen {type(exc).__name__}"
             ) from exc
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self.raw(method, path, **kwargs)
         if response.status_code >= 400:
             raise _error_for(method, path, response)
         return response
@@ -257,6 +268,47 @@ class PublisherClient:
         return entries
 
 
+_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
+
+
+def resource_path_of(kid: str) -> str:
+    """The KBS resource path ``<repo>/<type>/<tag>`` a kid (``kbs://[host]/...``) or path names."""
+    try:
+        return str(ResourcePath.parse(kid))
+    except BadInputError:
+        pass
+    path = kid.partition("?")[0]  # a ResourceUri may carry a query; the KBS path does not
+    if path.startswith("kbs://"):
+        path = path[len("kbs://") :].partition("/")[2]  # the host part is ignored
+    parts = path.split("/")
+    if len(parts) != 3 or not all(_SEGMENT.match(p) and p not in (".", "..") for p in parts):
+        raise BadInputError(
+            "resource path: expected 'kbs:///<repo>/<type>/<tag>' or '<repo>/<type>/<tag>', "
+            f"seen {kid[:120]!r}"
+        )
+    return path
+
+
+def _is_layer_key(path: str) -> bool:
+    try:
+        ResourcePath.parse(path)
+    except BadInputError:
+        return False
+    return True
+
+
+def _batch_absent(response: httpx.Response) -> bool:
+    """A batch request answered by a KBS without the endpoint (Trustee: 404 PluginNotFound)."""
+    if response.status_code not in (404, 405, 501):
+        return False
+    try:
+        doc = response.json()
+    except ValueError:
+        return True
+    # layerseal's own 404 names an unknown key: that is an answer, not a missing endpoint
+    return not (isinstance(doc, dict) and str(doc.get("type", "")).startswith(PROBLEM_TYPE))
+
+
 def tee_pubkey_jwk(private_key: PrivateKey) -> dict[str, str]:
     """The KBS ``tee-pubkey`` of an enclave key: its public JWK plus the JWE ``alg`` to use."""
     jwk = public_key_to_jwk(private_key.public_key())
@@ -283,6 +335,9 @@ class EnclaveClient:
         self.tee_pubkey = tee_pubkey_jwk(private_key)
         self.token: str | None = None
         self.session_id: str | None = None
+        self.hash_algorithm = "sha384"
+        # None until the first batch request tells whether the KBS has the endpoint
+        self.batch: bool | None = None
 
     def __enter__(self) -> EnclaveClient:
         return self
@@ -302,16 +357,28 @@ class EnclaveClient:
         )
         self.session_id = response.cookies.get(SESSION_COOKIE)
         self._http._client.cookies.clear()  # the session travels explicitly, so replicas can be mixed
-        nonce = response.json().get("nonce")
+        challenge = response.json()
+        nonce = challenge.get("nonce")
         if not isinstance(nonce, str) or self.session_id is None:
             raise TransportError(
                 "broker /kbs/v0/auth: expected a nonce and a kbs-session-id cookie, seen neither"
+            )
+        extra = challenge.get("extra-params")
+        selected = extra.get("selected-hash-algorithm") if isinstance(extra, dict) else None
+        if selected is None:
+            self.hash_algorithm = "sha384"
+        elif isinstance(selected, str) and selected.lower() in HASH_ALGORITHMS:
+            self.hash_algorithm = selected.lower()
+        else:
+            raise TransportError(
+                f"broker /kbs/v0/auth: expected selected-hash-algorithm among {list(HASH_ALGORITHMS)}, "
+                f"seen {str(selected)[:20]!r}"
             )
         return nonce
 
     def attestation_body(self, nonce: str) -> dict[str, Any]:
         """RCAR step 2 request body: evidence over SHA-384(JCS(nonce, tee-pubkey))."""
-        evidence = self.attester.evidence(report_data(nonce, self.tee_pubkey))
+        evidence = self.attester.evidence(report_data(nonce, self.tee_pubkey, "", self.hash_algorithm))
         return {
             "runtime-data": {"nonce": nonce, "tee-pubkey": self.tee_pubkey},
             "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
@@ -343,39 +410,66 @@ class EnclaveClient:
             raise TransportError("broker response: expected a JWE JSON object")
         return decrypt_from_jwk(jwe_doc, self.private_key)
 
-    def get_keys(self, resource_paths: Sequence[str]) -> dict[str, bytes]:
-        """KEKs of many layers in one request, keyed by the paths (or kids) given."""
-        parsed = {p: str(ResourcePath.parse(p)) for p in resource_paths}
-        body = {"resources": sorted(set(parsed.values()))}
+    def _authorized(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A request with the attestation token; an expired or revoked one is renewed once."""
         for attempt in range(2):
-            try:
-                response = self._http.json(
-                    "POST", "/kbs/v0/resources", json=body, headers=self._auth_headers()
-                )
-                break
-            except UnauthenticatedError:
-                if attempt:
-                    raise
-                self.token = None  # expired or revoked: attest again once
-        plain = self._open(response)
+            response = self._http.raw(method, path, headers=self._auth_headers(), **kwargs)
+            if response.status_code != 401 or attempt:
+                return response
+            self.token = None  # expired or revoked: attest again once
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _batch(self, paths: list[str]) -> dict[str, bytes] | None:
+        """KEKs of layerseal keys in one request; None when the KBS has no batch endpoint."""
+        response = self._authorized("POST", "/kbs/v0/resources", json={"resources": paths})
+        if self.batch is None and _batch_absent(response):
+            self.batch = False
+            return None
+        if response.status_code >= 400:
+            raise _error_for("POST", "/kbs/v0/resources", response)
+        self.batch = True
+        try:
+            doc = response.json()
+        except ValueError as exc:
+            raise TransportError("broker POST /kbs/v0/resources: expected JSON") from exc
+        plain = self._open(doc)
         try:
             released = json.loads(plain)["resources"]
             keks = {path: base64.b64decode(value, validate=True) for path, value in released.items()}
-        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
             raise TransportError(
                 "broker batch response: expected {resources:{path:b64}}, seen another payload"
             ) from exc
-        missing = [p for p in set(parsed.values()) if p not in keks]
+        missing = [p for p in paths if p not in keks]
         if missing:
             raise TransportError(
                 f"broker batch response: expected every requested key, seen {len(missing)} missing"
             )
+        return keks
+
+    def get_keys(self, resource_paths: Sequence[str]) -> dict[str, bytes]:
+        """KEKs of many layers, keyed by the paths (or kids) given: layerseal keys in one
+        batch, other resources (or all, on a KBS without the batch endpoint) one by one."""
+        parsed = {p: resource_path_of(p) for p in resource_paths}
+        keks: dict[str, bytes] = {}
+        ours = sorted({v for v in parsed.values() if _is_layer_key(v)})
+        if ours and self.batch is not False:
+            keks.update(self._batch(ours) or {})
+        for path in sorted(set(parsed.values()) - keks.keys()):
+            keks[path] = self.get_resource(path)
         return {given: keks[norm] for given, norm in parsed.items()}
 
     def get_resource(self, resource_path: str) -> bytes:
-        """One KEK through the plain KBS ``GET /kbs/v0/resource/...`` endpoint."""
-        path = ResourcePath.parse(resource_path)
-        return self._open(self._http.json("GET", f"/kbs/v0/resource/{path}", headers=self._auth_headers()))
+        """One resource through the plain KBS ``GET /kbs/v0/resource/<repo>/<type>/<tag>``."""
+        path = f"/kbs/v0/resource/{resource_path_of(resource_path)}"
+        response = self._authorized("GET", path)
+        if response.status_code >= 400:
+            raise _error_for("GET", path, response)
+        try:
+            doc = response.json()
+        except ValueError as exc:
+            raise TransportError(f"broker GET {path}: expected a JWE JSON object") from exc
+        return self._open(doc)
 
     def unwrap(self, packet_json: bytes) -> bytes:
         """Fetch the KEK a key packet names and return the packet's optsdata."""

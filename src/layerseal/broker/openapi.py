@@ -117,6 +117,12 @@ def openapi_document() -> dict[str, Any]:
             },
             "/api/v1/audit": {"get": _op("Audit log entries (query: tenant, after, limit)")},
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
+            "/.well-known/jwks.json": {
+                "get": {
+                    "summary": "JWK Set of the attestation-token key (public)",
+                    "responses": {"200": {"description": "{keys:[{kty,crv,x,y,kid,alg,use}]}"}},
+                }
+            },
             "/metrics": {
                 "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}
             },

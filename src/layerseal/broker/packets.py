@@ -1,7 +1,11 @@
 """Confidential Containers key packets and the kid scheme (SPEC section 4).
 
 A packet is ``{"kid","wrapped_data","iv","wrap_type":"A256GCM"}``: the layer's private
-options sealed with AES-256-GCM (no AAD) under the layer's KEK.
+options sealed with AES-256-GCM (no AAD) under the layer's KEK.  Packets made by CoCo's
+tools are opened too (guest-components CDH ``AnnotationPacket`` v1 and v2): any
+``kbs:///<repo>/<type>/<tag>`` kid, ``wrap_type`` ``A256CTR`` (16-byte IV, no tag: what it
+opens to must be JSON), and the v2 members ``version`` (``0.1.0``), ``provider``
+(``kbs``), ``provider_settings``, ``annotations``.
 
 kid scheme: ``kbs:///<tenant>/layer-key/<key-id>.<version>``.  The KBS resource path
 ``<repo>/<type>/<tag>`` is ``<tenant>/layer-key/<key-id>.<version>``: repo names the
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from layerseal.errors import BadInputError, IntegrityError
@@ -110,11 +115,16 @@ def make_key_packet(kid: str, kek: bytes, optsdata: bytes) -> bytes:
     return json.dumps(packet, separators=(",", ":")).encode()
 
 
+WRAP_TYPES = {"A256GCM": 12, "A256CTR": 16}  # wrap_type -> IV size (CDH's crypto::WrapType)
+PACKET_VERSION = "0.1.0"
+
+
 @dataclass(frozen=True)
 class KeyPacket:
     kid: str
     wrapped_data: bytes
     iv: bytes
+    wrap_type: str = "A256GCM"
 
     @classmethod
     def parse(cls, packet_json: bytes) -> KeyPacket:
@@ -124,14 +134,26 @@ class KeyPacket:
             raise BadInputError("key packet: expected JSON, seen invalid data") from exc
         if not isinstance(obj, dict):
             raise BadInputError("key packet: expected a JSON object")
+        # v2 packets (CDH AnnotationPacketV2) name a version and a provider; only the KBS one is ours
+        version = obj.get("version", PACKET_VERSION)
+        if version != PACKET_VERSION:
+            raise BadInputError(
+                f"key packet version: expected {PACKET_VERSION!r}, seen {str(version)[:20]!r}"
+            )
+        provider = obj.get("provider", "kbs")
+        if provider != "kbs":
+            raise BadInputError(
+                f"key packet provider: expected 'kbs' (a KBS resource), seen {str(provider)[:30]!r}"
+            )
         wrap_type = obj.get("wrap_type")
-        if wrap_type != "A256GCM":
+        if wrap_type not in WRAP_TYPES:
             shown = str(wrap_type)[:20]
-            raise BadInputError(f"key packet wrap_type: expected 'A256GCM', seen {shown!r}")
+            raise BadInputError(f"key packet wrap_type: expected 'A256GCM' or 'A256CTR', seen {shown!r}")
         kid = obj.get("kid")
         if not isinstance(kid, str):
             raise BadInputError("key packet kid: expected a string")
-        return cls(kid, _b64(obj.get("wrapped_data"), "wrapped_data"), _b64(obj.get("iv"), "iv", 12))
+        iv = _b64(obj.get("iv"), "iv", WRAP_TYPES[wrap_type])
+        return cls(kid, _b64(obj.get("wrapped_data"), "wrapped_data"), iv, wrap_type)
 
     @property
     def resource(self) -> ResourcePath:
@@ -143,6 +165,19 @@ def unwrap_key_packet(packet_json: bytes, kek: bytes) -> bytes:
     packet = KeyPacket.parse(packet_json)
     if len(kek) != 32:
         raise BadInputError(f"KEK: expected 32 bytes, seen {len(kek)}")
+    if packet.wrap_type == "A256CTR":
+        decryptor = Cipher(algorithms.AES(kek), modes.CTR(packet.iv)).decryptor()
+        plain = decryptor.update(packet.wrapped_data) + decryptor.finalize()
+        # CTR has no tag: a wrong KEK shows only as bytes that are not the JSON optsdata
+        try:
+            if not isinstance(json.loads(plain), dict):
+                raise ValueError("not an object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IntegrityError(
+                f"key packet {packet.kid}: expected A256CTR to open to JSON optsdata with its KEK, "
+                "seen other bytes"
+            ) from exc
+        return plain
     try:
         return AESGCM(kek).decrypt(packet.iv, packet.wrapped_data, None)
     except InvalidTag as exc:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from layerseal.attest import binding
+from layerseal.attest import rcar
 from layerseal.attest.claims import Claims
 from layerseal.attest.sim import certificate_fingerprint, load_certificate
 from layerseal.attest.verifiers import SUPPORTED_TEES, verifier_for
@@ -781,11 +781,17 @@ class Broker:
         try:
             if not secrets.compare_digest(nonce.encode(), session.nonce.encode()):
                 raise DeniedError("attestation nonce: expected the nonce of this session, seen another")
-            expected = binding.report_data(nonce, tee_pubkey, additional)
-            trusted = (
-                [p.certificate for p in self.store.list_platforms("sim")] if session.tee == "sim" else []
+            claims = rcar.verify(
+                session.tee,
+                evidence,
+                nonce=nonce,
+                tee_pubkey=tee_pubkey,
+                additional_evidence=additional,
+                init_data=body.get("init-data"),
+                verifier_for=lambda tee: verifier_for(
+                    tee, [p.certificate for p in self.store.list_platforms("sim")] if tee == "sim" else []
+                ),
             )
-            claims = verifier_for(session.tee, trusted).verify(evidence, expected)
         except LayersealError as exc:
             self.store.finish_session(session_id, "failed", evidence_digest=evidence_digest)
             self._audit(

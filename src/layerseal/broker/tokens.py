@@ -80,6 +80,16 @@ class TokenSigner:
     def public_jwk(self) -> dict[str, Any]:
         return dict(self._key.as_dict(private=False))
 
+    @property
+    def kid(self) -> str:
+        """The RFC 7638 thumbprint of the public key: the ``kid`` of every token and JWKS entry."""
+        return str(self._key.thumbprint())
+
+    def jwks(self) -> dict[str, Any]:
+        """The JWK Set (RFC 7517) other services verify attestation tokens with."""
+        jwk = {k: v for k, v in self.public_jwk().items() if k in ("kty", "crv", "x", "y")}
+        return {"keys": [dict(jwk, kid=self.kid, alg=ALGORITHM, use="sig")]}
+
     def issue(
         self, claims: Mapping[str, Any], ttl: float, now: float | None = None
     ) -> tuple[str, str, float]:
@@ -88,7 +98,8 @@ class TokenSigner:
         exp = int(issued + ttl)
         jti = secrets.token_hex(16)
         body = dict(claims, iss=self.issuer, iat=int(issued), exp=exp, jti=jti)
-        return jwt.encode({"alg": ALGORITHM}, body, self._key, algorithms=[ALGORITHM]), jti, float(exp)
+        header = {"alg": ALGORITHM, "typ": "JWT", "kid": self.kid}
+        return jwt.encode(header, body, self._key, algorithms=[ALGORITHM]), jti, float(exp)
 
     def verify(self, token: str, now: float) -> dict[str, Any]:
         if len(token) > 16384:

@@ -3,7 +3,11 @@
 Encryption follows go-jose as used by ocicrypt: ``enc`` A256GCM; one recipient gives the
 flattened JSON serialisation with every header protected (go-jose moves the recipient
 header into the protected one), several give the general serialisation with
-``{"enc":"A256GCM"}`` protected and ``alg``/``epk`` per recipient.
+``{"enc":"A256GCM"}`` protected and ``alg``/``epk`` per recipient.  A protected header is
+written as Trustee writes it (``alg``, ``enc``, then the other members sorted at every
+depth, compact): CoCo guests rebuild it with serde_json to compute the AAD, and those are
+the only bytes both of serde_json's map orders give back (see :func:`protected_header_json`).
+One recipient is encrypted here with ``cryptography`` so those bytes are exactly the AAD.
 
 Decryption accepts compact, flattened and general serialisations.  The key management
 and content algorithms are joserfc's; the envelope is parsed here because joserfc's JSON
@@ -18,14 +22,21 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey, EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
+from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwa import JWEEncModel, JWEKeyAgreement, JWEKeyEncryption
 from joserfc.jwe import (
@@ -33,15 +44,14 @@ from joserfc.jwe import (
     GeneralJSONEncryption,
     JWERegistry,
     Recipient,
-    encrypt_compact,
     encrypt_json,
 )
 from joserfc.jwk import ECKey, RSAKey
 
-from layerseal.crypto.keys import PrivateKey, PublicKey, key_kind, public_key_from_jwk
+from layerseal.crypto.keys import PrivateKey, PublicKey, key_kind, public_key_from_jwk, public_key_to_jwk
 from layerseal.errors import BadInputError, IntegrityError, MisuseError, WrongKeyError
 
-__all__ = ["decrypt", "decrypt_from_jwk", "encrypt", "encrypt_to_jwk"]
+__all__ = ["decrypt", "decrypt_from_jwk", "encrypt", "encrypt_to_jwk", "protected_header_json"]
 
 CONTENT_ENC = "A256GCM"
 RSA_ALGS = ("RSA-OAEP", "RSA-OAEP-256", "RSA1_5")
@@ -112,31 +122,72 @@ def _pick_alg(key: PublicKey, alg: str | None, index: int) -> str:
     return alg
 
 
-def _flattened_from_compact(compact: str) -> dict[str, str]:
-    protected, encrypted_key, iv, ciphertext, tag = compact.split(".")
-    out = {
-        "protected": protected,
-        "encrypted_key": encrypted_key,
-        "iv": iv,
-        "ciphertext": ciphertext,
-        "tag": tag,
-    }
-    if not encrypted_key:  # RFC 7516 7.2.1: absent when empty (ECDH-ES direct)
-        del out["encrypted_key"]
-    return out
+def protected_header_json(header: Mapping[str, Any]) -> bytes:
+    """The protected header's bytes as Trustee (kbs-types) writes them and CoCo guests rebuild them.
+
+    kbs_protocol computes the AAD from ``serde_json::to_string(ProtectedHeader)`` of the
+    header it parsed: the struct fields ``alg`` and ``enc`` first, then the other members
+    from a map that is sorted (serde_json without ``preserve_order``) or in received order
+    (with it).  Writing ``alg``, ``enc``, then every other member sorted at every depth,
+    compact, gives the same bytes either way.
+    """
+
+    def ordered(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: ordered(value[k]) for k in sorted(value)}
+        if isinstance(value, list):
+            return [ordered(v) for v in value]
+        return value
+
+    head = {name: header[name] for name in ("alg", "enc") if name in header}
+    rest = {k: ordered(header[k]) for k in sorted(header) if k not in head}
+    return json.dumps({**head, **rest}, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _concat_kdf(z: bytes, algorithm_id: str, bits: int) -> bytes:
+    # RFC 7518 4.6.2 with empty apu/apv, as go-jose, Trustee and kbs_protocol use it
+    other = len(algorithm_id).to_bytes(4, "big") + algorithm_id.encode() + bytes(8) + bits.to_bytes(4, "big")
+    return ConcatKDFHash(hashes.SHA256(), bits // 8, other).derive(z)
+
+
+_KW_BITS = {"ECDH-ES+A128KW": 128, "ECDH-ES+A192KW": 192, "ECDH-ES+A256KW": 256}
+
+
+def _wrap_cek(alg: str, key: PublicKey, header: dict[str, Any]) -> tuple[bytes, bytes]:
+    """(content key, encrypted_key) for *alg*; adds ``epk`` to *header* for ECDH-ES."""
+    if isinstance(key, RSAPublicKey):
+        cek = os.urandom(32)
+        if alg == "RSA1_5":
+            return cek, key.encrypt(cek, asym_padding.PKCS1v15())
+        # RSA-OAEP is OAEP with SHA-1 by definition (RFC 7518 4.3); go-jose/ocicrypt default to it
+        digest = hashes.SHA256() if alg == "RSA-OAEP-256" else hashes.SHA1()  # noqa: S303
+        return cek, key.encrypt(cek, asym_padding.OAEP(asym_padding.MGF1(digest), digest, None))
+    ephemeral = ec.generate_private_key(key.curve)
+    header["epk"] = public_key_to_jwk(ephemeral.public_key())
+    z = ephemeral.exchange(ec.ECDH(), key)
+    if alg == "ECDH-ES":  # direct agreement: the derived key is the content key
+        return _concat_kdf(z, CONTENT_ENC, 256), b""
+    kek = _concat_kdf(z, alg, _KW_BITS[alg])
+    cek = os.urandom(32)
+    return cek, aes_key_wrap(kek, cek)
 
 
 def _encrypt_single(payload: bytes, key: PublicKey, alg: str) -> dict[str, str]:
-    # Compact encryption puts every header (alg, enc, epk) into the protected header, exactly
-    # what go-jose writes for one recipient; the flattened form is then a re-arrangement.
-    protected = {"alg": alg, "enc": CONTENT_ENC}
+    # One recipient: every header (alg, enc, epk) protected, as go-jose writes it and as the
+    # KBS resource response carries it; the AAD is the exact text sent.
+    header: dict[str, Any] = {"alg": alg, "enc": CONTENT_ENC}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SecurityWarning)  # RSA1_5 is asked for on purpose
-            compact = encrypt_compact(protected, payload, _joserfc_key(key), registry=_REGISTRY)
-    except (JoseError, ValueError) as exc:
+        cek, encrypted_key = _wrap_cek(alg, key, header)
+    except ValueError as exc:
         raise BadInputError(f"recipient ({key_kind(key)}, alg {alg}): {exc}") from exc
-    return _flattened_from_compact(compact)
+    protected = _b64url(protected_header_json(header))
+    iv = os.urandom(12)
+    sealed = AESGCM(cek).encrypt(iv, payload, protected.encode("ascii"))
+    out = {"protected": protected}
+    if encrypted_key:  # RFC 7516 7.2.1: absent when empty (ECDH-ES direct)
+        out["encrypted_key"] = _b64url(encrypted_key)
+    out.update(iv=_b64url(iv), ciphertext=_b64url(sealed[:-16]), tag=_b64url(sealed[-16:]))
+    return out
 
 
 def encrypt(payload: bytes, recipients: Sequence[PublicKey], *, alg: str | None = None) -> bytes:

@@ -4,6 +4,10 @@
 the kids of every encrypted layer of a manifest and asks the broker for all of them in
 one attested request; ``unwrap()`` then opens each packet locally.  A key the broker
 refuses is recorded per kid, so the pull can name every refused layer at once.
+
+Packets made by CoCo's tools open too (any ``kbs:///<repo>/<type>/<tag>`` kid, v1/v2
+packets, ``A256GCM`` or ``A256CTR``), and the client falls back to one
+``GET /kbs/v0/resource/...`` per key on a Trustee KBS (see :mod:`layerseal.broker.client`).
 """
 
 from __future__ import annotations
