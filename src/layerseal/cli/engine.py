@@ -14,7 +14,7 @@ from layerseal.cli.common import add_registry_flags, parse_unwrappers, print_jso
 from layerseal.engine.enclave import enclave_client, make_attester
 from layerseal.engine.keys import BrokerUnwrapper
 from layerseal.engine.pull import PullResult, pull_image
-from layerseal.engine.run import new_bundle_dir, prepare_bundle, run_pulled
+from layerseal.engine.run import new_bundle_dir, prepare_bundle, prepare_output, run_pulled
 from layerseal.engine.snapshot import SnapshotStore
 from layerseal.errors import BadInputError
 from layerseal.image.descriptor import Platform
@@ -92,15 +92,14 @@ def _pull(args: argparse.Namespace, rootfs: Path) -> PullResult:
 
 def run_pull(args: argparse.Namespace) -> int:
     target = Path(args.bundle or args.rootfs)
-    rootfs = target / "rootfs" if args.bundle else target
-    created = not target.exists()
+    rootfs, created = prepare_output(target, bundle=bool(args.bundle))
     try:
         result = _pull(args, rootfs)
         if args.bundle:
             prepare_bundle(result, target, None)
     except BaseException:
-        if created:
-            shutil.rmtree(target, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
         raise
     if args.json:
         print_json(
