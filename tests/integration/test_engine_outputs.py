@@ -79,3 +79,16 @@ def test_rootfs_gets_a_private_parent_when_it_is_missing(tmp_path: Path, image: 
 def test_rootfs_in_a_private_directory_is_accepted(tmp_path: Path, image: str) -> None:
     # pytest's own temporary directories are 0700: the usual case
     assert _pull(tmp_path, image, "--rootfs", str(tmp_path / "rootfs")) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="cgroup limits need root")
+def test_run_limit_flags_reach_the_container(
+    tmp_path: Path, image: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    script = (
+        "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; "
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max"
+    )
+    argv = ["run", "--store", str(tmp_path / "store"), "--pids-limit", "12", "--memory", "96M", image]
+    assert main([*argv, "--", "/bin/sh", "-c", script]) == 0
+    assert capfd.readouterr().out.split() == ["12", str(96 << 20)]

@@ -157,3 +157,54 @@ def test_bwrap_fallback_runs_the_same_bundle(tmp_path: Path) -> None:
     assert out.getvalue() == "hello from layerseal\n"
     spec = json.loads((bundle / "config.json").read_text())
     assert spec["process"]["args"][0] == "/bin/sh"
+
+
+def _run_script(tmp_path: Path, script: str, **spec_args: Any) -> tuple[int, str, str]:
+    bundle = tmp_path / "bundle"
+    if not bundle.exists():
+        busybox_rootfs(bundle / "rootfs")
+    image = ImageConfig(
+        {"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh", "-c", script]}}
+    )
+    write_bundle(bundle, runtime_spec(image, rootless=False, **spec_args))
+    out, err = io.StringIO(), io.StringIO()
+    status = run_bundle(bundle, runtime="runc", stdout=out, stderr=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_default_seccomp_profile_forbids_what_it_should(tmp_path: Path) -> None:
+    # creating a user namespace needs no capability: only the profile stops it
+    script = "unshare -U true && echo allowed"
+    assert _run_script(tmp_path, script, seccomp=False)[:2] == (0, "allowed\n")
+    status, out, err = _run_script(tmp_path, script)
+    assert (status, out) == (1, "")
+    assert "Operation not permitted" in err
+    # ordinary programs are unaffected, threads and fork included
+    assert _run_script(tmp_path, "echo $(echo sub) | cat; sleep 0 & wait; echo done")[:2] == (
+        0,
+        "sub\ndone\n",
+    )
+
+
+def test_pids_limit_holds(tmp_path: Path) -> None:
+    script = "i=0; while [ $i -lt 20 ]; do sleep 2 & i=$((i+1)); done; echo started $i"
+    assert _run_script(tmp_path, script)[:2] == (0, "started 20\n")  # podman's default, 2048, is far
+    status, out, err = _run_script(tmp_path, script, pids_limit=8)
+    assert status != 0 and "started" not in out
+    assert "can't fork: Resource temporarily unavailable" in err
+
+
+def test_cgroup_namespace_and_limits_visible_inside(tmp_path: Path) -> None:
+    script = (
+        "readlink /proc/self/ns/cgroup; grep -c ':/$' /proc/self/cgroup; "
+        # cgroup v1 layout, else v2
+        "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; "
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max"
+    )
+    status, out, err = _run_script(tmp_path, script, pids_limit=10, memory_limit=64 << 20)
+    assert status == 0, err
+    ns, roots, pids_max, memory_max = out.split()
+    assert ns.startswith("cgroup:[") and ns != os.readlink("/proc/self/ns/cgroup")
+    # every hierarchy's path is the namespace root: the host's cgroup layout is hidden
+    assert int(roots) == len(Path("/proc/self/cgroup").read_text().splitlines())
+    assert (pids_max, memory_max) == ("10", str(64 << 20))

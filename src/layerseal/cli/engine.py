@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from layerseal.builder.endpoints import open_source
-from layerseal.cli.common import add_registry_flags, parse_unwrappers, print_json, registry_options
+from layerseal.cli.common import (
+    add_registry_flags,
+    parse_size,
+    parse_unwrappers,
+    print_json,
+    registry_options,
+)
 from layerseal.engine.enclave import enclave_client, make_attester
 from layerseal.engine.keys import BrokerUnwrapper
 from layerseal.engine.pull import PullResult, pull_image
@@ -57,6 +63,10 @@ def register(sub: Any) -> None:
     _common(r)
     r.add_argument("--runtime", choices=["runc", "crun", "bwrap"], help="default: the first one installed")
     r.add_argument("--keep-bundle", action="store_true", help="leave the bundle on disk (debugging)")
+    r.add_argument(
+        "--pids-limit", type=int, metavar="N", help="most processes the container may have (default 2048)"
+    )
+    r.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 512M or 2G (default: none)")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS... to replace the image's Cmd")
     r.set_defaults(func=run_run)
 
@@ -141,4 +151,12 @@ def run_run(args: argparse.Namespace) -> int:
     if not command and not (result.config.runtime.get("Cmd") or result.config.runtime.get("Entrypoint")):
         shutil.rmtree(bundle, ignore_errors=True)
         raise BadInputError(f"{result.image}: expected a command (image has no Entrypoint/Cmd), seen none")
-    return run_pulled(result, bundle, command or None, runtime=args.runtime, keep=args.keep_bundle)
+    return run_pulled(
+        result,
+        bundle,
+        command or None,
+        runtime=args.runtime,
+        keep=args.keep_bundle,
+        pids_limit=args.pids_limit,
+        memory_limit=parse_size(args.memory, "--memory") if args.memory else None,
+    )

@@ -16,10 +16,25 @@ from layerseal.engine.runtime import read_user_db, run_bundle, write_bundle
 from layerseal.errors import BadInputError, expected_seen
 
 
-def prepare_bundle(result: PullResult, bundle: Path, args: Sequence[str] | None) -> dict[str, Any]:
+def prepare_bundle(
+    result: PullResult,
+    bundle: Path,
+    args: Sequence[str] | None,
+    *,
+    pids_limit: int | None = None,
+    memory_limit: int | None = None,
+) -> dict[str, Any]:
     """Write ``config.json`` next to the pulled ``rootfs`` (which must be ``bundle/rootfs``)."""
     passwd, group = read_user_db(result.rootfs)
-    spec = runtime_spec(result.config, "rootfs", args or None, passwd=passwd, group=group)
+    spec = runtime_spec(
+        result.config,
+        "rootfs",
+        args or None,
+        passwd=passwd,
+        group=group,
+        pids_limit=pids_limit,
+        memory_limit=memory_limit,
+    )
     write_bundle(bundle, spec)
     return spec
 
@@ -99,9 +114,11 @@ def run_pulled(
     stdout: IO[Any] | None = None,
     stderr: IO[Any] | None = None,
     keep: bool = False,
+    pids_limit: int | None = None,
+    memory_limit: int | None = None,
 ) -> int:
     try:
-        prepare_bundle(result, bundle, args)
+        prepare_bundle(result, bundle, args, pids_limit=pids_limit, memory_limit=memory_limit)
         return run_bundle(bundle, runtime=runtime, stdout=stdout, stderr=stderr)
     finally:
         if not keep:
