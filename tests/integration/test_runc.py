@@ -7,8 +7,10 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -208,3 +210,56 @@ def test_cgroup_namespace_and_limits_visible_inside(tmp_path: Path) -> None:
     # every hierarchy's path is the namespace root: the host's cgroup layout is hidden
     assert int(roots) == len(Path("/proc/self/cgroup").read_text().splitlines())
     assert (pids_max, memory_max) == ("10", str(64 << 20))
+
+
+ROOTLESS_CHILD = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from layerseal.engine.bundle import runtime_spec
+    from layerseal.engine.runtime import list_containers, run_bundle, write_bundle
+    from layerseal.image.config import ImageConfig
+    bundle = Path(sys.argv[1])
+    config = {"Cmd": ["/bin/sh", "-c", "echo uid=$(id -u); unshare -U true 2>/dev/null || echo seccomp; exit 5"]}
+    write_bundle(bundle, runtime_spec(ImageConfig({"architecture": "amd64", "os": "linux", "config": config})))
+    status = run_bundle(bundle, runtime="runc", container_id="layerseal-test-rootless")
+    print("status", status, "left", list(list_containers("runc")), flush=True)
+    """
+)
+
+
+def test_rootless_runc_as_an_unprivileged_user(tmp_path: Path) -> None:
+    """As nobody, without XDG_RUNTIME_DIR: a user namespace maps the container's root onto
+    the caller, runc keeps its state in a private directory, the profile still applies."""
+    require("setpriv")
+    nobody = 65534
+    work = Path(tempfile.mkdtemp(prefix="layerseal-rootless-", dir="/tmp"))  # nobody cannot enter tmp_path
+    try:
+        busybox_rootfs(work / "bundle" / "rootfs")
+        for path in (work, *work.rglob("*")):
+            os.lchown(path, nobody, nobody)
+        work.chmod(0o755)
+        src = Path(__file__).resolve().parents[2] / "src"
+        r = subprocess.run(
+            [
+                "setpriv",
+                f"--reuid={nobody}",
+                f"--regid={nobody}",
+                "--clear-groups",
+                "--",
+                "/usr/bin/python3",
+                "-c",
+                ROOTLESS_CHILD,
+                str(work / "bundle"),
+            ],
+            capture_output=True,
+            text=True,
+            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(src), "TMPDIR": str(work)},
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines() == ["uid=0", "seccomp", "status 5 left []"]
+        state = work / f"layerseal-runc-{nobody}"
+        assert state.is_dir() and stat.S_IMODE(state.stat().st_mode) == 0o700
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
