@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import layerseal
 import layerseal.cli
 from layerseal.cli._allocator import tune_allocator
+from layerseal.cli._exits import EXIT_BAD_INPUT, broken_pipe, describe_os_error, exit_code_of
 from layerseal.errors import LayersealError
 
 # Which module defines a command, so that a run imports only that one (start-up time
@@ -78,11 +79,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         status = args.func(args)
+        sys.stdout.flush()  # a reader that went away is noticed here, not at interpreter exit
+    except BrokenPipeError:
+        return broken_pipe()
     except LayersealError as exc:
         if args.verbose:
             traceback.print_exc()
         print(f"layerseal: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return exit_code_of(exc)
+    except OSError as exc:
+        # the local system refused (no space, a file missing or unreadable): one line, not a traceback
+        if args.verbose:
+            traceback.print_exc()
+        print(f"layerseal: error: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("layerseal: interrupted", file=sys.stderr)
         return 130
