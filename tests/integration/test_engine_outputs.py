@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.images import make_busybox_image
+from helpers.images import make_busybox_image, make_keys
 from layerseal.cli.main import main
 
 pytestmark = pytest.mark.integration
@@ -92,3 +92,57 @@ def test_run_limit_flags_reach_the_container(
     argv = ["run", "--store", str(tmp_path / "store"), "--pids-limit", "12", "--memory", "96M", image]
     assert main([*argv, "--", "/bin/sh", "-c", script]) == 0
     assert capfd.readouterr().out.split() == ["12", str(96 << 20)]
+
+
+@pytest.fixture
+def encrypted(tmp_path: Path, image: str) -> tuple[str, Path]:
+    key = make_keys(tmp_path / "keys", "ec256")
+    argv = ["copy", "-q", "--encryption-key", f"jwe:{key.public}", image, f"oci:{tmp_path}/enc:v1"]
+    assert main(argv) == 0
+    return f"oci:{tmp_path}/enc:v1", key.private
+
+
+def test_wrong_key_is_bad_input(
+    tmp_path: Path, encrypted: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = make_keys(tmp_path / "other", "ec256")
+    ref, _ = encrypted
+    status = _pull(tmp_path, ref, "--decryption-key", str(other.private), "--rootfs", str(tmp_path / "r"))
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert "decryption key" in err
+
+
+def test_no_key_given_says_which_flags(
+    tmp_path: Path, encrypted: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    ref, _ = encrypted
+    status = _pull(tmp_path, ref, "--rootfs", str(tmp_path / "r"))
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert "--decryption-key" in err and "--kbs" in err
+    assert "attempt" not in err and "denied" not in err.lower()
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (["/bin/sh", "-c", "exit 3"], 3),  # the container's own status, unchanged
+        (["/bin/sh", "-c", "exit 4"], 4),
+        (["/bin/sh", "-c", "exit 0"], 0),
+        (["/no/such/command"], 127),  # as podman: the command was not found
+        (["/etc"], 126),  # as podman: found, but cannot be run
+    ],
+)
+def test_run_exit_status(tmp_path: Path, image: str, command: list[str], expected: int) -> None:
+    assert main(["run", "--store", str(tmp_path / "store"), image, "--", *command]) == expected
+
+
+def test_run_own_failures_use_125(
+    tmp_path: Path, encrypted: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    ref, _ = encrypted
+    status = main(["run", "--store", str(tmp_path / "store"), ref, "--", "/bin/true"])
+    err = capsys.readouterr().err
+    assert status == 125, err
+    assert "--decryption-key" in err and len(err.strip().splitlines()) == 1

@@ -19,8 +19,13 @@ import pytest
 
 from helpers.rootfs import busybox_rootfs, static_busybox
 from layerseal.engine.bundle import runtime_spec
-from layerseal.engine.runtime import list_containers, read_user_db, run_bundle, write_bundle
-from layerseal.errors import TransportError
+from layerseal.engine.runtime import (
+    CommandNotRunError,
+    list_containers,
+    read_user_db,
+    run_bundle,
+    write_bundle,
+)
 from layerseal.image.config import ImageConfig
 
 pytestmark = pytest.mark.integration
@@ -105,9 +110,10 @@ def test_image_user_env_workdir_and_isolation(tmp_path: Path) -> None:
 
 def test_missing_command_raises_and_cleans_up(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path, {"Cmd": ["/bin/not-there"]})
-    with pytest.raises(TransportError, match="not-there") as info:
+    with pytest.raises(CommandNotRunError, match="not-there") as info:
         run_bundle(bundle, container_id="layerseal-test-missing", stderr=io.StringIO())
     assert "layerseal-test-missing" in str(info.value)
+    assert info.value.container_status == 127  # as podman and shells report a missing command
     assert "layerseal-test-missing" not in runc_ids()
 
 

@@ -26,6 +26,8 @@ from layerseal.errors import BadInputError
 from layerseal.image.descriptor import Platform
 from layerseal.layout.blobstore import SharedBlobStore
 
+RUN_FAILURE_STATUS = 125
+
 
 def _default_store() -> str:
     env = os.environ.get("LAYERSEAL_STORE")
@@ -68,7 +70,8 @@ def register(sub: Any) -> None:
     )
     r.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 512M or 2G (default: none)")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS... to replace the image's Cmd")
-    r.set_defaults(func=run_run)
+    # layerseal's own failures: podman's 125, so they never pass for the container's status
+    r.set_defaults(func=run_run, failure_status=RUN_FAILURE_STATUS)
 
 
 def _pull(args: argparse.Namespace, rootfs: Path) -> PullResult:

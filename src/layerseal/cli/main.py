@@ -86,13 +86,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exc()
         print(f"layerseal: error: {exc}", file=sys.stderr)
+        # commands whose own status is another program's (run) fail with codes that cannot collide
+        own_failure = getattr(args, "failure_status", None)
+        if own_failure is not None:
+            return int(getattr(exc, "container_status", own_failure))
         return exit_code_of(exc)
     except OSError as exc:
         # the local system refused (no space, a file missing or unreadable): one line, not a traceback
         if args.verbose:
             traceback.print_exc()
         print(f"layerseal: error: {describe_os_error(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return int(getattr(args, "failure_status", None) or EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         print("layerseal: interrupted", file=sys.stderr)
         return 130

@@ -36,6 +36,32 @@ _USER_DB_LIMIT = 4 << 20
 _STOP_GRACE_SECONDS = 10.0
 
 
+class CommandNotRunError(BadInputError):
+    """The container started but its command could not be run: not found (127), or found
+    but not executable (126), the statuses podman and shells use."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        #: the status ``layerseal run`` exits with, as the container's command would have
+        self.container_status = status
+
+
+# runc/crun's words when execve in the container failed
+_NOT_FOUND = ("no such file or directory", "executable file not found", "not found in $path")
+_NOT_RUNNABLE = ("permission denied", "is a directory", "exec format error")
+
+
+def _command_error(message: str) -> int | None:
+    text = message.lower()
+    if "exec" not in text:
+        return None
+    if any(w in text for w in _NOT_FOUND):
+        return 127
+    if any(w in text for w in _NOT_RUNNABLE):
+        return 126
+    return None
+
+
 @dataclass(frozen=True)
 class Runtime:
     """A container runtime found on this machine; ``kind`` is runc, crun or bwrap."""
@@ -342,10 +368,19 @@ def run_bundle(
         if rt.kind in _OCI_RUNTIMES:
             errors = _runtime_errors(log_path)
             if errors:
-                raise TransportError(
+                message = (
                     f"container {cid} ({rt.kind}, bundle {bundle_dir}): runtime failed with "
                     f"status {status}: {errors[-1]}"
                 )
+                command_status = _command_error(errors[-1])
+                if command_status is not None:
+                    args = " ".join(spec.get("process", {}).get("args", []))
+                    raise CommandNotRunError(
+                        f"container {cid}: command {args!r}: expected an executable in the image, "
+                        f"seen {errors[-1].rsplit(': ', 1)[-1]} ({rt.kind}: {errors[-1]})",
+                        command_status,
+                    )
+                raise TransportError(message)
     # a container killed by a signal: report it the way a shell does
     return status if status >= 0 else 128 - status
 
