@@ -15,6 +15,7 @@ from layerseal.errors import LayersealError
 
 #: exit statuses beside the error families' own (README, "Errors")
 EXIT_BAD_INPUT = 2
+EXIT_TRANSPORT = 4
 #: output pipe closed by its reader (``| head``): what a shell reports for SIGPIPE
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -29,8 +30,16 @@ def _no_space(exc: BaseException | None) -> OSError | None:
     return None
 
 
+def os_error_status(exc: OSError) -> int:
+    """A connection that failed outside the registry client's handling is transport (4);
+    anything else of the local system is bad input (2)."""
+    return EXIT_TRANSPORT if isinstance(exc, ConnectionError | TimeoutError) else EXIT_BAD_INPUT
+
+
 def describe_os_error(exc: OSError) -> str:
     """One line for an error of the local system, with the file it concerns."""
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return f"network: expected a working connection, seen {exc.strerror or type(exc).__name__}"
     where = exc.filename if exc.filename is not None else "local file system"
     if exc.errno in _NO_SPACE:
         seen = f"no space left on the device ({exc.strerror})"

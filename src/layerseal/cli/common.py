@@ -63,8 +63,8 @@ def add_registry_flags(p: argparse.ArgumentParser, *sides: str) -> None:
         "--timeout",
         default=DEFAULT_TIMEOUT,
         metavar="DURATION",
-        help=f"the whole command's time limit, e.g. 90s, 15m, 2h (default {DEFAULT_TIMEOUT}); no wait for "
-        "a registry's Retry-After goes past it",
+        help=f"deadline for all registry requests of this command, from its start, e.g. 90s, 15m, 2h "
+        f"(default {DEFAULT_TIMEOUT}); no retry or Retry-After wait goes past it",
     )
 
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import layerseal
 import layerseal.cli
 from layerseal.cli._allocator import tune_allocator
-from layerseal.cli._exits import EXIT_BAD_INPUT, broken_pipe, describe_os_error, exit_code_of
+from layerseal.cli._exits import broken_pipe, describe_os_error, exit_code_of, os_error_status
 from layerseal.errors import LayersealError
 
 # Which module defines a command, so that a run imports only that one (start-up time
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exc()
         print(f"layerseal: error: {describe_os_error(exc)}", file=sys.stderr)
-        return int(getattr(args, "failure_status", None) or EXIT_BAD_INPUT)
+        return int(getattr(args, "failure_status", None) or os_error_status(exc))
     except KeyboardInterrupt:
         print("layerseal: interrupted", file=sys.stderr)
         return 130
