@@ -5,16 +5,25 @@ split into those worth repeating and those no repetition can fix (DNS, TLS)."""
 from __future__ import annotations
 
 import email.utils
-import errno
 import random
 import re
-import socket
-import ssl
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from layerseal.errors import BadInputError
+from layerseal.netcause import NetworkFailure, classify_network_error
+
+__all__ = [
+    "Deadline",
+    "NetworkFailure",
+    "RetryPolicy",
+    "classify_network_error",
+    "format_duration",
+    "is_retriable_status",
+    "parse_duration",
+    "parse_retry_after",
+]
 
 #: statuses worth repeating for requests the server may not have acted on
 RETRIABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -110,79 +119,3 @@ def parse_duration(text: str, what: str) -> float:
     if seconds <= 0:
         raise BadInputError(f"{what} {text!r}: expected a positive duration such as 90s, 15m or 1h30m")
     return seconds
-
-
-@dataclass(frozen=True)
-class NetworkFailure:
-    """Why a connection failed, what to do about it, and whether trying again can help."""
-
-    cause: str
-    fix: str
-    retriable: bool
-
-    def message(self) -> str:
-        return f"{self.cause}" + (f": {self.fix}" if self.fix else "")
-
-
-# OpenSSL's reasons when the peer answered a TLS hello with something that is not TLS
-_NOT_TLS_REASONS = ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE")
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    seen = 0
-    while seen < 10:
-        nxt = exc.__cause__ or exc.__context__
-        if nxt is None or isinstance(exc, OSError):
-            return exc
-        exc, seen = nxt, seen + 1
-    return exc
-
-
-def classify_network_error(exc: BaseException, host: str, tls_flag: str = "--tls-verify") -> NetworkFailure:
-    """Name the cause of a failed connection to *host* and the fix; *tls_flag* is the
-    command's flag for the registry's TLS checks (``--src-tls-verify``...)."""
-    root = _root_cause(exc)
-    name = type(exc).__name__
-    if isinstance(root, ssl.SSLCertVerificationError):
-        detail = root.verify_message or str(root)
-        return NetworkFailure(
-            f"certificate of {host} not trusted ({detail})",
-            f"add its CA with {tls_flag.replace('-tls-verify', '-cert-dir')} DIR, or use {tls_flag}=false",
-            retriable=False,
-        )
-    if isinstance(root, ssl.SSLError):
-        reason = getattr(root, "reason", None) or ""
-        if reason in _NOT_TLS_REASONS:
-            return NetworkFailure(
-                f"{host} did not answer with TLS ({reason})",
-                f"this looks like plain HTTP: use {tls_flag}=false",
-                retriable=False,
-            )
-        return NetworkFailure(f"TLS handshake with {host} failed ({reason or root})", "", retriable=False)
-    if isinstance(root, socket.gaierror):
-        temporary = root.errno == socket.EAI_AGAIN
-        hostname = host if host.startswith("[") else host.rsplit(":", 1)[0]
-        return NetworkFailure(
-            f"name {hostname} not resolved ({root.strerror})",
-            "check the registry host name and DNS" if not temporary else "the DNS server did not answer",
-            retriable=temporary,
-        )
-    if isinstance(root, ConnectionRefusedError):
-        return NetworkFailure(
-            f"connection to {host} refused", "check the host and port, and that the registry is running", True
-        )
-    if isinstance(root, OSError) and root.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-        return NetworkFailure(
-            f"{host} unreachable ({root.strerror})", "check the address and the network route", False
-        )
-    if name == "ConnectTimeout":
-        return NetworkFailure(
-            f"no connection to {host} within the connect timeout",
-            "the host is unreachable or a firewall drops the connection",
-            retriable=False,
-        )
-    if isinstance(root, ConnectionResetError) or name == "RemoteProtocolError":
-        return NetworkFailure(f"{host} closed the connection ({root})", "", retriable=True)
-    if name in ("ReadTimeout", "WriteTimeout", "PoolTimeout"):
-        return NetworkFailure(f"{host} did not answer in time ({name})", "", retriable=True)
-    return NetworkFailure(f"{name}: {root}", "", retriable=True)

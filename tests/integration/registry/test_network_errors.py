@@ -80,3 +80,16 @@ def test_tls_failures_are_not_retried(registry: RegistryServer) -> None:
         status, err, _ = _inspect(f"docker://{proxy.host}/x:y")
     assert status == 4, err
     assert len(counted) == 1, err
+
+
+def test_broker_connection_errors_name_their_cause(registry: RegistryServer) -> None:
+    """The broker client words them for its own flags (any plain-HTTP server will do here)."""
+    base = [*LAYERSEAL, "broker", "keys", "list", "--token", "t", "--url"]
+    r = subprocess.run(
+        [*base, f"http://127.0.0.1:{_closed_port()}"], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 4
+    assert "refused" in _one_line(r.stderr) and "ConnectError" not in r.stderr
+    r = subprocess.run([*base, f"https://{registry.host}"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4
+    assert "this looks like plain HTTP: use an http:// broker URL" in _one_line(r.stderr)
