@@ -252,7 +252,7 @@ def test_wrong_key_pull_names_layers_and_writes_nothing(
         ]
     )
     err = capsys.readouterr().err
-    assert status == 5 and "no key for 1 of 1 encrypted layer(s)" in err and "layer 1 (sha256:" in err
+    assert status == 2 and "no key for 1 of 1 encrypted layer(s)" in err and "layer 1 (sha256:" in err
     assert not (tmp_path / "rootfs").exists()
     assert not (tmp_path / "store" / "blobs" / "sha256").exists() or not any(
         (tmp_path / "store" / "blobs" / "sha256").iterdir()

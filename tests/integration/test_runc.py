@@ -7,8 +7,10 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,13 @@ import pytest
 
 from helpers.rootfs import busybox_rootfs, static_busybox
 from layerseal.engine.bundle import runtime_spec
-from layerseal.engine.runtime import list_containers, read_user_db, run_bundle, write_bundle
-from layerseal.errors import TransportError
+from layerseal.engine.runtime import (
+    CommandNotRunError,
+    list_containers,
+    read_user_db,
+    run_bundle,
+    write_bundle,
+)
 from layerseal.image.config import ImageConfig
 
 pytestmark = pytest.mark.integration
@@ -103,9 +110,10 @@ def test_image_user_env_workdir_and_isolation(tmp_path: Path) -> None:
 
 def test_missing_command_raises_and_cleans_up(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path, {"Cmd": ["/bin/not-there"]})
-    with pytest.raises(TransportError, match="not-there") as info:
+    with pytest.raises(CommandNotRunError, match="not-there") as info:
         run_bundle(bundle, container_id="layerseal-test-missing", stderr=io.StringIO())
     assert "layerseal-test-missing" in str(info.value)
+    assert info.value.container_status == 127  # as podman and shells report a missing command
     assert "layerseal-test-missing" not in runc_ids()
 
 
@@ -157,3 +165,107 @@ def test_bwrap_fallback_runs_the_same_bundle(tmp_path: Path) -> None:
     assert out.getvalue() == "hello from layerseal\n"
     spec = json.loads((bundle / "config.json").read_text())
     assert spec["process"]["args"][0] == "/bin/sh"
+
+
+def _run_script(tmp_path: Path, script: str, **spec_args: Any) -> tuple[int, str, str]:
+    bundle = tmp_path / "bundle"
+    if not bundle.exists():
+        busybox_rootfs(bundle / "rootfs")
+    image = ImageConfig(
+        {"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh", "-c", script]}}
+    )
+    write_bundle(bundle, runtime_spec(image, rootless=False, **spec_args))
+    out, err = io.StringIO(), io.StringIO()
+    status = run_bundle(bundle, runtime="runc", stdout=out, stderr=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_default_seccomp_profile_forbids_what_it_should(tmp_path: Path) -> None:
+    # creating a user namespace needs no capability: only the profile stops it
+    script = "unshare -U true && echo allowed"
+    assert _run_script(tmp_path, script, seccomp=False)[:2] == (0, "allowed\n")
+    status, out, err = _run_script(tmp_path, script)
+    assert (status, out) == (1, "")
+    assert "Operation not permitted" in err
+    # ordinary programs are unaffected, threads and fork included
+    assert _run_script(tmp_path, "echo $(echo sub) | cat; sleep 0 & wait; echo done")[:2] == (
+        0,
+        "sub\ndone\n",
+    )
+
+
+def test_pids_limit_holds(tmp_path: Path) -> None:
+    script = "i=0; while [ $i -lt 20 ]; do sleep 2 & i=$((i+1)); done; echo started $i"
+    assert _run_script(tmp_path, script)[:2] == (0, "started 20\n")  # podman's default, 2048, is far
+    status, out, err = _run_script(tmp_path, script, pids_limit=8)
+    assert status != 0 and "started" not in out
+    assert "can't fork: Resource temporarily unavailable" in err
+
+
+def test_cgroup_namespace_and_limits_visible_inside(tmp_path: Path) -> None:
+    script = (
+        "readlink /proc/self/ns/cgroup; grep -c ':/$' /proc/self/cgroup; "
+        # cgroup v1 layout, else v2
+        "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; "
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max"
+    )
+    status, out, err = _run_script(tmp_path, script, pids_limit=10, memory_limit=64 << 20)
+    assert status == 0, err
+    ns, roots, pids_max, memory_max = out.split()
+    assert ns.startswith("cgroup:[") and ns != os.readlink("/proc/self/ns/cgroup")
+    # every hierarchy's path is the namespace root: the host's cgroup layout is hidden
+    assert int(roots) == len(Path("/proc/self/cgroup").read_text().splitlines())
+    assert (pids_max, memory_max) == ("10", str(64 << 20))
+
+
+ROOTLESS_CHILD = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from layerseal.engine.bundle import runtime_spec
+    from layerseal.engine.runtime import list_containers, run_bundle, write_bundle
+    from layerseal.image.config import ImageConfig
+    bundle = Path(sys.argv[1])
+    config = {"Cmd": ["/bin/sh", "-c", "echo uid=$(id -u); unshare -U true 2>/dev/null || echo seccomp; exit 5"]}
+    write_bundle(bundle, runtime_spec(ImageConfig({"architecture": "amd64", "os": "linux", "config": config})))
+    status = run_bundle(bundle, runtime="runc", container_id="layerseal-test-rootless")
+    print("status", status, "left", list(list_containers("runc")), flush=True)
+    """
+)
+
+
+def test_rootless_runc_as_an_unprivileged_user(tmp_path: Path) -> None:
+    """As nobody, without XDG_RUNTIME_DIR: a user namespace maps the container's root onto
+    the caller, runc keeps its state in a private directory, the profile still applies."""
+    require("setpriv")
+    nobody = 65534
+    work = Path(tempfile.mkdtemp(prefix="layerseal-rootless-", dir="/tmp"))  # nobody cannot enter tmp_path
+    try:
+        busybox_rootfs(work / "bundle" / "rootfs")
+        for path in (work, *work.rglob("*")):
+            os.lchown(path, nobody, nobody)
+        work.chmod(0o755)
+        src = Path(__file__).resolve().parents[2] / "src"
+        r = subprocess.run(
+            [
+                "setpriv",
+                f"--reuid={nobody}",
+                f"--regid={nobody}",
+                "--clear-groups",
+                "--",
+                "/usr/bin/python3",
+                "-c",
+                ROOTLESS_CHILD,
+                str(work / "bundle"),
+            ],
+            capture_output=True,
+            text=True,
+            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(src), "TMPDIR": str(work)},
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines() == ["uid=0", "seccomp", "status 5 left []"]
+        state = work / f"layerseal-runc-{nobody}"
+        assert state.is_dir() and stat.S_IMODE(state.stat().st_mode) == 0o700
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -34,6 +34,7 @@ from layerseal.broker.problems import (
 from layerseal.crypto.jwe import decrypt_from_jwk
 from layerseal.crypto.keys import PrivateKey, public_key_to_jwk
 from layerseal.errors import BadInputError, LayersealError, TransportError
+from layerseal.netcause import classify_network_error
 
 __all__ = ["EnclaveClient", "PublisherClient", "tee_pubkey_jwk", "unwrap_key_packet"]
 
@@ -57,8 +58,14 @@ class _Http:
         try:
             return self._client.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
+            failure = classify_network_error(
+                exc,
+                httpx.URL(self.base).netloc.decode(),
+                plain_http_fix="this looks like plain HTTP: use an http:// broker URL",
+                untrusted_fix="pass the CA that signed it (--kbs-cacert, or --ca for broker commands)",
+            )
             raise TransportError(
-                f"broker {method} {self.base}{path}: expected a response, seen {type(exc).__name__}"
+                f"broker {method} {self.base}{path}: expected a response, seen {failure.message()}"
             ) from exc
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

@@ -117,6 +117,34 @@ class _TransferFailed(Exception):
         self.error = error
 
 
+def put_blob_retrying(
+    src: ImageSource,
+    dst: ImageDestination,
+    blob: Descriptor,
+    attempts: int,
+    open_chunks: Callable[[], Iterable[bytes]] | None = None,
+) -> Descriptor:
+    """Upload *blob* (read from *src*, or from *open_chunks*) under the same policy as a layer:
+    after a network failure beyond the registry client's own retries, the whole upload is
+    repeated from the start, up to *attempts* times (nothing is committed before the end)."""
+    for attempt in range(1, attempts + 1):
+        chunks = open_chunks() if open_chunks is not None else src.iter_blob(blob)
+        try:
+            # bytes from *open_chunks* are hashed on the way; the source verifies its own
+            return dst.put_blob(chunks, blob.media_type, blob, verified=open_chunks is None)
+        except TransportError as exc:
+            if attempt == attempts:
+                raise
+            log.warning(
+                "blob %s: %s; transferring it again (attempt %d of %d)",
+                blob.digest,
+                exc,
+                attempt + 1,
+                attempts,
+            )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def select_layers(spec: Sequence[int] | None, count: int) -> frozenset[int]:
     """Positions to encrypt, from skopeo-style ``--encrypt-layer`` values."""
     if spec is None:
@@ -327,7 +355,7 @@ def _copy_manifest(
     reports = transfer_layers(src, dst, layers, to_encrypt, convert, options, progress)
     config = manifest.config
     if reuse_blob(src, dst, config) is None:
-        dst.put_blob(src.iter_blob(config), config.media_type, config, verified=True)
+        put_blob_retrying(src, dst, config, options.layer_attempts)
     changed = any(r.action not in ("copied", "reused", "mounted") for r in reports) or convert
     if changed:
         new_manifest = manifest.with_changes(
@@ -357,7 +385,9 @@ def _child_committer(dst: ImageDestination) -> Callable[[bytes, str], Descriptor
     return lambda data, media_type: dst.put_blob([data], media_type)  # layouts commit it with the index
 
 
-def _copy_verbatim(src: ImageSource, dst: ImageDestination, entry: Descriptor, data: bytes) -> Descriptor:
+def _copy_verbatim(
+    src: ImageSource, dst: ImageDestination, entry: Descriptor, data: bytes, attempts: int
+) -> Descriptor:
     """An index entry that is no plain image (attestation, artifact): blobs and manifest as they are."""
     parsed = parse_any(data, entry.media_type, f"manifest {entry.digest} of {src.name}")
     if isinstance(parsed, Index):
@@ -366,7 +396,7 @@ def _copy_verbatim(src: ImageSource, dst: ImageDestination, entry: Descriptor, d
         )
     for blob in (parsed.config, *parsed.layers):
         if reuse_blob(src, dst, blob) is None:
-            dst.put_blob(src.iter_blob(blob), blob.media_type, blob, verified=True)
+            put_blob_retrying(src, dst, blob, attempts)
     return _child_committer(dst)(data, entry.media_type)
 
 
@@ -399,7 +429,7 @@ def copy_index(
             written = report.manifest
             images.append(report)
         else:
-            written = _copy_verbatim(src, dst, entry, child_data)
+            written = _copy_verbatim(src, dst, entry, child_data, options.layer_attempts)
             images.append(None)
         entries.append(
             entry.with_changes(media_type=written.media_type, digest=written.digest, size=written.size)

@@ -22,6 +22,7 @@ from layerseal.builder.copy import (
     CopyOptions,
     LayerReport,
     Progress,
+    put_blob_retrying,
     transfer_layers,
 )
 from layerseal.builder.tarlayer import MEDIA_TYPES, write_layer_from_paths
@@ -181,7 +182,13 @@ def add_layer(
     new_config = config.with_layer(diff_id, history)
     config_bytes = new_config.to_bytes()
     config_type = mt.OCI_CONFIG if convert else manifest.config.media_type
-    config_desc = dst.put_blob([config_bytes], config_type)
+    config_desc = put_blob_retrying(
+        src,
+        dst,
+        Descriptor(config_type, Digest.of(config_bytes), len(config_bytes)),
+        CopyOptions().layer_attempts,
+        lambda: [config_bytes],
+    )
     layers = [r.result for r in existing] + [new_layer]
     new_manifest = manifest.with_changes(
         config=config_desc,

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 from layerseal.broker.client import PublisherClient
 from layerseal.broker.packets import KeyPacket, ResourcePath
-from layerseal.builder.copy import CopyOptions, Progress, copy_image, reuse_blob, transfer_layers
+from layerseal.builder.copy import (
+    CopyOptions,
+    Progress,
+    copy_image,
+    put_blob_retrying,
+    reuse_blob,
+    transfer_layers,
+)
 from layerseal.builder.kbswrap import SCHEME
 from layerseal.crypto.keywrap import KeyUnwrapper, KeyWrapper
 from layerseal.errors import BadInputError
@@ -61,7 +68,7 @@ def rotate_keys(
         raise BadInputError(f"{src.name}: expected layers with broker key packets ({SCHEME}), seen none")
     transfer_layers(src, dst, manifest.layers, frozenset(), False, CopyOptions(), progress)
     if reuse_blob(src, dst, manifest.config) is None:
-        dst.put_blob(src.iter_blob(manifest.config), manifest.config.media_type, manifest.config)
+        put_blob_retrying(src, dst, manifest.config, CopyOptions().layer_attempts)
     new_manifest = manifest.with_changes(layers=tuple(new_layers))
     written = dst.put_manifest(new_manifest.to_bytes(), new_manifest.effective_media_type)
     return RotateReport(written, tuple(rotated), 0)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import socket
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
 
-from layerseal.errors import BadInputError
+from layerseal.cli.common import read_key_file
+from layerseal.errors import BadInputError, NotFoundError
 
 TOKEN_ENV = "LAYERSEAL_BROKER_TOKEN"  # noqa: S105 -- an env variable name
 
@@ -21,11 +25,44 @@ def _listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port another process listens on before anything is created (the server
+    itself would only fail after opening the database and writing the admin token)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            seen = "it in use by another process" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise BadInputError(
+                f"--listen {host}:{port}: expected a free local address, seen {seen}"
+            ) from exc
+
+
+def _check_tls_files(cert: str | None, key: str | None) -> None:
+    if bool(cert) != bool(key):
+        raise BadInputError("--tls-cert/--tls-key: expected both or neither, seen one")
+    if cert and key:
+        read_key_file(cert, "--tls-cert")
+        read_key_file(key, "--tls-key")
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        except ssl.SSLError as exc:
+            what = f"--tls-cert {cert} / --tls-key {key}"
+            raise BadInputError(f"{what}: expected a PEM certificate and its key, seen {exc.reason}") from exc
+
+
 def _serve(args: argparse.Namespace) -> int:
     from layerseal.broker.server import ServeOptions, serve
     from layerseal.broker.service import BrokerConfig
 
     host, port = _listen(args.listen)
+    _check_tls_files(args.tls_cert, args.tls_key)
+    _check_port(host, port)
     serve(
         ServeOptions(
             db_url=args.db,
@@ -50,9 +87,19 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_db(db: str) -> None:
+    """A SQLite path (or ``sqlite:///`` URL) to verify must exist: opening it would create it."""
+    if "://" in db and not db.startswith("sqlite:"):
+        return
+    path = db.split(":///", 1)[1] if db.startswith("sqlite:") else db
+    if path in ("", ":memory:") or not Path(path).is_file():
+        raise NotFoundError(f"--db {db}: expected an existing broker database, seen no such file")
+
+
 def _audit_verify(args: argparse.Namespace) -> int:
     from layerseal.broker.server import audit_verify
 
+    _existing_db(args.db)
     report = audit_verify(args.db)
     if args.json:
         print(
@@ -79,10 +126,15 @@ def _client(args: argparse.Namespace) -> Any:
 
     token = args.token or os.environ.get(TOKEN_ENV)
     if args.token_file:
-        token = Path(args.token_file).read_text().strip()
+        token = read_key_file(args.token_file, "--token-file").decode(errors="replace").strip()
     if not token:
         raise BadInputError(f"broker token: expected --token-file, --token or ${TOKEN_ENV}, seen none")
-    return PublisherClient(args.url, token, verify=args.ca or True)
+    if args.ca:
+        read_key_file(args.ca, "--ca")
+    try:
+        return PublisherClient(args.url, token, verify=args.ca or True)
+    except ssl.SSLError as exc:
+        raise BadInputError(f"--ca {args.ca}: expected PEM CA certificates, seen {exc.reason}") from exc
 
 
 def _print(args: argparse.Namespace, data: Any, text: str) -> int:
@@ -97,7 +149,13 @@ def _token_create(args: argparse.Namespace) -> int:
 
 
 def _policy_set(args: argparse.Namespace) -> int:
-    doc = json.loads(Path(args.file).read_text()) if args.file != "-" else json.load(sys.stdin)
+    raw = read_key_file(args.file, "policy file") if args.file != "-" else sys.stdin.buffer.read()
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise BadInputError(f"policy file {args.file}: expected JSON, seen invalid data ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise BadInputError(f"policy file {args.file}: expected a JSON object, seen {type(doc).__name__}")
     with _client(args) as c:
         result = c.set_policy(doc, scope=args.scope, target=args.target, tenant=args.tenant)
     return _print(
@@ -113,7 +171,8 @@ def _refvalues_add(args: argparse.Namespace) -> int:
 
 def _platform_register(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        fingerprint = c.register_platform(Path(args.certificate).read_bytes(), description=args.description)
+        certificate = read_key_file(args.certificate, "platform certificate")
+        fingerprint = c.register_platform(certificate, description=args.description)
     return _print(args, {"fingerprint": fingerprint}, f"platform registered: {fingerprint}")
 
 
@@ -166,7 +225,7 @@ def register(subparsers: Any) -> None:
     )
     serve.add_argument("--tdx-collateral", help="directory of Intel TDX TCB info collateral")
     serve.add_argument("--admin-token-file", help="admin token file (created 0600 if missing)")
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     serve.add_argument(
         "--workers",
         type=int,

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from layerseal.image.transport import ImageDestination, ImageSource
+    from layerseal.registry.retry import Deadline
     from layerseal.registry.transport import RegistryOptions
 
 
@@ -50,12 +51,47 @@ def add_registry_flags(p: argparse.ArgumentParser, *sides: str) -> None:
                 "request bodies (default: one streamed request per blob)",
             )
     p.add_argument("--authfile", help="auth file (Docker config.json or containers auth.json format)")
+    p.add_argument(
+        "--retry-times",
+        type=int,
+        default=DEFAULT_RETRY_TIMES,
+        metavar="N",
+        help=f"times a failed registry request is repeated (default {DEFAULT_RETRY_TIMES}); errors no "
+        "repetition can fix (name not resolved, TLS) fail at once",
+    )
+    p.add_argument(
+        "--timeout",
+        default=DEFAULT_TIMEOUT,
+        metavar="DURATION",
+        help=f"deadline for all registry requests of this command, from its start, e.g. 90s, 15m, 2h "
+        f"(default {DEFAULT_TIMEOUT}); no retry or Retry-After wait goes past it",
+    )
+
+
+DEFAULT_RETRY_TIMES = 4
+DEFAULT_TIMEOUT = "1h"
+
+
+def _deadline(args: argparse.Namespace) -> Deadline:
+    """The command's one deadline, shared by both sides, counted from its first use."""
+    from layerseal.registry.retry import Deadline, parse_duration
+
+    deadline = getattr(args, "_deadline", None)
+    if deadline is None:
+        deadline = Deadline(parse_duration(str(getattr(args, "timeout", DEFAULT_TIMEOUT)), "--timeout"))
+        args._deadline = deadline
+    return deadline
 
 
 def registry_options(args: argparse.Namespace, side: str, ref: str) -> RegistryOptions | None:
     """Registry flags for one side, or None when *ref* is not a registry reference."""
     if not ref.startswith("docker://"):
         return None
+    from layerseal.registry.retry import RetryPolicy
+
+    retries = getattr(args, "retry_times", DEFAULT_RETRY_TIMES)
+    if not isinstance(retries, int) or not 0 <= retries <= 100:
+        raise BadInputError(f"--retry-times {retries}: expected a number from 0 to 100")
     ca = None
     cert_dir = getattr(args, f"{side}_cert_dir", None)
     if cert_dir:
@@ -71,6 +107,9 @@ def registry_options(args: argparse.Namespace, side: str, ref: str) -> RegistryO
         ca_file=ca,
         creds=getattr(args, f"{side}_creds", None),
         authfile=getattr(args, "authfile", None),
+        retry=RetryPolicy(max_attempts=retries + 1),
+        deadline=_deadline(args),
+        side=side,
         upload_chunk_limit=parse_size(chunk, f"--{side}-chunk-size", most=MAX_CHUNK)
         if chunk is not None
         else None,

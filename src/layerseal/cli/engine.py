@@ -10,15 +10,23 @@ from pathlib import Path
 from typing import Any
 
 from layerseal.builder.endpoints import open_source
-from layerseal.cli.common import add_registry_flags, parse_unwrappers, print_json, registry_options
+from layerseal.cli.common import (
+    add_registry_flags,
+    parse_size,
+    parse_unwrappers,
+    print_json,
+    registry_options,
+)
 from layerseal.engine.enclave import enclave_client, make_attester
 from layerseal.engine.keys import BrokerUnwrapper
 from layerseal.engine.pull import PullResult, pull_image
-from layerseal.engine.run import new_bundle_dir, prepare_bundle, run_pulled
+from layerseal.engine.run import new_bundle_dir, prepare_bundle, prepare_output, run_pulled
 from layerseal.engine.snapshot import SnapshotStore
 from layerseal.errors import BadInputError
 from layerseal.image.descriptor import Platform
 from layerseal.layout.blobstore import SharedBlobStore
+
+RUN_FAILURE_STATUS = 125
 
 
 def _default_store() -> str:
@@ -57,8 +65,13 @@ def register(sub: Any) -> None:
     _common(r)
     r.add_argument("--runtime", choices=["runc", "crun", "bwrap"], help="default: the first one installed")
     r.add_argument("--keep-bundle", action="store_true", help="leave the bundle on disk (debugging)")
+    r.add_argument(
+        "--pids-limit", type=int, metavar="N", help="most processes the container may have (default 2048)"
+    )
+    r.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 512M or 2G (default: none)")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS... to replace the image's Cmd")
-    r.set_defaults(func=run_run)
+    # layerseal's own failures: podman's 125, so they never pass for the container's status
+    r.set_defaults(func=run_run, failure_status=RUN_FAILURE_STATUS)
 
 
 def _pull(args: argparse.Namespace, rootfs: Path) -> PullResult:
@@ -92,15 +105,14 @@ def _pull(args: argparse.Namespace, rootfs: Path) -> PullResult:
 
 def run_pull(args: argparse.Namespace) -> int:
     target = Path(args.bundle or args.rootfs)
-    rootfs = target / "rootfs" if args.bundle else target
-    created = not target.exists()
+    rootfs, created = prepare_output(target, bundle=bool(args.bundle))
     try:
         result = _pull(args, rootfs)
         if args.bundle:
             prepare_bundle(result, target, None)
     except BaseException:
-        if created:
-            shutil.rmtree(target, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
         raise
     if args.json:
         print_json(
@@ -142,4 +154,12 @@ def run_run(args: argparse.Namespace) -> int:
     if not command and not (result.config.runtime.get("Cmd") or result.config.runtime.get("Entrypoint")):
         shutil.rmtree(bundle, ignore_errors=True)
         raise BadInputError(f"{result.image}: expected a command (image has no Entrypoint/Cmd), seen none")
-    return run_pulled(result, bundle, command or None, runtime=args.runtime, keep=args.keep_bundle)
+    return run_pulled(
+        result,
+        bundle,
+        command or None,
+        runtime=args.runtime,
+        keep=args.keep_bundle,
+        pids_limit=args.pids_limit,
+        memory_limit=parse_size(args.memory, "--memory") if args.memory else None,
+    )

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import layerseal
 import layerseal.cli
 from layerseal.cli._allocator import tune_allocator
+from layerseal.cli._exits import broken_pipe, describe_os_error, exit_code_of, os_error_status
 from layerseal.errors import LayersealError
 
 # Which module defines a command, so that a run imports only that one (start-up time
@@ -78,11 +79,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         status = args.func(args)
+        sys.stdout.flush()  # a reader that went away is noticed here, not at interpreter exit
+    except BrokenPipeError:
+        return broken_pipe()
     except LayersealError as exc:
         if args.verbose:
             traceback.print_exc()
         print(f"layerseal: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        # commands whose own status is another program's (run) fail with codes that cannot collide
+        own_failure = getattr(args, "failure_status", None)
+        if own_failure is not None:
+            return int(getattr(exc, "container_status", own_failure))
+        return exit_code_of(exc)
+    except OSError as exc:
+        # the local system refused (no space, a file missing or unreadable): one line, not a traceback
+        if args.verbose:
+            traceback.print_exc()
+        print(f"layerseal: error: {describe_os_error(exc)}", file=sys.stderr)
+        return int(getattr(args, "failure_status", None) or os_error_status(exc))
     except KeyboardInterrupt:
         print("layerseal: interrupted", file=sys.stderr)
         return 130

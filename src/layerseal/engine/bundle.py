@@ -4,11 +4,17 @@ Pure: user names are resolved from the bytes of the rootfs' ``/etc/passwd`` and
 ``/etc/group``, which the caller reads (see :func:`layerseal.engine.runtime.read_user_db`).
 
 Defaults follow ``runc spec`` (capabilities, masked and read-only paths, NOFILE limit,
-devices denied) with these deliberate differences: no ambient capabilities (a non-root
-image user gets none, as with Docker), no cgroup filesystem mount, a network namespace
-even when rootless (it holds only ``lo``: containers get no network), and a writable
-root by default because images expect to write to their own filesystem; the rootfs is
-the caller's private copy.
+devices denied) plus what podman adds: the default seccomp profile
+(:mod:`layerseal.engine.seccomp`), a cgroup namespace with the container's own cgroup
+mounted read-only at ``/sys/fs/cgroup``, and a pids limit (2048 unless told).  Deliberate
+differences: no ambient capabilities (a non-root image user gets none, as with Docker), a
+network namespace even when rootless (it holds only ``lo``: containers get no network),
+and a writable root by default because images expect to write to their own filesystem;
+the rootfs is the caller's private copy.
+
+Rootless (not running as root): a user namespace maps the container user onto the caller,
+and no cgroup limits are set, since an unprivileged caller cannot create cgroups on a
+cgroup v1 host; asking for a limit then is refused rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from layerseal.engine.seccomp import default_profile
 from layerseal.errors import BadInputError
 from layerseal.image.config import ImageConfig
 
@@ -38,6 +45,14 @@ MASKED_PATHS = (
 )
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 NOFILE_LIMIT = 1024
+#: podman's default (containers.conf ``pids_limit``): a fork bomb stops there
+DEFAULT_PIDS_LIMIT = 2048
+_CGROUP_MOUNT = {
+    "destination": "/sys/fs/cgroup",
+    "type": "cgroup",
+    "source": "cgroup",
+    "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
+}
 
 
 @dataclass(frozen=True)
@@ -202,6 +217,8 @@ def _mounts(rootless: bool) -> list[dict[str, Any]]:
             "options": ["nosuid", "noexec", "nodev"],
         },
         sys_mount,
+        # with a cgroup namespace this shows the container its own cgroup only
+        *([] if rootless else [dict(_CGROUP_MOUNT)]),
     ]
 
 
@@ -216,6 +233,9 @@ def runtime_spec(
     passwd: bytes | None = None,
     group: bytes | None = None,
     readonly_rootfs: bool = False,
+    pids_limit: int | None = None,
+    memory_limit: int | None = None,
+    seccomp: bool = True,
 ) -> dict[str, Any]:
     """The ``config.json`` of a bundle running *config*'s command in *rootfs*.
 
@@ -223,6 +243,8 @@ def runtime_spec(
     else by the image Cmd.  *passwd*/*group* are the rootfs' user databases, needed only
     when the image User names a user or group.  *rootless* defaults to "not running as
     root" and adds a user namespace mapping the container user to the caller.
+    *pids_limit* defaults to :data:`DEFAULT_PIDS_LIMIT` (none when rootless), *memory_limit*
+    (bytes) to none; *seccomp* False leaves the default profile out (for comparisons).
     """
     rc = config.runtime
     entrypoint = _str_list(rc.get("Entrypoint"), "Entrypoint")
@@ -247,19 +269,35 @@ def runtime_spec(
     if user.additional_gids:
         proc_user["additionalGids"] = list(user.additional_gids)
     caps = list(DEFAULT_CAPABILITIES)
-    namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")]
+    namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network", "cgroup")]
+    limits = (("--pids-limit", pids_limit), ("--memory", memory_limit))
+    for flag, value in limits:
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise BadInputError(f"{flag}: expected a positive number, seen {value!r}")
+    resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
+    resources["pids"] = {"limit": pids_limit or DEFAULT_PIDS_LIMIT}
+    if memory_limit is not None:
+        resources["memory"] = {"limit": memory_limit}
     linux: dict[str, Any] = {
-        "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+        "resources": resources,
         "namespaces": namespaces,
         "maskedPaths": list(MASKED_PATHS),
         "readonlyPaths": list(READONLY_PATHS),
     }
+    if seccomp:
+        linux["seccomp"] = default_profile(caps)
     if rootless:
+        asked = [flag for flag, value in limits if value is not None]
+        if asked:
+            raise BadInputError(
+                f"{' and '.join(asked)}: expected to run as root (cgroup limits need privilege), "
+                f"seen uid {os.geteuid()}: run as root or leave the limit out"
+            )
         namespaces.append({"type": "user"})
         # one id is all an unprivileged caller owns: map the container user onto it
         linux["uidMappings"] = [{"containerID": user.uid, "hostID": os.geteuid(), "size": 1}]
         linux["gidMappings"] = [{"containerID": user.gid, "hostID": os.getegid(), "size": 1}]
-        # cgroup device rules need privilege; rootless runc refuses or ignores them
+        # cgroup rules need privilege; rootless runc refuses or ignores them
         del linux["resources"]
     spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,

@@ -79,10 +79,17 @@ def _obtain_keys(
     broker: BrokerUnwrapper | None,
 ) -> tuple[dict[int, tuple[PublicOptions, PrivateOptions]], int]:
     """Private options of every encrypted layer, or an error naming every layer refused."""
+    encrypted = [i for i, d in enumerate(layers) if mt.is_encrypted(d.media_type)]
+    if encrypted and not unwrappers and broker is None:
+        raise BadInputError(
+            f"{src.name}: {len(encrypted)} encrypted layer(s): expected a key source "
+            "(--decryption-key PRIVKEY for jwe keys, --kbs URL for the key broker), seen neither"
+        )
     released = broker.prefetch(layers, src.name) if broker is not None else 0
     all_unwrappers = [*unwrappers, *([broker] if broker is not None else [])]
     keys: dict[int, tuple[PublicOptions, PrivateOptions]] = {}
     refused: list[str] = []
+    denied = False
     for i, d in enumerate(layers):
         if not mt.is_encrypted(d.media_type):
             continue
@@ -90,9 +97,12 @@ def _obtain_keys(
         try:
             keys[i] = (public_options(d, ctx), open_private_options(d, ctx, all_unwrappers))
         except (WrongKeyError, DeniedError) as exc:
-            refused.append(f"{ctx}: {exc}")
+            denied = denied or isinstance(exc, DeniedError)
+            refused.append(str(exc))
     if refused:
-        raise DeniedError(
+        # a broker's refusal is a denial (5); keys the caller gave that open nothing are bad input (2)
+        error = DeniedError if denied else WrongKeyError
+        raise error(
             f"{src.name}: no key for {len(refused)} of {len(keys) + len(refused)} encrypted layer(s); "
             f"nothing was unpacked: " + "; ".join(refused)
         )

@@ -36,6 +36,32 @@ _USER_DB_LIMIT = 4 << 20
 _STOP_GRACE_SECONDS = 10.0
 
 
+class CommandNotRunError(BadInputError):
+    """The container started but its command could not be run: not found (127), or found
+    but not executable (126), the statuses podman and shells use."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        #: the status ``layerseal run`` exits with, as the container's command would have
+        self.container_status = status
+
+
+# runc/crun's words when execve in the container failed
+_NOT_FOUND = ("no such file or directory", "executable file not found", "not found in $path")
+_NOT_RUNNABLE = ("permission denied", "is a directory", "exec format error")
+
+
+def _command_error(message: str) -> int | None:
+    text = message.lower()
+    if "exec" not in text:
+        return None
+    if any(w in text for w in _NOT_FOUND):
+        return 127
+    if any(w in text for w in _NOT_RUNNABLE):
+        return 126
+    return None
+
+
 @dataclass(frozen=True)
 class Runtime:
     """A container runtime found on this machine; ``kind`` is runc, crun or bwrap."""
@@ -226,11 +252,38 @@ def _runtime_errors(log_path: Path) -> list[str]:
     return errors
 
 
+def state_root_args() -> list[str]:
+    """``--root DIR`` for runc/crun when not running as root, else nothing.
+
+    Rootless, runc keeps its state in ``$XDG_RUNTIME_DIR/runc`` and fails on ``/run/runc``
+    when that variable is unset (a service account, ``su``, cron): layerseal then uses a
+    directory of its own in the temporary directory, made 0700 and checked to belong to
+    this user, so another local user cannot prepare or read it.
+    """
+    if os.geteuid() == 0 or os.environ.get("XDG_RUNTIME_DIR"):
+        return []
+    root = Path(tempfile.gettempdir()) / f"layerseal-runc-{os.geteuid()}"
+    with contextlib.suppress(FileExistsError):
+        root.mkdir(mode=0o700)
+    st = root.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        raise BadInputError(
+            expected_seen(
+                f"runtime state directory {root}",
+                f"a directory of uid {os.geteuid()} with mode 0700",
+                f"uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}"
+                + ("" if stat.S_ISDIR(st.st_mode) else ", not a directory"),
+            )
+            + " (set XDG_RUNTIME_DIR to use another)"
+        )
+    return ["--root", str(root)]
+
+
 def _delete(runtime: Runtime, cid: str) -> None:
     # nothing more can be done if this fails; the caller's error (if any) matters more
-    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired, BadInputError):
         subprocess.run(
-            [runtime.path, "delete", "--force", cid],
+            [runtime.path, *state_root_args(), "delete", "--force", cid],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=60,
@@ -290,7 +343,7 @@ def run_bundle(
 
     with _log_file() as log_path:
         if rt.kind in _OCI_RUNTIMES:
-            cmd = [rt.path, "--log", str(log_path), "--log-format", "json"]
+            cmd = [rt.path, *state_root_args(), "--log", str(log_path), "--log-format", "json"]
             cmd += ["run", "--bundle", str(bundle_dir), cid]
         else:
             cmd = _bwrap_command(rt, bundle_dir, spec)
@@ -315,10 +368,19 @@ def run_bundle(
         if rt.kind in _OCI_RUNTIMES:
             errors = _runtime_errors(log_path)
             if errors:
-                raise TransportError(
+                message = (
                     f"container {cid} ({rt.kind}, bundle {bundle_dir}): runtime failed with "
                     f"status {status}: {errors[-1]}"
                 )
+                command_status = _command_error(errors[-1])
+                if command_status is not None:
+                    args = " ".join(spec.get("process", {}).get("args", []))
+                    raise CommandNotRunError(
+                        f"container {cid}: command {args!r}: expected an executable in the image, "
+                        f"seen {errors[-1].rsplit(': ', 1)[-1]} ({rt.kind}: {errors[-1]})",
+                        command_status,
+                    )
+                raise TransportError(message)
     # a container killed by a signal: report it the way a shell does
     return status if status >= 0 else 128 - status
 
@@ -329,7 +391,10 @@ def list_containers(runtime: str | None = None) -> Sequence[str]:
     if rt.kind not in _OCI_RUNTIMES:
         return ()
     result = subprocess.run(
-        [rt.path, "list", "--format", "json"], capture_output=True, timeout=60, check=False
+        [rt.path, *state_root_args(), "list", "--format", "json"],
+        capture_output=True,
+        timeout=60,
+        check=False,
     )
     if result.returncode != 0:
         raise TransportError(

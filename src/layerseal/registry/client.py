@@ -46,7 +46,12 @@ from layerseal.registry.auth import Authenticator, repository_scope
 from layerseal.registry.credentials import Credentials, resolve_credentials
 from layerseal.registry.options import RegistryOptions
 from layerseal.registry.reference import DOCKER_HUB, DOCKER_HUB_API, validate_repository
-from layerseal.registry.retry import is_retriable_status
+from layerseal.registry.retry import (
+    NetworkFailure,
+    classify_network_error,
+    format_duration,
+    is_retriable_status,
+)
 from layerseal.streams import Background
 
 log = logging.getLogger(__name__)
@@ -123,7 +128,7 @@ class RegistryClient:
             verify=verify,
             transport=options.transport,
             limits=limits,
-            timeout=httpx.Timeout(options.timeout),
+            timeout=httpx.Timeout(options.timeout, connect=min(options.timeout, options.connect_timeout)),
             headers={"User-Agent": options.user_agent},
         )
         self.auth = Authenticator(registry, self._load_credentials, self._send_plain)
@@ -168,23 +173,69 @@ class RegistryClient:
         self.auth.observe(response)
         return f"https://{self.host}"
 
+    def _network_failure(self, exc: BaseException, host: str | None = None) -> NetworkFailure:
+        side = self.options.side
+        return classify_network_error(
+            exc, host or self.host, f"--{side}-tls-verify" if side else "--tls-verify"
+        )
+
+    def _check_deadline(self, what: str) -> None:
+        deadline = self.options.deadline
+        if deadline is not None and deadline.remaining() <= 0:
+            raise TransportError(f"{what}: expected to finish within {deadline.describe()}, seen it pass")
+
+    def _wait(
+        self, delay: float, what: str, reason: str, attempt: int, limit: int, announce: bool = False
+    ) -> None:
+        """Sleep before attempt *attempt* + 1, unless that would pass the command's deadline.
+
+        Long waits (a server's ``Retry-After``) are announced on stderr, even under ``-q``:
+        a command that seems to hang for minutes must say why.
+        """
+        deadline = self.options.deadline
+        if deadline is not None and delay > deadline.remaining():
+            left = format_duration(max(0.0, round(deadline.remaining(), 1)))
+            raise TransportError(
+                f"{what}: {reason}; waiting {format_duration(delay)} before trying again would pass "
+                f"{deadline.describe()} ({left} left): giving up"
+            )
+        if announce or delay >= 5:
+            log.warning(
+                "%s: %s; waiting %s before attempt %d of %d",
+                what,
+                reason,
+                format_duration(round(delay, 1)),
+                attempt + 1,
+                limit,
+            )
+        self._sleep(delay)
+
     def _send_plain(self, request: httpx.Request, what: str = "token request") -> httpx.Response:
         """Send without registry auth, with retries; the body is read."""
         policy = self.options.retry
+        where = f"{self._where(None)}: {what} to {request.url.host}"
         attempt = 0
         while True:
             attempt += 1
+            self._check_deadline(where)
             try:
                 response = self._http.send(request)
             except httpx.TransportError as exc:
-                if attempt < policy.max_attempts:
-                    self._sleep(policy.backoff(attempt))
+                failure = self._network_failure(exc, request.url.netloc.decode())
+                if failure.retriable and attempt < policy.max_attempts:
+                    self._wait(policy.backoff(attempt), where, failure.cause, attempt, policy.max_attempts)
                     continue
-                raise TransportError(
-                    f"{self._where(None)}: {what} to {request.url.host}: {type(exc).__name__}: {exc}"
-                ) from exc
+                raise TransportError(f"{where}: {failure.message()}") from exc
             if is_retriable_status(response.status_code) and attempt < policy.max_attempts:
-                self._sleep(policy.delay(attempt, response.headers.get("retry-after")))
+                retry_after = response.headers.get("retry-after")
+                self._wait(
+                    policy.delay(attempt, retry_after),
+                    where,
+                    f"HTTP {response.status_code}" + (f", Retry-After {retry_after}" if retry_after else ""),
+                    attempt,
+                    policy.max_attempts,
+                    announce=retry_after is not None,
+                )
                 continue
             return response
 
@@ -220,14 +271,18 @@ class RegistryClient:
             if authorization is not None:
                 request_headers["Authorization"] = authorization
             request = self._http.build_request(method, url, headers=request_headers, content=content)
+            where = f"{self._where(repository)}: {what}"
+            self._check_deadline(where)
             try:
                 response = self._http.send(request, stream=stream, follow_redirects=method in ("GET", "HEAD"))
             except httpx.TransportError as exc:
-                if attempt < limit and (idempotent or isinstance(exc, _NOT_SENT)):
-                    log.debug("%s %s: %s, retrying", method, what, type(exc).__name__)
-                    self._sleep(policy.backoff(attempt))
+                failure = self._network_failure(exc)
+                if failure.retriable and attempt < limit and (idempotent or isinstance(exc, _NOT_SENT)):
+                    log.debug("%s %s: %s, retrying", method, what, failure.cause)
+                    self._wait(policy.backoff(attempt), where, failure.cause, attempt, limit)
                     continue
-                seen = f"{type(exc).__name__}: {exc}"
+                tries = f" (after {attempt} attempts)" if attempt > 1 else ""
+                seen = failure.cause + tries + (f": {failure.fix}" if failure.fix else "")
                 raise TransportError(
                     f"{self._where(repository)}: " + expected_seen(what, "an HTTP answer", seen)
                 ) from exc
@@ -238,10 +293,18 @@ class RegistryClient:
                 attempt -= 1
                 continue
             if is_retriable_status(response.status_code, idempotent) and attempt < limit:
-                delay = policy.delay(attempt, response.headers.get("retry-after"))
+                retry_after = response.headers.get("retry-after")
+                delay = policy.delay(attempt, retry_after)
                 log.debug("%s %s: HTTP %d, retrying in %.1fs", method, what, response.status_code, delay)
                 response.close()
-                self._sleep(delay)
+                self._wait(
+                    delay,
+                    where,
+                    f"HTTP {response.status_code}" + (f", Retry-After {retry_after}" if retry_after else ""),
+                    attempt,
+                    limit,
+                    announce=retry_after is not None,
+                )
                 continue
             return response
 
@@ -303,11 +366,18 @@ class RegistryClient:
                     raise self._fail(response, repository, what, "HTTP 200")
                 return response, self._read_limited(response, limit, f"{self._where(repository)}: {what}")
             except httpx.TransportError as exc:
+                failure = self._network_failure(exc)
                 if attempt < policy.max_attempts:
-                    self._sleep(policy.backoff(attempt))
+                    self._wait(
+                        policy.backoff(attempt),
+                        f"{self._where(repository)}: {what}",
+                        failure.cause,
+                        attempt,
+                        policy.max_attempts,
+                    )
                     continue
                 raise TransportError(
-                    f"{self._where(repository)}: {what}: reading the body failed: {exc}"
+                    f"{self._where(repository)}: {what}: reading the body failed: {failure.message()}"
                 ) from exc
             finally:
                 response.close()
@@ -465,11 +535,12 @@ class RegistryClient:
                         buffered = 0
             except httpx.TransportError as exc:
                 failures = 1 if verifier.size > offset else failures + 1
+                failure = self._network_failure(exc)
                 if failures < policy.max_attempts and verifier.size < desc.size:
                     log.debug("%s: %s after %d bytes, resuming", where, type(exc).__name__, verifier.size)
-                    self._sleep(policy.backoff(failures))
+                    self._wait(policy.backoff(failures), where, failure.cause, failures, policy.max_attempts)
                     continue
-                seen = f"{verifier.size} before {type(exc).__name__}: {exc}"
+                seen = f"{verifier.size} before {failure.message()}"
                 raise TransportError(f"{where}: expected {desc.size} bytes, seen {seen}") from exc
             except httpx.DecodingError as exc:
                 raise TransportError(f"{where}: expected a decodable body, seen {exc}") from exc
@@ -745,7 +816,13 @@ class RegistryClient:
             failures += 1
             if failures >= policy.max_attempts:
                 raise error
-            self._sleep(policy.backoff(failures))
+            self._wait(
+                policy.backoff(failures),
+                f"{self._where(repository)}: {what}",
+                str(error),
+                failures,
+                policy.max_attempts,
+            )
             try:
                 location, kept = self._upload_status(repository, location)
             except LayersealError as status_error:

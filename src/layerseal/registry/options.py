@@ -8,7 +8,7 @@ import httpx
 
 from layerseal.errors import MisuseError
 from layerseal.image.transport import CHUNK_SIZE
-from layerseal.registry.retry import RetryPolicy
+from layerseal.registry.retry import Deadline, RetryPolicy
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,12 @@ class RegistryOptions:
     max_connections: int = 16
     #: seconds for connect / read / write of one network operation
     timeout: float = 60.0
+    #: seconds to establish a connection: a registry that is there answers well within it
+    connect_timeout: float = 15.0
+    #: the whole command's time limit (``--timeout``); no retry waits past it
+    deadline: Deadline | None = None
+    #: ``src`` / ``dest``: which command-line flags the error hints name (``--src-tls-verify``)
+    side: str | None = None
     #: blobs up to this size go up in a single PUT (memory held per upload)
     upload_chunk_size: int = CHUNK_SIZE
     #: None: larger blobs go in one streamed PATCH (fastest); N: in PATCHes of N bytes with

@@ -158,15 +158,44 @@ def test_defaults_match_runc_spec() -> None:
     assert "ambient" not in caps
     assert s["process"]["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
     mounts = {m["destination"]: m for m in s["mounts"]}
-    assert list(mounts) == ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys"]
+    assert list(mounts) == ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/sys/fs/cgroup"]
+    assert mounts["/sys/fs/cgroup"]["type"] == "cgroup" and "ro" in mounts["/sys/fs/cgroup"]["options"]
     assert mounts["/dev"]["type"] == "tmpfs"
     assert "ro" in mounts["/sys"]["options"]
     linux = s["linux"]
-    assert sorted(n["type"] for n in linux["namespaces"]) == ["ipc", "mount", "network", "pid", "uts"]
+    assert sorted(n["type"] for n in linux["namespaces"]) == [
+        "cgroup",
+        "ipc",
+        "mount",
+        "network",
+        "pid",
+        "uts",
+    ]
     assert "/proc/kcore" in linux["maskedPaths"] and "/sys/firmware" in linux["maskedPaths"]
     assert "/proc/sys" in linux["readonlyPaths"] and "/proc/sysrq-trigger" in linux["readonlyPaths"]
     assert linux["resources"]["devices"] == [{"allow": False, "access": "rwm"}]
+    assert linux["resources"]["pids"] == {"limit": 2048}  # podman's default
+    assert "memory" not in linux["resources"]
+    assert linux["seccomp"]["defaultAction"] == "SCMP_ACT_ERRNO"
     assert "uidMappings" not in linux
+
+
+def test_limits_and_seccomp_switch() -> None:
+    s = spec(cfg(Cmd=["x"]), pids_limit=64, memory_limit=64 << 20, seccomp=False)
+    assert s["linux"]["resources"]["pids"] == {"limit": 64}
+    assert s["linux"]["resources"]["memory"] == {"limit": 64 << 20}
+    assert "seccomp" not in s["linux"]
+    with pytest.raises(BadInputError, match="--pids-limit"):
+        spec(cfg(Cmd=["x"]), pids_limit=0)
+
+
+def test_rootless_refuses_cgroup_limits_it_cannot_apply() -> None:
+    s = spec(cfg(Cmd=["x"]), rootless=True)
+    assert "resources" not in s["linux"]
+    assert "cgroup" in [n["type"] for n in s["linux"]["namespaces"]]
+    assert "/sys/fs/cgroup" not in [m["destination"] for m in s["mounts"]]
+    with pytest.raises(BadInputError, match="--memory: expected to run as root"):
+        spec(cfg(Cmd=["x"]), rootless=True, memory_limit=1 << 30)
 
 
 def test_rootless_adds_user_namespace() -> None:
