@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-DEFAULT_NAME = "layerseal"
+#: layerseal.crypto.keywrap.PROVIDER_NAME (not imported: ocicrypt starts this once per layer)
+DEFAULT_NAME = "attestation-agent"
 _PATH_FLAGS = ("token_file", "cacert", "sim_platform", "cache_dir", "config")
 
 
@@ -26,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "config: print the ocicrypt config",
     )
     p.add_argument(
-        "--name", default=DEFAULT_NAME, help="provider name in the ocicrypt config (default layerseal)"
+        "--name", default=DEFAULT_NAME, help=f"provider name in the ocicrypt config (default {DEFAULT_NAME})"
     )
     p.add_argument("--grpc", metavar="HOST:PORT", help="serve: listen address; config: print the grpc form")
     p.add_argument("--kbs", metavar="URL", help="broker URL (default $LAYERSEAL_KBS_URL)")

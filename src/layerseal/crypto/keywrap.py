@@ -17,6 +17,14 @@ from layerseal.errors import BadInputError, WrongKeyError
 from layerseal.image.descriptor import Descriptor
 from layerseal.image.encryption import ANNOTATION_PUBOPTS, PrivateOptions, PublicOptions, wrapped_keys
 
+#: The one provider name layerseal publishes broker key packets under (``copy kbs:``, the
+#: keyprovider's default): the name Confidential Containers guests (image-rs) look for.
+PROVIDER_NAME = "attestation-agent"
+#: Names whose broker key packets layerseal opens: its own, and ``layerseal`` (the
+#: keyprovider's default before one name was chosen; such images stay readable).
+BROKER_PROVIDER_NAMES = (PROVIDER_NAME, "layerseal")
+BROKER_SCHEMES = tuple(f"provider.{name}" for name in BROKER_PROVIDER_NAMES)
+
 
 @dataclass(frozen=True)
 class LayerContext:
