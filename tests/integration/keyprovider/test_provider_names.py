@@ -12,17 +12,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from helpers.images import make_image, manifest_of
-from integration.broker.brokerproc import BrokerProcess, start_broker
-from layerseal.attest.sim_platform import SimAttester, init_platform
-from layerseal.broker.client import PublisherClient
-from layerseal.broker.masterkey import create_master_key_file
+from integration.keyprovider.conftest import World
 from layerseal.builder.copy import CopyOptions, copy_image
 from layerseal.cli import keyprovider as kpcli
 from layerseal.crypto.keywrap import LayerContext
@@ -34,42 +29,6 @@ from layerseal.layout.oci import LayoutDestination, LayoutReference, LayoutSourc
 
 pytestmark = pytest.mark.integration
 LAYERSEAL = [sys.executable, "-m", "layerseal.cli.main"]
-
-
-@dataclass
-class World:
-    broker: BrokerProcess
-    acme: PublisherClient
-    token: str
-    token_file: Path
-    platform: Path
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    workdir = tmp_path_factory.mktemp("names")
-    key_file = workdir / "master.key"
-    create_master_key_file(key_file)
-    admin_token = workdir / "admin.token"
-    broker = start_broker(
-        str(workdir / "broker.db"), workdir, master_key_file=key_file, admin_token_file=admin_token
-    )
-    admin = PublisherClient(broker.url, admin_token.read_text().strip())
-    platform = workdir / "sim"
-    init_platform(platform)
-    admin.register_platform((platform / "platform-cert.pem").read_bytes(), description="sim")
-    token = admin.create_token("acme", ["keys:write", "keys:read", "policy:write", "audit:read"])[1]
-    acme = PublisherClient(broker.url, token)
-    acme.add_refvalues("allowed-measurements", [SimAttester(platform).measurement])
-    token_file = workdir / "acme.token"
-    token_file.write_text(token + "\n")
-    token_file.chmod(0o600)
-    try:
-        yield World(broker, acme, token, token_file, platform)
-    finally:
-        admin.close()
-        acme.close()
-        broker.kill()
 
 
 class OcicryptProviderWrapper:
@@ -131,9 +90,10 @@ def argparse_ns(*argv: str) -> object:
 
 @pytest.mark.parametrize("name", ["attestation-agent", "layerseal"])
 def test_pull_and_rotate_open_images_published_through_the_keyprovider(
-    world: World, tmp_path: Path, name: str
+    kp_world: World, tmp_path: Path, name: str
 ) -> None:
     """``layerseal`` was the keyprovider's earlier default name: its images still open."""
+    world = kp_world
     enc = publish_as_skopeo(world, tmp_path, name)
     layers = manifest_of(enc, "v1")[1]["layers"]
     assert all(f"org.opencontainers.image.enc.keys.provider.{name}" in x["annotations"] for x in layers)  # type: ignore[attr-defined]
@@ -168,8 +128,9 @@ def test_pull_and_rotate_open_images_published_through_the_keyprovider(
     assert r2.returncode == 0, r2.stderr
 
 
-def test_keyprovider_opens_copy_kbs_images(world: World, tmp_path: Path) -> None:
+def test_keyprovider_opens_copy_kbs_images(kp_world: World, tmp_path: Path) -> None:
     """An image from ``copy --encryption-key kbs:`` opens through the default keyprovider name."""
+    world = kp_world
     from layerseal.cli.main import main
 
     make_image(f"oci:{tmp_path}/src:v1", compressions=("gzip",), big=2000)
