@@ -172,7 +172,7 @@ class Provider:
         """One request in, one reply out (both the keyprovider JSON)."""
         parsed = protocol.parse_request(request)
         if isinstance(parsed, protocol.WrapRequest):
-            return protocol.wrap_reply(self.wrap(parsed))
+            return protocol.wrap_reply(self.wrap(parsed), parsed.reply_form)
         return protocol.unwrap_reply(self.unwrap(parsed))
 
     # ------------------------------------------------------------------ keywrap
