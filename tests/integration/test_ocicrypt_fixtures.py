@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -114,22 +115,20 @@ def test_pull_decrypts_fixture(tmp_path: Path, name: str, tag: str) -> None:
     assert main(args) == 0
     snapshots = store.with_name(store.name + ".snapshots")
     assert snapshots.exists()
+    assert_rootfs_matches_source(tmp_path, rootfs)
+
+
+def assert_rootfs_matches_source(tmp_path: Path, rootfs: Path) -> None:
+    """Every file of *rootfs* and of the plain source image's rootfs, byte for byte."""
     files = sorted(str(p.relative_to(rootfs)) for p in rootfs.rglob("*") if p.is_file())
-    assert files  # every layer unpacked; diff_ids were checked against the config by pull
+    assert files
     src_out = tmp_path / "src-rootfs"
-    assert (
-        main(
-            [
-                "pull",
-                "--store",
-                str(tmp_path / "s2"),
-                "--rootfs",
-                str(src_out),
-                f"oci:{writable_copy(tmp_path, 'src')}:gz",
-            ]
-        )
-        == 0
-    )
+    plain = tmp_path / "src-plain"
+    if not plain.exists():
+        shutil.copytree(DATA / "src", plain)
+        for p in [plain, *plain.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+    assert main(["pull", "--store", str(tmp_path / "s2"), "--rootfs", str(src_out), f"oci:{plain}:gz"]) == 0
     assert files == sorted(str(p.relative_to(src_out)) for p in src_out.rglob("*") if p.is_file())
     for f in files:
         assert (rootfs / f).read_bytes() == (src_out / f).read_bytes()
@@ -181,3 +180,90 @@ def test_reencrypt_fixture_records_the_decrypted_digest(tmp_path: Path, name: st
         )
         _, plain = manifest_of(dec, "v1")
         assert str(priv.digest) == plain["layers"][i]["digest"]  # type: ignore[index]
+
+
+# ---------------------------------------------------------------- the same cases, made live
+
+PUB = [DATA / "keys" / "rsa2048.pub.pem", DATA / "keys" / "ecp384.pub.pem"]
+
+
+def skopeo_encrypt(tmp_path: Path, src_tag: str, *extra: str) -> Path:
+    src = writable_copy(tmp_path, "src")
+    out = tmp_path / "live"
+    keys = [a for k in PUB for a in ("--encryption-key", f"jwe:{k}")]
+    subprocess.run(
+        [
+            "skopeo",
+            "--insecure-policy",
+            "copy",
+            "-q",
+            *extra,
+            *keys,
+            f"oci:{src}:{src_tag}",
+            f"oci:{out}:enc",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+def buildah_push(tmp_path: Path) -> Path:
+    src = writable_copy(tmp_path, "src")
+    store = [
+        "--storage-driver",
+        "vfs",
+        "--root",
+        str(tmp_path / "bh-root"),
+        "--runroot",
+        str(tmp_path / "bh-run"),
+    ]
+    image = subprocess.run(
+        ["buildah", *store, "pull", "-q", f"oci:{src}:gz"], check=True, capture_output=True, text=True
+    ).stdout.split()[-1]
+    keys = [a for k in PUB for a in ("--encryption-key", f"jwe:{k}")]
+    out = tmp_path / "live"
+    subprocess.run(
+        ["buildah", *store, "push", "-q", *keys, image, f"oci:{out}:enc"], check=True, capture_output=True
+    )
+    return out
+
+
+LIVE = {
+    "skopeo-uncompressed-source": lambda p: skopeo_encrypt(p, "raw"),
+    "skopeo-zstd-recompressed": lambda p: skopeo_encrypt(
+        p, "gz", "--dest-compress-format", "zstd", "--dest-compress"
+    ),
+    "buildah-push-vfs": buildah_push,
+}
+
+
+@pytest.mark.parametrize("case", sorted(LIVE))
+def test_live_debian_tools_images_open_with_copy_and_pull(tmp_path: Path, case: str) -> None:
+    from layerseal.crypto.keys import load_private_key
+    from layerseal.crypto.keywrap import JweUnwrapper, LayerContext, open_private_options
+    from layerseal.image.descriptor import Descriptor
+
+    enc = LIVE[case](tmp_path)
+    _, manifest = manifest_of(enc, "enc")
+    layers = manifest["layers"]  # type: ignore[index]
+    assert all(str(x["mediaType"]).endswith("+encrypted") for x in layers)  # type: ignore[union-attr]
+    # the premise holds for the live images too: the recorded digest is not the decrypted blob's
+    key = load_private_key((DATA / "keys" / KEYS[0]).read_bytes())
+    desc = Descriptor.from_json(layers[0])  # type: ignore[index]
+    priv = open_private_options(desc, LayerContext(0, desc, case), [JweUnwrapper([key])])
+    for n, k in enumerate(KEYS):
+        out = tmp_path / f"dec{n}"
+        assert (
+            main(
+                ["copy", "-q", "--decryption-key", str(DATA / "keys" / k), f"oci:{enc}:enc", f"oci:{out}:v1"]
+            )
+            == 0
+        )
+        _, dec = manifest_of(out, "v1")
+        assert [diff_id_of(out, x) for x in dec["layers"]] == source_diff_ids()  # type: ignore[index, union-attr]
+        assert str(priv.digest) != dec["layers"][0]["digest"]  # type: ignore[index]
+    rootfs = tmp_path / "rootfs"
+    args = ["pull", "--store", str(tmp_path / "store"), "--rootfs", str(rootfs)]
+    assert main([*args, "--decryption-key", str(DATA / "keys" / KEYS[1]), f"oci:{enc}:enc"]) == 0
+    assert_rootfs_matches_source(tmp_path, rootfs)
