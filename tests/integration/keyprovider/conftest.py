@@ -1,4 +1,5 @@
-"""A broker with one tenant and one sim platform whose measurement it accepts (keyprovider tests)."""
+"""A broker with one tenant and one sim platform whose measurement it accepts, shared by the
+keyprovider tests of this run (each uses its own repository)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class World:
     platform: Path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def kp_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     workdir = tmp_path_factory.mktemp("names")
     key_file = workdir / "master.key"
