@@ -43,8 +43,8 @@ def layerseal_rates(blob: Path, sealed: Path) -> tuple[float, float, float]:
         _timed_pass(blob, lambda c: out.write(writer.update(c)))
     pub, priv = writer.finalize()
     rates = [SIZE / enc_secs / 1e6]
-    for verify_digest in (False, True):
-        dec = LayerDecryptor(pub, priv, verify_digest=verify_digest)
+    for compute_digest in (False, True):
+        dec = LayerDecryptor(pub, priv, compute_digest=compute_digest)
         dec_secs = _timed_pass(sealed, dec.update)
         dec_secs += _finalize_secs(dec)
         rates.append(SIZE / dec_secs / 1e6)

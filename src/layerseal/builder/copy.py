@@ -24,12 +24,19 @@ from layerseal.crypto.keywrap import (
     open_private_options,
     public_options,
 )
-from layerseal.crypto.layercipher import LayerDecryptor, LayerEncryptor, decrypt_stream, encrypt_stream
+from layerseal.crypto.layercipher import (
+    LayerDecryptor,
+    LayerEncryptor,
+    decrypt_stream,
+    encrypt_stream,
+    note_recorded_digest,
+)
 from layerseal.errors import BadInputError, LayersealError, MisuseError, TransportError
 from layerseal.image import mediatypes as mt
 from layerseal.image.descriptor import Descriptor, Platform
 from layerseal.image.encryption import (
     ANNOTATION_PUBOPTS,
+    PrivateOptions,
     keys_annotation,
     strip_encryption,
 )
@@ -245,21 +252,27 @@ class _LayerJob:
         # reading and verifying the source overlaps with the cipher and the upload
         source = threaded(self.src.iter_blob(desc), depth=2)
         stream: Iterator[bytes] = _metered(source, self.progress, key, self.abort)
-        plain = desc
         annotations = dict(desc.annotations)
+        priv: PrivateOptions | None = None
         if decrypt:
             pub = public_options(desc, layer)
             priv = open_private_options(desc, layer, self.options.unwrappers)
-            plain = Descriptor(mt.decrypted_type(desc.media_type), priv.digest, desc.size)
-            # the destination hashes what it stores and checks it against priv.digest
-            stream = decrypt_stream(stream, LayerDecryptor(pub, priv, str(layer), verify_digest=encrypt))
+            # the HMAC authenticates the layer; the digest in the private options may name the
+            # source blob ocicrypt was handed before (re)compression, so the decrypted blob's
+            # digest is computed: by the destination (decrypt) or the encryptor (re-encrypt)
+            stream = decrypt_stream(stream, LayerDecryptor(pub, priv, str(layer), compute_digest=False))
             annotations = strip_encryption(annotations)
-            media_type = plain.media_type
+            media_type = mt.decrypted_type(desc.media_type)
         if encrypt:
             enc = LayerEncryptor(plain_digest=None if decrypt else desc.digest)
             stored = self._put_blob(encrypt_stream(stream, enc), mt.encrypted_type(media_type))
             pub_out, priv_out = enc.finalize()
-            plain_layer = LayerContext(index, plain.with_changes(media_type=media_type), self.src.name)
+            if priv is not None:
+                note_recorded_digest(priv, priv_out.digest, str(layer))
+                plain = Descriptor(media_type, priv_out.digest, enc.size)
+            else:
+                plain = desc.with_changes(media_type=media_type)
+            plain_layer = LayerContext(index, plain, self.src.name)
             annotations[ANNOTATION_PUBOPTS] = pub_out.to_annotation()
             for wrapper in self.options.wrappers:
                 name, value = keys_annotation(wrapper.scheme, [wrapper.wrap(priv_out, plain_layer)])
@@ -267,8 +280,9 @@ class _LayerJob:
             result = stored.with_changes(annotations=annotations)
             action = "reencrypted" if decrypt else "encrypted"
         else:
-            expected = plain.with_changes(media_type=media_type)
-            stored = self._put_blob(stream, media_type, expected)
+            stored = self._put_blob(stream, media_type)
+            assert priv is not None  # neither encrypting nor decrypting returned above
+            note_recorded_digest(priv, stored.digest, str(layer))
             result = stored.with_changes(annotations=annotations)
             action = "decrypted"
         self._finish(key)

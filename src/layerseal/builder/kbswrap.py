@@ -11,11 +11,11 @@ from __future__ import annotations
 import base64
 
 from layerseal.broker.client import PublisherClient
-from layerseal.crypto.keywrap import LayerContext
+from layerseal.crypto.keywrap import PROVIDER_NAME, LayerContext
 from layerseal.image.encryption import PrivateOptions
 
 #: the annotation suffix Confidential Containers guests look for
-SCHEME = "provider.attestation-agent"
+SCHEME = f"provider.{PROVIDER_NAME}"
 
 
 class KbsWrapper:

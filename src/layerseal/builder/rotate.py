@@ -22,8 +22,7 @@ from layerseal.builder.copy import (
     reuse_blob,
     transfer_layers,
 )
-from layerseal.builder.kbswrap import SCHEME
-from layerseal.crypto.keywrap import KeyUnwrapper, KeyWrapper
+from layerseal.crypto.keywrap import BROKER_SCHEMES, KeyUnwrapper, KeyWrapper
 from layerseal.errors import BadInputError
 from layerseal.image import mediatypes as mt
 from layerseal.image.descriptor import Descriptor, Platform
@@ -51,21 +50,24 @@ def rotate_keys(
     rotated: list[tuple[int, str, str]] = []
     new_layers: list[Descriptor] = []
     for i, d in enumerate(manifest.layers):
-        packets = wrapped_keys(d.annotations).get(SCHEME, []) if mt.is_encrypted(d.media_type) else []
-        if not packets:
-            new_layers.append(d)
-            continue
-        renewed = []
-        for blob in packets:
-            old_kid = KeyPacket.parse(blob).kid
-            key_id = ResourcePath.parse(old_kid).key_id
-            new_packet = client.rotate_key(key_id, packet=blob, retire_previous=retire_previous)
-            renewed.append(new_packet)
-            rotated.append((i, old_kid, KeyPacket.parse(new_packet).kid))
-        name, value = keys_annotation(SCHEME, renewed)
-        new_layers.append(d.with_changes(annotations={**d.annotations, name: value}))
+        found = wrapped_keys(d.annotations) if mt.is_encrypted(d.media_type) else {}
+        annotations = dict(d.annotations)
+        # packets keep the annotation they came under, so the publisher's ocicrypt config still matches
+        for scheme in (s for s in BROKER_SCHEMES if found.get(s)):
+            renewed = []
+            for blob in found[scheme]:
+                old_kid = KeyPacket.parse(blob).kid
+                key_id = ResourcePath.parse(old_kid).key_id
+                new_packet = client.rotate_key(key_id, packet=blob, retire_previous=retire_previous)
+                renewed.append(new_packet)
+                rotated.append((i, old_kid, KeyPacket.parse(new_packet).kid))
+            name, value = keys_annotation(scheme, renewed)
+            annotations[name] = value
+        new_layers.append(d.with_changes(annotations=annotations) if annotations != d.annotations else d)
     if not rotated:
-        raise BadInputError(f"{src.name}: expected layers with broker key packets ({SCHEME}), seen none")
+        raise BadInputError(
+            f"{src.name}: expected layers with broker key packets ({' or '.join(BROKER_SCHEMES)}), seen none"
+        )
     transfer_layers(src, dst, manifest.layers, frozenset(), False, CopyOptions(), progress)
     if reuse_blob(src, dst, manifest.config) is None:
         put_blob_retrying(src, dst, manifest.config, CopyOptions().layer_attempts)

@@ -13,11 +13,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from layerseal.crypto.keys import load_private_key, load_public_key
-from layerseal.crypto.keywrap import JweUnwrapper, JweWrapper, KeyUnwrapper, KeyWrapper
+from layerseal.crypto.keys import PrivateKey, load_private_key, load_public_key
+from layerseal.crypto.keyspec import KeySpec, parse_key_spec, password_bytes
+from layerseal.crypto.keywrap import (
+    JweUnwrapper,
+    JweWrapper,
+    KeyUnwrapper,
+    KeyWrapper,
+    Pkcs7Unwrapper,
+    Pkcs7Wrapper,
+)
 from layerseal.errors import BadInputError, LayersealError
 
 if TYPE_CHECKING:
+    from cryptography.x509 import Certificate
     from rich.progress import Progress, TaskID
 
     from layerseal.image.transport import ImageDestination, ImageSource
@@ -207,8 +216,9 @@ def add_encryption_flags(p: argparse.ArgumentParser) -> None:
         "--encryption-key",
         action="append",
         default=[],
-        metavar="jwe:PUBKEY|kbs:URL",
+        metavar="jwe:PUBKEY|pkcs7:CERT|kbs:URL",
         help="jwe: encrypt for this public key (PEM, DER, JWK or X.509; repeat for several recipients); "
+        "pkcs7: for this X.509 certificate (RSA), as ocicrypt's pkcs7; "
         "kbs: have the key broker at URL create a key for every layer",
     )
     p.add_argument("--kbs-token", help="broker API token for kbs: (default: $LAYERSEAL_KBS_TOKEN)")
@@ -231,13 +241,20 @@ def repository_of(ref: str) -> str:
 def parse_wrappers(args: argparse.Namespace, destination: str) -> tuple[KeyWrapper, ...]:
     """Key wrappers from ``--encryption-key``: ``jwe:`` keys share one JWE, ``kbs:`` asks the broker."""
     jwe_keys = []
+    certs = []
     wrappers: list[KeyWrapper] = []
     for spec in args.encryption_key:
         scheme, sep, rest = spec.partition(":")
         if not sep or not rest:
-            raise BadInputError(f"--encryption-key {spec!r}: expected jwe:PUBKEY or kbs:URL")
+            raise BadInputError(f"--encryption-key {spec!r}: expected jwe:PUBKEY, pkcs7:CERT or kbs:URL")
         if scheme == "jwe":
             jwe_keys.append(load_public_key(read_key_file(rest, "encryption key"), f"encryption key {rest}"))
+        elif scheme == "pkcs7":
+            from layerseal.crypto.pkcs7 import certificate_recipient
+
+            cert = load_certificate(rest)
+            certificate_recipient(cert, f"--encryption-key pkcs7:{rest}")
+            certs.append(cert)
         elif scheme == "kbs":
             token = args.kbs_token or os.environ.get("LAYERSEAL_KBS_TOKEN")
             if not token:
@@ -251,7 +268,11 @@ def parse_wrappers(args: argparse.Namespace, destination: str) -> tuple[KeyWrapp
             client = PublisherClient(rest, token, verify=args.kbs_cacert or True)
             wrappers.append(KbsWrapper(client, args.kbs_repository or repository_of(destination)))
         else:
-            raise BadInputError(f"--encryption-key {spec!r}: expected scheme 'jwe' or 'kbs', seen {scheme!r}")
+            raise BadInputError(
+                f"--encryption-key {spec!r}: expected scheme 'jwe', 'pkcs7' or 'kbs', seen {scheme!r}"
+            )
+    if certs:
+        wrappers.insert(0, Pkcs7Wrapper(certs))
     if jwe_keys:
         wrappers.insert(0, JweWrapper(jwe_keys))
     return tuple(wrappers)
@@ -273,9 +294,71 @@ def abandon_broker_keys(wrappers: tuple[KeyWrapper, ...]) -> None:
                 print(f"layerseal: could not mark broker keys unused: {exc}", file=sys.stderr)
 
 
-def parse_unwrappers(paths: list[str]) -> tuple[KeyUnwrapper, ...]:
-    keys = [load_private_key(read_key_file(p, "decryption key"), f"decryption key {p}") for p in paths]
-    return (JweUnwrapper(keys),) if keys else ()
+def _password_candidates(spec: KeySpec) -> list[bytes | None]:
+    """The passwords to try for *spec*'s key, read from its source (never printed)."""
+    source = spec.password
+    if source is None:
+        return [None]
+    if source.kind == "pass":
+        return [source.value.encode()]
+    if source.kind == "env":
+        value = os.environ.get(source.value)
+        if value is None:
+            raise BadInputError(
+                f"decryption key {spec.path}: expected ${source.value} to hold its password, seen it unset"
+            )
+        return [value.encode()]
+    if source.kind == "file":
+        raw = read_key_file(source.value, f"password file of {spec.path}:")
+    else:
+        try:
+            raw = os.read(int(source.value), 1 << 16)
+        except OSError as exc:
+            raise BadInputError(
+                f"decryption key {spec.path}: expected a readable file descriptor {source.value}, "
+                f"seen {exc.strerror}"
+            ) from exc
+    return list(password_bytes(raw, source.kind))
+
+
+def load_decryption_key(spec_text: str) -> PrivateKey | None:
+    """The private key of a ``--decryption-key`` value (see ``crypto.keyspec``); None for a
+    certificate, which skopeo users pass beside a pkcs7 key and layerseal does not need."""
+    spec = parse_key_spec(spec_text, os.path.isfile)
+    data = read_key_file(spec.path, "decryption key")
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        return None
+    what = f"decryption key {spec.path}"
+    if spec.password is not None:
+        what += f" (with {spec.password.describe()})"
+    candidates = _password_candidates(spec)
+    for i, password in enumerate(candidates):
+        try:
+            return load_private_key(data, what, password)
+        except BadInputError:
+            if i == len(candidates) - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def parse_unwrappers(specs: list[str]) -> tuple[KeyUnwrapper, ...]:
+    """Unwrappers for ``--decryption-key`` values: the keys open ``jwe`` and ``pkcs7`` blobs."""
+    keys = [k for k in (load_decryption_key(s) for s in specs) if k is not None]
+    return (JweUnwrapper(keys), Pkcs7Unwrapper(keys)) if keys else ()
+
+
+def load_certificate(path: str) -> Certificate:
+    from cryptography import x509
+
+    data = read_key_file(path, "pkcs7 recipient certificate")
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        raise BadInputError(
+            f"--encryption-key pkcs7:{path}: expected an X.509 certificate (PEM or DER), seen other data"
+        ) from exc
 
 
 def print_json(data: object) -> None:

@@ -36,7 +36,12 @@ def register(sub: Any) -> None:
         help="encrypt only layer N (0-based, negative counts from the end; repeatable; default all)",
     )
     p.add_argument(
-        "--decryption-key", action="append", default=[], metavar="PRIVKEY", help="private key file"
+        "--decryption-key",
+        action="append",
+        default=[],
+        metavar="PRIVKEY[:PASSWORD-SOURCE]",
+        help="private key file (jwe: and pkcs7: layers); a password as skopeo takes it: KEY:PASS, "
+        "KEY:pass=PASS, KEY:file=PATH, KEY:fd=N, or KEY:env=VAR",
     )
     p.add_argument(
         "--platform", metavar="OS/ARCH[/VARIANT]", help="choose from an index (default: this host)"

@@ -41,7 +41,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="SRC", help="oci:DIR[:TAG] or docker://HOST/REPO[:TAG]")
     p.add_argument("--kbs", metavar="URL", help="key broker to attest to for provider.attestation-agent keys")
     p.add_argument("--kbs-cacert", help="CA bundle for the broker's TLS certificate")
-    p.add_argument("--decryption-key", action="append", default=[], metavar="PRIVKEY", help="for jwe: layers")
+    p.add_argument(
+        "--decryption-key",
+        action="append",
+        default=[],
+        metavar="PRIVKEY[:PASSWORD-SOURCE]",
+        help="for jwe: and pkcs7: layers (KEY:PASS, KEY:file=PATH, KEY:env=VAR... as for copy)",
+    )
     p.add_argument("--store", default=None, help="shared encrypted blob store (default: $LAYERSEAL_STORE)")
     p.add_argument("--snapshots", help="decrypted snapshot cache (default: STORE.snapshots)")
     p.add_argument("--tee", choices=["sim", "snp", "tdx"], help="attester (default: detect, else sim)")

@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-DEFAULT_NAME = "layerseal"
+#: layerseal.crypto.keywrap.PROVIDER_NAME (not imported: ocicrypt starts this once per layer)
+DEFAULT_NAME = "attestation-agent"
 _PATH_FLAGS = ("token_file", "cacert", "sim_platform", "cache_dir", "config")
 
 
@@ -26,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "config: print the ocicrypt config",
     )
     p.add_argument(
-        "--name", default=DEFAULT_NAME, help="provider name in the ocicrypt config (default layerseal)"
+        "--name", default=DEFAULT_NAME, help=f"provider name in the ocicrypt config (default {DEFAULT_NAME})"
     )
     p.add_argument("--grpc", metavar="HOST:PORT", help="serve: listen address; config: print the grpc form")
     p.add_argument("--kbs", metavar="URL", help="broker URL (default $LAYERSEAL_KBS_URL)")
@@ -47,6 +48,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="JSON settings file (default $LAYERSEAL_KEYPROVIDER_CONFIG)")
     p.add_argument(
         "--module", action="store_true", help="config: run as 'python -m layerseal.keyprovider' (faster)"
+    )
+    p.add_argument("--tls-cert", metavar="PEM", help="serve --grpc: TLS certificate (chain) of the server")
+    p.add_argument("--tls-key", metavar="PEM", help="serve --grpc: TLS private key of the server")
+    p.add_argument(
+        "--tls-client-ca", metavar="PEM", help="serve --grpc: require client certificates issued by this CA"
+    )
+    p.add_argument(
+        "--grpc-root-ca", metavar="PEM", help="config --grpc: CA that ocicrypt verifies the server with"
+    )
+    p.add_argument("--grpc-client-cert", metavar="PEM", help="config --grpc: ocicrypt's client certificate")
+    p.add_argument("--grpc-client-key", metavar="PEM", help="config --grpc: ocicrypt's client key")
+    p.add_argument(
+        "--grpc-server-name", metavar="NAME", help="config --grpc: name to verify in the certificate"
     )
 
 
@@ -96,19 +110,33 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not args.grpc:
         raise BadInputError("keyprovider serve: expected --grpc HOST:PORT, seen none")
-    from layerseal.keyprovider.grpcserver import build_server
+    from layerseal.keyprovider.grpcserver import ServerTls, build_server
 
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
+        raise BadInputError(
+            "keyprovider serve: expected --tls-cert and --tls-key together (and --tls-client-ca only with "
+            "them), seen only some"
+        )
+    tls = ServerTls(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     provider = _provider(args)
-    server, port = build_server(provider, args.grpc)
+    try:
+        server, port = build_server(provider, args.grpc, tls=tls)
+    except BaseException:
+        provider.close()
+        raise
     host = args.grpc.rpartition(":")[0].strip("[]")
+    mode = "mutual TLS" if args.tls_client_ca else ("TLS" if tls else "plaintext")
     print(
-        f"layerseal keyprovider: serving gRPC keyprovider.KeyProviderService on {host}:{port}",
+        f"layerseal keyprovider: serving gRPC keyprovider.KeyProviderService ({mode}) on {host}:{port}",
         file=sys.stderr,
     )
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if host not in ("127.0.0.1", "localhost", "::1") and not args.tls_client_ca:
+        reason = (
+            "without TLS: layer keys cross it in the clear" if tls is None else "without client certificates"
+        )
         print(
-            "layerseal keyprovider: warning: ocicrypt talks to this server without TLS "
-            "and layer keys cross it; bind it to loopback",
+            f"layerseal keyprovider: warning: serving beyond loopback {reason}, and any client that reaches "
+            "it can have layer keys unwrapped; use --tls-cert/--tls-key/--tls-client-ca or bind to loopback",
             file=sys.stderr,
         )
     sys.stderr.flush()
@@ -133,7 +161,20 @@ def ocicrypt_config(args: argparse.Namespace) -> dict[str, Any]:
     from pathlib import Path
 
     if args.grpc:
-        return {"key-providers": {args.name: {"grpc": args.grpc}}}
+        entry: dict[str, Any] = {"grpc": args.grpc}
+        tls = {
+            key: str(Path(value).resolve()) if key.endswith("-file") else value
+            for key, value in (
+                ("root-ca-file", args.grpc_root_ca),
+                ("cert-file", args.grpc_client_cert),
+                ("key-file", args.grpc_client_key),
+                ("server-name", args.grpc_server_name),
+            )
+            if value
+        }
+        if tls:  # ocicrypt >= 1.3 dials TLS when the entry has "grpc-tls"
+            entry["grpc-tls"] = tls
+        return {"key-providers": {args.name: entry}}
     extra: list[str] = []
     if args.name != DEFAULT_NAME:
         extra += ["--name", args.name]

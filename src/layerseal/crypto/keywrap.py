@@ -2,20 +2,32 @@
 
 A wrapper produces one blob for ``org.opencontainers.image.enc.keys.<scheme>``; an
 unwrapper tries to open such a blob and returns the private options, or ``None`` when
-the blob is not meant for its keys.  JWE (ocicrypt's default) lives here; schemes that
-talk to a key broker implement the same protocols elsewhere.
+the blob is not meant for its keys.  JWE (ocicrypt's default) and PKCS#7 (X.509
+recipients) live here; schemes that talk to a key broker implement the same protocols
+elsewhere.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from layerseal.crypto.keys import PrivateKey, PublicKey
+
+if TYPE_CHECKING:
+    from cryptography.x509 import Certificate
 from layerseal.errors import BadInputError, WrongKeyError
 from layerseal.image.descriptor import Descriptor
 from layerseal.image.encryption import ANNOTATION_PUBOPTS, PrivateOptions, PublicOptions, wrapped_keys
+
+#: The one provider name layerseal publishes broker key packets under (``copy kbs:``, the
+#: keyprovider's default): the name Confidential Containers guests (image-rs) look for.
+PROVIDER_NAME = "attestation-agent"
+#: Names whose broker key packets layerseal opens: its own, and ``layerseal`` (the
+#: keyprovider's default before one name was chosen; such images stay readable).
+BROKER_PROVIDER_NAMES = (PROVIDER_NAME, "layerseal")
+BROKER_SCHEMES = tuple(f"provider.{name}" for name in BROKER_PROVIDER_NAMES)
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,38 @@ class JweUnwrapper:
             from layerseal.crypto import jwe
 
             return jwe.decrypt(blob, self.keys, what=f"JWE of {layer}")
+        except WrongKeyError:
+            return None
+
+
+class Pkcs7Wrapper:
+    """Seals private options in one PKCS#7 EnvelopedData for X.509 recipients (ocicrypt ``pkcs7``)."""
+
+    scheme = "pkcs7"
+
+    def __init__(self, certs: Sequence[Certificate]) -> None:
+        self.certs = tuple(certs)
+
+    def wrap(self, opts: PrivateOptions, layer: LayerContext) -> bytes:
+        from layerseal.crypto import pkcs7
+
+        return pkcs7.encrypt(opts.to_json_bytes(), self.certs)
+
+
+class Pkcs7Unwrapper:
+    """Opens ``pkcs7`` blobs with any of the given (RSA) private keys; certificates are not needed."""
+
+    def __init__(self, keys: Sequence[PrivateKey]) -> None:
+        self.keys = tuple(keys)
+
+    def handles(self, scheme: str) -> bool:
+        return scheme == "pkcs7" and bool(self.keys)
+
+    def unwrap(self, scheme: str, blob: bytes, layer: LayerContext) -> bytes | None:
+        from layerseal.crypto import pkcs7
+
+        try:
+            return pkcs7.decrypt(blob, self.keys, what=f"PKCS#7 of {layer}")
         except WrongKeyError:
             return None
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac as _hmac
+import logging
 import os
 from collections.abc import Iterable, Iterator
 
@@ -28,6 +29,8 @@ from layerseal.errors import IntegrityError, MisuseError
 from layerseal.image.digest import Digest
 from layerseal.image.encryption import CIPHER_AES_CTR_HMAC, PrivateOptions, PublicOptions
 from layerseal.streams import Background
+
+log = logging.getLogger(__name__)
 
 KEY_SIZE = 32
 NONCE_SIZE = 16
@@ -85,13 +88,18 @@ class LayerDecryptor:
     """Decrypts one layer blob and authenticates it when finalized.
 
     *what* names the layer in errors.  ``finalize()`` raises :class:`IntegrityError`
-    when the HMAC does not match or the plaintext digest differs from the one in the
-    private options.  With ``verify_digest=False`` the digest check is left to a caller
-    that hashes the plaintext anyway (a destination verifying what it stores).
+    when the HMAC over the ciphertext does not match: that HMAC, keyed with the layer
+    key, is what authenticates a layer (as in ocicrypt).  The ``digest`` in the private
+    options is *not* checked: ocicrypt records the digest of the descriptor its caller
+    hands it, and containers/image (skopeo, podman, buildah) hands it the source blob
+    before compressing or recompressing, so for many valid images it names another blob.
+    With ``compute_digest`` (default) the decrypted blob's digest is computed and
+    returned; a caller that hashes the plaintext anyway (a destination storing it)
+    passes False and gets None.
     """
 
     def __init__(
-        self, pub: PublicOptions, priv: PrivateOptions, what: str = "layer", *, verify_digest: bool = True
+        self, pub: PublicOptions, priv: PrivateOptions, what: str = "layer", *, compute_digest: bool = True
     ) -> None:
         self._pub = pub
         self._priv = priv
@@ -99,7 +107,7 @@ class LayerDecryptor:
         self._ctr = Cipher(algorithms.AES(priv.symkey), modes.CTR(priv.nonce)).decryptor()
         self._mac = c_hmac.HMAC(priv.symkey, hashes.SHA256())
         self._mac_bg = Background(self._mac.update)
-        self._plain_digest = hashlib.new(priv.digest.algorithm) if verify_digest else None
+        self._plain_digest = hashlib.sha256() if compute_digest else None
         self._digest_bg = Background(self._plain_digest.update) if self._plain_digest is not None else None
         self.size = 0
         self._done = False
@@ -115,8 +123,8 @@ class LayerDecryptor:
         self.size += len(plaintext)
         return plaintext
 
-    def finalize(self) -> Digest:
-        """Authenticate; returns the plaintext digest (verified unless disabled)."""
+    def finalize(self) -> Digest | None:
+        """Authenticate; returns the decrypted blob's digest (None without ``compute_digest``)."""
         if self._done:
             raise MisuseError("LayerDecryptor.finalize() called twice")
         self._done = True
@@ -129,12 +137,28 @@ class LayerDecryptor:
                 f"(expected the HMAC from pubopts, seen a different value)"
             )
         if self._plain_digest is None or self._digest_bg is None:
-            return self._priv.digest
+            return None
         self._digest_bg.wait()
-        got = Digest(self._priv.digest.algorithm, self._plain_digest.hexdigest())
-        if not _hmac.compare_digest(got.hex, self._priv.digest.hex):
-            raise IntegrityError(f"{self._what}: decrypted digest: expected {self._priv.digest}, seen {got}")
+        got = Digest("sha256", self._plain_digest.hexdigest())
+        note_recorded_digest(self._priv, got, self._what)
         return got
+
+
+def note_recorded_digest(priv: PrivateOptions, decrypted: Digest, what: str) -> bool:
+    """Log at debug level when the private options name another digest than the decrypted blob's.
+
+    Not an error (see :class:`LayerDecryptor`); returns whether they differ.
+    """
+    if decrypted == priv.digest:
+        return False
+    log.debug(
+        "%s: the private options record %s (the blob ocicrypt was handed, e.g. the source before "
+        "(re)compression); the decrypted blob is %s, authenticated by the HMAC",
+        what,
+        priv.digest,
+        decrypted,
+    )
+    return True
 
 
 def encrypt_stream(chunks: Iterable[bytes], enc: LayerEncryptor) -> Iterator[bytes]:

@@ -1,6 +1,7 @@
 """Layer keys inside the enclave: find every key packet first, fetch all KEKs in one batch.
 
-``BrokerUnwrapper`` opens ``provider.attestation-agent`` packets: ``prefetch()`` collects
+``BrokerUnwrapper`` opens broker key packets (``provider.attestation-agent``, or
+``provider.layerseal`` from the keyprovider's earlier default name): ``prefetch()`` collects
 the kids of every encrypted layer of a manifest and asks the broker for all of them in
 one attested request; ``unwrap()`` then opens each packet locally.  A key the broker
 refuses is recorded per kid, so the pull can name every refused layer at once.
@@ -17,13 +18,13 @@ from collections.abc import Sequence
 
 from layerseal.broker.client import EnclaveClient
 from layerseal.broker.packets import unwrap_key_packet
-from layerseal.crypto.keywrap import LayerContext
+from layerseal.crypto.keywrap import BROKER_SCHEMES, LayerContext
 from layerseal.errors import BadInputError, DeniedError, NotFoundError
 from layerseal.image import mediatypes as mt
 from layerseal.image.descriptor import Descriptor
 from layerseal.image.encryption import wrapped_keys
 
-SCHEME = "provider.attestation-agent"
+SCHEMES = BROKER_SCHEMES
 
 
 def packet_kid(blob: bytes, what: str) -> str:
@@ -42,7 +43,8 @@ def layer_kids(layers: Sequence[Descriptor]) -> dict[int, list[str]]:
     for i, d in enumerate(layers):
         if not mt.is_encrypted(d.media_type):
             continue
-        blobs = wrapped_keys(d.annotations).get(SCHEME, [])
+        found = wrapped_keys(d.annotations)
+        blobs = [b for scheme in SCHEMES for b in found.get(scheme, [])]
         kids = [packet_kid(b, f"layer {i} ({d.digest}) key packet") for b in blobs]
         if kids:
             out[i] = kids
@@ -77,7 +79,7 @@ class BrokerUnwrapper:
         return len(self.keks)
 
     def handles(self, scheme: str) -> bool:
-        return scheme == SCHEME
+        return scheme in SCHEMES
 
     def unwrap(self, scheme: str, blob: bytes, layer: LayerContext) -> bytes | None:
         kid = packet_kid(blob, f"{layer} key packet")

@@ -1,15 +1,19 @@
 """``keyprovider.KeyProviderService`` over gRPC (WrapKey, UnWrapKey) without generated code.
 
 Each message is one ``bytes`` field carrying the keyprovider JSON (see ``pbcodec``), so
-generic handlers with hand-written (de)serialisers suffice.  ocicrypt dials the server
-without TLS: the private options cross this channel in the clear, so bind it to
-loopback (or a socket only the enclave reaches).
+generic handlers with hand-written (de)serialisers suffice.  The private options cross
+this channel: without TLS bind it to loopback (or a socket only the enclave reaches).
+With :class:`ServerTls` it serves TLS, which ocicrypt >= 1.3 dials when its config has
+``"grpc-tls"``; with a client CA it requires client certificates (mutual TLS), the way
+to keep other hosts from having layer keys unwrapped.
 """
 
 from __future__ import annotations
 
 import sys
 from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -56,8 +60,38 @@ def _handler(provider: Provider, method: str) -> Any:
     )
 
 
-def build_server(provider: Provider, address: str, *, workers: int = 8) -> tuple[grpc.Server, int]:
+@dataclass(frozen=True)
+class ServerTls:
+    """PEM files: the server's certificate chain and key; *client_ca* makes it mutual TLS."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        def read(path: str, what: str) -> bytes:
+            try:
+                return Path(path).read_bytes()
+            except OSError as exc:
+                raise BadInputError(
+                    f"{what} {path}: expected a readable PEM file, seen {exc.strerror}"
+                ) from exc
+
+        cert, key = read(self.cert_file, "--tls-cert"), read(self.key_file, "--tls-key")
+        for data, what, path in ((cert, "--tls-cert", self.cert_file), (key, "--tls-key", self.key_file)):
+            if b"-----BEGIN " not in data:
+                raise BadInputError(f"{what} {path}: expected PEM, seen other data")
+        client_ca = read(self.client_ca_file, "--tls-client-ca") if self.client_ca_file else None
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+
+
+def build_server(
+    provider: Provider, address: str, *, workers: int = 8, tls: ServerTls | None = None
+) -> tuple[grpc.Server, int]:
     """A started server on *address* (``HOST:PORT``, port 0 = any); returns it and the bound port."""
+    credentials = tls.credentials() if tls is not None else None
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
     server.add_generic_rpc_handlers(
         (
@@ -68,7 +102,10 @@ def build_server(provider: Provider, address: str, *, workers: int = 8) -> tuple
         )
     )
     try:
-        port = server.add_insecure_port(address)
+        if credentials is not None:
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as exc:
         raise BadInputError(
             f"--grpc {address}: expected a bindable HOST:PORT, seen a failure to bind"

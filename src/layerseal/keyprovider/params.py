@@ -1,8 +1,13 @@
 """Settings of the keyprovider and the ``provider:NAME:REST`` parameter syntax (pure).
 
-REST is a comma-separated list of ``key=value`` items::
+REST is a list of ``key=value`` items separated by ``;``::
 
-    provider:layerseal:kbs=https://broker:8443,repo=team/app,token-file=/run/secrets/t
+    provider:attestation-agent:kbs=https://broker:8443;repo=team/app;token-file=/run/secrets/t
+
+skopeo, podman and buildah read ``--encryption-key``/``--decryption-key`` as CSV (pflag
+``StringSlice``), so a ``,`` there splits the key into pieces before ocicrypt sees it;
+``;`` survives.  ``,`` is still accepted as a separator for a REST that arrives whole
+(a CSV-quoted value, a daemon's configuration, layerseal's own tools).
 
 ===============  ======================================================  ============
 key              meaning                                                 used by
@@ -27,6 +32,7 @@ config), environment, config file (``--config`` / ``$LAYERSEAL_KEYPROVIDER_CONFI
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -97,14 +103,14 @@ def parse_rest(rest: str | None, provider: str = "layerseal") -> Settings:
     if rest is None or rest.strip() in ("", ENABLED):
         return Settings()
     values: dict[str, str] = {}
-    for index, item in enumerate(rest.split(","), 1):
+    for index, item in enumerate(re.split(r"[;,]", rest), 1):
         # the item itself is not echoed: it could be a token pasted without a key
         where = f"provider:{provider} parameter item {index}"
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep:
             raise BadInputError(
-                f"{where}: expected key=value items separated by ',' ({', '.join(REST_KEYS)}), seen no '='"
+                f"{where}: expected key=value items separated by ';' ({', '.join(REST_KEYS)}), seen no '='"
             )
         if key == "token":
             raise BadInputError(
@@ -155,11 +161,11 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
 
 
 def settings_to_rest(settings: Settings) -> str:
-    """The REST text for *settings* (REST keys only), the inverse of ``parse_rest``."""
+    """The REST text for *settings* (REST keys only, ``;``-separated), the inverse of ``parse_rest``."""
     inverse = {attr: key for key, attr in REST_KEYS.items()}
     items = [
         f"{inverse[f.name]}={getattr(settings, f.name)}"
         for f in dataclasses.fields(settings)
         if f.name in inverse and getattr(settings, f.name) is not None
     ]
-    return ",".join(items) or ENABLED
+    return ";".join(items) or ENABLED

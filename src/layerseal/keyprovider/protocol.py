@@ -1,9 +1,20 @@
 """The ocicrypt keyprovider JSON messages (SPEC section 3), parsed and built without I/O.
 
-ocicrypt (Go) marshals ``[]byte`` as standard base64; Rust clients (CoCo's
-``ocicrypt-rs``) send JSON arrays of numbers.  Both are accepted for every byte field:
-``optsdata``, ``annotation`` and each value of ``Parameters``.  Replies are always
-base64, shaped exactly like Go's ``omitempty`` output.
+Two clients send them, differently (read from their sources):
+
+* Go ocicrypt (skopeo, podman, buildah, CRI-O, imgcrypt) marshals every ``[]byte`` as
+  standard base64: ``optsdata``, ``annotation``, ``Parameters`` values; it reads the
+  reply's ``[]byte`` from base64 text *or* from an array of numbers (encoding/json
+  accepts both).
+* ocicrypt-rs (Confidential Containers image-rs: cmd, gRPC and ttrpc keyproviders) sends
+  keywrap ``optsdata`` as the private options' JSON *text*, ``annotation`` and
+  ``Parameters`` as base64, and reads the reply's ``annotation``/``optsdata`` as
+  ``Vec<u8>``, which serde_json takes only from an array of numbers.
+
+Requests: every byte field may be base64, an array of numbers, or (keywrap ``optsdata``)
+JSON text.  Replies: keyunwrap ``optsdata`` is an array of numbers (the one form both
+clients read, and the requests cannot tell them apart); keywrap ``annotation`` follows
+the request: base64 for a Go request, an array for an ocicrypt-rs one.
 """
 
 from __future__ import annotations
@@ -19,6 +30,9 @@ from layerseal.errors import BadInputError
 
 OP_WRAP = "keywrap"
 OP_UNWRAP = "keyunwrap"
+#: how a reply carries bytes: base64 text (Go's own form) or an array of numbers (serde's)
+FORM_BASE64 = "base64"
+FORM_ARRAY = "array"
 MAX_REQUEST = 1 << 20  # optsdata and packets are a few hundred bytes; refuse megabytes of junk
 
 
@@ -28,6 +42,8 @@ class WrapRequest:
 
     parameters: Mapping[str, tuple[bytes, ...]]
     optsdata: bytes
+    #: the reply form this client reads: FORM_ARRAY when optsdata came as JSON text or numbers
+    reply_form: str = FORM_BASE64
 
     def __repr__(self) -> str:  # optsdata holds the layer key
         return f"WrapRequest(parameters={sorted(self.parameters)}, optsdata=<redacted>)"
@@ -108,9 +124,18 @@ def parse_request(data: bytes) -> Request:
         if params.get("optsdata") is None:
             raise BadInputError("keywrapparams.optsdata: expected the private options, seen null")
         ec = params.get("ec")
+        optsdata = params["optsdata"]
+        if isinstance(optsdata, str) and optsdata.lstrip().startswith("{"):
+            # ocicrypt-rs: the private options' JSON text itself ('{' is not base64)
+            return WrapRequest(
+                parameters=_parameters(ec, "keywrapparams.ec") if ec is not None else {},
+                optsdata=optsdata.encode("utf-8"),
+                reply_form=FORM_ARRAY,
+            )
         return WrapRequest(
             parameters=_parameters(ec, "keywrapparams.ec") if ec is not None else {},
-            optsdata=byte_field(params["optsdata"], "keywrapparams.optsdata"),
+            optsdata=byte_field(optsdata, "keywrapparams.optsdata"),
+            reply_form=FORM_ARRAY if isinstance(optsdata, list) else FORM_BASE64,
         )
     if op == OP_UNWRAP:
         params = _object(obj.get("keyunwrapparams"), "keyunwrapparams")
@@ -142,18 +167,24 @@ def provider_parameter(parameters: Mapping[str, tuple[bytes, ...]], name: str) -
         raise BadInputError(f"provider:{name} parameter: expected UTF-8 text, seen other bytes") from exc
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+def _encode(data: bytes, form: str) -> str | list[int]:
+    if form == FORM_BASE64:
+        return base64.b64encode(data).decode("ascii")
+    if form == FORM_ARRAY:
+        return list(data)
+    raise BadInputError(f"keyprovider reply form: expected {FORM_BASE64!r} or {FORM_ARRAY!r}, seen {form!r}")
 
 
-def wrap_reply(annotation: bytes) -> bytes:
-    """``{"keywrapresults":{"annotation":"<b64>"}}``: ocicrypt stores base64 of *annotation*."""
-    return json.dumps({"keywrapresults": {"annotation": _b64(annotation)}}, separators=(",", ":")).encode()
+def wrap_reply(annotation: bytes, form: str = FORM_BASE64) -> bytes:
+    """``{"keywrapresults":{"annotation":...}}``: ocicrypt stores base64 of *annotation*."""
+    body = {"keywrapresults": {"annotation": _encode(annotation, form)}}
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
-def unwrap_reply(optsdata: bytes) -> bytes:
-    """``{"keyunwrapresults":{"optsdata":"<b64>"}}``."""
-    return json.dumps({"keyunwrapresults": {"optsdata": _b64(optsdata)}}, separators=(",", ":")).encode()
+def unwrap_reply(optsdata: bytes, form: str = FORM_ARRAY) -> bytes:
+    """``{"keyunwrapresults":{"optsdata":[...]}}`` (numbers: read by Go and by ocicrypt-rs)."""
+    body = {"keyunwrapresults": {"optsdata": _encode(optsdata, form)}}
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def parse_reply(data: bytes, op: str) -> bytes:

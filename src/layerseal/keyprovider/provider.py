@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
     from layerseal.attest.claims import Attester
 
+#: layerseal.crypto.keywrap.BROKER_PROVIDER_NAMES (not imported: the cmd tool must start fast)
+BROKER_PROVIDER_NAMES = ("attestation-agent", "layerseal")
+
 _DIGEST_RE = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
 
 
@@ -124,6 +127,11 @@ class Provider:
         attester_factory: Callable[[Settings], Attester] | None = None,
     ) -> None:
         self.name = name
+        #: a provider under one of the broker names also reads parameters given for the other
+        #: (an ocicrypt config written when ``layerseal`` was the default name passes no --name)
+        self.aliases = (
+            tuple(n for n in BROKER_PROVIDER_NAMES if n != name) if name in BROKER_PROVIDER_NAMES else ()
+        )
         self.base = base
         self.env = dict(os.environ if env is None else env)
         self.cache = cache
@@ -139,8 +147,11 @@ class Provider:
             http.close()
 
     def settings_for(self, parameters: Mapping[str, tuple[bytes, ...]]) -> Settings:
-        rest = protocol.provider_parameter(parameters, self.name)
-        return parse_rest(rest, self.name).over(self.base)
+        for name in (self.name, *self.aliases):
+            rest = protocol.provider_parameter(parameters, name)
+            if rest is not None:
+                return parse_rest(rest, name).over(self.base)
+        return self.base
 
     def http(self, settings: Settings) -> BrokerHttp:
         url = settings.kbs
@@ -161,7 +172,7 @@ class Provider:
         """One request in, one reply out (both the keyprovider JSON)."""
         parsed = protocol.parse_request(request)
         if isinstance(parsed, protocol.WrapRequest):
-            return protocol.wrap_reply(self.wrap(parsed))
+            return protocol.wrap_reply(self.wrap(parsed), parsed.reply_form)
         return protocol.unwrap_reply(self.unwrap(parsed))
 
     # ------------------------------------------------------------------ keywrap

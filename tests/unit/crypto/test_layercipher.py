@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
+import logging
 import os
 
 import pytest
@@ -87,13 +88,38 @@ def test_wrong_key_and_truncation_fail() -> None:
         dec2.finalize()
 
 
-def test_digest_mismatch_in_private_options_is_caught() -> None:
+def test_recorded_digest_of_another_blob_is_not_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    """ocicrypt records the digest of the blob its caller handed it (skopeo: the source before
+    recompression): the HMAC authenticates, the decrypted digest is computed and returned."""
     ct, pub, priv = _sealed(b"payload")
-    lying = PrivateOptions(priv.symkey, priv.nonce, Digest.of(b"other"))
-    dec = LayerDecryptor(pub, lying)
+    recorded = PrivateOptions(priv.symkey, priv.nonce, Digest.of(b"the source before recompression"))
+    dec = LayerDecryptor(pub, recorded, "layer 3")
+    assert dec.update(ct) == b"payload"
+    with caplog.at_level(logging.DEBUG, logger="layerseal.crypto.layercipher"):
+        assert dec.finalize() == Digest.of(b"payload")
+    (record,) = caplog.records
+    assert record.levelno == logging.DEBUG
+    assert "layer 3" in record.getMessage() and str(Digest.of(b"payload")) in record.getMessage()
+
+
+def test_matching_recorded_digest_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    ct, pub, priv = _sealed(b"payload")
+    dec = LayerDecryptor(pub, priv)
     dec.update(ct)
-    with pytest.raises(IntegrityError, match="decrypted digest"):
-        dec.finalize()
+    with caplog.at_level(logging.DEBUG):
+        assert dec.finalize() == priv.digest
+    assert not caplog.records
+
+
+def test_without_compute_digest_finalize_only_authenticates() -> None:
+    ct, pub, priv = _sealed(b"payload")
+    dec = LayerDecryptor(pub, priv, compute_digest=False)
+    dec.update(ct)
+    assert dec.finalize() is None
+    bad = LayerDecryptor(pub, priv, compute_digest=False)
+    bad.update(ct[:-1] + bytes([ct[-1] ^ 1]))
+    with pytest.raises(IntegrityError, match="HMAC mismatch"):
+        bad.finalize()
 
 
 def test_state_machine_misuse() -> None:

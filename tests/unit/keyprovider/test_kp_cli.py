@@ -24,14 +24,39 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_config_cmd_form() -> None:
     doc = kpcli.ocicrypt_config(parse("config"))
-    cmd = doc["key-providers"]["layerseal"]["cmd"]
+    cmd = doc["key-providers"]["attestation-agent"]["cmd"]
     assert Path(cmd["path"]).is_absolute()
     assert cmd["args"] in (["keyprovider"], ["-m", "layerseal.keyprovider"])
 
 
 def test_config_grpc_form_and_name() -> None:
-    doc = kpcli.ocicrypt_config(parse("config", "--name", "attestation-agent", "--grpc", "127.0.0.1:50000"))
-    assert doc == {"key-providers": {"attestation-agent": {"grpc": "127.0.0.1:50000"}}}
+    doc = kpcli.ocicrypt_config(parse("config", "--name", "layerseal", "--grpc", "127.0.0.1:50000"))
+    assert doc == {"key-providers": {"layerseal": {"grpc": "127.0.0.1:50000"}}}
+
+
+def test_one_provider_name_across_the_project() -> None:
+    from layerseal.builder.kbswrap import SCHEME
+    from layerseal.crypto import keywrap
+    from layerseal.engine import keys as engine_keys
+    from layerseal.keyprovider import provider as kp
+
+    assert kpcli.DEFAULT_NAME == keywrap.PROVIDER_NAME == "attestation-agent"
+    assert f"provider.{keywrap.PROVIDER_NAME}" == SCHEME
+    assert kp.BROKER_PROVIDER_NAMES == keywrap.BROKER_PROVIDER_NAMES
+    assert set(engine_keys.SCHEMES) == {"provider.attestation-agent", "provider.layerseal"}
+
+
+@pytest.mark.parametrize(
+    ("own", "given"), [("attestation-agent", "layerseal"), ("layerseal", "attestation-agent")]
+)
+def test_broker_provider_reads_parameters_given_under_the_other_broker_name(own: str, given: str) -> None:
+    """An ocicrypt config from when ``layerseal`` was the default passes no --name: its
+    ``provider:layerseal:...`` parameters still reach the provider (and the other way round)."""
+    p = Provider(own, Settings(repo="base/repo"), env={})
+    s = p.settings_for({given: (b"kbs=http://broker:1,repo=team/app",)})
+    assert (s.kbs, s.repo) == ("http://broker:1", "team/app")
+    assert p.settings_for({}).repo == "base/repo"
+    assert Provider("other", Settings(), env={}).settings_for({given: (b"kbs=http://b:1",)}).kbs is None
 
 
 def test_config_passes_settings_with_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,7 +39,7 @@ def test_spaces_around_items_are_ignored() -> None:
 @pytest.mark.parametrize(
     ("rest", "needle"),
     [
-        ("https://broker:8443", "expected key=value items separated by ','"),
+        ("https://broker:8443", "expected key=value items separated by ';'"),
         ("kbs=http://b,frob=1", "expected one of kbs, repo, tenant, token-file, cacert, seen 'frob'"),
         ("sim-platform=/x", "set it with a flag, the environment or the config file"),
         ("kbs=http://a,kbs=http://b", "'kbs': expected once, seen twice"),
@@ -121,3 +121,23 @@ def test_settings_to_rest_round_trips() -> None:
     assert "sim" not in text
     assert parse_rest(text) == Settings(kbs="http://b:1", repo="a/b", token_file="/t")
     assert settings_to_rest(Settings()) == "Enabled"
+
+
+def test_semicolon_form_equals_the_comma_form() -> None:
+    semi = parse_rest("kbs=https://broker:8443;repo=team/app;token-file=/run/secrets/t")
+    comma = parse_rest("kbs=https://broker:8443,repo=team/app,token-file=/run/secrets/t")
+    assert semi == comma == Settings(kbs="https://broker:8443", repo="team/app", token_file="/run/secrets/t")
+    assert parse_rest("kbs=http://b:1; repo=a/b") == Settings(kbs="http://b:1", repo="a/b")
+
+
+def test_semicolon_form_survives_the_csv_split_of_skopeo_podman_buildah() -> None:
+    from support.pflag_csv import string_slice
+
+    key = "provider:attestation-agent:kbs=https://broker:8443;repo=team/app;token-file=/run/secrets/t"
+    assert string_slice([key]) == [key]
+    split = string_slice([key.replace(";", ",")])
+    assert split == [
+        "provider:attestation-agent:kbs=https://broker:8443",
+        "repo=team/app",
+        "token-file=/run/secrets/t",
+    ]

@@ -135,8 +135,68 @@ def test_provider_parameter_selection() -> None:
 
 def test_reply_shapes_are_exact() -> None:
     assert wrap_reply(b"\x00\x01pkt") == b'{"keywrapresults":{"annotation":"AAFwa3Q="}}'
-    assert unwrap_reply(b"{}") == b'{"keyunwrapresults":{"optsdata":"e30="}}'
+    assert unwrap_reply(b"{}") == b'{"keyunwrapresults":{"optsdata":[123,125]}}'
+    assert wrap_reply(b"\x00\x01", "array") == b'{"keywrapresults":{"annotation":[0,1]}}'
+    assert unwrap_reply(b"{}", "base64") == b'{"keyunwrapresults":{"optsdata":"e30="}}'
     assert parse_reply(wrap_reply(b"abc"), "keywrap") == b"abc"
     assert parse_reply(unwrap_reply(b"abc"), "keyunwrap") == b"abc"
     with pytest.raises(BadInputError, match="keyunwrapresults"):
         parse_reply(wrap_reply(b"abc"), "keyunwrap")
+
+
+# ocicrypt-rs (guest-components ocicrypt-rs/src/keywrap/keyprovider/mod.rs) serializes
+# KeyWrapParams.opts_data as a String (the JSON text), KeyUnwrapParams.annotation as base64,
+# the configs' Parameters as base64 strings, and reads KeyWrapResults.annotation /
+# KeyUnwrapResults.opts_data as Vec<u8>.
+RS_OPTS = b'{"symkey":"AAAA","digest":"sha256:' + b"ab" * 32 + b'","cipheroptions":{"nonce":"BBBB"}}'
+
+
+def ocicrypt_rs_wrap_request(name: str = "attestation-agent") -> bytes:
+    ec = {"Parameters": {name: [base64.b64encode(b"Enabled").decode()]}, "DecryptConfig": {"Parameters": {}}}
+    return json.dumps(
+        {
+            "op": "keywrap",
+            "keywrapparams": {"ec": ec, "optsdata": RS_OPTS.decode()},
+            "keyunwrapparams": {"dc": None, "annotation": None},
+        }
+    ).encode()
+
+
+def serde_vec_u8(value: object) -> bytes:
+    """What serde_json accepts for a ``Vec<u8>``: an array of integers 0..255, nothing else."""
+    if not isinstance(value, list) or not all(type(v) is int and 0 <= v <= 255 for v in value):
+        raise TypeError(f"invalid type: expected a sequence, seen {type(value).__name__}")
+    return bytes(value)
+
+
+def test_ocicrypt_rs_keywrap_request_with_json_text_optsdata() -> None:
+    req = parse_request(ocicrypt_rs_wrap_request())
+    assert isinstance(req, WrapRequest)
+    assert req.optsdata == RS_OPTS
+    assert req.parameters == {"attestation-agent": (b"Enabled",)}
+    assert req.reply_form == "array"
+    reply = json.loads(wrap_reply(b"packet", req.reply_form))
+    assert serde_vec_u8(reply["keywrapresults"]["annotation"]) == b"packet"
+
+
+def test_go_keywrap_request_gets_base64_as_go_marshals_it() -> None:
+    req = parse_request(capture("keywrap"))
+    assert isinstance(req, WrapRequest) and req.reply_form == "base64"
+    with pytest.raises(TypeError):
+        serde_vec_u8(json.loads(wrap_reply(b"p", req.reply_form))["keywrapresults"]["annotation"])
+
+
+def test_unwrap_reply_is_read_by_serde_as_vec_u8() -> None:
+    reply = json.loads(unwrap_reply(RS_OPTS))
+    assert serde_vec_u8(reply["keyunwrapresults"]["optsdata"]) == RS_OPTS
+
+
+def test_json_text_optsdata_that_is_not_json_is_refused_by_the_provider_later() -> None:
+    doc = json.loads(ocicrypt_rs_wrap_request())
+    doc["keywrapparams"]["optsdata"] = "{not json"
+    req = parse_request(json.dumps(doc).encode())
+    assert isinstance(req, WrapRequest) and req.optsdata == b"{not json"
+    from layerseal.keyprovider.provider import layer_digest
+
+    with pytest.raises(BadInputError, match="expected ocicrypt private options JSON"):
+        layer_digest(req.optsdata)

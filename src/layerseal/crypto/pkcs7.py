@@ -1,0 +1,243 @@
+"""ocicrypt's ``pkcs7`` key wrapping: the private options in a PKCS#7 EnvelopedData (pure).
+
+What ocicrypt writes (``keywrap/pkcs7`` through Go's ``pkcs7.Encrypt``), read from the
+annotations skopeo produces: one ``KeyTransRecipientInfo`` per X.509 recipient (issuer
+and serial number, RSA PKCS#1 v1.5 key transport; ocicrypt wraps to RSA certificates
+only), the content encrypted with AES-128-GCM, the 16-byte tag appended.  Go's encoder
+has three quirks its decoder expects, so they are reproduced byte for byte:
+
+* the algorithm parameters are a primitive element with tag 0x10 whose value is the
+  DER ``SEQUENCE { [4] IMPLICIT nonce, INTEGER 16 }`` (a context tag 4, not an OCTET STRING);
+* the encrypted content is ``[0]`` *constructed*, holding one OCTET STRING.
+
+Decryption also takes the standard DER forms (RFC 5084 ``GCMParameters``, ``[0]``
+primitive content) and AES-CBC content.  A small TLV reader does the parsing: general
+ASN.1 libraries refuse Go's quirks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import padding as sym_padding
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.x509 import Certificate
+
+from layerseal.crypto.keys import PrivateKey
+from layerseal.errors import BadInputError, WrongKeyError
+
+_OID_ENVELOPED = "1.2.840.113549.1.7.3"
+_OID_DATA = "1.2.840.113549.1.7.1"
+_OID_RSA = "1.2.840.113549.1.1.1"
+_OID_AES128_GCM = "2.16.840.1.101.3.4.1.6"
+_GCM = {"2.16.840.1.101.3.4.1.6": 16, "2.16.840.1.101.3.4.1.26": 24, "2.16.840.1.101.3.4.1.46": 32}
+_CBC = {"2.16.840.1.101.3.4.1.2": 16, "2.16.840.1.101.3.4.1.22": 24, "2.16.840.1.101.3.4.1.42": 32}
+
+SEQUENCE, SET, INTEGER, OCTET_STRING, OID, NULL = 0x30, 0x31, 0x02, 0x04, 0x06, 0x05
+
+
+# --------------------------------------------------------------------------- DER writing
+
+
+def _len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def tlv(tag: int, value: bytes) -> bytes:
+    return bytes([tag]) + _len(len(value)) + value
+
+
+def der_int(n: int) -> bytes:
+    body = n.to_bytes(max(1, (n.bit_length() + 8) // 8), "big", signed=True)
+    return tlv(INTEGER, body)
+
+
+def der_oid(dotted: str) -> bytes:
+    parts = [int(p) for p in dotted.split(".")]
+    out = bytearray([40 * parts[0] + parts[1]])
+    for p in parts[2:]:
+        chunk = [p & 0x7F]
+        p >>= 7
+        while p:
+            chunk.append(0x80 | (p & 0x7F))
+            p >>= 7
+        out += bytes(reversed(chunk))
+    return tlv(OID, bytes(out))
+
+
+# --------------------------------------------------------------------------- DER reading
+
+
+class _Reader:
+    """Definite-length TLVs of one level."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data, self.pos, self.what = data, 0, what
+
+    def more(self) -> bool:
+        return self.pos < len(self.data)
+
+    def next(self, expect: int | None = None) -> tuple[int, bytes]:
+        d, p = self.data, self.pos
+        if p + 2 > len(d):
+            raise BadInputError(f"{self.what}: expected a DER element at byte {p}, seen the end")
+        tag, first = d[p], d[p + 1]
+        p += 2
+        if first < 0x80:
+            length = first
+        else:
+            count = first & 0x7F
+            if count == 0 or count > 4 or p + count > len(d):
+                raise BadInputError(f"{self.what}: expected a definite DER length at byte {p - 1}")
+            length = int.from_bytes(d[p : p + count], "big")
+            p += count
+        if p + length > len(d):
+            raise BadInputError(f"{self.what}: element of {length} bytes at byte {p}, seen {len(d) - p} left")
+        if expect is not None and tag != expect:
+            raise BadInputError(
+                f"{self.what}: expected DER tag 0x{expect:02x} at byte {self.pos}, seen 0x{tag:02x}"
+            )
+        self.pos = p + length
+        return tag, d[p : p + length]
+
+
+def _oid_text(body: bytes) -> str:
+    if not body:
+        return ""
+    parts = [body[0] // 40, body[0] % 40]
+    value = 0
+    for b in body[1:]:
+        value = (value << 7) | (b & 0x7F)
+        if not b & 0x80:
+            parts.append(value)
+            value = 0
+    return ".".join(map(str, parts))
+
+
+# --------------------------------------------------------------------------- the scheme
+
+
+def certificate_recipient(cert: Certificate, what: str) -> RSAPublicKey:
+    key = cert.public_key()
+    if not isinstance(key, RSAPublicKey):
+        raise BadInputError(
+            f"{what}: expected an RSA certificate (ocicrypt's pkcs7 wraps to RSA only), "
+            f"seen a {type(key).__name__.lstrip('_').removesuffix('PublicKey')} key"
+        )
+    return key
+
+
+def encrypt(data: bytes, certs: Sequence[Certificate]) -> bytes:
+    """DER ContentInfo(EnvelopedData) of *data* for every certificate, as ocicrypt writes it."""
+    if not certs:
+        raise BadInputError("pkcs7: expected at least one recipient certificate, seen none")
+    cek, nonce = os.urandom(16), os.urandom(12)
+    sealed = AESGCM(cek).encrypt(nonce, data, None)
+    recipients = b""
+    for i, cert in enumerate(certs):
+        public = certificate_recipient(cert, f"pkcs7 recipient {i}")
+        rid = tlv(SEQUENCE, cert.issuer.public_bytes() + der_int(cert.serial_number))
+        recipients += tlv(
+            SEQUENCE,
+            der_int(0)
+            + rid
+            + tlv(SEQUENCE, der_oid(_OID_RSA))
+            + tlv(OCTET_STRING, public.encrypt(cek, padding.PKCS1v15())),
+        )
+    gcm_params = tlv(SEQUENCE, tlv(0x84, nonce) + der_int(16))
+    algorithm = tlv(SEQUENCE, der_oid(_OID_AES128_GCM) + tlv(0x10, gcm_params))
+    content_info = tlv(SEQUENCE, der_oid(_OID_DATA) + algorithm + tlv(0xA0, tlv(OCTET_STRING, sealed)))
+    enveloped = tlv(SEQUENCE, der_int(0) + tlv(SET, recipients) + content_info)
+    return tlv(SEQUENCE, der_oid(_OID_ENVELOPED) + tlv(0xA0, enveloped))
+
+
+def _gcm_nonce(params: bytes, what: str) -> bytes:
+    tag, body = _Reader(params, what).next()
+    if tag == 0x10:  # Go's wrapper around the real SEQUENCE
+        tag, body = _Reader(body, what).next()
+    if tag != SEQUENCE:
+        raise BadInputError(f"{what}: expected GCM parameters (a SEQUENCE), seen DER tag 0x{tag:02x}")
+    ntag, nonce = _Reader(body, what).next()
+    if ntag not in (0x84, OCTET_STRING):
+        raise BadInputError(f"{what}: expected the GCM nonce, seen DER tag 0x{ntag:02x}")
+    return nonce
+
+
+def _ciphertext(tag: int, body: bytes, what: str) -> bytes:
+    if tag == 0x80:
+        return body
+    parts = _Reader(body, what)
+    out = b""
+    while parts.more():
+        out += parts.next(OCTET_STRING)[1]
+    return out
+
+
+def _content(oid: str, params: bytes, ciphertext: bytes, cek: bytes, what: str) -> bytes | None:
+    if oid in _GCM:
+        if len(cek) != _GCM[oid]:
+            return None
+        try:
+            return AESGCM(cek).decrypt(_gcm_nonce(params, what), ciphertext, None)
+        except (InvalidTag, ValueError):
+            return None
+    if oid in _CBC:
+        tag, iv = _Reader(params, what).next()
+        if len(cek) != _CBC[oid] or tag != OCTET_STRING or len(iv) != 16 or len(ciphertext) % 16:
+            return None
+        dec = Cipher(algorithms.AES(cek), modes.CBC(iv)).decryptor()
+        try:
+            unpadder = sym_padding.PKCS7(128).unpadder()
+            return unpadder.update(dec.update(ciphertext) + dec.finalize()) + unpadder.finalize()
+        except ValueError:
+            return None
+    raise BadInputError(f"{what}: content encryption: expected AES-GCM or AES-CBC, seen OID {oid}")
+
+
+def decrypt(blob: bytes, keys: Sequence[PrivateKey], what: str = "pkcs7") -> bytes:
+    """The content, opened with whichever RSA key one of the recipients was wrapped for.
+
+    Raises :class:`WrongKeyError` when none of *keys* opens it.
+    """
+    outer = _Reader(_Reader(blob, what).next(SEQUENCE)[1], what)
+    oid = _oid_text(outer.next(OID)[1])
+    if oid != _OID_ENVELOPED:
+        raise BadInputError(f"{what}: expected a PKCS#7 EnvelopedData, seen content type {oid}")
+    env = _Reader(_Reader(outer.next(0xA0)[1], what).next(SEQUENCE)[1], what)
+    env.next(INTEGER)
+    recipients = _Reader(env.next(SET)[1], what)
+    eci = _Reader(env.next(SEQUENCE)[1], what)
+    eci.next(OID)
+    alg = _Reader(eci.next(SEQUENCE)[1], what)
+    content_oid = _oid_text(alg.next(OID)[1])
+    params = alg.data[alg.pos :]
+    ciphertext = _ciphertext(*eci.next(), what) if eci.more() else b""
+    rsa_keys = [k for k in keys if isinstance(k, RSAPrivateKey)]
+    while recipients.more():
+        tag, body = recipients.next()
+        if tag != SEQUENCE:
+            continue  # not a KeyTransRecipientInfo
+        ri = _Reader(body, what)
+        ri.next(INTEGER)
+        ri.next()  # rid: the key is found by trying, so the certificate is not needed
+        ri.next(SEQUENCE)
+        encrypted_key = ri.next(OCTET_STRING)[1]
+        for key in rsa_keys:
+            try:
+                cek = key.decrypt(encrypted_key, padding.PKCS1v15())
+            except ValueError:
+                continue
+            # a wrong key may "decrypt" to random bytes (implicit rejection): the content's
+            # authentication tag or padding decides
+            content = _content(content_oid, params, ciphertext, cek, what)
+            if content is not None:
+                return content
+    raise WrongKeyError(f"{what}: expected a key for one of its recipients, seen none that opens it")
