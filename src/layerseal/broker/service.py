@@ -786,12 +786,24 @@ class Broker:
                 [p.certificate for p in self.store.list_platforms("sim")] if session.tee == "sim" else []
             )
             claims = verifier_for(session.tee, trusted).verify(evidence, expected)
-        except LayersealError as exc:
+        except Exception as exc:
+            refusal = exc
+            if not isinstance(exc, LayersealError):
+                # verifiers are pure functions of the evidence: evidence one fails on is
+                # malformed; the fault is logged for us, the client gets the check's name
+                log.error("verifier failed", exc_info=exc, extra={"fields": {"tee": session.tee}})
+                refusal = BadInputError(
+                    f"{session.tee} evidence: expected evidence the verifier can check, "
+                    f"seen evidence it failed on ({type(exc).__name__})"
+                )
             self.store.finish_session(session_id, "failed", evidence_digest=evidence_digest)
+            reason = str(refusal)
             self._audit(
-                "attest", "deny", actor=f"client:{client}", evidence_digest=evidence_digest, reason=str(exc)
+                "attest", "deny", actor=f"client:{client}", evidence_digest=evidence_digest, reason=reason
             )
-            raise
+            if refusal is exc:
+                raise
+            raise refusal from exc
         tree = claims.as_tree()
         token, jti, exp = self.signer.issue(
             {"sid": session_id, "tee-pubkey": tee_pubkey, "tcb": tree, "evidence_digest": evidence_digest},
