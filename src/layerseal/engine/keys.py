@@ -8,13 +8,13 @@ refuses is recorded per kid, so the pull can name every refused layer at once.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 from layerseal.broker.client import EnclaveClient
 from layerseal.broker.packets import unwrap_key_packet
 from layerseal.crypto.keywrap import LayerContext
 from layerseal.errors import BadInputError, DeniedError, NotFoundError
+from layerseal.image import jsonutil
 from layerseal.image import mediatypes as mt
 from layerseal.image.descriptor import Descriptor
 from layerseal.image.encryption import wrapped_keys
@@ -24,7 +24,7 @@ SCHEME = "provider.attestation-agent"
 
 def packet_kid(blob: bytes, what: str) -> str:
     try:
-        kid = json.loads(blob).get("kid")
+        kid = jsonutil.loads(blob, what).get("kid")
     except (ValueError, AttributeError) as exc:
         raise BadInputError(f"{what}: expected a key packet (JSON with 'kid'), seen invalid data") from exc
     if not isinstance(kid, str) or not kid:

@@ -43,6 +43,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e400: would not serialise back
+        raise ValueError(f"number {text[:20]} out of range")
+    return value
+
+
 def _depth(data: bytes) -> int:
     """The deepest bracket nesting of *data*, strings skipped (no recursion, C-speed scans)."""
     brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
@@ -69,9 +76,10 @@ def _lone_surrogate(value: Any) -> bool:
     return False
 
 
-def loads(data: bytes | str, what: str, *, max_depth: int = MAX_DEPTH) -> Any:
+def loads(data: bytes | str, what: str, *, expected: str = "JSON", max_depth: int = MAX_DEPTH) -> Any:
     """Parse JSON text (UTF-8 bytes or str) nested at most *max_depth* deep, without lone
-    surrogates or NaN/Infinity; *what* names the document in the one-line error."""
+    surrogates, NaN/Infinity or numbers beyond a double; *what* names the document in the
+    one-line error, *expected* what it should have been."""
     if isinstance(data, str):
         text = data
         try:
@@ -92,9 +100,9 @@ def loads(data: bytes | str, what: str, *, max_depth: int = MAX_DEPTH) -> Any:
     if depth > max_depth:
         raise BadInputError(f"{what}: expected JSON nested at most {max_depth} deep, seen {depth} levels")
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except ValueError as exc:
-        raise BadInputError(f"{what}: expected JSON, seen invalid data ({str(exc)[:80]})") from exc
+        raise BadInputError(f"{what}: expected {expected}, seen invalid JSON ({str(exc)[:80]})") from exc
     except RecursionError as exc:  # only if max_depth is above what the interpreter's stack allows
         raise BadInputError(f"{what}: expected JSON nested at most {max_depth} deep, seen deeper") from exc
     if _SURROGATE_ESCAPE.search(raw) and _lone_surrogate(value):
