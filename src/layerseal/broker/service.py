@@ -762,7 +762,8 @@ class Broker:
         else:
             primary = evidence_field
         if isinstance(primary, str):
-            evidence = primary.encode()
+            # a lone surrogate passes as invalid UTF-8, for the verifier to refuse and audit
+            evidence = primary.encode("utf-8", "surrogatepass")
         elif isinstance(primary, dict):
             evidence = json.dumps(primary, separators=(",", ":")).encode()
         else:

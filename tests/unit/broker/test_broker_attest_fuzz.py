@@ -44,7 +44,12 @@ def _attest(env: Env, tee: str, evidence: str) -> tuple[str, Any]:
         "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
     }
     env.client.cookies.clear()
-    r = env.client.post("/kbs/v0/attest", json=body, headers={"Cookie": f"kbs-session-id={sid}"})
+    # json.dumps escapes lone surrogates as \\udXXX, as a hostile client would send them
+    r = env.client.post(
+        "/kbs/v0/attest",
+        content=json.dumps(body).encode(),
+        headers={"Cookie": f"kbs-session-id={sid}", "Content-Type": "application/json"},
+    )
     env.client.cookies.clear()
     return sid, r
 
@@ -106,3 +111,16 @@ def test_a_verifier_bug_is_still_a_refusal_with_a_failed_session_and_an_audit_ro
         "seen evidence it failed on (KeyError)"
         in _denials(env)[hashlib.sha256(evidence.encode()).hexdigest()]
     )
+
+
+@pytest.mark.parametrize("tee", ["snp", "tdx", "az-snp-vtpm", "sim"])
+def test_evidence_string_with_a_lone_surrogate_is_a_4xx_never_a_500(env: Env, tee: str) -> None:
+    sid, r = _attest(env, tee, '{"report": "\ud800", "quote": "\udfff", "version": 1}')
+    assert 400 <= r.status_code < 500, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    session = env.broker.store.get_session(sid)
+    assert session is not None
+    # refused at the edge (session untouched) or by the verifier (session failed, audited)
+    assert session.state in ("pending", "failed"), session.state
+    if session.state == "failed":
+        assert session.evidence_digest is not None and session.evidence_digest in _denials(env)
