@@ -43,6 +43,11 @@ _UNREADABLE = (
 )
 
 
+def _reason(exc: Exception) -> str:
+    """cryptography's explanation, first line, bounded (it quotes certificate parts, not secrets)."""
+    return (str(exc).split("\n")[0] or type(exc).__name__)[:80]
+
+
 def _der_element(data: bytes, pos: int) -> tuple[int, int]:
     """(start of content, end) of the DER element at *pos*; ValueError when malformed."""
     if pos + 2 > len(data):
@@ -87,9 +92,8 @@ def checked_cert(cert: x509.Certificate, what: str) -> x509.Certificate:
             try:
                 read()
             except _UNREADABLE as exc:
-                reason = str(exc).split("\n")[0][:80]
                 raise BadInputError(
-                    f"{what} {part}: expected a readable, supported value, seen {reason!r}"
+                    f"{what} {part}: expected a readable, supported value, seen {_reason(exc)!r}"
                 ) from exc
         try:
             outer, inner = _signature_algorithms(cert.public_bytes(serialization.Encoding.DER))
@@ -114,7 +118,9 @@ def load_cert(data: bytes, what: str) -> x509.Certificate:
             else:
                 cert = x509.load_der_x509_certificate(data)
     except _UNREADABLE as exc:
-        raise BadInputError(f"{what}: expected a PEM or DER X.509 certificate, seen unparsable data") from exc
+        raise BadInputError(
+            f"{what}: expected a PEM or DER X.509 certificate, seen unparsable data ({_reason(exc)})"
+        ) from exc
     return checked_cert(cert, what)
 
 
@@ -125,7 +131,9 @@ def load_pem_certs(data: bytes, what: str) -> list[x509.Certificate]:
             warnings.simplefilter("ignore")
             certs = x509.load_pem_x509_certificates(data)
     except _UNREADABLE as exc:
-        raise BadInputError(f"{what}: expected PEM certificates, seen unparsable data") from exc
+        raise BadInputError(
+            f"{what}: expected PEM certificates, seen unparsable data ({_reason(exc)})"
+        ) from exc
     return [checked_cert(c, f"{what} [{i}]") for i, c in enumerate(certs)]
 
 
