@@ -79,8 +79,8 @@ def checked_cert(cert: x509.Certificate, what: str) -> x509.Certificate:
     """Read every part of *cert* a verifier uses; ``BadInputError`` names the first unreadable one."""
     parts = (
         ("version", lambda: cert.version),
-        ("subject", lambda: cert.subject.rfc4514_string()),
-        ("issuer", lambda: cert.issuer.rfc4514_string()),
+        ("subject", lambda: cert.subject),
+        ("issuer", lambda: cert.issuer),
         ("validity", lambda: (cert.not_valid_before_utc, cert.not_valid_after_utc)),
         ("public key", cert.public_key),
         ("extensions", lambda: list(cert.extensions)),
