@@ -87,3 +87,10 @@ def test_annotation_json_is_parsed_with_the_same_limits() -> None:
     lone = base64.b64encode(rb'{"cipher":"AES_256_CTR_HMAC_SHA256\ud800"}').decode()
     with pytest.raises(BadInputError, match=r"^pubopts: expected strings of Unicode text"):
         PublicOptions.from_annotation(lone)
+
+
+def test_config_history_entries_must_be_objects() -> None:
+    from layerseal.image.config import ImageConfig
+
+    with pytest.raises(BadInputError, match=r"^image config: history\[1\]: expected an object, seen float$"):
+        ImageConfig.from_bytes(b'{"history":[{"created_by":"x"},1.0]}')
