@@ -1,14 +1,15 @@
 """Small X.509 helpers shared by the real-TEE verifiers (pure: bytes in, objects out).
 
 Certificates are compared by the SHA-256 of their DER; a chain link holds when the
-child names its issuer and the issuer's key verifies the child's signature.
+child names its issuer and the issuer's key verifies the child's signature.  A chain's
+:class:`Validity` is the window in which all its certificates are valid; verifiers check
+it against the time their injected clock gives (the only outside input they take).
+
 ``cryptography`` parses a certificate's parts lazily, so :func:`load_cert` and
 :func:`load_pem_certs` read every part a verifier may touch (names, dates, key,
 extensions, signature algorithm) at once: a certificate that loads is safe to use, and
 one that does not is bad input naming the part, never an exception from deep inside a
-verifier.  A chain's
-:class:`Validity` is the window in which all its certificates are valid; verifiers check
-it against the time their injected clock gives (the only outside input they take).
+verifier.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from layerseal.attest import binding
-from layerseal.attest.claims import Claims
+from layerseal.attest.claims import Claims, Verifier
 from layerseal.attest.sim import certificate_fingerprint, load_certificate
 from layerseal.attest.verifiers import SUPPORTED_TEES, verifier_for
 from layerseal.broker import packets, policy
@@ -786,25 +786,13 @@ class Broker:
             trusted = (
                 [p.certificate for p in self.store.list_platforms("sim")] if session.tee == "sim" else []
             )
-            claims = verifier_for(session.tee, trusted).verify(evidence, expected)
-        except Exception as exc:
-            refusal = exc
-            if not isinstance(exc, LayersealError):
-                # verifiers are pure functions of the evidence: evidence one fails on is
-                # malformed; the fault is logged for us, the client gets the check's name
-                log.error("verifier failed", exc_info=exc, extra={"fields": {"tee": session.tee}})
-                refusal = BadInputError(
-                    f"{session.tee} evidence: expected evidence the verifier can check, "
-                    f"seen evidence it failed on ({type(exc).__name__})"
-                )
+            claims = _verified(verifier_for(session.tee, trusted), session.tee, evidence, expected)
+        except LayersealError as exc:
             self.store.finish_session(session_id, "failed", evidence_digest=evidence_digest)
-            reason = str(refusal)
             self._audit(
-                "attest", "deny", actor=f"client:{client}", evidence_digest=evidence_digest, reason=reason
+                "attest", "deny", actor=f"client:{client}", evidence_digest=evidence_digest, reason=str(exc)
             )
-            if refusal is exc:
-                raise
-            raise refusal from exc
+            raise
         tree = claims.as_tree()
         token, jti, exp = self.signer.issue(
             {"sid": session_id, "tee-pubkey": tee_pubkey, "tcb": tree, "evidence_digest": evidence_digest},
@@ -1079,6 +1067,24 @@ class Broker:
     def seal_response(attested: Attested, payload: bytes) -> dict[str, Any]:
         """The KBS response: a flattened JWE of *payload* to the attested tee-pubkey."""
         return jwe.encrypt_to_jwk(payload, attested.tee_pubkey)
+
+
+def _verified(verifier: Verifier, tee: str, evidence: bytes, expected: bytes) -> Claims:
+    """The verifier's claims; an exception no check anticipated refuses the evidence too.
+
+    Verifiers are pure functions of the evidence, so evidence one fails on is malformed:
+    the fault is logged for us, the client and the audit log get a refusal naming the TEE.
+    """
+    try:
+        return verifier.verify(evidence, expected)
+    except LayersealError:
+        raise
+    except Exception as exc:
+        log.error("verifier failed", exc_info=exc, extra={"fields": {"tee": tee}})
+        raise BadInputError(
+            f"{tee} evidence: expected evidence the verifier can check, "
+            f"seen evidence it failed on ({type(exc).__name__})"
+        ) from exc
 
 
 def batch_payload(keks: Mapping[str, bytes]) -> bytes:

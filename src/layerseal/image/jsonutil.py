@@ -51,7 +51,7 @@ def _finite_float(text: str) -> float:
 
 
 def _depth(data: bytes) -> int:
-    """The deepest bracket nesting of *data*, strings skipped (no recursion, C-speed scans)."""
+    """The deepest bracket nesting of *data*, strings skipped (no recursion, whatever the depth)."""
     brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
     if not brackets:
         return 0
