@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dh, dsa, ec, ed448, ed25519, rsa, x448, x25519
 
 from support import der
+from support.json_fuzz import mutate_json
 
 DATA = Path(__file__).parents[1] / "data" / "tee"
 
@@ -572,9 +573,43 @@ def snp_cases(rng: random.Random, n: int) -> Iterator[Case]:
         elif which == 8:
             body, label = json_mutation(rng, _snp_doc(report, certs, rng))
             yield Case(f"snp evidence: {label}", body, rd)
+        elif COCO_SNP.exists() and rng.random() < 0.5:
+            yield _coco_case(rng)
         else:
             bad, label = _binary_mutation(rng, report)
             yield Case(f"snp raw report: {label}", bad, rd)
+
+
+# the sev crate's JSON form a CoCo guest sends; used once the repository carries it
+COCO_SNP = DATA / "snp" / "coco-guest-evidence.json"
+
+
+def _coco_case(rng: random.Random) -> Case:
+    doc = json.loads(COCO_SNP.read_bytes())
+    report = doc["attestation_report"]
+    rd = bytes(report["report_data"])
+    op = rng.randrange(3)
+    if op == 0:
+        entry = doc["cert_chain"][0]
+        original = bytes(entry["data"])
+        mutated, label = mutate_cert(rng, original)
+        entry["data"] = list(mutated)
+        return Case(
+            f"snp coco cert: {label}", json.dumps(doc).encode(), rd, signed_part_changed(original, mutated)
+        )
+    if op == 1:
+        # a byte array with a value that is no byte, or of another length
+        name = rng.choice([k for k, v in report.items() if isinstance(v, list)])
+        values = report[name]
+        if rng.random() < 0.5 and values:
+            values[rng.randrange(len(values))] = rng.choice([256, -1, 2**64, 1.5, "a", None, []])
+            label = f"{name} element"
+        else:
+            report[name] = values[: rng.randrange(len(values) + 1)] + [0] * rng.choice([0, 1, 100])
+            label = f"{name} length"
+        return Case(f"snp coco report: {label}", json.dumps(doc).encode(), rd)
+    body, label = mutate_json(rng, doc)
+    return Case(f"snp coco evidence: {label}", body, rd)
 
 
 # ---------------------------------------------------------------------------- TDX
