@@ -158,7 +158,8 @@ def test_mutated_image_json_gives_one_line_errors_with_readme_exit_codes(
             assert "Traceback" not in err
             assert tree_snapshot(dst) == before, f"{command} {label}: destination changed"
             assert not rootfs.exists(), f"{command} {label}: rootfs left behind"
-            assert not list(store.rglob("*.tmp")), f"{command} {label}: partial file in the store"
+            partial = [*store.rglob("*.tmp"), *(tmp_path / "store.snapshots").rglob("*.tmp")]
+            assert not partial, f"{command} {label}: partial files {partial}"
         shutil.rmtree(src)
     assert not crashes, "\n".join(sorted(crashes.values()))
     assert seen.get(2, 0) > CASES // 4, seen  # most mutations are bad input
