@@ -25,7 +25,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import struct
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -40,6 +39,7 @@ from layerseal.attest.bytereader import ByteReader
 from layerseal.attest.claims import Claims
 from layerseal.attest.x509util import load_cert
 from layerseal.errors import BadInputError, DeniedError, LayersealError
+from layerseal.image import jsonutil
 
 TEE = "az-snp-vtpm"
 VERSIONS = (1, 2)
@@ -207,10 +207,7 @@ def _hex(value: object, what: str, limit: int) -> bytes:
 
 
 def _var_data_json(hcl: HclReport) -> dict[str, Any]:
-    try:
-        doc = json.loads(hcl.var_data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"{TEE} hcl var data: expected JSON, seen unparsable data") from exc
+    doc = jsonutil.loads(hcl.var_data, f"{TEE} hcl var data")
     if not isinstance(doc, dict):
         raise BadInputError(f"{TEE} hcl var data: expected a JSON object, seen {type(doc).__name__}")
     return doc
@@ -266,10 +263,7 @@ class Evidence:
 def parse_evidence(evidence: bytes) -> Evidence:
     if len(evidence) > _MAX_EVIDENCE:
         raise BadInputError(f"{TEE} evidence: expected at most {_MAX_EVIDENCE} bytes, seen {len(evidence)}")
-    try:
-        obj = json.loads(evidence)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"{TEE} evidence: expected a JSON object, seen unparsable data") from exc
+    obj = jsonutil.loads(evidence, f"{TEE} evidence")
     if not isinstance(obj, dict):
         raise BadInputError(f"{TEE} evidence: expected a JSON object, seen {type(obj).__name__}")
     version = obj.get("version")

@@ -9,12 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 from types import MappingProxyType
 
 from layerseal.attest.binding import REPORT_DATA_SIZE
 from layerseal.attest.claims import Claims
 from layerseal.errors import BadInputError, DeniedError
+from layerseal.image import jsonutil
 
 TEE = "sample"
 
@@ -26,7 +26,7 @@ class SampleVerifier:
 
     def verify(self, evidence: bytes, expected_report_data: bytes) -> Claims:
         try:
-            obj = json.loads(evidence)
+            obj = jsonutil.loads(evidence, "sample evidence")
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadInputError("sample evidence: expected a JSON object, seen invalid JSON") from exc
         if not isinstance(obj, dict):

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from layerseal.attest.binding import REPORT_DATA_SIZE
 from layerseal.attest.claims import Claims
 from layerseal.errors import BadInputError, DeniedError
+from layerseal.image import jsonutil
 
 TEE = "sim"
 FORMAT = "layerseal-sim/1"
@@ -99,7 +100,7 @@ class SimVerifier:
 
     def verify(self, evidence: bytes, expected_report_data: bytes) -> Claims:
         try:
-            obj = json.loads(evidence)
+            obj = jsonutil.loads(evidence, "sim evidence")
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadInputError("sim evidence: expected a JSON object, seen invalid JSON") from exc
         if not isinstance(obj, dict):
@@ -149,7 +150,7 @@ class SimVerifier:
 
 def _parse_report(data: bytes) -> Mapping[str, Any]:
     try:
-        report = json.loads(data)
+        report = jsonutil.loads(data, "sim report")
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadInputError("sim report: expected JSON, seen invalid data") from exc
     if not isinstance(report, dict):

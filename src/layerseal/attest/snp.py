@@ -26,7 +26,6 @@ import base64
 import binascii
 import datetime
 import hmac
-import json
 import struct
 import threading
 from collections import OrderedDict
@@ -54,6 +53,7 @@ from layerseal.attest.x509util import (
     verify_signature,
 )
 from layerseal.errors import BadInputError, DeniedError
+from layerseal.image import jsonutil
 
 TEE = "snp"
 REPORT_SIZE = 0x4A0
@@ -383,10 +383,12 @@ def parse_evidence(evidence: bytes) -> Evidence:
     """Decode the JSON evidence (or accept a raw report)."""
     if len(evidence) == REPORT_SIZE and not evidence.lstrip().startswith(b"{"):
         return Evidence(evidence, ())
-    try:
-        obj = json.loads(evidence)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadInputError("snp evidence: expected a JSON object or a raw report, seen neither") from exc
+    if not evidence.lstrip().startswith(b"{"):
+        raise BadInputError(
+            f"snp evidence: expected a JSON object or a raw report of {REPORT_SIZE} bytes, "
+            f"seen neither ({len(evidence)} bytes)"
+        )
+    obj = jsonutil.loads(evidence, "snp evidence")
     if not isinstance(obj, dict):
         raise BadInputError(f"snp evidence: expected a JSON object, seen {type(obj).__name__}")
     report_field = obj.get("report", obj.get("attestation_report"))

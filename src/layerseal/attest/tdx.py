@@ -52,6 +52,7 @@ from layerseal.attest.x509util import (
     verify_issued_by,
 )
 from layerseal.errors import BadInputError, DeniedError
+from layerseal.image import jsonutil
 
 TEE = "tdx"
 HEADER_SIZE = 48
@@ -262,7 +263,8 @@ def sgx_extension(pck: x509.Certificate) -> SgxExtension | None:
     comps: dict[int, int] = {}
     for tag, body in _der_items(tcb, what):
         pair = _der_items(body, what) if tag == 0x30 else []
-        if len(pair) == 2 and pair[0][0] == 0x06 and pair[1][0] == 0x02:
+        # an empty OID names no component: skipped, so the count check below refuses it
+        if len(pair) == 2 and pair[0][0] == 0x06 and pair[0][1] and pair[1][0] == 0x02:
             comps[pair[0][1][-1]] = int.from_bytes(pair[1][1], "big")
     if any(i not in comps for i in range(1, 18)):
         raise BadInputError(f"{what}: expected TCB components 1..16 and PCESVN, seen {sorted(comps)}")
@@ -668,12 +670,7 @@ def quote_bytes(evidence: bytes) -> bytes:
     """The quote inside Trustee-style JSON evidence ``{"quote": b64}``, or the raw quote."""
     if evidence.lstrip()[:1] != b"{":
         return evidence
-    try:
-        obj = json.loads(evidence)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadInputError(
-            'tdx evidence: expected JSON {"quote": base64} or a raw quote, seen neither'
-        ) from exc
+    obj = jsonutil.loads(evidence, "tdx evidence")
     quote = obj.get("quote") if isinstance(obj, dict) else None
     if not isinstance(quote, str):
         raise BadInputError("tdx evidence: expected field 'quote' (base64 string), seen none")

@@ -4,6 +4,12 @@ Certificates are compared by the SHA-256 of their DER; a chain link holds when t
 child names its issuer and the issuer's key verifies the child's signature.  A chain's
 :class:`Validity` is the window in which all its certificates are valid; verifiers check
 it against the time their injected clock gives (the only outside input they take).
+
+``cryptography`` parses a certificate's parts lazily, so :func:`load_cert` and
+:func:`load_pem_certs` read every part a verifier may touch (names, dates, key,
+extensions, signature algorithm) at once: a certificate that loads is safe to use, and
+one that does not is bad input naming the part, never an exception from deep inside a
+verifier.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
@@ -27,27 +33,109 @@ def fingerprint(cert: x509.Certificate) -> str:
     return "sha256:" + hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
+# what cryptography raises on certificate parts it cannot read or does not support
+_UNREADABLE = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
+
+
+def _reason(exc: Exception) -> str:
+    """cryptography's explanation, first line, bounded (it quotes certificate parts, not secrets)."""
+    return (str(exc).split("\n")[0] or type(exc).__name__)[:80]
+
+
+def _der_element(data: bytes, pos: int) -> tuple[int, int]:
+    """(start of content, end) of the DER element at *pos*; ValueError when malformed."""
+    if pos + 2 > len(data):
+        raise ValueError("truncated DER element")
+    length, pos = data[pos + 1], pos + 2
+    if length & 0x80:
+        n = length & 0x7F
+        if not 0 < n <= 4 or pos + n > len(data):
+            raise ValueError("invalid DER length")
+        length, pos = int.from_bytes(data[pos : pos + n], "big"), pos + n
+    if pos + length > len(data):
+        raise ValueError("DER element longer than its container")
+    return pos, pos + length
+
+
+def _signature_algorithms(der: bytes) -> tuple[bytes, bytes]:
+    """The certificate's outer signatureAlgorithm and the TBS ``signature`` field, as DER."""
+    start, _ = _der_element(der, 0)
+    tbs_start, tbs_end = _der_element(der, start)
+    outer = der[tbs_end : _der_element(der, tbs_end)[1]]
+    pos = tbs_start
+    if der[pos] == 0xA0:  # [0] version
+        pos = _der_element(der, pos)[1]
+    pos = _der_element(der, pos)[1]  # serialNumber
+    return outer, der[pos : _der_element(der, pos)[1]]
+
+
+def checked_cert(cert: x509.Certificate, what: str) -> x509.Certificate:
+    """Read every part of *cert* a verifier uses; ``BadInputError`` names the first unreadable one."""
+    parts = (
+        ("version", lambda: cert.version),
+        ("subject", lambda: cert.subject),
+        ("issuer", lambda: cert.issuer),
+        ("validity", lambda: (cert.not_valid_before_utc, cert.not_valid_after_utc)),
+        ("public key", cert.public_key),
+        ("extensions", lambda: list(cert.extensions)),
+        ("signature algorithm", lambda: (cert.signature_hash_algorithm, cert.signature_algorithm_parameters)),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for part, read in parts:
+            try:
+                read()
+            except _UNREADABLE as exc:
+                raise BadInputError(
+                    f"{what} {part}: expected a readable, supported value, seen {_reason(exc)!r}"
+                ) from exc
+        try:
+            outer, inner = _signature_algorithms(cert.public_bytes(serialization.Encoding.DER))
+        except (ValueError, IndexError) as exc:
+            raise BadInputError(f"{what}: expected a DER certificate, seen malformed DER") from exc
+    # RFC 5280 4.1.1.2: the unsigned outer algorithm must repeat the signed one
+    if outer != inner:
+        raise BadInputError(
+            f"{what} signature algorithm: expected the signed {inner.hex()[:40]}, seen {outer.hex()[:40]}"
+        )
+    return cert
+
+
 def load_cert(data: bytes, what: str) -> x509.Certificate:
-    """One certificate from PEM or DER bytes."""
+    """One certificate from PEM or DER bytes, every part it has checked readable."""
     try:
         # AMD's VCEKs carry serial number 0, which cryptography warns about but accepts.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if data.lstrip().startswith(b"-----BEGIN"):
-                return x509.load_pem_x509_certificate(data)
-            return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
-        raise BadInputError(f"{what}: expected a PEM or DER X.509 certificate, seen unparsable data") from exc
+                cert = x509.load_pem_x509_certificate(data)
+            else:
+                cert = x509.load_der_x509_certificate(data)
+    except _UNREADABLE as exc:
+        raise BadInputError(
+            f"{what}: expected a PEM or DER X.509 certificate, seen unparsable data ({_reason(exc)})"
+        ) from exc
+    return checked_cert(cert, what)
 
 
 def load_pem_certs(data: bytes, what: str) -> list[x509.Certificate]:
-    """Every certificate of a PEM bundle, in order."""
+    """Every certificate of a PEM bundle, in order, each checked as :func:`load_cert` does."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise BadInputError(f"{what}: expected PEM certificates, seen unparsable data") from exc
+            certs = x509.load_pem_x509_certificates(data)
+    except _UNREADABLE as exc:
+        raise BadInputError(
+            f"{what}: expected PEM certificates, seen unparsable data ({_reason(exc)})"
+        ) from exc
+    return [checked_cert(c, f"{what} [{i}]") for i, c in enumerate(certs)]
 
 
 def common_name(name: x509.Name) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from layerseal.attest import rcar
-from layerseal.attest.claims import Claims
+from layerseal.attest.claims import Claims, Verifier
 from layerseal.attest.sim import certificate_fingerprint, load_certificate
 from layerseal.attest.verifiers import SUPPORTED_TEES, verifier_for
 from layerseal.broker import packets, policy
@@ -762,7 +762,8 @@ class Broker:
         else:
             primary = evidence_field
         if isinstance(primary, str):
-            evidence = primary.encode()
+            # a lone surrogate passes as invalid UTF-8, for the verifier to refuse and audit
+            evidence = primary.encode("utf-8", "surrogatepass")
         elif isinstance(primary, dict):
             evidence = json.dumps(primary, separators=(",", ":")).encode()
         else:
@@ -788,8 +789,10 @@ class Broker:
                 tee_pubkey=tee_pubkey,
                 additional_evidence=additional,
                 init_data=body.get("init-data"),
-                verifier_for=lambda tee: verifier_for(
-                    tee, [p.certificate for p in self.store.list_platforms("sim")] if tee == "sim" else []
+                verifier_for=lambda tee: _Guarded(
+                    verifier_for(
+                        tee, [p.certificate for p in self.store.list_platforms("sim")] if tee == "sim" else []
+                    )
                 ),
             )
         except LayersealError as exc:
@@ -1072,6 +1075,38 @@ class Broker:
     def seal_response(attested: Attested, payload: bytes) -> dict[str, Any]:
         """The KBS response: a flattened JWE of *payload* to the attested tee-pubkey."""
         return jwe.encrypt_to_jwk(payload, attested.tee_pubkey)
+
+
+@dataclass(frozen=True)
+class _Guarded:
+    """A verifier whose unanticipated exceptions refuse the evidence (see :func:`_verified`)."""
+
+    inner: Verifier
+
+    @property
+    def tee(self) -> str:
+        return self.inner.tee
+
+    def verify(self, evidence: bytes, expected_report_data: bytes) -> Claims:
+        return _verified(self.inner, self.inner.tee, evidence, expected_report_data)
+
+
+def _verified(verifier: Verifier, tee: str, evidence: bytes, expected: bytes) -> Claims:
+    """The verifier's claims; an exception no check anticipated refuses the evidence too.
+
+    Verifiers are pure functions of the evidence, so evidence one fails on is malformed:
+    the fault is logged for us, the client and the audit log get a refusal naming the TEE.
+    """
+    try:
+        return verifier.verify(evidence, expected)
+    except LayersealError:
+        raise
+    except Exception as exc:
+        log.error("verifier failed", exc_info=exc, extra={"fields": {"tee": tee}})
+        raise BadInputError(
+            f"{tee} evidence: expected evidence the verifier can check, "
+            f"seen evidence it failed on ({type(exc).__name__})"
+        ) from exc
 
 
 def batch_payload(keks: Mapping[str, bytes]) -> bytes:

@@ -50,6 +50,7 @@ from joserfc.jwk import ECKey, RSAKey
 
 from layerseal.crypto.keys import PrivateKey, PublicKey, key_kind, public_key_from_jwk, public_key_to_jwk
 from layerseal.errors import BadInputError, IntegrityError, MisuseError, WrongKeyError
+from layerseal.image import jsonutil
 
 __all__ = ["decrypt", "decrypt_from_jwk", "encrypt", "encrypt_to_jwk", "protected_header_json"]
 
@@ -268,12 +269,7 @@ def _decode_protected(segment: Any, what: str) -> dict[str, Any]:
     raw = _b64url_decode(segment, what, "protected")
     if not raw:
         return {}
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadInputError(
-            f"{what}: field 'protected': expected base64url of a JSON object, seen other data"
-        ) from exc
+    header = jsonutil.loads(raw, f"{what}: field 'protected'", expected="base64url of a JSON object")
     return _header_object(header, what, "protected")
 
 
@@ -359,11 +355,7 @@ def _parse(jwe: bytes, what: str) -> _Envelope:
     except UnicodeDecodeError as exc:
         raise BadInputError(f"{what}: expected UTF-8 JSON or compact text, seen binary data") from exc
     if text.startswith("{"):
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BadInputError(f"{what}: expected a JSON object, seen invalid JSON ({exc.msg})") from exc
-        return _parse_json(obj, what)
+        return _parse_json(jsonutil.loads(text, what, expected="a JSON object"), what)
     if not text:
         raise BadInputError(f"{what}: expected a JWE, seen empty input")
     return _parse_compact(text, what)

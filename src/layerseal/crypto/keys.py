@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from layerseal.errors import BadInputError
+from layerseal.image import jsonutil
 
 __all__ = [
     "KEY_KINDS",
@@ -125,10 +126,7 @@ def _looks_like_json(data: bytes) -> bool:
 
 
 def _load_jwk_json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadInputError(f"{what}: expected a JWK JSON object, seen invalid JSON") from exc
+    obj = jsonutil.loads(data, what, expected="a JWK JSON object")
     if not isinstance(obj, dict):
         raise BadInputError(f"{what}: expected a JWK JSON object, seen {type(obj).__name__}")
     if "keys" in obj and "kty" not in obj:

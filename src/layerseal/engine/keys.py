@@ -13,13 +13,13 @@ packets, ``A256GCM`` or ``A256CTR``), and the client falls back to one
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 from layerseal.broker.client import EnclaveClient
 from layerseal.broker.packets import unwrap_key_packet
 from layerseal.crypto.keywrap import BROKER_SCHEMES, LayerContext
 from layerseal.errors import BadInputError, DeniedError, NotFoundError
+from layerseal.image import jsonutil
 from layerseal.image import mediatypes as mt
 from layerseal.image.descriptor import Descriptor
 from layerseal.image.encryption import wrapped_keys
@@ -29,7 +29,7 @@ SCHEMES = BROKER_SCHEMES
 
 def packet_kid(blob: bytes, what: str) -> str:
     try:
-        kid = json.loads(blob).get("kid")
+        kid = jsonutil.loads(blob, what).get("kid")
     except (ValueError, AttributeError) as exc:
         raise BadInputError(f"{what}: expected a key packet (JSON with 'kid'), seen invalid data") from exc
     if not isinstance(kid, str) or not kid:

@@ -32,7 +32,9 @@ class ImageConfig:
                     Digest.parse(d)
                 except BadInputError as exc:
                     raise BadInputError(f"{what}: rootfs.diff_ids[{i}]: {exc}") from exc
-        J.get_list(obj, "history", what, required=False)
+        for i, entry in enumerate(J.get_list(obj, "history", what, required=False)):
+            if not isinstance(entry, dict):
+                raise BadInputError(f"{what}: history[{i}]: expected an object, seen {type(entry).__name__}")
         return cls(obj)
 
     @property

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from layerseal.errors import BadInputError
+from layerseal.image import jsonutil as J
 from layerseal.image import mediatypes as mt
 from layerseal.image.config import ImageConfig
 from layerseal.image.encryption import ANNOTATION_PUBOPTS, PublicOptions, wrapped_keys
@@ -103,8 +104,8 @@ def _b64url(text: str) -> bytes:
 def _describe(scheme: str, blob: bytes) -> tuple[str, ...]:
     """Best-effort description of a wrapped-key blob's recipients; never raises."""
     try:
-        obj = json.loads(blob)
-    except ValueError:
+        obj = J.loads(blob, "wrapped key")
+    except BadInputError:
         return ("(opaque)",)
     if not isinstance(obj, dict):
         return ("(opaque)",)
@@ -112,14 +113,14 @@ def _describe(scheme: str, blob: bytes) -> tuple[str, ...]:
         if "kid" in obj:  # Confidential Containers key packet
             return (str(obj["kid"]),)
         protected: dict[str, Any] = (
-            json.loads(_b64url(obj.get("protected", ""))) if obj.get("protected") else {}
+            J.loads(_b64url(obj.get("protected", "")), "protected") if obj.get("protected") else {}
         )
         if "recipients" in obj:
             return tuple(
                 str({**protected, **(r.get("header") or {})}.get("alg", "?")) for r in obj["recipients"]
             )
         return (str({**protected, **(obj.get("header") or {})}.get("alg", "?")),)
-    except (ValueError, TypeError, AttributeError, binascii.Error):
+    except (ValueError, TypeError, AttributeError, binascii.Error, BadInputError):
         return ("(unreadable)",)
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from layerseal.errors import BadInputError
+from layerseal.image import jsonutil
 
 OP_WRAP = "keywrap"
 OP_UNWRAP = "keyunwrap"
@@ -111,12 +112,7 @@ def parse_request(data: bytes) -> Request:
     """The request ocicrypt wrote to stdin (or carried in the gRPC message)."""
     if len(data) > MAX_REQUEST:
         raise BadInputError(f"keyprovider request: expected at most {MAX_REQUEST} bytes, seen {len(data)}")
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadInputError(
-            f"keyprovider request: expected one JSON object, seen invalid JSON ({len(data)} bytes)"
-        ) from exc
+    doc = jsonutil.loads(data, f"keyprovider request ({len(data)} bytes)", expected="one JSON object")
     obj = _object(doc, "keyprovider request")
     op = obj.get("op")
     if op == OP_WRAP:

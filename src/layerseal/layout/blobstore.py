@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from layerseal.errors import BadInputError, IntegrityError, NotFoundError
+from layerseal.image import jsonutil
 from layerseal.image.descriptor import Descriptor
 from layerseal.image.digest import Digest, DigestVerifier
 from layerseal.image.transport import CHUNK_SIZE
@@ -340,7 +341,7 @@ class SharedBlobStore:
 
     def _read_ref(self, path: Path) -> tuple[str, set[Digest]]:
         try:
-            obj = json.loads(path.read_bytes())
+            obj = jsonutil.loads(path.read_bytes(), f"shared blob store reference file {path}")
             owner = obj["owner"]
             digests = {Digest.parse(d) for d in obj["digests"]}
             if not isinstance(owner, str):

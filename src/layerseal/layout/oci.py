@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerseal.errors import BadInputError, IntegrityError, NotFoundError
+from layerseal.image import jsonutil
 from layerseal.image import mediatypes as mt
 from layerseal.image.descriptor import Descriptor
 from layerseal.image.digest import Digest, DigestVerifier
@@ -83,10 +83,8 @@ class OciLayout:
         marker = path / LAYOUT_FILE
         if not marker.is_file():
             raise NotFoundError(f"OCI layout {path}: expected an '{LAYOUT_FILE}' file, seen none")
-        try:
-            version = json.loads(marker.read_bytes()).get("imageLayoutVersion")
-        except (ValueError, AttributeError) as exc:
-            raise BadInputError(f"OCI layout {path}/{LAYOUT_FILE}: expected JSON, seen invalid data") from exc
+        obj = jsonutil.loads(marker.read_bytes(), f"OCI layout {path}/{LAYOUT_FILE}")
+        version = obj.get("imageLayoutVersion") if isinstance(obj, dict) else None
         if version != "1.0.0":
             raise BadInputError(f"OCI layout {path}: expected imageLayoutVersion 1.0.0, seen {version!r}")
         return cls(path)

@@ -38,6 +38,7 @@ from layerseal.errors import (
     TransportError,
     expected_seen,
 )
+from layerseal.image import jsonutil
 from layerseal.image import mediatypes as mt
 from layerseal.image.descriptor import Descriptor
 from layerseal.image.digest import Digest, DigestVerifier
@@ -957,10 +958,4 @@ def _sent_once(pieces: list[bytes | memoryview], skip: int = 0) -> Iterator[byte
 
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except ValueError as exc:
-        raise BadInputError(f"{what}: expected JSON, seen invalid data") from exc
-    if not isinstance(value, dict):
-        raise BadInputError(f"{what}: expected a JSON object, seen {type(value).__name__}")
-    return value
+    return jsonutil.loads_object(data, what)
