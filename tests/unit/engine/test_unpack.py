@@ -650,4 +650,3 @@ def test_oversized_pax_header_refused(area: Path) -> None:
     ):
         unpack(tar, area / "snap")
     assert_nothing_escaped(area)
-
