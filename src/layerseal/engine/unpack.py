@@ -515,9 +515,12 @@ def _dirs_post_order(
         for parts in sorted(targets):
             if not parts:
                 continue
-            common = 0
-            while common < min(len(path), len(parts)) and path[common] == parts[common]:
-                common += 1
+            if parts[: len(path)] == tuple(path):
+                common = len(path)  # the usual case in sorted order: a descendant
+            else:
+                common = 0
+                while common < min(len(path), len(parts)) and path[common] == parts[common]:
+                    common += 1
             while len(path) > common:
                 fd = ascend(fd)
             for name in parts[len(path) :]:
@@ -711,7 +714,7 @@ class _Extractor:
         if ti.size and not ti.isreg():
             self.refuse(entry, "only regular files carry data", "size 0", f"size {ti.size}")
         parts = self.normalise(entry, entry, "entry name")
-        if any(p.startswith(WHITEOUT_PREFIX * 2) for p in parts[:-1]):
+        if parts and "/" + WHITEOUT_PREFIX * 2 in "/" + "/".join(parts[:-1]):
             # inside AUFS metadata directories (.wh..wh.plnk/...): meaningless for OCI layers
             self.skipped.append(entry)
             self._discard_data(tf, ti, entry)
@@ -1133,7 +1136,37 @@ def _clear_xattrs(fd: int, privileged: bool) -> None:
                 os.removexattr(fd, name)
 
 
-def _copy_data(src: int, dst: int) -> None:
+def _copy_sparse(src: int, dst: int, size: int) -> None:
+    """Copy only the data extents of a file with holes, so the copy keeps its holes."""
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(src, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # ENXIO: only a hole remains
+                raise
+            break
+        end = os.lseek(src, start, os.SEEK_HOLE)
+        while start < end:
+            n = os.copy_file_range(src, dst, min(end - start, 1 << 30), start, start)
+            if n == 0:
+                break
+            start += n
+        pos = end
+    os.ftruncate(dst, size)
+
+
+def _copy_data(src: int, dst: int, st: os.stat_result | None = None) -> None:
+    if st is not None and st.st_blocks * 512 < st.st_size:
+        try:
+            _copy_sparse(src, dst, st.st_size)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EOPNOTSUPP):
+                raise
+            os.lseek(src, 0, os.SEEK_SET)
+            os.ftruncate(dst, 0)
+            os.lseek(dst, 0, os.SEEK_SET)
     try:
         while os.sendfile(dst, src, None, 1 << 30):
             pass
@@ -1412,7 +1445,7 @@ class _Stacker:
                 name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dst
             )
             try:
-                _copy_data(sfd, dfd)
+                _copy_data(sfd, dfd, st)
                 if self.privileged:
                     os.fchown(dfd, st.st_uid, st.st_gid)
                 _copy_xattrs(sfd, dfd, self.privileged)
