@@ -1240,12 +1240,19 @@ class _Stacker:
     def layer(self, src_root: int, label: str) -> None:
         self._label = label
         self._links = {}  # the snapshot's own hard links join files of this layer only
-        lower = self._lower_links(src_root)
-        # the lower files as they are now: the links were made before this layer changed anything
-        pending = [(parts, target, self._lower_file(parts, target)) for parts, target in lower]
-        self._merge(src_root)
-        for parts, target, ident in pending:
-            self._link_lower(parts, target, ident)
+        # hard links to lower files name them as the layers below left them: hold each
+        # (O_PATH) before this layer's own changes, which may replace or remove it
+        held: list[tuple[tuple[str, ...], int]] = []
+        try:
+            for parts, target in self._lower_links(src_root):
+                held.append((parts, self._lower_file(parts, target)))
+            self._merge(src_root)
+            copies: dict[tuple[int, int], tuple[str, ...]] = {}
+            for parts, fd in held:
+                self._link_lower(parts, fd, copies)
+        finally:
+            for _, fd in held:
+                os.close(fd)
 
     def _refuse(self, parts: tuple[str, ...], rule: str, expected: str, seen: str) -> NoReturn:
         path = "/".join(parts)
@@ -1268,7 +1275,7 @@ class _Stacker:
             os.close(fd)
         return _parse_lower_links(b"".join(chunks), self._label, self.what)
 
-    def _lower_file(self, parts: tuple[str, ...], target: tuple[str, ...]) -> tuple[int, int]:
+    def _lower_file(self, parts: tuple[str, ...], target: tuple[str, ...]) -> int:
         rule = "hard links stay inside the image"
         want = f"{'/'.join(target)!r} to be a file of a lower layer"
         try:
@@ -1276,34 +1283,54 @@ class _Stacker:
         except _Blocked as b:
             self._refuse(parts, rule, want, f"{'/'.join(b.sofar)!r} is {b.kind}")
         try:
-            st = os.stat(target[-1], dir_fd=tparent, follow_symlinks=False)
+            fd = os.open(target[-1], os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=tparent)
         except FileNotFoundError:
             self._refuse(parts, rule, want, "no such entry in any lower layer")
         finally:
             os.close(tparent)
-        if stat.S_ISDIR(st.st_mode):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
             self._refuse(parts, rule, want, "a directory")
-        return st.st_dev, st.st_ino
+        return fd
 
-    def _link_lower(self, parts: tuple[str, ...], target: tuple[str, ...], ident: tuple[int, int]) -> None:
-        tparent = _walk(self.root_fd, target[:-1])
+    def _link_lower(
+        self, parts: tuple[str, ...], fd: int, copies: dict[tuple[int, int], tuple[str, ...]]
+    ) -> None:
         try:
-            st = os.stat(target[-1], dir_fd=tparent, follow_symlinks=False)
-            if (st.st_dev, st.st_ino) != ident:
-                self._refuse(
-                    parts,
-                    "hard links stay inside the image",
-                    f"{'/'.join(target)!r} as the lower layer left it",
-                    "a file this layer replaced later (unsupported)",
-                )
             parent = _walk(self.root_fd, parts[:-1])
+        except _Blocked as b:  # cannot happen for a snapshot unpack_layer wrote
+            self._refuse(parts, "hard link placeholder", "its directory", f"{'/'.join(b.sofar)!r}: {b.kind}")
+        try:
+            _remove_at(parent, parts[-1])
             try:
-                _remove_at(parent, parts[-1])
-                os.link(target[-1], parts[-1], src_dir_fd=tparent, dst_dir_fd=parent, follow_symlinks=False)
-            finally:
-                os.close(parent)
+                # the /proc link names the held inode itself, wherever it is now
+                os.link(f"/proc/self/fd/{fd}", parts[-1], dst_dir_fd=parent, follow_symlinks=True)
+            except FileNotFoundError:
+                # this layer removed the file's last name after linking it: umoci's tree
+                # then holds the link alone, so a copy of the file is equal to it
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    self._refuse(
+                        parts, "hard links stay inside the image", "a regular file", _describe(st.st_mode)
+                    )
+                first = copies.get((st.st_dev, st.st_ino))
+                if first is not None:  # the links to one removed file stay one inode
+                    fparent = _walk(self.root_fd, first[:-1])
+                    try:
+                        os.link(
+                            first[-1], parts[-1], src_dir_fd=fparent, dst_dir_fd=parent, follow_symlinks=False
+                        )
+                    finally:
+                        os.close(fparent)
+                    return
+                sfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    self._copy_file(sfd, parent, parts[-1], st)
+                finally:
+                    os.close(sfd)
+                copies[(st.st_dev, st.st_ino)] = parts
         finally:
-            os.close(tparent)
+            os.close(parent)
 
     # -- the merge ---------------------------------------------------------------------
 
@@ -1441,22 +1468,25 @@ class _Stacker:
                     os.close(first_parent)
         sfd = _open_for_copy(name, src, self.privileged)
         try:
-            dfd = os.open(
-                name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dst
-            )
-            try:
-                _copy_data(sfd, dfd, st)
-                if self.privileged:
-                    os.fchown(dfd, st.st_uid, st.st_gid)
-                _copy_xattrs(sfd, dfd, self.privileged)
-                os.fchmod(dfd, stat.S_IMODE(st.st_mode))
-                os.utime(dfd, ns=(st.st_atime_ns, st.st_mtime_ns))
-            finally:
-                os.close(dfd)
+            self._copy_file(sfd, dst, name, st)
         finally:
             os.close(sfd)
         if st.st_nlink > 1:
             self._links[key] = parts
+
+    def _copy_file(self, sfd: int, dst: int, name: str, st: os.stat_result) -> None:
+        dfd = os.open(
+            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dst
+        )
+        try:
+            _copy_data(sfd, dfd, st)
+            if self.privileged:
+                os.fchown(dfd, st.st_uid, st.st_gid)
+            _copy_xattrs(sfd, dfd, self.privileged)
+            os.fchmod(dfd, stat.S_IMODE(st.st_mode))
+            os.utime(dfd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(dfd)
 
     def finish(self) -> None:
         _dirs_post_order(self.root_fd, self.dirs, self._finish_dir)

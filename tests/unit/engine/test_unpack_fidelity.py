@@ -243,6 +243,25 @@ def test_hard_link_to_a_file_of_an_earlier_layer(tmp_path: Path) -> None:
     assert os.lstat(rootfs / "usr/bin/perl").st_nlink == 3
 
 
+def test_hard_link_to_a_lower_file_this_layer_then_removes(tmp_path: Path) -> None:
+    # tar order: the link first, then the whiteout of the target's directory; umoci keeps
+    # the link (the inode lives on through it), so must we
+    l1 = snapshot(tmp_path, "l1", [dir_("a"), reg("a/f", b"old", 0o640, mtime=MTIME + 1)])
+    l2 = snapshot(tmp_path, "l2", [link("h", "a/f"), reg(".wh.a"), link("g", "h")])
+    rootfs = tmp_path / "rootfs"
+    stack_snapshots([l1, l2], rootfs)
+    assert listing(rootfs) == {"h", "g"}
+    assert (rootfs / "h").read_bytes() == b"old"
+    st_ = os.lstat(rootfs / "h")
+    assert (stat.S_IMODE(st_.st_mode), st_.st_mtime) == (0o640, MTIME + 1)
+    assert os.lstat(rootfs / "g").st_ino == st_.st_ino
+    # and a lower file replaced after the link keeps its old inode for the link
+    l3 = snapshot(tmp_path, "l3", [link("k", "a/f"), reg("a/f", b"new")])
+    stack_snapshots([l1, l3], tmp_path / "rootfs2")
+    assert (tmp_path / "rootfs2/k").read_bytes() == b"old"
+    assert (tmp_path / "rootfs2/a/f").read_bytes() == b"new"
+
+
 def test_hard_link_to_nothing_is_refused_when_stacking(tmp_path: Path) -> None:
     l1 = snapshot(tmp_path, "l1", [reg("a")])
     l2 = snapshot(tmp_path, "l2", [link("h", "nothing")])
