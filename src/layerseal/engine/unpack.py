@@ -13,6 +13,11 @@ the markers need no privilege (overlayfs' 0/0 char devices would need root).  St
 applies them: for each layer, lower to upper, a directory's opaque marker first empties
 the directory built so far, then each ``.wh.NAME`` removes ``NAME``, then the layer's own
 entries are merged in.  Whiteouts thus only hide lower layers, as the spec requires.
+Two more markers, in AUFS' ``.wh..wh.`` namespace that no layer entry can create (such
+entries are skipped): ``.wh..wh..implicit`` in a directory the layer only wrote into
+(stacking then keeps the metadata of the directory below, as umoci does), and
+``.wh..wh..lowerlinks`` at the root, listing hard links to files of lower layers (left
+as empty placeholders in the snapshot, linked when stacking).
 
 Policy choices:
 - any ``..`` component and any absolute name (entry or hard-link target) is refused;
@@ -22,15 +27,21 @@ Policy choices:
   setuid/setgid bits are dropped; xattrs in ``user.*`` are always restored, other
   namespaces only as root, ``*.overlay.*`` never (they would steer overlayfs);
   an xattr the filesystem refuses is skipped and listed;
-- directories' modes and mtimes are applied at the end, deepest first, so a read-only
+- directories' modes and mtimes are applied at the end, children first, so a read-only
   directory in the tar does not block its own children;
-- pax/GNU long-name headers are capped at 1 MiB and sparse entries refused, since
-  tarfile would buffer them whole.
+- pax/GNU long-name headers are capped at 1 MiB, sparse maps at 65536 regions (tarfile
+  would read them whole); sparse files are written with holes;
+- every uncompressed byte and entry is charged to :mod:`layerseal.engine.limits` before
+  it is written;
+- what Go's archive/tar (so umoci) accepts is accepted: no end-of-archive blocks after a
+  whole member, empty PAX records ignored, PAX mtimes exact to the ns.
+
+Trees are walked, merged and removed without recursion, holding one directory descriptor
+per tree (going up by ``..``), so depth costs neither Python stack nor open files.
 
 Known limits: stacking never follows a lower layer's symlink, so an upper layer whose
 directory ``lib/`` meets a lower symlink ``lib -> usr/lib`` replaces the symlink (as
-overlayfs does; containerd would resolve it).  Without root, entries the owner cannot
-read (mode 0o000 files, 0o300 directories) cannot be stacked.
+overlayfs does; containerd would resolve it).
 """
 
 from __future__ import annotations
