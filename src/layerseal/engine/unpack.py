@@ -514,10 +514,9 @@ def _dirs_post_order(
                 parts = tuple(path)
                 fn(fd, parts, targets[parts])
         except BaseException:
-            os.close(up)
+            os.close(up)  # fd stays the caller's to close
             raise
-        finally:
-            os.close(fd)
+        os.close(fd)
         path.pop()
         wanted.pop()
         return up
@@ -1355,9 +1354,9 @@ class _Stacker:
         parts: list[str] = []
         # per level: the names still to merge (reversed, popped in order); the snapshot
         # directory's mode to put back, where it was lent to its unprivileged owner
-        todo = [self._enter(src, dst, (), () in self.dirs, os.fstat(src))]
         lent: list[int | None] = [None]
         try:
+            todo = [self._enter(src, dst, (), () in self.dirs, os.fstat(src))]
             while todo:
                 if todo[-1]:
                     name = todo[-1].pop()
@@ -1386,10 +1385,12 @@ class _Stacker:
                 if not parts:
                     break
                 up = os.open("..", _DIR_FLAGS, dir_fd=src)
-                if mode is not None:
-                    os.fchmod(src, mode)
-                os.close(src)
-                src = up
+                try:
+                    if mode is not None:
+                        os.fchmod(src, mode)
+                finally:
+                    os.close(src)
+                    src = up
                 up = os.open("..", _DIR_FLAGS, dir_fd=dst)
                 os.close(dst)
                 dst = up
