@@ -265,9 +265,12 @@ class _CheckedTarInfo(tarfile.TarInfo):
                 self.offset, "sparse map size", f"at most {MAX_SPARSE_REGIONS} regions", f"{n} or more"
             )
 
-    def _proc_gnusparse_00(self, next: tarfile.TarInfo, pax_headers: dict[str, str], buf: bytes) -> None:
-        self._check_regions(buf.count(b" GNU.sparse.offset="))
-        super()._proc_gnusparse_00(next, pax_headers, buf)  # type: ignore[misc]
+    def _proc_gnusparse_00(self, next: tarfile.TarInfo, *args: Any) -> None:
+        # 3.11 passes (pax_headers, raw buffer), later versions the list of raw records
+        raw = args[-1]
+        n = raw.count(b" GNU.sparse.offset=") if isinstance(raw, bytes | bytearray) else len(raw) // 2
+        self._check_regions(n)
+        super()._proc_gnusparse_00(next, *args)  # type: ignore[misc]
 
     def _proc_gnusparse_01(self, next: tarfile.TarInfo, pax_headers: dict[str, str]) -> None:
         self._check_regions(pax_headers["GNU.sparse.map"].count(",") // 2)
