@@ -365,7 +365,7 @@ def test_size_limit_flags_on_pull(tmp_path: Path) -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 2
-    assert "max_entries" in proc.stderr
+    assert "limit --max-entries: expected a positive number, seen 0" in proc.stderr
     proc = subprocess.run(
         [str(LAYERSEAL), "pull", f"oci:{tmp_path}/oci:v1", "--rootfs", str(tmp_path / "rootfs"),
          "--store", str(tmp_path / "store"), "--max-image-size", "64M"],

@@ -55,7 +55,8 @@ class UnpackLimits:
     def __post_init__(self) -> None:
         for name in ("max_layer_size", "max_image_size", "max_entries"):
             if getattr(self, name) <= 0:
-                raise BadInputError(expected_seen(f"limit {name}", "a positive number", getattr(self, name)))
+                flag = "--" + name.replace("_", "-")
+                raise BadInputError(expected_seen(f"limit {flag}", "a positive number", getattr(self, name)))
 
 
 class ImageBudget:
@@ -117,6 +118,6 @@ class LayerBudget:
             expected_seen(
                 f"{self.what}: {what}",
                 f"at most {format_size(limit)} (the {scope} limit; raise it with {flag})",
-                f"more: {seen} bytes reached",
+                f"{seen} bytes and more",
             )
         )
