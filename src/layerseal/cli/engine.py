@@ -19,6 +19,13 @@ from layerseal.cli.common import (
 )
 from layerseal.engine.enclave import enclave_client, make_attester
 from layerseal.engine.keys import BrokerUnwrapper
+from layerseal.engine.limits import (
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_MAX_IMAGE_SIZE,
+    DEFAULT_MAX_LAYER_SIZE,
+    UnpackLimits,
+    parse_size,
+)
 from layerseal.engine.pull import PullResult, pull_image
 from layerseal.engine.run import new_bundle_dir, prepare_bundle, prepare_output, run_pulled
 from layerseal.engine.snapshot import SnapshotStore
@@ -55,6 +62,18 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--sim-platform", metavar="DIR", help="sim TEE platform (default: $LAYERSEAL_SIM_PLATFORM)"
     )
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]")
+    p.add_argument(
+        "--max-layer-size", type=parse_size, default=DEFAULT_MAX_LAYER_SIZE, metavar="SIZE",
+        help="most uncompressed bytes one layer may hold (default: 32G)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-image-size", type=parse_size, default=DEFAULT_MAX_IMAGE_SIZE, metavar="SIZE",
+        help="most uncompressed bytes of all layers unpacked (default: 64G)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-entries", type=int, default=DEFAULT_MAX_ENTRIES, metavar="N",
+        help="most tar entries in the image (default: 5000000)",
+    )  # fmt: skip
     add_registry_flags(p, "src")
 
 
@@ -102,6 +121,7 @@ def _pull(args: argparse.Namespace, rootfs: Path) -> PullResult:
             unwrappers=unwrappers,
             broker=broker,
             platform=Platform.parse(args.platform) if args.platform else None,
+            limits=UnpackLimits(args.max_layer_size, args.max_image_size, args.max_entries),
         )
     finally:
         src.close()

@@ -28,6 +28,7 @@ from layerseal.crypto.keywrap import KeyUnwrapper, LayerContext, open_private_op
 from layerseal.crypto.layercipher import LayerDecryptor, decrypt_stream
 from layerseal.engine.decompress import decompressor
 from layerseal.engine.keys import BrokerUnwrapper
+from layerseal.engine.limits import ImageBudget, UnpackLimits
 from layerseal.engine.snapshot import SnapshotStore
 from layerseal.engine.unpack import stack_snapshots, unpack_layer
 from layerseal.errors import BadInputError, DeniedError, IntegrityError, LayersealError, WrongKeyError
@@ -110,8 +111,10 @@ def _obtain_keys(
 
 
 class _Puller:
-    def __init__(self, src: ImageSource, store: SharedBlobStore, snapshots: SnapshotStore) -> None:
-        self.src, self.store, self.snapshots = src, store, snapshots
+    def __init__(
+        self, src: ImageSource, store: SharedBlobStore, snapshots: SnapshotStore, budget: ImageBudget
+    ) -> None:
+        self.src, self.store, self.snapshots, self.budget = src, store, snapshots, budget
         self.abort = threading.Event()
 
     def layer(
@@ -134,7 +137,7 @@ class _Puller:
         # three stages on three threads: fetch + decrypt + verify, decompress, unpack
         tar_stream = threaded(decompressor(compression, what=str(ctx))(threaded(stream)), depth=8)
         with self.snapshots.create(diff_id) as tmp:
-            result = unpack_layer(tar_stream, "none", tmp, what=str(ctx))
+            result = unpack_layer(tar_stream, "none", tmp, what=str(ctx), budget=self.budget)
             for _ in tar_stream:  # authenticate the whole ciphertext before the snapshot is committed
                 pass
             if result.diff_id != diff_id:
@@ -155,11 +158,14 @@ def pull_image(
     platform: Platform | None = None,
     owner: str | None = None,
     workers: int | None = None,
+    limits: UnpackLimits | None = None,
 ) -> PullResult:
     """Pull *src* into *rootfs* (which must not exist yet); see the module docstring.
 
     *workers* layers are pulled at once (default: one per core, as ``copy`` does; each
-    layer already runs its fetch, cipher and unpack on threads of its own).
+    layer already runs its fetch, cipher and unpack on threads of its own).  *limits*
+    bound the uncompressed bytes per layer and per image (of the layers unpacked by this
+    pull) and the number of entries, checked while streaming.
     """
     if workers is None:
         workers = max(2, min(8, os.cpu_count() or 2))
@@ -176,7 +182,7 @@ def pull_image(
     keys, released = _obtain_keys(src, manifest.layers, unwrappers, broker)
     store.add_refs(owner or src.name, [d.digest for d in manifest.layers])
 
-    puller = _Puller(src, store, snapshots)
+    puller = _Puller(src, store, snapshots, ImageBudget(limits))
     results: list[LayerResult | None] = [None] * len(manifest.layers)
     errors: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(manifest.layers) or 1))) as pool:

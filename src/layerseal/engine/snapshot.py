@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from layerseal.engine.limits import UnpackLimits
 from layerseal.engine.unpack import UnpackResult, remove_tree, unpack_layer
 from layerseal.errors import IntegrityError, expected_seen
 from layerseal.image.digest import Digest
@@ -72,10 +73,13 @@ class SnapshotStore:
         *,
         what: str = "layer",
         allow_devices: bool | None = None,
+        limits: UnpackLimits | None = None,
     ) -> UnpackResult:
         """Unpack a layer into a new snapshot, committing it only if its diff_id matches."""
         with self.create(diff_id) as tmp:
-            result = unpack_layer(chunks, compression, tmp, what=what, allow_devices=allow_devices)
+            result = unpack_layer(
+                chunks, compression, tmp, what=what, allow_devices=allow_devices, limits=limits
+            )
             if result.diff_id != diff_id:
                 raise IntegrityError(expected_seen(f"{what} diff_id", diff_id, result.diff_id))
         return result

@@ -100,10 +100,15 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: bookkeeping files a snapshot holds besides the layer's tree (see engine.unpack)
+SNAPSHOT_MARKERS = (".wh..wh..implicit", ".wh..wh..lowerlinks")
+
+
 def listing(root: Path) -> set[str]:
-    """Every path below root (relative, symlinks not followed)."""
+    """Every path below root (relative, symlinks not followed), snapshot markers left out."""
     out = set()
     for dirpath, dirnames, filenames in os.walk(root):
         for n in dirnames + filenames:
-            out.add(os.path.relpath(os.path.join(dirpath, n), root))
+            if n not in SNAPSHOT_MARKERS:
+                out.add(os.path.relpath(os.path.join(dirpath, n), root))
     return out

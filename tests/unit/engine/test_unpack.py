@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from engine_tarkit import (
     MTIME,
+    SNAPSHOT_MARKERS,
     Entry,
     chunked,
     compress,
@@ -267,14 +268,13 @@ def malicious(area: Path) -> list[tuple[str, list[Entry], str, str]]:
             "hardlink-to-symlink",
             [sym("s", sentinel + "/keep"), link("h", "s")],
             "h",
-            "hard links stay inside the layer.*regular file",
+            "hard links stay inside the image.*regular file",
         ),
-        ("hardlink-missing", [link("h", "nothing")], "h", "hard links stay inside the layer"),
         (
             "hardlink-through-symlink",
             [reg("f"), sym("d", "."), link("h", "d/f")],
             "h",
-            "hard links stay inside the layer",
+            "hard links stay inside the image",
         ),
         ("whiteout-dotdot", [dir_("a"), reg("a/.wh..")], "a/.wh..", "whiteout must name one entry"),
         ("whiteout-dotdot-path", [reg(".wh.../sentinel/keep")], ".wh.../sentinel/keep", r"'\.\.'|whiteout"),
@@ -341,12 +341,14 @@ def test_corrupt_zstd_refused(area: Path) -> None:
     assert_nothing_escaped(area)
 
 
-def test_tar_without_end_marker_refused(area: Path) -> None:
-    # stops exactly at a header boundary: tarfile alone would call this a complete archive
-    tar = raw_tar([reg("a", b"x" * 512)], end=False)
-    with pytest.raises(BadInputError, match="end-of-archive"):
-        unpack(tar, area / "snap")
-    assert_nothing_escaped(area)
+def test_tar_without_end_marker_accepted(area: Path) -> None:
+    # stops exactly at a header boundary after a whole member: Go's archive/tar and umoci
+    # accept this (umoci 0.4.7's `insert` writes such layers); see test_unpack_fidelity for
+    # the members cut short that are still refused
+    tar = raw_tar([reg("a", b"x" * 512), reg("b", b"y" * 10)], end=False)
+    result = unpack(tar, area / "snap")
+    assert (area / "snap/b").read_bytes() == b"y" * 10
+    assert result.diff_id.hex == sha256_hex(tar)
 
 
 def test_garbage_header_refused(area: Path) -> None:
@@ -446,6 +448,8 @@ def walk(root: Path) -> dict[str, tuple[str, object, int]]:
     out: dict[str, tuple[str, object, int]] = {}
     for name in os.listdir(root):
         p = root / name
+        if name in SNAPSHOT_MARKERS:
+            continue
         st_ = os.lstat(p)
         assert st_.st_mtime == MTIME
         if stat.S_ISLNK(st_.st_mode):
@@ -644,12 +648,5 @@ def test_oversized_pax_header_refused(area: Path) -> None:
     with pytest.raises(
         BadInputError, match=r"layer L1: tar header at offset 0 refused \(metadata header size\)"
     ):
-        unpack(tar, area / "snap")
-    assert_nothing_escaped(area)
-
-
-def test_gnu_sparse_refused(area: Path) -> None:
-    tar = raw_tar([reg("ok", b"1"), Entry("sparse", tarfile.GNUTYPE_SPARSE)])
-    with pytest.raises(BadInputError, match=r"no sparse files"):
         unpack(tar, area / "snap")
     assert_nothing_escaped(area)
