@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -161,6 +161,18 @@ def parse_size(text: str, what: str, *, most: int | None = None) -> int:
     if most is not None and size > most:
         raise BadInputError(f"{what} {text!r}: expected at most {most} bytes, seen {size}")
     return size
+
+
+def size_flag(flag: str) -> Callable[[str], int]:
+    """An argparse ``type`` for a size flag: a bad value is a usage error (exit 2), not a traceback."""
+
+    def parse(text: str) -> int:
+        try:
+            return parse_size(text, flag)
+        except BadInputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return parse
 
 
 class RichProgress:

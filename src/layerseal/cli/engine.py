@@ -16,6 +16,7 @@ from layerseal.cli.common import (
     parse_unwrappers,
     print_json,
     registry_options,
+    size_flag,
 )
 from layerseal.engine.enclave import enclave_client, make_attester
 from layerseal.engine.keys import BrokerUnwrapper
@@ -24,7 +25,6 @@ from layerseal.engine.limits import (
     DEFAULT_MAX_IMAGE_SIZE,
     DEFAULT_MAX_LAYER_SIZE,
     UnpackLimits,
-    parse_size,
 )
 from layerseal.engine.pull import PullResult, pull_image
 from layerseal.engine.run import new_bundle_dir, prepare_bundle, prepare_output, run_pulled
@@ -63,11 +63,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]")
     p.add_argument(
-        "--max-layer-size", type=parse_size, default=DEFAULT_MAX_LAYER_SIZE, metavar="SIZE",
+        "--max-layer-size", type=size_flag("--max-layer-size"), default=DEFAULT_MAX_LAYER_SIZE,
+        metavar="SIZE",
         help="most uncompressed bytes one layer may hold (default: 32G)",
     )  # fmt: skip
     p.add_argument(
-        "--max-image-size", type=parse_size, default=DEFAULT_MAX_IMAGE_SIZE, metavar="SIZE",
+        "--max-image-size", type=size_flag("--max-image-size"), default=DEFAULT_MAX_IMAGE_SIZE,
+        metavar="SIZE",
         help="most uncompressed bytes of all layers unpacked (default: 64G)",
     )  # fmt: skip
     p.add_argument(
