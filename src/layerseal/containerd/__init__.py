@@ -5,4 +5,8 @@
 ``contentstore`` finds a layer's descriptor in containerd's content store when no
 payload came, ``decoder`` spools, authenticates and decrypts one layer.
 Imports stay lazy: containerd starts the processor once per layer.
+
+Place in the dependency order: beside ``keyprovider/`` (whose attested, cached broker
+client it reuses); it may import keyprovider, crypto, image and errors, and only
+``cli/`` imports it.
 """
