@@ -78,6 +78,19 @@ class PacketUnwrapper:
         return self.provider.unwrap(protocol.UnwrapRequest(self.parameters, blob))
 
 
+class NoBroker:
+    """Stands in for the broker when none is configured, so a packet-only layer says what is missing."""
+
+    def handles(self, scheme: str) -> bool:
+        return scheme in PACKET_SCHEMES
+
+    def unwrap(self, scheme: str, blob: bytes, layer: LayerContext) -> bytes | None:
+        raise BadInputError(
+            f"{layer}: its key is a broker key packet ({scheme}): expected the broker URL "
+            "(--kbs in the stanza's args, $LAYERSEAL_KBS_URL or the keyprovider config file), seen none"
+        )
+
+
 def unwrappers(
     keys: Sequence[PrivateKey],
     provider: Provider | None,
@@ -86,6 +99,5 @@ def unwrappers(
     out: list[KeyUnwrapper] = []
     if keys:
         out.append(JweUnwrapper(keys))
-    if provider is not None:
-        out.append(PacketUnwrapper(provider, parameters))
+    out.append(PacketUnwrapper(provider, parameters) if provider is not None else NoBroker())
     return tuple(out)

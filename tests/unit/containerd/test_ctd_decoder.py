@@ -138,3 +138,25 @@ def test_content_store_lookup(tmp_path: Path, layer: EncLayer) -> None:
     assert find_layer_descriptors(root, Digest.of(b"nothing"), ENC_GZIP) == []
     with pytest.raises(BadInputError, match=r"containerd content store .*: expected a readable directory"):
         find_layer_descriptors(tmp_path / "missing", layer.descriptor.digest, ENC_GZIP)
+
+
+def test_packet_only_layer_without_broker_names_the_missing_setting(tmp_path: Path, layer: EncLayer) -> None:
+    from layerseal.containerd.keysource import unwrappers
+    from layerseal.image.encryption import keys_annotation
+
+    name, value = keys_annotation("provider.attestation-agent", [b'{"kid":"kbs:///acme/layer-key/k1"}'])
+    notes = {k: v for k, v in layer.descriptor.annotations.items() if ".enc.keys." not in k}
+    desc = layer.descriptor.with_changes(annotations={**notes, name: value})
+    out = io.BytesIO()
+    with pytest.raises(
+        BadInputError, match=r"broker key packet \(provider.attestation-agent\): expected the broker URL"
+    ):
+        decode(
+            io.BytesIO(layer.blob),
+            out,
+            ENC_GZIP,
+            descriptor=desc,
+            unwrappers=unwrappers([KEY], None, {}),
+            spool_dir=tmp_path,
+        )
+    assert out.getvalue() == b""
