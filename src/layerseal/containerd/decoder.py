@@ -51,6 +51,7 @@ from layerseal.image import mediatypes as mt
 from layerseal.image.descriptor import Descriptor
 from layerseal.image.digest import Digest
 from layerseal.image.encryption import PrivateOptions, PublicOptions
+from layerseal.streams import Background
 
 CHUNK = 1 << 20
 
@@ -104,6 +105,9 @@ def spool_input(
 ) -> tuple[Digest, int]:
     """Copy *src* into *spool*; returns the digest and size of what was read."""
     digest = hashlib.sha256()
+    # the digest and the HMAC of one chunk run on helper threads while the next is read and written
+    digest_bg = Background(digest.update)
+    mac_bg = Background(mac.update) if mac is not None else None
     size = 0
     while True:
         chunk = src.read(CHUNK)
@@ -112,10 +116,13 @@ def spool_input(
         size += len(chunk)
         if limit is not None and size > limit:
             raise IntegrityError(f"encrypted layer on stdin: expected {limit} bytes, seen more")
-        digest.update(chunk)
-        if mac is not None:
-            mac.update(chunk)
+        digest_bg.update(chunk)
+        if mac_bg is not None:
+            mac_bg.update(chunk)
         spool.write(chunk)
+    digest_bg.wait()
+    if mac_bg is not None:
+        mac_bg.wait()
     spool.flush()
     return Digest("sha256", digest.hexdigest()), size
 
