@@ -92,7 +92,7 @@ def _read_payload(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _provider(args: argparse.Namespace) -> Any:
+def _provider(args: argparse.Namespace, parameters: Any) -> Any:
     from layerseal.keyprovider.params import Settings, parse_rest
     from layerseal.keyprovider.provider import Provider, load_settings
     from layerseal.keyprovider.tokencache import TokenCache, default_directory
@@ -102,7 +102,8 @@ def _provider(args: argparse.Namespace) -> Any:
         kbs=kbs, cacert=args.cacert, tee=args.tee, sim_platform=args.sim_platform, cache_dir=args.cache_dir
     )
     settings = load_settings(flags, args.config, os.environ)
-    if not settings.kbs:
+    # the broker may also come from the payload (ctr-enc --key provider:layerseal:kbs=URL)
+    if not settings.kbs and not parameters.get("layerseal"):
         return None
     return Provider(
         "layerseal", settings, cache=TokenCache(settings.cache_dir or default_directory(os.environ))
@@ -122,7 +123,7 @@ def _decode(args: argparse.Namespace) -> None:
     keys = keysource.payload_keys(payload.parameters)
     if args.decryption_keys_path:
         keys += keysource.directory_keys(Path(args.decryption_keys_path))
-    provider = _provider(args)
+    provider = _provider(args, payload.parameters)
     root = Path(args.containerd_root or contentstore.DEFAULT_ROOT)
     try:
         decode(

@@ -11,7 +11,7 @@ import pytest
 from helpers.enclayer import EncLayer, encrypted_layer, tampered
 from layerseal.containerd.contentstore import blobs_dir, find_layer_descriptors
 from layerseal.containerd.decoder import decode
-from layerseal.crypto.keys import generate_key
+from layerseal.crypto.keys import generate_key, private_key_to_pem
 from layerseal.crypto.keywrap import JweUnwrapper
 from layerseal.errors import BadInputError, IntegrityError, WrongKeyError
 from layerseal.image import mediatypes as mt
@@ -160,3 +160,17 @@ def test_packet_only_layer_without_broker_names_the_missing_setting(tmp_path: Pa
             spool_dir=tmp_path,
         )
     assert out.getvalue() == b""
+
+
+def test_keys_directory_names_a_bad_file(tmp_path: Path) -> None:
+    from layerseal.containerd.keysource import directory_keys
+
+    (tmp_path / "good.key").write_bytes(private_key_to_pem(KEY))
+    (tmp_path / "good.pub").write_bytes(b"skipped")
+    (tmp_path / ".hidden").write_bytes(b"skipped")
+    assert len(directory_keys(tmp_path)) == 1
+    (tmp_path / "broken.key").write_bytes(b"not a key")
+    with pytest.raises(BadInputError, match=r"broken\.key"):
+        directory_keys(tmp_path)
+    with pytest.raises(BadInputError, match=r"--decryption-keys-path .*: expected a readable directory"):
+        directory_keys(tmp_path / "missing")
