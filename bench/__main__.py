@@ -15,6 +15,7 @@ BENCHMARKS = [
     "add_layer",
     "broker_load",
     "keyprovider",
+    "containerd_decode",
     "attest_verify",
 ]
 

@@ -34,6 +34,7 @@ _COMMAND_MODULES = {
     "broker": "broker",
     "tee": "tee",
     "keyprovider": "keyprovider",
+    "containerd": "containerd",
 }
 
 
