@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layerseal.broker.custody import Pkcs11Custody
+from layerseal.broker.custody import KeyCustody, MasterKeyCustody, Pkcs11Custody
 from layerseal.errors import BadInputError, DeniedError, NotFoundError, TransportError
 
 ENV_VAR = "LAYERSEAL_MASTER_KEY"
@@ -229,3 +229,15 @@ def open_pkcs11_custody(
     label = (token.label or "").encode()
     key_id = hashlib.sha256(b"layerseal pkcs11 key id\0" + label + b"\0" + uri.object.encode()).digest()[:8]
     return Pkcs11Custody(key, key_id, where, session)
+
+
+def open_custody(
+    key_file: Path | None, uri: str | None, *, create: bool = False, environ: Mapping[str, str] | None = None
+) -> KeyCustody:
+    """The master key's custody: a PKCS#11 token key (*uri*), else ``$LAYERSEAL_MASTER_KEY``
+    or *key_file* (created once if *create*)."""
+    if uri is not None:
+        if not uri.startswith(PKCS11_SCHEME):
+            raise BadInputError("--master-key: expected a 'pkcs11:' URI, seen another scheme")
+        return open_pkcs11_custody(uri, create=create, environ=environ)
+    return MasterKeyCustody(load_master_key(key_file, create=create, environ=environ))

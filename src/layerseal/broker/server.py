@@ -13,16 +13,17 @@ import json
 import os
 import stat
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from layerseal.broker import database
 from layerseal.broker.app import create_app
-from layerseal.broker.audit import ChainReport, verify_chain
-from layerseal.broker.custody import KeyCustody, MasterKeyCustody
+from layerseal.broker.audit import ChainReport
+from layerseal.broker.auditlog import verify_database
 from layerseal.broker.jsonlog import configure_logging
-from layerseal.broker.masterkey import PKCS11_SCHEME, load_master_key, open_pkcs11_custody
+from layerseal.broker.masterkey import open_custody
 from layerseal.broker.ratelimit import RateLimiter
 from layerseal.broker.service import ADMIN_TENANT, Broker, BrokerConfig
 from layerseal.broker.store import ApiTokenRow, Store
@@ -64,14 +65,9 @@ def open_broker(
 
     *master_key_uri* (``pkcs11:...``) puts the master key in a token; it wins over the file.
     """
-    custody: KeyCustody
-    if master_key_uri is not None:
-        if not master_key_uri.startswith(PKCS11_SCHEME):
-            raise BadInputError("--master-key: expected a 'pkcs11:' URI, seen another scheme")
-        custody = open_pkcs11_custody(master_key_uri, create=create_master_key)
-    else:
-        key_file = master_key_file or default_master_key_file(db_url)
-        custody = MasterKeyCustody(load_master_key(key_file, create=create_master_key))
+    custody = open_custody(
+        master_key_file or default_master_key_file(db_url), master_key_uri, create=create_master_key
+    )
     engine = database.create_db_engine(db_url)
     if migrate:
         database.migrate(engine)
@@ -236,11 +232,20 @@ def serve(options: ServeOptions) -> None:
     sys.stdout.flush()
 
 
-def audit_verify(db_url: str) -> ChainReport:
-    """Check the audit chain of a broker database (no master key needed)."""
+def audit_verify(
+    db_url: str,
+    *,
+    master_key_file: Path | None = None,
+    master_key_uri: str | None = None,
+    checkpoints: Sequence[Path] = (),
+) -> ChainReport:
+    """Check the audit log of a broker database: chains, keyed heads, checkpoints.
+
+    The head MACs and checkpoint signatures need the audit key, so the master key too.
+    """
+    custody = open_custody(master_key_file or default_master_key_file(db_url), master_key_uri)
     engine = database.create_db_engine(db_url)
     try:
-        store = Store(engine)
-        return verify_chain(store.iter_audit(), store.audit_head())
+        return verify_database(Store(engine), custody, checkpoints)
     finally:
         engine.dispose()
