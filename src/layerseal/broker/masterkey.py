@@ -38,15 +38,44 @@ def _decode(text: str, what: str) -> bytes:
     return raw
 
 
+def write_private_file_once(path: Path, text: str) -> bool:
+    """Create *path* (mode 0600) holding *text*, complete or not at all; False if it exists.
+
+    The content goes to a temporary file first and is hard-linked into place, so of several
+    processes creating the same file at once exactly one wins and no reader ever sees it
+    empty or half-written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        _fsync_dir(path.parent)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def create_master_key_file(path: Path) -> bytes:
     """Write a fresh random master key (base64) to *path* with mode 0600; fail if it exists."""
     key = secrets.token_bytes(KEY_SIZE)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(base64.b64encode(key).decode() + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    if not write_private_file_once(path, base64.b64encode(key).decode() + "\n"):
+        raise BadInputError(f"master key file {path}: expected none (to create), seen one")
     return key
 
 
@@ -73,8 +102,15 @@ def load_master_key(
         return _decode(text, f"environment variable {ENV_VAR}")
     if path is None:
         raise BadInputError(f"master key: expected ${ENV_VAR} or a master key file, seen neither")
-    if create and not path.exists():
-        return create_master_key_file(path)
+    if create:
+        try:
+            return read_master_key_file(path)
+        except NotFoundError:
+            pass
+        # replicas starting together: one file wins, the others read that one
+        key = secrets.token_bytes(KEY_SIZE)
+        if write_private_file_once(path, base64.b64encode(key).decode() + "\n"):
+            return key
     return read_master_key_file(path)
 
 

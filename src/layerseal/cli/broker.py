@@ -44,6 +44,7 @@ def _serve(args: argparse.Namespace) -> int:
             auth_burst=args.auth_burst,
             relaxed_audit_sync=args.audit_sync == "normal",
             workers=args.workers,
+            db_pool_size=args.db_pool_size,
             config=BrokerConfig(token_ttl=args.token_ttl, session_ttl=args.session_ttl),
         )
     )
@@ -212,6 +213,13 @@ def register(subparsers: Any) -> None:
         default=1,
         help="worker processes sharing the listen socket (state is in the database; "
         "the --auth-rate limit applies per worker)",
+    )
+    serve.add_argument(
+        "--db-pool-size",
+        type=int,
+        default=8,
+        help="PostgreSQL connections per pool (default 8); each worker process keeps two pools, so "
+        "a deployment needs replicas x workers x 2 x N connections (or PgBouncer, transaction mode)",
     )
     serve.add_argument("--auth-rate", type=float, default=20.0, help="RCAR requests/s per client")
     serve.add_argument("--auth-burst", type=float, default=100.0)
