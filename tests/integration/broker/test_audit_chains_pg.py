@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 from brokerproc import postgres_available, postgres_schema
 
-from layerseal.broker import database
 from layerseal.broker.server import audit_verify, open_broker
-from layerseal.broker.store import Store
 
 pytestmark = [
     pytest.mark.integration,
