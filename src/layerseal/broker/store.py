@@ -175,19 +175,22 @@ _U_HEAD = update(S.audit_head).where(S.audit_head.c.id == bindparam("chain"))
 
 
 class AuditStats:
-    """Time each audit transaction held its chain's head lock (for the load benchmark)."""
+    """How long audit transactions waited for and then held their chain head's row lock
+    (from the locking read to the commit's return), for the load benchmark."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.writes = 0
         self.rows = 0
+        self.wait_seconds = 0.0
         self.hold_seconds = 0.0
 
-    def record(self, seconds: float, rows: int) -> None:
+    def record(self, wait: float, hold: float, rows: int) -> None:
         with self._lock:
             self.writes += 1
             self.rows += rows
-            self.hold_seconds += seconds
+            self.wait_seconds += wait
+            self.hold_seconds += hold
 
 
 class Store:
@@ -826,6 +829,7 @@ class Store:
                     conn.begin()
                     started = time.perf_counter()
                     head = conn.execute(_Q_HEAD, {"chain": chain}).first()
+                    locked = time.perf_counter()
                     now = self.clock()
                     if head is None or not keys.head_ok(audit.Head(chain, head.seq, head.row_hash, head.mac)):
                         conn.rollback()
@@ -858,7 +862,7 @@ class Store:
                         ],
                     )
                     conn.commit()
-                    self.audit_stats.record(time.perf_counter() - started, len(rows))
+                    self.audit_stats.record(locked - started, time.perf_counter() - locked, len(rows))
                 return seqs
             except (SAIntegrityError, OperationalError):
                 if attempt == 4:
