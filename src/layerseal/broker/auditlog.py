@@ -5,8 +5,9 @@
 * Each process appends through a :class:`ChainAppender`: it leases a chain of its own,
   extends it one batch at a time (the row lock it takes is on that chain's head only, so
   no lock is shared by replicas), and refuses to extend a head whose MAC is wrong.
-* Every ``checkpoint_interval`` seconds (and when it closes) a writer stores a signed
-  checkpoint over all chain heads; ``broker audit checkpoint`` exports one for safekeeping.
+* Every ``checkpoint_interval`` seconds under load, when it goes idle (5 s without rows)
+  and when it closes, a writer that appended rows stores a signed checkpoint over all
+  chain heads; ``broker audit checkpoint`` exports one for safekeeping.
 * :func:`verify_database` checks every chain, every head MAC, the stored checkpoints and
   any checkpoint files the operator kept.
 """
@@ -107,6 +108,12 @@ class ChainAppender:
         except Exception:
             log.exception("audit checkpoint failed (retried after the next interval)")
 
+    def idle(self) -> None:
+        """The writer went idle: cover the rows since the last checkpoint now."""
+        with self._lock:
+            if self._dirty:
+                self._checkpoint_quietly()
+
     def close(self) -> None:
         """A last checkpoint if anything was written, then end the lease."""
         with self._lock:
@@ -125,7 +132,7 @@ def open_audit_committer(
     assert keys is not None
     store.adopt_audit_heads(keys)
     appender = ChainAppender(store, keys, checkpoint_interval=checkpoint_interval)
-    return AuditCommitter(appender.append_batch, on_close=appender.close)
+    return AuditCommitter(appender.append_batch, on_close=appender.close, on_idle=appender.idle)
 
 
 def write_checkpoint(store: Store, keys: audit.AuditKeys, *, attempts: int = 5) -> str:

@@ -40,9 +40,11 @@ class AuditCommitter:
         commit_delay: float = 0.002,
         idle_exit: float = 5.0,
         on_close: Callable[[], None] | None = None,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self._append_batch = append_batch
         self._on_close = on_close
+        self._on_idle = on_idle
         self.max_batch = max_batch
         self.commit_delay = commit_delay
         self.idle_exit = idle_exit
@@ -90,12 +92,13 @@ class AuditCommitter:
         if finish_here:
             self._finish()
 
-    def _finish(self) -> None:
-        if self._on_close is not None:
+    def _finish(self, hook: Callable[[], None] | None = None) -> None:
+        hook = hook or self._on_close
+        if hook is not None:
             try:
-                self._on_close()
+                hook()
             except Exception:
-                log.exception("audit log: closing failed")
+                log.exception("audit log: close or idle hook failed")
 
     def _run(self) -> None:
         while True:
@@ -121,6 +124,8 @@ class AuditCommitter:
             if ended is not None:
                 if ended:
                     self._finish()
+                elif self._on_idle is not None:
+                    self._finish(self._on_idle)
                 return
             self._commit(batch)
             self._last_commit = time.monotonic()

@@ -235,3 +235,31 @@ def test_a_single_chain_database_upgrades_and_still_verifies(tmp_path: Path) -> 
     assert [r["seq"] for r in _rows(db)] == [1, 2, 3, 4]
     report = audit_verify(str(db))
     assert report.ok and report.rows == 4, report.problems
+
+
+def test_writers_store_chained_checkpoints_and_a_removed_one_is_noticed(tmp_path: Path) -> None:
+    from layerseal.broker.auditlog import ChainAppender, audit_keys
+
+    broker = open_broker(str(tmp_path / "b.db"), create_master_key=True)
+    try:
+        keys = audit_keys(broker.store, broker.custody)
+        assert keys is not None
+        ticks = iter(range(0, 10_000, 10))
+        appender = ChainAppender(broker.store, keys, checkpoint_interval=15, clock=lambda: next(ticks))
+        entry = broker._audit_entry("token-revoke", "ok", actor="t")
+        for _ in range(6):  # the clock moves 10 s per call: a checkpoint every other batch
+            appender.append_batch([entry])
+        appender.close()
+    finally:
+        broker.close()
+        broker.store.dispose()
+    db = tmp_path / "b.db"
+    with sqlite3.connect(db) as conn:
+        numbers = [n for (n,) in conn.execute("SELECT number FROM audit_checkpoints ORDER BY number")]
+    assert len(numbers) >= 3 and numbers == list(range(1, len(numbers) + 1))
+    report = audit_verify(str(db))
+    assert report.ok and report.checkpoints == len(numbers), report.problems
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM audit_checkpoints WHERE number = 2")
+    problems = audit_verify(str(db)).problems
+    assert any("checkpoints removed" in p for p in problems), problems
