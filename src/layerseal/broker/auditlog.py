@@ -128,9 +128,13 @@ def open_audit_committer(
     store: Store, custody: KeyCustody, *, checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
 ) -> AuditCommitter:
     """The group committer a broker process appends its audit rows through."""
+    first = store.get_secret(AUDIT_KEY_SECRET) is None
     keys = audit_keys(store, custody)
     assert keys is not None
-    store.adopt_audit_heads(keys)
+    if first:
+        # heads written before there was an audit key (an upgraded database) are trusted
+        # once, now; later a head without a MAC is a reset head, never adopted
+        store.adopt_audit_heads(keys)
     appender = ChainAppender(store, keys, checkpoint_interval=checkpoint_interval)
     return AuditCommitter(appender.append_batch, on_close=appender.close, on_idle=appender.idle)
 

@@ -263,3 +263,20 @@ def test_writers_store_chained_checkpoints_and_a_removed_one_is_noticed(tmp_path
         conn.execute("DELETE FROM audit_checkpoints WHERE number = 2")
     problems = audit_verify(str(db)).problems
     assert any("checkpoints removed" in p for p in problems), problems
+
+
+def test_a_head_reset_to_no_mac_is_not_adopted_by_the_next_start(env: Env, db: Path) -> None:
+    rows = _rows(db)
+    keep = rows[-3]
+    env.broker.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM audit_log WHERE chain = 1 AND seq > ?", (keep["seq"],))
+        conn.execute(
+            "UPDATE audit_head SET seq = ?, row_hash = ?, mac = NULL WHERE id = 1",
+            (keep["seq"], keep["row_hash"]),
+        )
+    other = open_broker(str(db))
+    other.close()
+    other.store.dispose()
+    problems = audit_verify(str(db)).problems
+    assert any("chain 1 head" in p and "MAC" in p for p in problems), problems
