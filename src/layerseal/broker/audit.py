@@ -231,20 +231,17 @@ def parse_checkpoint(text: str, keys: AuditKeys | None, where: str) -> Checkpoin
 # ---------------------------------------------------------------- verification
 
 
-def verify_chain(rows: Iterable[AuditRow], head: tuple[int, str] | None, *, chain: int = 1) -> ChainReport:
-    """Check every link of one chain; *head* is its stored (last seq, last hash) or None."""
-    problems: list[str] = []
-    prev = genesis(chain)
-    expected_seq = 1
+def _check_links(
+    rows: Iterable[AuditRow], prev: str, expected: int, name: str, problems: list[str]
+) -> tuple[str, int, int]:
+    """Check consecutive rows of one chain from (prev hash, expected seq); returns the state
+    after them and how many rows there were."""
     count = 0
-    name = "" if chain == 1 else f"chain {chain} "
     for row in rows:
         count += 1
-        if row.seq != expected_seq:
-            problems.append(
-                f"{name}row seq: expected {expected_seq}, seen {row.seq} (rows removed or reordered)"
-            )
-            expected_seq = row.seq
+        if row.seq != expected:
+            problems.append(f"{name}row seq: expected {expected}, seen {row.seq} (rows removed or reordered)")
+            expected = row.seq
         if row.prev_hash != prev:
             problems.append(
                 f"{name}row {row.seq} prev_hash: expected {prev[:16]}..., seen {row.prev_hash[:16]}..."
@@ -256,8 +253,16 @@ def verify_chain(rows: Iterable[AuditRow], head: tuple[int, str] | None, *, chai
                 f"seen {row.row_hash[:16]}... (row edited)"
             )
         prev = row.row_hash
-        expected_seq += 1
-    last_seq = expected_seq - 1
+        expected += 1
+    return prev, expected, count
+
+
+def verify_chain(rows: Iterable[AuditRow], head: tuple[int, str] | None, *, chain: int = 1) -> ChainReport:
+    """Check every link of one chain; *head* is its stored (last seq, last hash) or None."""
+    problems: list[str] = []
+    name = "" if chain == 1 else f"chain {chain} "
+    prev, expected, count = _check_links(rows, genesis(chain), 1, name, problems)
+    last_seq = expected - 1
     if head is None:
         if count:
             problems.append(f"{name}chain head: expected a head record, seen none")
@@ -318,28 +323,11 @@ class LogVerifier:
     def _flush(self, *, final: bool) -> None:
         assert self._chain is not None
         chain = self._chain
-        start = self._state.get(chain, (genesis(chain), 1))
-        prev, expected = start
-        for row in self._chain_rows:
-            self.rows += 1
-            if row.seq != expected:
-                self.problems.append(
-                    f"chain {chain} row seq: expected {expected}, seen {row.seq} (rows removed or reordered)"
-                )
-                expected = row.seq
-            if row.prev_hash != prev:
-                self.problems.append(
-                    f"chain {chain} row {row.seq} prev_hash: expected {prev[:16]}..., "
-                    f"seen {row.prev_hash[:16]}..."
-                )
-            recomputed = chain_hash(row.prev_hash, row.content)
-            if recomputed != row.row_hash:
-                self.problems.append(
-                    f"chain {chain} row {row.seq} hash: expected {recomputed[:16]}... from its content, "
-                    f"seen {row.row_hash[:16]}... (row edited)"
-                )
-            prev = row.row_hash
-            expected += 1
+        prev, expected = self._state.get(chain, (genesis(chain), 1))
+        prev, expected, count = _check_links(
+            self._chain_rows, prev, expected, f"chain {chain} ", self.problems
+        )
+        self.rows += count
         self._state[chain] = (prev, expected)
         self._chain_rows = []
         if final:
