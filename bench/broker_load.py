@@ -7,7 +7,17 @@ Scenarios, for each worker count: the trivial ``/healthz`` endpoint (the server 
 ceiling), batch releases on SQLite (audit fsync full, and normal) and on PostgreSQL.
 Prints a table and writes ``bench/results/broker_load.json``.
 
+Audit lock section (PostgreSQL): writer threads append group-committed batches straight
+through the store, as replicas would, and the store times how long each transaction held
+its chain head's row lock.  Measured two ways in the same run: every writer on one shared
+chain (the former single-chain design: one lock for all replicas) and each writer on its
+own chain (the current design).  The projected single-database ceiling is what the lock
+alone allows: ``rows per write / hold time`` for the shared lock whatever the replica
+count, ``N x`` that with one chain per replica (the database's CPU and WAL bandwidth are
+then the limit, which this projection does not model; the measured aggregate shows them).
+
     .venv/bin/python bench/broker_load.py [--seconds 10] [--clients 32] [--workers 1,2] [--no-postgres]
+    .venv/bin/python bench/broker_load.py --audit-only [--audit-seconds 5]
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import platform
 import random
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -218,6 +229,127 @@ def scenario(
         proc.kill()
 
 
+AUDIT_PROJECT_REPLICAS = (1, 3, 10, 30)
+
+
+def _audit_entry(i: int) -> dict[str, Any]:
+    return {
+        "at_ms": int(time.time() * 1000),
+        "actor": f"token:{i:08x}",
+        "action": "release",
+        "decision": "ok",
+        "tenant": "bench",
+        "keys": json.dumps([f"kbs:///bench/r/k{i:026d}"] * BATCH),
+        "evidence_digest": None,
+        "measurement": "ab" * 48,
+        "reason": "",
+    }
+
+
+def audit_lock_run(url: str, mode: str, writers: int, rows_per_write: int, seconds: float) -> dict[str, Any]:
+    """*writers* threads appending batches of *rows_per_write* rows for *seconds*."""
+    from layerseal.broker import database
+    from layerseal.broker.auditlog import ChainAppender, audit_keys
+    from layerseal.broker.custody import MasterKeyCustody
+    from layerseal.broker.store import Store
+
+    engine = database.create_db_engine(url, pool_size=writers + 2)
+    database.migrate(engine)
+    store = Store(engine)
+    keys = audit_keys(store, MasterKeyCustody(os.urandom(32)))
+    assert keys is not None
+    store.adopt_audit_heads(keys)
+    stop = time.monotonic() + seconds
+    batch = [_audit_entry(i) for i in range(rows_per_write)]
+    shared_owner = "bench-shared-owner"
+    if mode == "shared":
+        store.claim_audit_chain(shared_owner, keys, 3600)
+
+    def writer() -> None:
+        appender = ChainAppender(store, keys, checkpoint_interval=3600)
+        while time.monotonic() < stop:
+            if mode == "shared":  # everyone on chain 1, as with the single global head
+                out = store.append_audit_batch(batch, chain=1, owner=shared_owner, keys=keys, lease=3600)
+                assert isinstance(out, list)
+            else:
+                appender.append_batch(batch)
+        appender.close()
+
+    threads = [threading.Thread(target=writer) for _ in range(writers)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - started
+    stats = store.audit_stats
+    hold_ms = stats.hold_seconds / max(stats.writes, 1) * 1000
+    wait_ms = stats.wait_seconds / max(stats.writes, 1) * 1000
+    chains = len(store.audit_heads())
+    engine.dispose()
+    per_lock = rows_per_write / (hold_ms / 1000) if hold_ms else 0.0
+    return {
+        "mode": mode,
+        "writers": writers,
+        "rows_per_write": rows_per_write,
+        "writes": stats.writes,
+        "chains": chains,
+        "hold_ms_per_write": round(hold_ms, 3),
+        "lock_acquire_ms_per_write": round(wait_ms, 3),
+        "measured_rows_per_s": round(stats.rows / wall, 1),
+        # the lock bounds throughput at rows_per_write / hold: one lock for all replicas
+        # (shared) or one per replica (per-chain)
+        "projected_ceiling": {
+            str(n): round(per_lock if mode == "shared" else per_lock * n) for n in AUDIT_PROJECT_REPLICAS
+        },
+    }
+
+
+def audit_lock_bench(seconds: float, results: dict[str, Any]) -> None:
+    import psycopg
+
+    dsn = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+    head = "  ".join(f"N={n:<6}" for n in AUDIT_PROJECT_REPLICAS)
+    print(
+        "\naudit lock (PostgreSQL): hold time per audit write; projected ceiling (releases/s) by replicas N"
+    )
+    print(
+        f"{'mode':<10} {'writers':>7} {'rows/write':>10} {'hold ms':>8} {'acquire ms':>10} "
+        f"{'measured/s':>10}  {head}"
+    )
+    runs = []
+    for mode in ("shared", "per-chain"):
+        for writers, rows in ((1, 1), (3, 1), (3, 8), (3, 16)):
+            schema = "ls_bench_audit_" + uuid.uuid4().hex[:8]
+            with psycopg.connect(dsn, autocommit=True) as c:
+                c.execute(f'CREATE SCHEMA "{schema}"')
+            try:
+                url = f"postgresql://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
+                r = audit_lock_run(url, mode, writers, rows, seconds)
+            finally:
+                with psycopg.connect(dsn, autocommit=True) as c:
+                    c.execute(f'DROP SCHEMA "{schema}" CASCADE')
+            runs.append(r)
+            ceil = "  ".join(f"{r['projected_ceiling'][str(n)]:<8}" for n in AUDIT_PROJECT_REPLICAS)
+            print(
+                f"{mode:<10} {writers:>7} {rows:>10} {r['hold_ms_per_write']:>8} "
+                f"{r['lock_acquire_ms_per_write']:>10} {r['measured_rows_per_s']:>10}  {ceil}",
+                flush=True,
+            )
+    per_chain = [r for r in runs if r["mode"] == "per-chain" and r["writers"] > 1]
+    best = max(per_chain, key=lambda r: r["projected_ceiling"]["10"])
+    results["audit_lock"] = {
+        "runs": runs,
+        "goal_releases_per_s": 20000,
+        "goal_replicas": 10,
+        "goal_met": best["projected_ceiling"]["10"] >= 20000,
+        "lock_shared_by_all_replicas": False,
+        "note": "hold = locking read to commit return; acquire = issuing the locking read until it "
+        "returns (a round trip, plus any wait for the lock); the projection is the lock bound "
+        "only, the database's CPU/WAL limits are not modelled",
+    }
+
+
 def print_row(name: str, r: dict[str, Any]) -> None:
     print(f"{name:<40} {r['per_second']:>10} {r['p50_ms']:>9} {r['p99_ms']:>9} {r['errors']:>7}", flush=True)
 
@@ -229,7 +361,20 @@ def main() -> int:
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts to measure")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "broker_load.json"))
+    parser.add_argument("--audit-seconds", type=float, default=3.0, help="per audit-lock run")
+    parser.add_argument("--audit-only", action="store_true", help="only the audit lock section")
     args = parser.parse_args()
+    if args.audit_only:
+        if not postgres_available():
+            print("audit lock section needs PostgreSQL at 127.0.0.1:5432", file=sys.stderr)
+            return 4
+        audit_results: dict[str, Any] = {}
+        audit_lock_bench(args.audit_seconds, audit_results)
+        out = Path(args.out).with_name("broker_audit_lock.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(audit_results, indent=2) + "\n")
+        print(f"written {out}")
+        return 0
     worker_counts = [int(w) for w in args.workers.split(",")]
     results: dict[str, Any] = {}
     print(f"{'scenario':<40} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}")
@@ -265,6 +410,8 @@ def main() -> int:
                 finally:
                     with psycopg.connect(dsn, autocommit=True) as c:
                         c.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    if with_pg:
+        audit_lock_bench(args.audit_seconds, results)
     best_sqlite = max(
         (v for k, v in results.items() if k.startswith("batch_sqlite_w")),
         key=lambda r: r["per_second"],

@@ -4,6 +4,13 @@ URLs: a plain path or ``sqlite:///path`` for SQLite; ``postgresql://...`` is map
 the psycopg 3 driver.  SQLite transactions start with ``BEGIN IMMEDIATE`` so writers
 queue on the database lock instead of failing on a stale read snapshot; WAL and a busy
 timeout let several processes (``serve --workers N``, replicas) share one database file.
+
+Connections (PostgreSQL): each process keeps two pools of at most ``pool_size``
+connections (``--db-pool-size``): one for transactions (including the audit writer), one
+for the release path's single-statement reads.  So a deployment needs
+``replicas x workers x 2 x pool_size`` server connections, or a PgBouncer in transaction
+mode in front (supported: no session state is relied upon; psycopg's server-side
+prepared statements are turned off for it with ``?prepare_threshold=0`` in the URL).
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ from layerseal.errors import BadInputError, TransportError
 READONLY_OPTION = "layerseal_readonly"
 AUTOCOMMIT_OPTION = "layerseal_autocommit"
 RELAXED_SYNC_OPTION = "layerseal_relaxed_sync"
+NO_PREPARE_OPTION = "layerseal_no_prepare"
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_MIGRATION_LOCK = 0x6C736B62  # "lskb": serialises replicas migrating one database
+DEFAULT_POOL_SIZE = 8
 
 
 def normalize_url(url: str) -> str:
@@ -44,7 +53,7 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def create_db_engine(url: str, *, pool_size: int = 8) -> Engine:
+def create_db_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
     """An engine for *url*; SQLite gets WAL, a busy timeout and full fsync on commit."""
     sa_url = normalize_url(url)
     try:
@@ -85,7 +94,33 @@ def create_db_engine(url: str, *, pool_size: int = 8) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(sa_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    no_prepare = _no_prepare(parsed)
+    engine = create_engine(
+        parsed.difference_update_query(["prepare_threshold"]),
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_pre_ping=True,
+    )
+    if no_prepare:
+        _disable_prepared_statements(engine)
+        engine = engine.execution_options(**{NO_PREPARE_OPTION: True})
+    return engine
+
+
+def _no_prepare(parsed: Any) -> bool:
+    """``?prepare_threshold=0`` (for PgBouncer in transaction mode): no prepared statements."""
+    value = parsed.query.get("prepare_threshold")
+    if value is None:
+        return False
+    if value not in ("0", "none"):
+        raise BadInputError(f"database URL prepare_threshold: expected 0 or none, seen {str(value)[:20]!r}")
+    return True
+
+
+def _disable_prepared_statements(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.prepare_threshold = None
 
 
 def autocommit_engine(engine: Engine) -> Engine:
@@ -99,14 +134,17 @@ def autocommit_engine(engine: Engine) -> Engine:
     """
     if is_sqlite(engine):
         return engine
-    size = engine.pool.size() if hasattr(engine.pool, "size") else 8
-    return create_engine(
+    size = engine.pool.size() if hasattr(engine.pool, "size") else DEFAULT_POOL_SIZE
+    reads = create_engine(
         engine.url,
         isolation_level="AUTOCOMMIT",
         pool_reset_on_return=None,
         pool_size=size,
-        max_overflow=size,
+        max_overflow=0,
     )
+    if engine.get_execution_options().get(NO_PREPARE_OPTION):
+        _disable_prepared_statements(reads)
+    return reads
 
 
 def migrate(engine: Engine) -> None:
@@ -116,15 +154,11 @@ def migrate(engine: Engine) -> None:
     try:
         with engine.connect() as conn:
             if engine.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
-                conn.commit()
-            try:
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
-                conn.commit()
-            finally:
-                if engine.dialect.name == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
-                    conn.commit()
+                # a transaction-level lock: released by the commit below, and correct behind
+                # PgBouncer in transaction mode (a session lock could outlive its client there)
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            conn.commit()
     except SQLAlchemyError as exc:
         raise TransportError(f"database {engine.url.render_as_string()}: migration failed ({exc})") from exc

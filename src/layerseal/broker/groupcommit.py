@@ -39,8 +39,12 @@ class AuditCommitter:
         max_batch: int = 256,
         commit_delay: float = 0.002,
         idle_exit: float = 5.0,
+        on_close: Callable[[], None] | None = None,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self._append_batch = append_batch
+        self._on_close = on_close
+        self._on_idle = on_idle
         self.max_batch = max_batch
         self.commit_delay = commit_delay
         self.idle_exit = idle_exit
@@ -78,29 +82,51 @@ class AuditCommitter:
         return await asyncio.wrap_future(self.submit(entry))
 
     def close(self) -> None:
-        """Refuse new rows; rows already queued are still committed."""
+        """Refuse new rows; rows already queued are still committed (then ``on_close`` runs)."""
         with self._cond:
+            if self._closed:
+                return
             self._closed = True
             self._cond.notify()
+            finish_here = not self._running
+        if finish_here:
+            self._finish()
+
+    def _finish(self, hook: Callable[[], None] | None = None) -> None:
+        hook = hook or self._on_close
+        if hook is not None:
+            try:
+                hook()
+            except Exception:
+                log.exception("audit log: close or idle hook failed")
 
     def _run(self) -> None:
         while True:
+            ended: bool | None = None  # set when the thread exits: whether by close()
             with self._cond:
                 self._idle = True
                 while not self._queue:
                     if self._closed or (not self._cond.wait(self.idle_exit) and not self._queue):
                         self._running = False
-                        return
-                self._idle = False
-                now = time.monotonic()
-                if now - self._last_commit < self.commit_delay and not self._closed:
-                    # back-to-back commits: let more rows join this one (nobody notifies
-                    # during the wait, so it costs no wake-ups)
-                    deadline = now + self.commit_delay
-                    while len(self._queue) < self.max_batch and (left := deadline - time.monotonic()) > 0:
-                        self._cond.wait(left)
-                batch = self._queue[: self.max_batch]
-                del self._queue[: self.max_batch]
+                        ended = self._closed
+                        break
+                if ended is None:
+                    self._idle = False
+                    now = time.monotonic()
+                    if now - self._last_commit < self.commit_delay and not self._closed:
+                        # back-to-back commits: let more rows join this one (nobody notifies
+                        # during the wait, so it costs no wake-ups)
+                        deadline = now + self.commit_delay
+                        while len(self._queue) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                            self._cond.wait(left)
+                    batch = self._queue[: self.max_batch]
+                    del self._queue[: self.max_batch]
+            if ended is not None:
+                if ended:
+                    self._finish()
+                elif self._on_idle is not None:
+                    self._finish(self._on_idle)
+                return
             self._commit(batch)
             self._last_commit = time.monotonic()
 

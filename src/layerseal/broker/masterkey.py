@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layerseal.broker.custody import Pkcs11Custody
+from layerseal.broker.custody import KeyCustody, MasterKeyCustody, Pkcs11Custody
 from layerseal.errors import BadInputError, DeniedError, NotFoundError, TransportError
 
 ENV_VAR = "LAYERSEAL_MASTER_KEY"
@@ -38,15 +38,44 @@ def _decode(text: str, what: str) -> bytes:
     return raw
 
 
+def write_private_file_once(path: Path, text: str) -> bool:
+    """Create *path* (mode 0600) holding *text*, complete or not at all; False if it exists.
+
+    The content goes to a temporary file first and is hard-linked into place, so of several
+    processes creating the same file at once exactly one wins and no reader ever sees it
+    empty or half-written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        _fsync_dir(path.parent)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def create_master_key_file(path: Path) -> bytes:
     """Write a fresh random master key (base64) to *path* with mode 0600; fail if it exists."""
     key = secrets.token_bytes(KEY_SIZE)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(base64.b64encode(key).decode() + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    if not write_private_file_once(path, base64.b64encode(key).decode() + "\n"):
+        raise BadInputError(f"master key file {path}: expected none (to create), seen one")
     return key
 
 
@@ -73,8 +102,15 @@ def load_master_key(
         return _decode(text, f"environment variable {ENV_VAR}")
     if path is None:
         raise BadInputError(f"master key: expected ${ENV_VAR} or a master key file, seen neither")
-    if create and not path.exists():
-        return create_master_key_file(path)
+    if create:
+        try:
+            return read_master_key_file(path)
+        except NotFoundError:
+            pass
+        # replicas starting together: one file wins, the others read that one
+        key = secrets.token_bytes(KEY_SIZE)
+        if write_private_file_once(path, base64.b64encode(key).decode() + "\n"):
+            return key
     return read_master_key_file(path)
 
 
@@ -229,3 +265,15 @@ def open_pkcs11_custody(
     label = (token.label or "").encode()
     key_id = hashlib.sha256(b"layerseal pkcs11 key id\0" + label + b"\0" + uri.object.encode()).digest()[:8]
     return Pkcs11Custody(key, key_id, where, session)
+
+
+def open_custody(
+    key_file: Path | None, uri: str | None, *, create: bool = False, environ: Mapping[str, str] | None = None
+) -> KeyCustody:
+    """The master key's custody: a PKCS#11 token key (*uri*), else ``$LAYERSEAL_MASTER_KEY``
+    or *key_file* (created once if *create*)."""
+    if uri is not None:
+        if not uri.startswith(PKCS11_SCHEME):
+            raise BadInputError("--master-key: expected a 'pkcs11:' URI, seen another scheme")
+        return open_pkcs11_custody(uri, create=create, environ=environ)
+    return MasterKeyCustody(load_master_key(key_file, create=create, environ=environ))

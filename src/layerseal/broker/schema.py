@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
@@ -115,10 +116,13 @@ secrets = Table(
     Column("created_at", Float, nullable=False),
 )
 
+# One hash chain per writing process (``chain``); ``id`` is a global paging cursor only.
 audit_log = Table(
     "audit_log",
     metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("chain", Integer, nullable=False),
+    Column("seq", Integer, nullable=False),
     Column("at_ms", BigInteger, nullable=False),
     Column("actor", Text, nullable=False),
     Column("action", String(32), nullable=False),
@@ -130,14 +134,39 @@ audit_log = Table(
     Column("reason", Text, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("row_hash", String(64), nullable=False),
+    UniqueConstraint("chain", "seq", name="uq_audit_log_chain_seq"),
 )
 
+# One row per chain: its head, the head's MAC under the audit key, and the writer holding
+# a lease on it (a lease only keeps writers apart; the row lock keeps the chain correct).
 audit_head = Table(
     "audit_head",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", Integer, nullable=False),
     Column("row_hash", String(64), nullable=False),
+    Column("mac", String(64)),
+    Column("owner", String(32)),
+    Column("lease_until", Float),
+)
+
+# Signed checkpoints over every chain head, numbered, each naming its predecessor's hash.
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("number", Integer, primary_key=True, autoincrement=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("body", Text, nullable=False),
+)
+
+# Things created exactly once per deployment (the bootstrap admin token): the primary key
+# decides which of several replicas starting together creates it.
+bootstrap = Table(
+    "bootstrap",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
 )
 
 # Bumped in the same transaction as any change to a tenant's policies or reference

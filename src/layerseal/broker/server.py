@@ -11,23 +11,23 @@ from __future__ import annotations
 import gc
 import json
 import os
-import stat
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from layerseal.broker import database
 from layerseal.broker.app import create_app
-from layerseal.broker.audit import ChainReport, verify_chain
-from layerseal.broker.custody import KeyCustody, MasterKeyCustody
+from layerseal.broker.audit import ChainReport
+from layerseal.broker.auditlog import verify_database
+from layerseal.broker.bootstrap import ensure_admin_token
 from layerseal.broker.jsonlog import configure_logging
-from layerseal.broker.masterkey import PKCS11_SCHEME, load_master_key, open_pkcs11_custody
+from layerseal.broker.masterkey import open_custody
 from layerseal.broker.ratelimit import RateLimiter
-from layerseal.broker.service import ADMIN_TENANT, Broker, BrokerConfig
-from layerseal.broker.store import ApiTokenRow, Store
-from layerseal.broker.tokens import hash_secret, split_api_token
-from layerseal.errors import BadInputError, DeniedError
+from layerseal.broker.service import Broker, BrokerConfig
+from layerseal.broker.store import Store
+from layerseal.errors import BadInputError
 
 DEFAULT_DB = "layerseal-broker.db"
 WORKER_OPTIONS_ENV = "LAYERSEAL_BROKER_WORKER_OPTIONS"
@@ -59,59 +59,19 @@ def open_broker(
     relaxed_audit_sync: bool = False,
     master_key_uri: str | None = None,
     migrate: bool = True,
+    pool_size: int = database.DEFAULT_POOL_SIZE,
 ) -> Broker:
     """A broker on *db_url* (schema migrated) with its master key loaded.
 
     *master_key_uri* (``pkcs11:...``) puts the master key in a token; it wins over the file.
     """
-    custody: KeyCustody
-    if master_key_uri is not None:
-        if not master_key_uri.startswith(PKCS11_SCHEME):
-            raise BadInputError("--master-key: expected a 'pkcs11:' URI, seen another scheme")
-        custody = open_pkcs11_custody(master_key_uri, create=create_master_key)
-    else:
-        key_file = master_key_file or default_master_key_file(db_url)
-        custody = MasterKeyCustody(load_master_key(key_file, create=create_master_key))
-    engine = database.create_db_engine(db_url)
+    custody = open_custody(
+        master_key_file or default_master_key_file(db_url), master_key_uri, create=create_master_key
+    )
+    engine = database.create_db_engine(db_url, pool_size=pool_size)
     if migrate:
         database.migrate(engine)
     return Broker(Store(engine, relaxed_audit_sync=relaxed_audit_sync), custody, config)
-
-
-def ensure_admin_token(broker: Broker, admin_token_file: Path | None) -> str | None:
-    """Make sure an admin can log in; returns a new token to print once, if one was made.
-
-    With a token file: use the token in it (registering it if new) or, if the file does
-    not exist, create a token and write it there with mode 0600.  Without: create and
-    return a token only when the database has no admin token yet.
-    """
-    if admin_token_file is not None and admin_token_file.exists():
-        mode = admin_token_file.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise DeniedError(
-                f"admin token file {admin_token_file}: expected mode 0600, seen {oct(mode & 0o777)}"
-            )
-        token = admin_token_file.read_text().strip()
-        token_id = split_api_token(token)
-        row = broker.store.get_api_token(token_id)
-        if row is None:
-            broker.store.insert_api_token(
-                ApiTokenRow(
-                    token_id, ADMIN_TENANT, ("admin",), hash_secret(token), "bootstrap", broker.clock(), None
-                )
-            )
-        elif row.tenant != ADMIN_TENANT or row.token_hash != hash_secret(token):
-            raise BadInputError(f"admin token file {admin_token_file}: expected an admin token, seen another")
-        return None
-    if admin_token_file is None and broker.store.count_admin_tokens() > 0:
-        return None
-    _, token = broker.create_api_token(None, ADMIN_TENANT, ["admin"], "bootstrap")
-    if admin_token_file is not None:
-        fd = os.open(admin_token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(token + "\n")
-        return None
-    return token
 
 
 @dataclass(frozen=True)
@@ -132,9 +92,12 @@ class ServeOptions:
     auth_burst: float = 100.0
     relaxed_audit_sync: bool = False
     workers: int = 1
+    db_pool_size: int = database.DEFAULT_POOL_SIZE
     config: BrokerConfig = field(default_factory=BrokerConfig)
 
     def __post_init__(self) -> None:
+        if not 1 <= self.db_pool_size <= 1000:
+            raise BadInputError(f"--db-pool-size: expected 1..1000, seen {self.db_pool_size}")
         if not 1 <= self.workers <= MAX_WORKERS:
             raise BadInputError(f"--workers: expected 1..{MAX_WORKERS}, seen {self.workers}")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -174,6 +137,7 @@ def _open_for_serving(options: ServeOptions, *, migrate: bool = True) -> Broker:
         relaxed_audit_sync=options.relaxed_audit_sync,
         master_key_uri=options.master_key_uri,
         migrate=migrate,
+        pool_size=options.db_pool_size,
     )
 
 
@@ -236,11 +200,20 @@ def serve(options: ServeOptions) -> None:
     sys.stdout.flush()
 
 
-def audit_verify(db_url: str) -> ChainReport:
-    """Check the audit chain of a broker database (no master key needed)."""
+def audit_verify(
+    db_url: str,
+    *,
+    master_key_file: Path | None = None,
+    master_key_uri: str | None = None,
+    checkpoints: Sequence[Path] = (),
+) -> ChainReport:
+    """Check the audit log of a broker database: chains, keyed heads, checkpoints.
+
+    The head MACs and checkpoint signatures need the audit key, so the master key too.
+    """
+    custody = open_custody(master_key_file or default_master_key_file(db_url), master_key_uri)
     engine = database.create_db_engine(db_url)
     try:
-        store = Store(engine)
-        return verify_chain(store.iter_audit(), store.audit_head())
+        return verify_database(Store(engine), custody, checkpoints)
     finally:
         engine.dispose()

@@ -30,8 +30,8 @@ from layerseal.attest.claims import Claims, Verifier
 from layerseal.attest.sim import certificate_fingerprint, load_certificate
 from layerseal.attest.verifiers import SUPPORTED_TEES, verifier_for
 from layerseal.broker import packets, policy
+from layerseal.broker.auditlog import open_audit_committer
 from layerseal.broker.custody import KeyCustody, record_aad
-from layerseal.broker.groupcommit import AuditCommitter
 from layerseal.broker.problems import (
     ForbiddenError,
     PolicyDeniedError,
@@ -282,7 +282,7 @@ class Broker:
         self._policies: dict[str, policy.Policy] = {}
         # verified token -> (claims, claims digest); revocation is still read per request
         self._tokens: OrderedDict[str, tuple[dict[str, Any], str]] = OrderedDict()
-        self.audit_log = AuditCommitter(store.append_audit_batch)
+        self.audit_log = open_audit_committer(store, custody)
         self._lock = threading.Lock()
         self._auth_count = 0
         self.listeners: list[Callable[[str, str, int], None]] = []  # (action, decision, keys) for metrics
@@ -658,7 +658,9 @@ class Broker:
         chosen = None if tenant is None and principal.is_admin else principal.tenant_for(tenant)
         principal.require("audit:read", chosen)
         rows = self.store.iter_audit(tenant=chosen, after=after, limit=max(1, min(limit, 10000)))
-        return [dict(r.content, prev_hash=r.prev_hash, row_hash=r.row_hash) for r in rows]
+        return [
+            dict(r.content, chain=r.chain, id=r.id, prev_hash=r.prev_hash, row_hash=r.row_hash) for r in rows
+        ]
 
     def _audit_entry(
         self,

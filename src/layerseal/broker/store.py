@@ -3,22 +3,28 @@
 Everything a request needs lives here (sessions, nonces, revoked tokens, keys, policies,
 audit chain), so any replica can serve any request.  Each method is one transaction.
 Races between replicas are settled by the database: nonces are consumed with a guarded
-UPDATE, the audit chain is appended under a row lock on its head record (a batch of rows
-per transaction, see ``groupcommit``).  The release path reads keys, versions, token
-revocation and the tenant's policy generation in one statement; policies and reference
-values are kept per replica and re-read only when that generation moves.
+UPDATE, a chain is appended under a row lock on its own head record (a batch of rows per
+transaction, see ``groupcommit``), the bootstrap admin token is claimed by a primary key.
+The release path reads keys, versions, token revocation and the tenant's policy
+generation in one statement; policies and reference values are kept per replica and
+re-read only when that generation moves.
+
+Audit rows go to one chain per writing process (see ``audit``): each writer holds a lease
+on its chain and locks only that chain's head row, so replicas never wait on each other.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -27,6 +33,8 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from layerseal.broker import audit
 from layerseal.broker import schema as S
 from layerseal.broker.database import AUTOCOMMIT_OPTION, RELAXED_SYNC_OPTION, autocommit_engine
+
+log = logging.getLogger("layerseal.broker.audit")
 
 
 @dataclass(frozen=True)
@@ -151,9 +159,38 @@ _Q_RELEASE = (
     .select_from(S.layer_keys.outerjoin(S.key_versions, S.key_versions.c.key_id == S.layer_keys.c.key_id))
     .where(S.layer_keys.c.key_id.in_(bindparam("ids", expanding=True)))
 )
-_Q_HEAD = select(S.audit_head.c.seq, S.audit_head.c.row_hash).where(S.audit_head.c.id == 1).with_for_update()
+_Q_HEAD = (
+    select(
+        S.audit_head.c.seq,
+        S.audit_head.c.row_hash,
+        S.audit_head.c.mac,
+        S.audit_head.c.owner,
+        S.audit_head.c.lease_until,
+    )
+    .where(S.audit_head.c.id == bindparam("chain"))
+    .with_for_update()
+)
 _I_AUDIT = insert(S.audit_log)
-_U_HEAD = update(S.audit_head).where(S.audit_head.c.id == 1)
+_U_HEAD = update(S.audit_head).where(S.audit_head.c.id == bindparam("chain"))
+
+
+class AuditStats:
+    """How long audit transactions waited for and then held their chain head's row lock
+    (from the locking read to the commit's return), for the load benchmark."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.writes = 0
+        self.rows = 0
+        self.wait_seconds = 0.0
+        self.hold_seconds = 0.0
+
+    def record(self, wait: float, hold: float, rows: int) -> None:
+        with self._lock:
+            self.writes += 1
+            self.rows += rows
+            self.wait_seconds += wait
+            self.hold_seconds += hold
 
 
 class Store:
@@ -167,6 +204,7 @@ class Store:
         self.relaxed_audit_sync = relaxed_audit_sync
         self._rules: dict[str, TenantRules] = {}
         self._reads: Engine | None = None
+        self.audit_stats = AuditStats()
 
     def dispose(self) -> None:
         """Close the pooled connections of both engines."""
@@ -660,21 +698,145 @@ class Store:
                 conn.execute(select(S.secrets.c.sealed).where(S.secrets.c.name == name)).scalar_one()
             )
 
+    def get_secret(self, name: str) -> bytes | None:
+        """The sealed secret *name*, or None (never creates it)."""
+        with self.engine.begin() as conn:
+            r = conn.execute(select(S.secrets.c.sealed).where(S.secrets.c.name == name)).first()
+        return None if r is None else bytes(r.sealed)
+
+    # ------------------------------------------------------------------ bootstrap
+
+    def bootstrap_admin_token(self, row: ApiTokenRow) -> bool:
+        """Store *row* as the deployment's bootstrap admin token, unless one exists already.
+
+        The bootstrap record and the token commit together, so of several replicas starting
+        at once exactly one token is stored and no loser leaves a credential behind.
+        """
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(S.bootstrap).values(
+                        name="admin-token", value=row.token_id, created_at=row.created_at
+                    )
+                )
+                conn.execute(
+                    insert(S.api_tokens).values(
+                        token_id=row.token_id,
+                        tenant=row.tenant,
+                        scopes=" ".join(row.scopes),
+                        token_hash=row.token_hash,
+                        description=row.description,
+                        created_at=row.created_at,
+                        revoked_at=None,
+                    )
+                )
+        except SAIntegrityError:
+            return False
+        return True
+
+    def bootstrap_value(self, name: str) -> str | None:
+        with self.engine.begin() as conn:
+            r = conn.execute(select(S.bootstrap.c.value).where(S.bootstrap.c.name == name)).first()
+        return None if r is None else str(r.value)
+
     # ------------------------------------------------------------------ audit
 
-    def append_audit(self, entry: dict[str, Any]) -> int:
-        """Append one row to the chain; returns its seq."""
-        return self.append_audit_batch([entry])[0]
+    def claim_audit_chain(self, owner: str, keys: audit.AuditKeys, lease: float) -> int:
+        """Take a chain nobody holds a lease on (whose head MAC is intact), or start one."""
+        table = S.audit_head
+        postgres = self.engine.dialect.name == "postgresql"
+        for attempt in range(10):
+            now = self.clock()
+            try:
+                with self.engine.begin() as conn:
+                    q = (
+                        select(table.c.id, table.c.seq, table.c.row_hash, table.c.mac)
+                        .where(or_(table.c.lease_until.is_(None), table.c.lease_until < now))
+                        .order_by(table.c.id)
+                    )
+                    if postgres:
+                        q = q.with_for_update(skip_locked=True)
+                    for r in conn.execute(q).all():
+                        if keys.head_ok(audit.Head(r.id, r.seq, r.row_hash, r.mac)):
+                            conn.execute(
+                                update(table)
+                                .where(table.c.id == r.id)
+                                .values(owner=owner, lease_until=now + lease)
+                            )
+                            return int(r.id)
+                    new = int(conn.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar_one()) + 1
+                    first = audit.genesis(new)
+                    conn.execute(
+                        insert(table).values(
+                            id=new,
+                            seq=0,
+                            row_hash=first,
+                            mac=keys.head_mac(new, 0, first),
+                            owner=owner,
+                            lease_until=now + lease,
+                        )
+                    )
+                    return new
+            except (SAIntegrityError, OperationalError):
+                if attempt == 9:
+                    raise
+        raise AssertionError("unreachable")
 
-    def append_audit_batch(self, entries: Sequence[Mapping[str, Any]]) -> list[int]:
-        """Append rows to the chain in one transaction (one commit); returns their seqs."""
+    def release_audit_chain(self, chain: int, owner: str) -> None:
+        """End this writer's lease so the next process can continue the chain at once."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(S.audit_head)
+                .where(S.audit_head.c.id == chain, S.audit_head.c.owner == owner)
+                .values(owner=None, lease_until=None)
+            )
+
+    def adopt_audit_heads(self, keys: audit.AuditKeys) -> int:
+        """MAC the heads written before heads had MACs (a database from before the audit key)."""
+        table = S.audit_head
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(table.c.id, table.c.seq, table.c.row_hash).where(table.c.mac.is_(None))
+            ).all()
+            for r in rows:
+                conn.execute(
+                    update(table)
+                    .where(table.c.id == r.id, table.c.mac.is_(None), table.c.seq == r.seq)
+                    .values(mac=keys.head_mac(r.id, r.seq, r.row_hash))
+                )
+        return len(rows)
+
+    def append_audit_batch(
+        self,
+        entries: Sequence[Mapping[str, Any]],
+        *,
+        chain: int,
+        owner: str,
+        keys: audit.AuditKeys,
+        lease: float,
+    ) -> list[int] | str:
+        """Append rows to *chain* in one transaction (one commit); returns their seqs.
+
+        Returns a reason instead (nothing written) when the chain must not be extended: its
+        head's MAC does not verify ("tampered": appending would bless a cut) or another
+        writer holds a live lease on it ("taken").
+        """
         for attempt in range(5):
             try:
                 with self.engine.connect() as conn:
                     if self.relaxed_audit_sync:
                         conn.execution_options(**{RELAXED_SYNC_OPTION: True})
                     conn.begin()
-                    head = conn.execute(_Q_HEAD).one()
+                    started = time.perf_counter()
+                    head = conn.execute(_Q_HEAD, {"chain": chain}).first()
+                    locked = time.perf_counter()
+                    now = self.clock()
+                    if head is None or not keys.head_ok(audit.Head(chain, head.seq, head.row_hash, head.mac)):
+                        conn.rollback()
+                        return "tampered"
+                    if head.owner != owner and head.lease_until is not None and head.lease_until > now:
+                        conn.rollback()
+                        return "taken"
                     seq, prev = int(head.seq), str(head.row_hash)
                     rows, seqs = [], []
                     for entry in entries:
@@ -682,12 +844,25 @@ class Store:
                         content = dict(entry, seq=seq)
                         row_hash = audit.chain_hash(prev, content)
                         values = {k: content[k] for k in audit.CONTENT_FIELDS}
-                        rows.append(dict(values, prev_hash=prev, row_hash=row_hash))
+                        rows.append(dict(values, chain=chain, prev_hash=prev, row_hash=row_hash))
                         seqs.append(seq)
                         prev = row_hash
                     conn.execute(_I_AUDIT, rows)
-                    conn.execute(_U_HEAD, [{"seq": seq, "row_hash": prev}])
+                    conn.execute(
+                        _U_HEAD,
+                        [
+                            {
+                                "chain": chain,
+                                "seq": seq,
+                                "row_hash": prev,
+                                "mac": keys.head_mac(chain, seq, prev),
+                                "owner": owner,
+                                "lease_until": now + lease,
+                            }
+                        ],
+                    )
                     conn.commit()
+                    self.audit_stats.record(locked - started, time.perf_counter() - locked, len(rows))
                 return seqs
             except (SAIntegrityError, OperationalError):
                 if attempt == 4:
@@ -697,22 +872,53 @@ class Store:
     def iter_audit(
         self, *, tenant: str | None = None, after: int = 0, limit: int | None = None
     ) -> Iterator[audit.AuditRow]:
-        q = select(S.audit_log).where(S.audit_log.c.seq > after).order_by(S.audit_log.c.seq)
+        """Rows in insertion order (``after`` is a row ``id``), for reading the log."""
+        q = select(S.audit_log).where(S.audit_log.c.id > after).order_by(S.audit_log.c.id)
         if tenant is not None:
             q = q.where(S.audit_log.c.tenant == tenant)
         if limit is not None:
             q = q.limit(limit)
+        return self._audit_rows(q)
+
+    def iter_audit_chains(self) -> Iterator[audit.AuditRow]:
+        """Every row ordered by (chain, seq), for verification."""
+        return self._audit_rows(select(S.audit_log).order_by(S.audit_log.c.chain, S.audit_log.c.seq))
+
+    def _audit_rows(self, q: Any) -> Iterator[audit.AuditRow]:
         with self.engine.connect() as conn:
             for r in conn.execution_options(yield_per=1000).execute(q):
                 content = {k: getattr(r, k) for k in audit.CONTENT_FIELDS}
-                yield audit.AuditRow(content, r.prev_hash, r.row_hash)
+                yield audit.AuditRow(content, r.prev_hash, r.row_hash, int(r.chain), int(r.id))
 
-    def audit_head(self) -> tuple[int, str] | None:
+    def audit_heads(self) -> list[audit.Head]:
+        """Every chain's head, read in one statement (one snapshot, no locks)."""
+        t = S.audit_head
         with self.engine.begin() as conn:
-            r = conn.execute(
-                select(S.audit_head.c.seq, S.audit_head.c.row_hash).where(S.audit_head.c.id == 1)
-            ).first()
-        return None if r is None else (int(r.seq), str(r.row_hash))
+            rows = conn.execute(select(t.c.id, t.c.seq, t.c.row_hash, t.c.mac).order_by(t.c.id)).all()
+        return [audit.Head(int(r.id), int(r.seq), str(r.row_hash), r.mac) for r in rows]
+
+    def last_checkpoint(self) -> tuple[int, str] | None:
+        t = S.audit_checkpoints
+        with self.engine.begin() as conn:
+            r = conn.execute(select(t.c.number, t.c.body).order_by(t.c.number.desc()).limit(1)).first()
+        return None if r is None else (int(r.number), str(r.body))
+
+    def insert_checkpoint(self, number: int, at_ms: int, body: str) -> bool:
+        """Store checkpoint *number*; False if another replica stored that number first."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(S.audit_checkpoints).values(number=number, at_ms=at_ms, body=body))
+        except SAIntegrityError:
+            return False
+        return True
+
+    def iter_checkpoints(self) -> Iterator[tuple[int, str]]:
+        t = S.audit_checkpoints
+        with self.engine.connect() as conn:
+            for r in conn.execution_options(yield_per=100).execute(
+                select(t.c.number, t.c.body).order_by(t.c.number)
+            ):
+                yield int(r.number), str(r.body)
 
 
 def keys_json(paths: Iterable[str]) -> str:

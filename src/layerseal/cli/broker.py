@@ -81,6 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
             auth_burst=args.auth_burst,
             relaxed_audit_sync=args.audit_sync == "normal",
             workers=args.workers,
+            db_pool_size=args.db_pool_size,
             config=BrokerConfig(token_ttl=args.token_ttl, session_ttl=args.session_ttl),
         )
     )
@@ -100,13 +101,20 @@ def _audit_verify(args: argparse.Namespace) -> int:
     from layerseal.broker.server import audit_verify
 
     _existing_db(args.db)
-    report = audit_verify(args.db)
+    report = audit_verify(
+        args.db,
+        master_key_file=Path(args.master_key_file) if args.master_key_file else None,
+        master_key_uri=args.master_key,
+        checkpoints=[Path(p) for p in args.checkpoint or ()],
+    )
     if args.json:
         print(
             json.dumps(
                 {
                     "ok": report.ok,
                     "rows": report.rows,
+                    "chains": report.chains,
+                    "checkpoints": report.checkpoints,
                     "head": report.head_hash,
                     "problems": list(report.problems),
                 }
@@ -114,11 +122,43 @@ def _audit_verify(args: argparse.Namespace) -> int:
         )
     else:
         print(
-            f"audit chain: {'intact' if report.ok else 'BROKEN'}, {report.rows} rows, head {report.head_hash}"
+            f"audit log: {'intact' if report.ok else 'BROKEN'}, {report.rows} rows in {report.chains} "
+            f"chain(s), {report.checkpoints} checkpoint(s) checked, root {report.head_hash}"
         )
         for problem in report.problems:
             print(f"  {problem}")
     return 0 if report.ok else 3
+
+
+def _audit_checkpoint(args: argparse.Namespace) -> int:
+    from layerseal.broker import database
+    from layerseal.broker.auditlog import export_checkpoint
+    from layerseal.broker.masterkey import open_custody
+    from layerseal.broker.server import default_master_key_file
+    from layerseal.broker.store import Store
+
+    key_file = Path(args.master_key_file) if args.master_key_file else default_master_key_file(args.db)
+    custody = open_custody(key_file, args.master_key)
+    engine = database.create_db_engine(args.db)
+    try:
+        doc = export_checkpoint(Store(engine), custody, Path(args.out), fresh=not args.stored)
+    finally:
+        engine.dispose()
+    payload = doc["payload"]
+    print(
+        f"audit checkpoint {payload['number']} ({len(payload['chains'])} chain(s), root {payload['root']}) "
+        f"written to {args.out}; keep a copy outside the broker's database"
+    )
+    return 0
+
+
+def _with_master_key(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", required=True, help="SQLite path/URL or postgresql://...")
+    p.add_argument(
+        "--master-key-file",
+        help="master key file (default: beside a SQLite database); or $LAYERSEAL_MASTER_KEY",
+    )
+    p.add_argument("--master-key", help="master key in a PKCS#11 token (pkcs11: URI, as for serve)")
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -233,6 +273,13 @@ def register(subparsers: Any) -> None:
         help="worker processes sharing the listen socket (state is in the database; "
         "the --auth-rate limit applies per worker)",
     )
+    serve.add_argument(
+        "--db-pool-size",
+        type=int,
+        default=8,
+        help="PostgreSQL connections per pool (default 8); each worker process keeps two pools, so "
+        "a deployment needs replicas x workers x 2 x N connections (or PgBouncer, transaction mode)",
+    )
     serve.add_argument("--auth-rate", type=float, default=20.0, help="RCAR requests/s per client")
     serve.add_argument("--auth-burst", type=float, default=100.0)
     serve.add_argument("--token-ttl", type=float, default=300.0, help="attestation token lifetime, seconds")
@@ -246,10 +293,27 @@ def register(subparsers: Any) -> None:
     serve.set_defaults(func=_serve)
 
     audit_sub = _group(sub, "audit", "audit log tools")
-    verify = audit_sub.add_parser("verify", help="check the hash chain; exit 3 if broken")
-    verify.add_argument("--db", required=True)
+    verify = audit_sub.add_parser(
+        "verify", help="check the audit chains, their keyed heads and checkpoints; exit 3 if broken"
+    )
+    _with_master_key(verify)
+    verify.add_argument(
+        "--checkpoint",
+        action="append",
+        metavar="FILE",
+        help="repeatable: a checkpoint exported earlier; rows it covers must still be there, unchanged",
+    )
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=_audit_verify)
+    checkpoint = audit_sub.add_parser(
+        "checkpoint", help="sign a checkpoint over every chain head now and export it (keep it elsewhere)"
+    )
+    _with_master_key(checkpoint)
+    checkpoint.add_argument("--out", required=True, help="file to write the checkpoint to (mode 0600)")
+    checkpoint.add_argument(
+        "--stored", action="store_true", help="export the newest checkpoint the broker stored instead"
+    )
+    checkpoint.set_defaults(func=_audit_checkpoint)
 
     token_sub = _group(sub, "token", "API tokens")
     create = token_sub.add_parser("create", help="create a publisher token (admin)")

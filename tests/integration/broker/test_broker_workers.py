@@ -84,7 +84,7 @@ def test_two_workers_serve_the_same_clients(db_url: str, tmp_path: Path, sim_pla
         assert len(done) == 8 * 3 * 5
         releases = [e for e in d.acme.audit() if e["action"] == "release" and e["decision"] == "ok"]
         assert len(releases) == len(done)
-        report = audit_verify(db_url)
+        report = audit_verify(db_url, master_key_file=tmp_path / "master.key")
         assert report.ok, report.problems
     finally:
         for c in d.clients:
@@ -134,7 +134,7 @@ def test_sigkill_during_release_load_loses_no_acknowledged_audit_row(
     assert d.brokers[0].proc.returncode == -signal.SIGKILL
     assert len(acked) == 8 and sum(acked.values()) >= 300
 
-    report = audit_verify(db)
+    report = audit_verify(db, master_key_file=tmp_path / "master.key")
     assert report.ok, report.problems
     from layerseal.broker import database
     from layerseal.broker.store import Store

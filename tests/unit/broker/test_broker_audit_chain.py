@@ -67,3 +67,33 @@ def test_audit_verify_cli_detects_edited_and_removed_rows(env: Env, capsys: obje
         )
         conn.execute("DELETE FROM audit_log WHERE seq = 3")
     assert not audit_verify(str(db)).ok
+
+
+def test_log_verifier_checks_long_chains_in_slices_and_keyed_heads() -> None:
+    import os
+
+    from layerseal.broker.audit import AuditKeys, Head, LogVerifier
+
+    keys = AuditKeys(os.urandom(32))
+    rows = chain(25_001)  # more than one 10,000-row slice
+    last = rows[-1]
+    head = Head(1, last.seq, last.row_hash, keys.head_mac(1, last.seq, last.row_hash))
+    v = LogVerifier(keys, [head], [])
+    for row in rows:
+        v.row(row)
+    report = v.finish()
+    assert report.ok and report.rows == 25_001, report.problems
+    edited = list(rows)
+    edited[15_000] = AuditRow(
+        {**rows[15_000].content, "actor": "b"}, rows[15_000].prev_hash, rows[15_000].row_hash
+    )
+    v = LogVerifier(keys, [head], [])
+    for row in edited:
+        v.row(row)
+    problems = v.finish().problems
+    assert len(problems) == 1 and "row 15001 hash" in problems[0] and "edited" in problems[0], problems
+    forged = Head(1, last.seq, last.row_hash, AuditKeys(os.urandom(32)).head_mac(1, last.seq, last.row_hash))
+    v = LogVerifier(keys, [forged], [])
+    for row in rows:
+        v.row(row)
+    assert any("MAC" in p for p in v.finish().problems)

@@ -65,6 +65,25 @@ def test_committer_batches_concurrent_rows_and_returns_each_seq() -> None:
     assert not committer._running  # the idle writer thread went away
 
 
+def test_committer_runs_the_idle_hook_when_it_goes_idle_and_the_close_hook_once() -> None:
+    log = SlowLog()
+    events: list[str] = []
+    committer = AuditCommitter(
+        log.append,
+        idle_exit=0.05,
+        on_idle=lambda: events.append("idle"),
+        on_close=lambda: events.append("close"),
+    )
+    committer.append({"reason": "a"})
+    deadline = time.monotonic() + 10
+    while not events and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert events == ["idle"]  # the writer checkpoints what it wrote before it goes away
+    committer.close()
+    committer.close()
+    assert events == ["idle", "close"]
+
+
 def test_committer_isolates_a_failing_row_and_refuses_after_close() -> None:
     log = SlowLog(poison="bad")
     committer = AuditCommitter(log.append)
