@@ -29,13 +29,33 @@ def _default_store() -> str:
     return f"{base}/store"
 
 
+def default_snapshots() -> Path:
+    """Where decrypted layers are cached: enclave-private runtime storage, never beside the store.
+
+    ``/run`` and ``$XDG_RUNTIME_DIR`` are memory-backed on systemd hosts; inside a
+    confidential VM that memory is the TEE's own (see docs/cache.md).
+    """
+    env = os.environ.get("LAYERSEAL_SNAPSHOTS")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/run/layerseal/snapshots")
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.geteuid()}"
+    return Path(runtime) / "layerseal" / "snapshots"
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="SRC", help="oci:DIR[:TAG] or docker://HOST/REPO[:TAG]")
     p.add_argument("--kbs", metavar="URL", help="key broker to attest to for provider.attestation-agent keys")
     p.add_argument("--kbs-cacert", help="CA bundle for the broker's TLS certificate")
     p.add_argument("--decryption-key", action="append", default=[], metavar="PRIVKEY", help="for jwe: layers")
     p.add_argument("--store", default=None, help="shared encrypted blob store (default: $LAYERSEAL_STORE)")
-    p.add_argument("--snapshots", help="decrypted snapshot cache (default: STORE.snapshots)")
+    p.add_argument(
+        "--snapshots",
+        metavar="DIR",
+        help="decrypted-layer cache in enclave-private storage (default: $LAYERSEAL_SNAPSHOTS, "
+        "else /run/layerseal/snapshots as root, $XDG_RUNTIME_DIR/layerseal/snapshots otherwise)",
+    )
     p.add_argument("--tee", choices=["sim", "snp", "tdx"], help="attester (default: detect, else sim)")
     p.add_argument(
         "--sim-platform", metavar="DIR", help="sim TEE platform (default: $LAYERSEAL_SIM_PLATFORM)"
@@ -65,9 +85,7 @@ def _pull(args: argparse.Namespace, rootfs: Path) -> PullResult:
     unwrappers = parse_unwrappers(args.decryption_key)
     store_dir = Path(args.store or _default_store())
     store = SharedBlobStore(store_dir)
-    snapshots = SnapshotStore(
-        Path(args.snapshots) if args.snapshots else store_dir.with_name(store_dir.name + ".snapshots")
-    )
+    snapshots = SnapshotStore(Path(args.snapshots) if args.snapshots else default_snapshots())
     broker = None
     if args.kbs:
         broker = BrokerUnwrapper(
