@@ -172,6 +172,48 @@ def test_revoked_key_gets_no_cached_snapshot(tmp_path: Path, capsys: pytest.Capt
     assert not (tmp_path / "r2").exists()
 
 
+def _plain_image(ref: str, layers: int) -> None:
+    """One small plain layer, listed *layers* times."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("shared.txt")
+        info.size = 7
+        tar.addfile(info, io.BytesIO(b"shared\n"))
+    dst = LayoutDestination(LayoutReference.parse(ref))
+    try:
+        layer = dst.put_blob([buf.getvalue()], mt.OCI_LAYER_TAR)
+        diff_id = str(Digest.of(buf.getvalue()))
+        config = ImageConfig(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": [diff_id] * layers},
+            }
+        )
+        cdesc = dst.put_blob([config.to_bytes()], mt.OCI_CONFIG)
+        dst.put_manifest(Manifest(config=cdesc, layers=(layer,) * layers).to_bytes(), mt.OCI_MANIFEST)
+    finally:
+        dst.close()
+
+
+def test_plain_layers_are_shared_by_diff_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store, snaps = tmp_path / "store", tmp_path / "snaps"
+    _plain_image(f"oci:{tmp_path}/one:v1", 1)
+    _plain_image(f"oci:{tmp_path}/twice:v1", 2)  # the same layer listed twice: built once, no deadlock
+    first = _pull_json(
+        capsys, f"oci:{tmp_path}/one:v1", "--rootfs", str(tmp_path / "r1"), snapshots=snaps, store=store
+    )
+    second = _pull_json(
+        capsys, f"oci:{tmp_path}/twice:v1", "--rootfs", str(tmp_path / "r2"), snapshots=snaps, store=store
+    )
+    assert [layer["snapshotReused"] for layer in first["layers"]] == [False]  # type: ignore[attr-defined]
+    assert [layer["snapshotReused"] for layer in second["layers"]] == [True, True]  # type: ignore[attr-defined]
+    assert (tmp_path / "r2" / "shared.txt").read_bytes() == b"shared\n"
+    assert [p.name for p in (snaps / "snap").iterdir()] == [
+        f"p-{first['layers'][0]['diffID'].replace(':', '-')}"
+    ]  # type: ignore[index]
+
+
 # -- finding 2: cached plaintext verified on reuse, gc, leftovers ----------------------------
 
 

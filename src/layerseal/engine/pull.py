@@ -34,8 +34,8 @@ from layerseal.crypto.keywrap import KeyUnwrapper, LayerContext, open_private_op
 from layerseal.crypto.layercipher import LayerDecryptor, decrypt_stream
 from layerseal.engine.decompress import decompressor
 from layerseal.engine.keys import BrokerUnwrapper
-from layerseal.engine.snapshot import Lease, SnapshotStore
-from layerseal.engine.unpack import stack_snapshots, unpack_layer
+from layerseal.engine.snapshot import Lease, SnapshotKey, SnapshotStore
+from layerseal.engine.unpack import remove_tree, stack_snapshots, unpack_layer
 from layerseal.errors import BadInputError, DeniedError, IntegrityError, LayersealError, WrongKeyError
 from layerseal.image import mediatypes as mt
 from layerseal.image.config import ImageConfig
@@ -135,7 +135,12 @@ class _Puller:
         self.src, self.store, self.snapshots = src, store, snapshots
 
     def layer(
-        self, index: int, desc: Descriptor, diff_id: Digest, key: tuple[PublicOptions, PrivateOptions] | None
+        self,
+        index: int,
+        desc: Descriptor,
+        diff_id: Digest,
+        key: tuple[PublicOptions, PrivateOptions] | None,
+        skey: SnapshotKey,
     ) -> tuple[LayerResult, Lease]:
         ctx = LayerContext(index, desc, self.src.name)
         downloads: list[bool] = []
@@ -237,27 +242,47 @@ def _pull_layers(
     store.remove_stale_temps()
     snapshots.remove_leftovers()
     puller = _Puller(src, store, snapshots)
-    results: list[LayerResult] = []
-    leases: list[Lease] = []
+    layers = manifest.layers
+    skeys = [
+        snapshots.key_for(d.digest, diff_ids[i], keys[i][1] if i in keys else None)
+        for i, d in enumerate(layers)
+    ]
+    # a layer listed twice is built once (and one thread must not lease a snapshot twice)
+    first: dict[str, int] = {}
+    for i, k in enumerate(skeys):
+        first.setdefault(k.name, i)
+    results: dict[int, LayerResult] = {}
+    leases: dict[int, Lease] = {}
     errors: list[BaseException] = []
+    stacked = False
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(manifest.layers) or 1))) as pool:
-            futures = [
-                pool.submit(puller.layer, i, d, diff_ids[i], keys.get(i))
-                for i, d in enumerate(manifest.layers)
-            ]
-            for future in futures:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(first) or 1))) as pool:
+            futures = {
+                i: pool.submit(puller.layer, i, layers[i], diff_ids[i], keys.get(i), skeys[i])
+                for i in first.values()
+            }
+            for i, future in futures.items():
                 try:
-                    result, lease = future.result()
+                    results[i], leases[i] = future.result()
                 except BaseException as exc:
                     errors.append(exc)
-                else:
-                    results.append(result)
-                    leases.append(lease)
         if errors:
             raise next((e for e in errors if isinstance(e, LayersealError)), errors[0])
-        stack_snapshots([lease.tree for lease in leases], rootfs, what=f"rootfs of {src.name}")
+        for i, d in enumerate(layers):
+            if i not in results:
+                results[i] = LayerResult(i, d.digest, diff_ids[i], i in keys, False, True)
+        stack_snapshots([leases[first[k.name]].tree for k in skeys], rootfs, what=f"rootfs of {src.name}")
+        stacked = True
     finally:
-        for lease in leases:
-            lease.close()
-    return tuple(results)
+        # built snapshots are committed here, once sealed; a failure to commit fails the pull
+        failure: BaseException | None = None
+        for lease in leases.values():
+            try:
+                lease.close()
+            except BaseException as exc:
+                failure = failure or exc
+        if failure is not None and stacked:
+            remove_tree(rootfs)
+            raise failure
+    results_list = [results[i] for i in range(len(layers))]
+    return tuple(results_list)

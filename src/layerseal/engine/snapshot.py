@@ -96,16 +96,30 @@ class SnapshotGcReport:
 
 
 class Lease:
-    """A snapshot held for reading: gc and rebuilds wait until :meth:`close`."""
+    """A snapshot held for reading: gc and rebuilds wait until :meth:`close`.
 
-    def __init__(self, tree: Path, reused: bool, discarded: bool, fd: int) -> None:
+    A snapshot this run built is still in its work directory, its lock held exclusively,
+    while its seal is computed on another thread (overlapping the rootfs assembly that
+    reads the same files); :meth:`close` waits for the seal and commits the snapshot.
+    """
+
+    def __init__(
+        self, tree: Path, reused: bool, discarded: bool, fd: int, commit: Callable[[], None] | None = None
+    ) -> None:
         self.tree, self.reused, self.discarded = tree, reused, discarded
         self._fd: int | None = fd
+        self._commit = commit
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Commit a snapshot built by this run (raising if that fails), then release it."""
+        commit, self._commit = self._commit, None
+        try:
+            if commit is not None:
+                commit()
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 # -- the tree digest -----------------------------------------------------------------------
@@ -262,6 +276,7 @@ class SnapshotStore:
         for sub in ("snap", "work", "locks"):
             _mkdir_private(self.root / sub)
         self._secret = self._load_secret()
+        self._sealer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="layerseal-sealer")
 
     def _load_secret(self) -> bytes:
         path = self.root / "secret"
@@ -408,38 +423,47 @@ class SnapshotStore:
                 count += 1
         return count
 
-    def _build_locked(self, key: SnapshotKey, build: Callable[[Path], None]) -> bytes:
+    def _build_locked(
+        self, key: SnapshotKey, build: Callable[[Path], None], fd: int, discarded: bool
+    ) -> Lease:
+        """Build *key*'s snapshot in a work directory; the lease commits it once sealed."""
         work = self._work_dir(key.name)
         try:
             build(work / "tree")
-            seal = json.dumps(
-                {
-                    "version": _SEAL_VERSION,
-                    "diff_id": str(key.diff_id),
-                    "mac": self._mac(key, tree_digest(work / "tree")),
-                }
-            ).encode()
-            fd = os.open(work / "seal.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, seal)
-            finally:
-                os.close(fd)
-            self._note_use(key, work)
-            os.rename(work, self.path(key.name))
         except BaseException:
             remove_tree(work)
             raise
-        return seal
+        digest = self._sealer.submit(tree_digest, work / "tree")
+
+        def commit() -> None:
+            try:
+                mac = self._mac(key, digest.result())
+                seal = json.dumps(
+                    {"version": _SEAL_VERSION, "diff_id": str(key.diff_id), "mac": mac}
+                ).encode()
+                out = os.open(work / "seal.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                try:
+                    os.write(out, seal)
+                finally:
+                    os.close(out)
+                self._note_use(key, work)
+                os.rename(work, self.path(key.name))
+            except BaseException:
+                remove_tree(work)
+                raise
+
+        return Lease(work / "tree", False, discarded, fd, commit)
 
     def acquire(self, key: SnapshotKey, build: Callable[[Path], None]) -> Lease:
         """The verified snapshot of *key*, built with ``build(tree_dir)`` if absent or altered.
 
         ``build`` must fill the new directory it is given and raise unless the layer
-        verified.  The returned lease holds the snapshot's lock shared; close it when the
-        rootfs is built.
+        verified.  The lease holds the snapshot's lock (shared, or exclusive while a
+        snapshot built here awaits its seal); close it once the rootfs is built.  One
+        thread must not hold two leases of the same key.
         """
-        trusted: bytes | None = None  # a seal this call built or verified under the exclusive lock
-        built = discarded = False
+        trusted: bytes | None = None  # a seal another run committed and this call verified
+        discarded = False
         while True:
             fd = self._lock(key.name, fcntl.LOCK_SH)
             assert fd is not None
@@ -447,7 +471,7 @@ class SnapshotStore:
                 seal = self._read_seal(key.name)
                 if (trusted is not None and seal == trusted) or (trusted is None and self._valid(key, seal)):
                     self._note_use(key, self.path(key.name))
-                    return Lease(self.path(key.name) / "tree", not built, discarded, fd)
+                    return Lease(self.path(key.name) / "tree", True, discarded, fd)
             except BaseException:
                 os.close(fd)
                 raise
@@ -458,15 +482,16 @@ class SnapshotStore:
                 seal = self._read_seal(key.name)
                 if self._valid(key, seal):
                     trusted = seal  # another run built it meanwhile
+                    os.close(fd)
                     continue
                 if self._exists(key.name):
                     discarded = True  # altered, unsealed or damaged: never used
                     self._remove_locked(key.name)
                 self._remove_work_of(key.name)  # a killed build of this very snapshot
-                trusted = self._build_locked(key, build)
-                built = True
-            finally:
+                return self._build_locked(key, build, fd, discarded)
+            except BaseException:
                 os.close(fd)
+                raise
 
     # -- maintenance ----------------------------------------------------------------------
 

@@ -61,6 +61,15 @@ def test_build_then_reuse(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "c" / "work") == []
 
 
+def test_built_snapshot_is_committed_when_released(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path / "c")
+    key = store.key_for(BLOB, DIFF_ID, opts())
+    lease = store.acquire(key, build_from(TAR))
+    assert store.names() == [] and lease.tree.is_relative_to(tmp_path / "c" / "work")
+    lease.close()
+    assert store.names() == [key.name] and os.listdir(tmp_path / "c" / "work") == []
+
+
 def test_failed_build_leaves_nothing(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path / "c")
     key = store.key_for(BLOB, DIFF_ID, opts())
@@ -102,9 +111,9 @@ def test_any_change_is_discarded_and_rebuilt(tmp_path: Path, edit: str) -> None:
     calls: list[int] = []
     lease = store.acquire(key, build_from(TAR, calls))
     assert (lease.reused, lease.discarded, calls) == (False, True, [1])
+    lease.close()
     assert victim.read_bytes() == b"ID=test\n" and os.readlink(tree / "link") == "/etc/os-release"
     assert not (tree / "etc/ld.so.preload").exists()
-    lease.close()
 
 
 def test_a_seal_made_with_another_key_is_refused(tmp_path: Path) -> None:
@@ -164,19 +173,19 @@ def test_concurrent_builders_build_once(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path / "c")
     key = store.key_for(BLOB, DIFF_ID, opts())
     calls: list[int] = []
-    leases = []
+    reused: list[bool] = []
 
     def run() -> None:
-        leases.append(store.acquire(key, build_from(TAR, calls)))
+        lease = store.acquire(key, build_from(TAR, calls))
+        reused.append(lease.reused)
+        lease.close()
 
     threads = [threading.Thread(target=run) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert calls == [1] and sorted(lease.reused for lease in leases) == [False, True, True, True]
-    for lease in leases:
-        lease.close()
+    assert calls == [1] and sorted(reused) == [False, True, True, True]
 
 
 def test_gc_keeps_snapshots_in_use_and_referenced(tmp_path: Path) -> None:
@@ -184,7 +193,9 @@ def test_gc_keeps_snapshots_in_use_and_referenced(tmp_path: Path) -> None:
     used = store.key_for(BLOB, DIFF_ID, opts())
     other_tar = make_tar([dir_("d"), reg("d/f", b"2")])
     other = store.key_for(Digest.of(b"blob 2"), Digest.of(other_tar), opts(symkey=b"2" * 32))
-    lease = store.acquire(used, build_from(TAR))
+    store.acquire(used, build_from(TAR)).close()
+    lease = store.acquire(used, build_from(TAR))  # reused: held shared, as during a rootfs build
+    assert lease.reused
     store.acquire(other, build_from(other_tar)).close()
     report = store.gc({BLOB, Digest.of(b"blob 2")}, max_idle=None)
     assert (report.removed, report.kept, report.busy) == (0, 1, 1)
