@@ -72,7 +72,9 @@ def test_pull_and_run_with_runc(tmp_path: Path, registry: RegistryServer) -> Non
         text=True,
     )
     assert (r.returncode, r.stdout) == (9, "layer 1\n"), r.stderr
-    assert not list(Path("/tmp").glob("layerseal-bundle-*"))  # bundles are removed
+    assert not list(Path("/tmp").glob("layerseal-bundle-*"))
+    # the run's bundle (a decrypted rootfs) lives in the cache's private storage, and is removed
+    assert (tmp_path / "snaps" / "bundles").is_dir() and not any((tmp_path / "snaps" / "bundles").iterdir())
 
 
 def test_two_engines_fetch_each_blob_once(tmp_path: Path, registry: RegistryServer) -> None:

@@ -11,6 +11,7 @@ import fcntl
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -475,3 +476,51 @@ def test_disk_full_gives_one_line_and_leaves_the_store_consistent(
         status, _, err = pull(capsys, *args, snapshots=snaps, store=store)
         assert status == 0, err
         assert (disk / "rootfs" / "layer1.txt").read_bytes() == b"hello from layer 1\n"
+
+
+# -- finding 6: copies ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def xfs_loop(path: Path) -> Iterator[Path]:
+    """A real XFS (reflink=1, the mkfs default) on a loop device."""
+    if os.geteuid() != 0 or shutil.which("mkfs.xfs") is None:
+        pytest.skip("a loop-mounted XFS needs root and mkfs.xfs (xfsprogs)")
+    image = path.with_suffix(".img")
+    with image.open("wb") as f:
+        f.truncate(320 << 20)
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
+    path.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+        image.unlink()
+
+
+def _used(path: Path) -> int:
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def test_rootfs_shares_the_snapshots_extents_on_a_reflink_filesystem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layer = 24_000_000
+    ref, key, _ = encrypted_image(tmp_path, big=layer)
+    with xfs_loop(tmp_path / "xfs") as fs:
+        store, snaps = fs / "store", fs / "snaps"
+        before = _used(fs)
+        args = ("--decryption-key", str(key.private), ref)
+        _pull_json(capsys, *args, "--rootfs", str(fs / "r1"), snapshots=snaps, store=store)
+        os.sync()
+        grown = _used(fs) - before
+        # the encrypted blob plus one decrypted tree, not a third copy
+        assert 2 * layer <= grown < 2 * layer + layer // 2, grown
+        # a container writing its rootfs copies on write: the cache stays intact
+        with (fs / "r1" / "data" / "blob0.bin").open("r+b") as f:
+            f.write(b"container write")
+        result = _pull_json(capsys, *args, "--rootfs", str(fs / "r2"), snapshots=snaps, store=store)
+        assert [entry["snapshotReused"] for entry in result["layers"]] == [True]  # type: ignore[attr-defined]
+        assert (fs / "r2" / "data" / "blob0.bin").read_bytes()[:15] != b"container write"

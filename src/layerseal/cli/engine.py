@@ -81,11 +81,15 @@ def register(sub: Any) -> None:
     r.set_defaults(func=run_run)
 
 
-def _pull(args: argparse.Namespace, rootfs: Path) -> PullResult:
+def _snapshots(args: argparse.Namespace) -> SnapshotStore:
+    return SnapshotStore(Path(args.snapshots) if args.snapshots else default_snapshots())
+
+
+def _pull(args: argparse.Namespace, rootfs: Path, snapshots: SnapshotStore | None = None) -> PullResult:
     unwrappers = parse_unwrappers(args.decryption_key)
     store_dir = Path(args.store or _default_store())
     store = SharedBlobStore(store_dir)
-    snapshots = SnapshotStore(Path(args.snapshots) if args.snapshots else default_snapshots())
+    snapshots = snapshots or _snapshots(args)
     broker = None
     if args.kbs:
         broker = BrokerUnwrapper(
@@ -150,9 +154,14 @@ def run_run(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
-    bundle = new_bundle_dir()
+    snapshots = _snapshots(args)
+    # the run's rootfs is plaintext too: it lives in the cache's private storage, where it
+    # can also share the snapshots' extents (reflink)
+    bundles = snapshots.root / "bundles"
+    bundles.mkdir(mode=0o700, exist_ok=True)
+    bundle = new_bundle_dir(bundles)
     try:
-        result = _pull(args, bundle / "rootfs")
+        result = _pull(args, bundle / "rootfs", snapshots)
     except BaseException:
         shutil.rmtree(bundle, ignore_errors=True)
         raise
