@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from layerseal.cli.engine import default_snapshots
-from layerseal.engine.snapshot import SnapshotGcReport, SnapshotStore
+from layerseal.engine.snapshot import SnapshotGcReport, SnapshotStore, user_of
 from layerseal.errors import BadInputError
 from layerseal.layout.blobstore import SharedBlobStore
 
@@ -24,8 +24,8 @@ def register(sub: Any) -> None:
 
     gc = ssub.add_parser(
         "gc",
-        help="remove blobs no image references, snapshots of those blobs or unused for --max-idle days, "
-        "and leftovers of killed pulls",
+        help="remove blobs no image references; of the snapshots this store's runs used, those of such "
+        "blobs or unused for --max-idle days; and leftovers of killed pulls",
     )
     gc.add_argument("--store", required=True, metavar="DIR", help="store root directory")
     gc.add_argument(
@@ -69,7 +69,7 @@ def run_gc(args: argparse.Namespace) -> int:
     # snapshots first: a snapshot whose blob goes now would be unreferenced at the next gc anyway
     snapshots = _snapshots(args)
     snap = (
-        snapshots.gc(store.referenced(), args.max_idle * 86400.0)
+        snapshots.gc(user_of(store.root), store.referenced(), args.max_idle * 86400.0)
         if snapshots is not None
         else SnapshotGcReport(0, 0, 0, 0)
     )

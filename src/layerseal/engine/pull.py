@@ -34,7 +34,7 @@ from layerseal.crypto.keywrap import KeyUnwrapper, LayerContext, open_private_op
 from layerseal.crypto.layercipher import LayerDecryptor, decrypt_stream
 from layerseal.engine.decompress import decompressor
 from layerseal.engine.keys import BrokerUnwrapper
-from layerseal.engine.snapshot import Lease, SnapshotKey, SnapshotStore
+from layerseal.engine.snapshot import Lease, SnapshotKey, SnapshotStore, user_of
 from layerseal.engine.unpack import remove_tree, stack_snapshots, unpack_layer
 from layerseal.errors import BadInputError, DeniedError, IntegrityError, LayersealError, WrongKeyError
 from layerseal.image import mediatypes as mt
@@ -170,9 +170,7 @@ class _Puller:
                     f"{ctx}: diff_id: expected {diff_id} (from the config), seen {result.diff_id}"
                 )
 
-        lease = self.snapshots.acquire(
-            self.snapshots.key_for(desc.digest, diff_id, key[1] if key else None), build
-        )
+        lease = self.snapshots.acquire(skey, build, user_of(self.store.root))
         try:
             if lease.reused:
                 # keep the encrypted blob referenced and present, as a fresh pull would

@@ -22,7 +22,9 @@ Layout under the root (directories 0700)::
     secret                    32 random bytes: the seal key of plain-layer snapshots
     snap/<name>/tree/         one unpacked layer (format: :mod:`layerseal.engine.unpack`)
     snap/<name>/seal.json     {"version", "diff_id", "mac"}
-    snap/<name>/blobs/<hex>   the blobs it was built from or reused for (for gc; not sealed)
+    snap/<name>/users/<store>/<alg>-<hex>
+                              the blob stores whose runs used it, and for which blobs
+                              (for gc; not sealed)
     snap/<name>/used          its mtime: the last time a run built or reused it (for gc)
     work/<name>.<pid>.<rand>  a snapshot being built, or being removed (``.rm``)
     locks/<name>              flock: shared while a run reads the snapshot, exclusive to
@@ -391,10 +393,11 @@ class SnapshotStore:
             raise
         return hmac.compare_digest(mac, self._mac(key, digest))
 
-    def _note_use(self, key: SnapshotKey, base: Path) -> None:
-        blobs = base / "blobs"
-        with contextlib.suppress(FileExistsError):
-            blobs.mkdir(mode=0o700)
+    def _note_use(self, key: SnapshotKey, base: Path, user: str) -> None:
+        blobs = base / "users" / user
+        for d in (base / "users", blobs):
+            with contextlib.suppress(FileExistsError):
+                d.mkdir(mode=0o700)
         mark = blobs / f"{key.blob.algorithm}-{key.blob.hex}"
         os.close(os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         used = base / "used"
@@ -424,7 +427,7 @@ class SnapshotStore:
         return count
 
     def _build_locked(
-        self, key: SnapshotKey, build: Callable[[Path], None], fd: int, discarded: bool
+        self, key: SnapshotKey, build: Callable[[Path], None], fd: int, discarded: bool, user: str
     ) -> Lease:
         """Build *key*'s snapshot in a work directory; the lease commits it once sealed."""
         work = self._work_dir(key.name)
@@ -446,7 +449,7 @@ class SnapshotStore:
                     os.write(out, seal)
                 finally:
                     os.close(out)
-                self._note_use(key, work)
+                self._note_use(key, work, user)
                 os.rename(work, self.path(key.name))
             except BaseException:
                 remove_tree(work)
@@ -454,8 +457,11 @@ class SnapshotStore:
 
         return Lease(work / "tree", False, discarded, fd, commit)
 
-    def acquire(self, key: SnapshotKey, build: Callable[[Path], None]) -> Lease:
+    def acquire(self, key: SnapshotKey, build: Callable[[Path], None], user: str = "default") -> Lease:
         """The verified snapshot of *key*, built with ``build(tree_dir)`` if absent or altered.
+
+        *user* names the blob store the run pulls through (see :func:`user_of`): gc with
+        that store judges only the snapshots its runs used.
 
         ``build`` must fill the new directory it is given and raise unless the layer
         verified.  The lease holds the snapshot's lock (shared, or exclusive while a
@@ -470,7 +476,7 @@ class SnapshotStore:
             try:
                 seal = self._read_seal(key.name)
                 if (trusted is not None and seal == trusted) or (trusted is None and self._valid(key, seal)):
-                    self._note_use(key, self.path(key.name))
+                    self._note_use(key, self.path(key.name), user)
                     return Lease(self.path(key.name) / "tree", True, discarded, fd)
             except BaseException:
                 os.close(fd)
@@ -488,7 +494,7 @@ class SnapshotStore:
                     discarded = True  # altered, unsealed or damaged: never used
                     self._remove_locked(key.name)
                 self._remove_work_of(key.name)  # a killed build of this very snapshot
-                return self._build_locked(key, build, fd, discarded)
+                return self._build_locked(key, build, fd, discarded, user)
             except BaseException:
                 os.close(fd)
                 raise
@@ -511,13 +517,16 @@ class SnapshotStore:
     def names(self) -> list[str]:
         return sorted(e.name for e in (self.root / "snap").iterdir())
 
-    def blobs_of(self, name: str) -> set[Digest]:
-        out: set[Digest] = set()
+    def users_of(self, name: str) -> dict[str, set[Digest]]:
+        """Which stores' runs used snapshot *name*, and the blobs each used it for."""
+        out: dict[str, set[Digest]] = {}
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            for entry in (self.path(name) / "blobs").iterdir():
-                alg, _, hex_ = entry.name.partition("-")
-                with contextlib.suppress(BadInputError):
-                    out.add(Digest(alg, hex_))
+            for user in (self.path(name) / "users").iterdir():
+                blobs = out.setdefault(user.name, set())
+                for entry in user.iterdir():
+                    alg, _, hex_ = entry.name.partition("-")
+                    with contextlib.suppress(BadInputError):
+                        blobs.add(Digest(alg, hex_))
         return out
 
     def last_used(self, name: str) -> float:
@@ -527,12 +536,15 @@ class SnapshotStore:
             return 0.0
 
     def gc(
-        self, referenced: set[Digest], max_idle: float | None, now: float | None = None
+        self, user: str, referenced: set[Digest], max_idle: float | None, now: float | None = None
     ) -> SnapshotGcReport:
-        """Remove snapshots built from no blob in *referenced*, or unused for *max_idle* seconds.
+        """gc on behalf of the store *user*, whose images reference *referenced*.
 
-        A snapshot in use (its lock held by a run) is left for a later gc.  Leftovers of
-        killed pulls are removed too.
+        Of the snapshots that store's runs used, it removes those no run reused for
+        *max_idle* seconds, and forgets that store's use of those whose blobs it no longer
+        references; a snapshot no store uses any more is removed.  Snapshots of other
+        stores are left to their gc; one in use (its lock held) is left for a later gc.
+        Leftovers of killed pulls are removed too.
         """
         now = time.time() if now is None else now
         removed = kept = busy = 0
@@ -542,15 +554,24 @@ class SnapshotStore:
                 busy += 1
                 continue
             try:
-                stale = not (self.blobs_of(name) & referenced) or (
-                    max_idle is not None and now - self.last_used(name) >= max_idle
-                )
-                if stale:
+                users = self.users_of(name)
+                if user in users:
+                    if max_idle is not None and now - self.last_used(name) >= max_idle:
+                        users = {}
+                    elif not users[user] & referenced:
+                        remove_tree(self.path(name) / "users" / user)
+                        del users[user]
+                if users:
+                    kept += 1
+                else:
                     self._remove_locked(name)
                     self.lock_path(name).unlink(missing_ok=True)
                     removed += 1
-                else:
-                    kept += 1
             finally:
                 os.close(fd)
         return SnapshotGcReport(removed, kept, busy, self.remove_leftovers())
+
+
+def user_of(store_root: Path) -> str:
+    """The name under which a blob store's runs are recorded in a snapshot."""
+    return hashlib.sha256(str(Path(store_root).resolve()).encode()).hexdigest()[:32]

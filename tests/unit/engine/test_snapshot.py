@@ -201,14 +201,28 @@ def test_gc_keeps_snapshots_in_use_and_referenced(tmp_path: Path) -> None:
     lease = store.acquire(used, build_from(TAR))  # reused: held shared, as during a rootfs build
     assert lease.reused
     store.acquire(other, build_from(other_tar)).close()
-    report = store.gc({BLOB, Digest.of(b"blob 2")}, max_idle=None)
+    report = store.gc("default", {BLOB, Digest.of(b"blob 2")}, max_idle=None)
     assert (report.removed, report.kept, report.busy) == (0, 1, 1)
-    report = store.gc(set(), max_idle=None)  # nothing referenced: all but the leased one go
+    report = store.gc("default", set(), max_idle=None)  # nothing referenced: all but the leased one go
     assert (report.removed, report.busy) == (1, 1) and store.names() == [used.name]
     lease.close()
-    report = store.gc({BLOB}, max_idle=0)  # idle for 0 s or more: gone
+    report = store.gc("default", {BLOB}, max_idle=0)  # idle for 0 s or more: gone
     assert report.removed == 1 and store.names() == []
     assert os.listdir(tmp_path / "c" / "locks") == []
+
+
+def test_gc_judges_only_what_its_own_store_used(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path / "c")
+    key = store.key_for(BLOB, DIFF_ID, opts())
+    store.acquire(key, build_from(TAR), user="a").close()
+    store.acquire(key, build_from(TAR), user="b").close()
+    assert store.users_of(key.name) == {"a": {BLOB}, "b": {BLOB}}
+    report = store.gc("c", set(), max_idle=0)  # store c never used it: not its to judge
+    assert (report.removed, report.kept) == (0, 1)
+    report = store.gc("a", set(), max_idle=None)  # a no longer needs it; b still may
+    assert (report.removed, report.kept) == (0, 1) and store.users_of(key.name) == {"b": {BLOB}}
+    report = store.gc("b", set(), max_idle=None)
+    assert report.removed == 1 and store.names() == []
 
 
 def test_leftovers_only_of_dead_builders(tmp_path: Path) -> None:
