@@ -429,6 +429,40 @@ def test_gc_and_pulls_leave_a_live_pull_alone(tmp_path: Path, capsys: pytest.Cap
     assert _gc(capsys, store, snaps)["removed_snapshot_leftovers"] == 1 and not live.exists()
 
 
+def test_concurrent_pulls_sharing_a_cache_build_each_snapshot_once(tmp_path: Path) -> None:
+    """Two engines, one cache, layers in any order: no deadlock, every snapshot built once."""
+    ref, key, _ = encrypted_image(tmp_path, big=2_000_000, layers=4)
+    for attempt in range(1):
+        snaps = tmp_path / f"snaps{attempt}"
+        procs = [
+            subprocess.Popen(
+                [
+                    *LAYERSEAL,
+                    "pull",
+                    "--decryption-key",
+                    str(key.private),
+                    "--store",
+                    str(tmp_path / "store"),
+                    "--snapshots",
+                    str(snaps),
+                    ref,
+                    "--rootfs",
+                    str(tmp_path / f"r{attempt}-{n}"),
+                    "--json",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for n in range(2)
+        ]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
+        reused = [[layer["snapshotReused"] for layer in json.loads(o[0])["layers"]] for o in outs]
+        assert [a != b for a, b in zip(*reused, strict=True)] == [True] * 4  # one built, the other reused
+        assert len(list((snaps / "snap").iterdir())) == 4
+
+
 # -- finding 6: disk full --------------------------------------------------------------------
 
 

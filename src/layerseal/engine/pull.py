@@ -35,7 +35,7 @@ from layerseal.crypto.layercipher import LayerDecryptor, decrypt_stream
 from layerseal.engine.decompress import decompressor
 from layerseal.engine.keys import BrokerUnwrapper
 from layerseal.engine.snapshot import Lease, SnapshotKey, SnapshotStore, user_of
-from layerseal.engine.unpack import remove_tree, stack_snapshots, unpack_layer
+from layerseal.engine.unpack import stack_snapshots, unpack_layer
 from layerseal.errors import BadInputError, DeniedError, IntegrityError, LayersealError, WrongKeyError
 from layerseal.image import mediatypes as mt
 from layerseal.image.config import ImageConfig
@@ -245,14 +245,13 @@ def _pull_layers(
         snapshots.key_for(d.digest, diff_ids[i], keys[i][1] if i in keys else None)
         for i, d in enumerate(layers)
     ]
-    # a layer listed twice is built once (and one thread must not lease a snapshot twice)
+    # a layer listed twice is built once
     first: dict[str, int] = {}
     for i, k in enumerate(skeys):
         first.setdefault(k.name, i)
     results: dict[int, LayerResult] = {}
     leases: dict[int, Lease] = {}
     errors: list[BaseException] = []
-    stacked = False
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(first) or 1))) as pool:
             futures = {
@@ -270,17 +269,8 @@ def _pull_layers(
             if i not in results:
                 results[i] = LayerResult(i, d.digest, diff_ids[i], i in keys, False, True)
         stack_snapshots([leases[first[k.name]].tree for k in skeys], rootfs, what=f"rootfs of {src.name}")
-        stacked = True
     finally:
-        # built snapshots are committed here, once sealed; a failure to commit fails the pull
-        failure: BaseException | None = None
         for lease in leases.values():
-            try:
-                lease.close()
-            except BaseException as exc:
-                failure = failure or exc
-        if failure is not None and stacked:
-            remove_tree(rootfs)
-            raise failure
+            lease.close()
     results_list = [results[i] for i in range(len(layers))]
     return tuple(results_list)

@@ -98,30 +98,16 @@ class SnapshotGcReport:
 
 
 class Lease:
-    """A snapshot held for reading: gc and rebuilds wait until :meth:`close`.
+    """A snapshot held for reading (its lock shared): gc and rebuilds wait until :meth:`close`."""
 
-    A snapshot this run built is still in its work directory, its lock held exclusively,
-    while its seal is computed on another thread (overlapping the rootfs assembly that
-    reads the same files); :meth:`close` waits for the seal and commits the snapshot.
-    """
-
-    def __init__(
-        self, tree: Path, reused: bool, discarded: bool, fd: int, commit: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, tree: Path, reused: bool, discarded: bool, fd: int) -> None:
         self.tree, self.reused, self.discarded = tree, reused, discarded
         self._fd: int | None = fd
-        self._commit = commit
 
     def close(self) -> None:
-        """Commit a snapshot built by this run (raising if that fails), then release it."""
-        commit, self._commit = self._commit, None
-        try:
-            if commit is not None:
-                commit()
-        finally:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 # -- the tree digest -----------------------------------------------------------------------
@@ -278,7 +264,6 @@ class SnapshotStore:
         for sub in ("snap", "work", "locks"):
             _mkdir_private(self.root / sub)
         self._secret = self._load_secret()
-        self._sealer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="layerseal-sealer")
 
     def _load_secret(self) -> bytes:
         path = self.root / "secret"
@@ -426,36 +411,24 @@ class SnapshotStore:
                 count += 1
         return count
 
-    def _build_locked(
-        self, key: SnapshotKey, build: Callable[[Path], None], fd: int, discarded: bool, user: str
-    ) -> Lease:
-        """Build *key*'s snapshot in a work directory; the lease commits it once sealed."""
+    def _build_locked(self, key: SnapshotKey, build: Callable[[Path], None], user: str) -> bytes:
+        """Build, seal and commit *key*'s snapshot (its lock held exclusively); returns the seal."""
         work = self._work_dir(key.name)
         try:
             build(work / "tree")
+            mac = self._mac(key, tree_digest(work / "tree"))
+            seal = json.dumps({"version": _SEAL_VERSION, "diff_id": str(key.diff_id), "mac": mac}).encode()
+            out = os.open(work / "seal.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(out, seal)
+            finally:
+                os.close(out)
+            self._note_use(key, work, user)
+            os.rename(work, self.path(key.name))
         except BaseException:
             remove_tree(work)
             raise
-        digest = self._sealer.submit(tree_digest, work / "tree")
-
-        def commit() -> None:
-            try:
-                mac = self._mac(key, digest.result())
-                seal = json.dumps(
-                    {"version": _SEAL_VERSION, "diff_id": str(key.diff_id), "mac": mac}
-                ).encode()
-                out = os.open(work / "seal.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                try:
-                    os.write(out, seal)
-                finally:
-                    os.close(out)
-                self._note_use(key, work, user)
-                os.rename(work, self.path(key.name))
-            except BaseException:
-                remove_tree(work)
-                raise
-
-        return Lease(work / "tree", False, discarded, fd, commit)
+        return seal
 
     def acquire(self, key: SnapshotKey, build: Callable[[Path], None], user: str = "default") -> Lease:
         """The verified snapshot of *key*, built with ``build(tree_dir)`` if absent or altered.
@@ -464,12 +437,11 @@ class SnapshotStore:
         that store judges only the snapshots its runs used.
 
         ``build`` must fill the new directory it is given and raise unless the layer
-        verified.  The lease holds the snapshot's lock (shared, or exclusive while a
-        snapshot built here awaits its seal); close it once the rootfs is built.  One
-        thread must not hold two leases of the same key.
+        verified.  The lease holds the snapshot's lock shared; close it once the rootfs
+        is built.
         """
-        trusted: bytes | None = None  # a seal another run committed and this call verified
-        discarded = False
+        trusted: bytes | None = None  # a seal verified or made under the exclusive lock
+        built = discarded = False
         while True:
             fd = self._lock(key.name, fcntl.LOCK_SH)
             assert fd is not None
@@ -477,27 +449,28 @@ class SnapshotStore:
                 seal = self._read_seal(key.name)
                 if (trusted is not None and seal == trusted) or (trusted is None and self._valid(key, seal)):
                     self._note_use(key, self.path(key.name), user)
-                    return Lease(self.path(key.name) / "tree", True, discarded, fd)
+                    return Lease(self.path(key.name) / "tree", not built, discarded, fd)
             except BaseException:
                 os.close(fd)
                 raise
             os.close(fd)
+            # no lock is held while waiting for this one, and a builder waits for no other:
+            # concurrent pulls sharing layers cannot deadlock
             fd = self._lock(key.name, fcntl.LOCK_EX)
             assert fd is not None
             try:
                 seal = self._read_seal(key.name)
                 if self._valid(key, seal):
                     trusted = seal  # another run built it meanwhile
-                    os.close(fd)
                     continue
                 if self._exists(key.name):
                     discarded = True  # altered, unsealed or damaged: never used
                     self._remove_locked(key.name)
                 self._remove_work_of(key.name)  # a killed build of this very snapshot
-                return self._build_locked(key, build, fd, discarded, user)
-            except BaseException:
+                trusted = self._build_locked(key, build, user)
+                built = True
+            finally:
                 os.close(fd)
-                raise
 
     # -- maintenance ----------------------------------------------------------------------
 

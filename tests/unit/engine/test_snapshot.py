@@ -61,13 +61,13 @@ def test_build_then_reuse(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "c" / "work") == []
 
 
-def test_built_snapshot_is_committed_when_released(tmp_path: Path) -> None:
+def test_built_snapshot_is_committed_before_use(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path / "c")
     key = store.key_for(BLOB, DIFF_ID, opts())
     lease = store.acquire(key, build_from(TAR))
-    assert store.names() == [] and lease.tree.is_relative_to(tmp_path / "c" / "work")
+    assert store.names() == [key.name] and lease.tree == store.path(key.name) / "tree"
+    assert os.listdir(tmp_path / "c" / "work") == []
     lease.close()
-    assert store.names() == [key.name] and os.listdir(tmp_path / "c" / "work") == []
 
 
 def test_failed_build_leaves_nothing(tmp_path: Path) -> None:
@@ -190,6 +190,36 @@ def test_concurrent_builders_build_once(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert calls == [1] and sorted(reused) == [False, True, True, True]
+
+
+def test_runs_holding_leases_while_taking_more_do_not_deadlock(tmp_path: Path) -> None:
+    """Two runs (two stores: separate lock files descriptors, as two processes) cross over."""
+    a, b = SnapshotStore(tmp_path / "c"), SnapshotStore(tmp_path / "c")
+    other_tar = make_tar([reg("other", b"2")])
+    kx = a.key_for(BLOB, DIFF_ID, opts())
+    ky = a.key_for(Digest.of(b"blob 2"), Digest.of(other_tar), opts(symkey=b"2" * 32))
+    held = [a.acquire(kx, build_from(TAR)), b.acquire(ky, build_from(other_tar))]
+    reused: list[bool] = []
+
+    def cross(store: SnapshotStore, key: object, tar: bytes) -> None:
+        lease = store.acquire(key, build_from(tar))  # type: ignore[arg-type]
+        reused.append(lease.reused)
+        lease.close()
+
+    threads = [
+        threading.Thread(target=cross, args=(a, ky, other_tar), daemon=True),
+        threading.Thread(target=cross, args=(b, kx, TAR), daemon=True),
+    ]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=20)
+        assert not any(t.is_alive() for t in threads), "deadlock: each run waits for the other's lease"
+        assert reused == [True, True]
+    finally:
+        for lease in held:
+            lease.close()
 
 
 def test_gc_keeps_snapshots_in_use_and_referenced(tmp_path: Path) -> None:
