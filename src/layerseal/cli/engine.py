@@ -14,7 +14,7 @@ from layerseal.cli.common import add_registry_flags, parse_unwrappers, print_jso
 from layerseal.engine.enclave import enclave_client, make_attester
 from layerseal.engine.keys import BrokerUnwrapper
 from layerseal.engine.pull import PullResult, pull_image
-from layerseal.engine.run import new_bundle_dir, prepare_bundle, run_pulled
+from layerseal.engine.run import prepare_bundle, run_pulled
 from layerseal.engine.snapshot import SnapshotStore
 from layerseal.errors import BadInputError
 from layerseal.image.descriptor import Platform
@@ -155,18 +155,18 @@ def run_run(args: argparse.Namespace) -> int:
     if command and command[0] == "--":
         command = command[1:]
     snapshots = _snapshots(args)
-    # the run's rootfs is plaintext too: it lives in the cache's private storage, where it
-    # can also share the snapshots' extents (reflink)
-    bundles = snapshots.root / "bundles"
-    bundles.mkdir(mode=0o700, exist_ok=True)
-    bundle = new_bundle_dir(bundles)
-    try:
-        result = _pull(args, bundle / "rootfs", snapshots)
-    except BaseException:
-        shutil.rmtree(bundle, ignore_errors=True)
-        raise
-    sys.stdout.flush()
-    if not command and not (result.config.runtime.get("Cmd") or result.config.runtime.get("Entrypoint")):
-        shutil.rmtree(bundle, ignore_errors=True)
-        raise BadInputError(f"{result.image}: expected a command (image has no Entrypoint/Cmd), seen none")
-    return run_pulled(result, bundle, command or None, runtime=args.runtime, keep=args.keep_bundle)
+    # the run's rootfs is plaintext too: it lives in the cache's private storage (where it
+    # can also share the snapshots' extents), marked live while this process runs it
+    with snapshots.bundle_dir() as bundle:
+        try:
+            result = _pull(args, bundle / "rootfs", snapshots)
+        except BaseException:
+            shutil.rmtree(bundle, ignore_errors=True)
+            raise
+        sys.stdout.flush()
+        if not command and not (result.config.runtime.get("Cmd") or result.config.runtime.get("Entrypoint")):
+            shutil.rmtree(bundle, ignore_errors=True)
+            raise BadInputError(
+                f"{result.image}: expected a command (image has no Entrypoint/Cmd), seen none"
+            )
+        return run_pulled(result, bundle, command or None, runtime=args.runtime, keep=args.keep_bundle)

@@ -27,6 +27,7 @@ Layout under the root (directories 0700)::
                               (for gc; not sealed)
     snap/<name>/used          its mtime: the last time a run built or reused it (for gc)
     work/<name>.<pid>.<rand>  a snapshot being built, or being removed (``.rm``)
+    bundles/layerseal-bundle-<id>  the bundle of a ``layerseal run`` (locks/bundle-<id>)
     locks/<name>              flock: shared while a run reads the snapshot, exclusive to
                               build, check-and-discard or remove it
 
@@ -475,14 +476,53 @@ class SnapshotStore:
     # -- maintenance ----------------------------------------------------------------------
 
     def remove_leftovers(self) -> int:
-        """Remove work directories of dead builders and removers; a live one holds its lock."""
-        count = 0
+        """Remove what dead builders, removers and runs left; a live one holds its lock."""
+        count = self._remove_dead_bundles()
         for name in sorted({e.name.split(".", 1)[0] for e in (self.root / "work").iterdir()}):
             fd = self._lock(name, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if fd is None:
                 continue
             try:
                 count += self._remove_work_of(name)
+            finally:
+                os.close(fd)
+        return count
+
+    @contextlib.contextmanager
+    def bundle_dir(self) -> Iterator[Path]:
+        """A new private directory for a run's bundle (a decrypted rootfs), live while in use.
+
+        The run holds ``locks/bundle-<id>`` meanwhile; once it is gone (ended, killed, or
+        ``--keep-bundle``), gc and later pulls remove the directory.
+        """
+        parent = self.root / "bundles"
+        _mkdir_private(parent)
+        token = secrets.token_hex(8)
+        fd = self._lock(f"bundle-{token}", fcntl.LOCK_EX)
+        assert fd is not None
+        try:
+            path = parent / f"layerseal-bundle-{token}"
+            path.mkdir(mode=0o700)
+            yield path
+        finally:
+            os.close(fd)
+
+    def _remove_dead_bundles(self) -> int:
+        count = 0
+        parent = self.root / "bundles"
+        if not parent.is_dir():
+            return 0
+        for entry in sorted(parent.iterdir()):
+            token = entry.name.removeprefix("layerseal-bundle-")
+            if token == entry.name:
+                continue
+            fd = self._lock(f"bundle-{token}", fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fd is None:
+                continue
+            try:
+                remove_tree(entry)
+                self.lock_path(f"bundle-{token}").unlink(missing_ok=True)
+                count += 1
             finally:
                 os.close(fd)
         return count

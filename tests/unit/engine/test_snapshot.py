@@ -280,3 +280,15 @@ def test_cache_root_is_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(loose.stat().st_mode) == 0o700
     for sub in ("snap", "work", "locks"):
         assert stat.S_IMODE((loose / sub).stat().st_mode) == 0o700
+
+
+def test_bundles_of_dead_runs_are_removed_live_ones_kept(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path / "c")
+    with store.bundle_dir() as live:
+        (live / "rootfs").mkdir()
+        (live / "rootfs" / "secret").write_bytes(b"plaintext")
+        assert stat.S_IMODE(live.stat().st_mode) == 0o700
+        assert store.remove_leftovers() == 0 and live.exists()  # its run holds the lock
+    # the run ended without removing it (killed, or --keep-bundle): the next sweep does
+    assert store.remove_leftovers() == 1 and not live.exists()
+    assert os.listdir(tmp_path / "c" / "locks") == []
