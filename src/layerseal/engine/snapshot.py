@@ -47,6 +47,7 @@ import errno
 import fcntl
 import hashlib
 import hmac
+import io
 import json
 import os
 import resource
@@ -114,8 +115,8 @@ class Lease:
 # -- the tree digest -----------------------------------------------------------------------
 
 
-def _hash_file(fd: int) -> bytes:
-    with os.fdopen(fd, "rb", buffering=0) as f:
+def _hash_file(f: io.FileIO) -> bytes:
+    with f:
         return hashlib.file_digest(f, "sha256").digest()
 
 
@@ -217,7 +218,8 @@ def tree_digest(root: Path) -> bytes:
                     except PermissionError:
                         record(path, st, b"unreadable", xattrs, None)
                         continue
-                    record(path, st, b"file", xattrs, pool.submit(_hash_file, fd))
+                    # the file object owns the fd: closed when hashed, or when dropped unhashed
+                    record(path, st, b"file", xattrs, pool.submit(_hash_file, io.FileIO(fd, "rb")))
                 elif stat.S_ISLNK(mode):
                     record(path, st, os.fsencode(os.readlink(name, dir_fd=dir_fd)), xattrs, None)
                 else:
@@ -226,7 +228,7 @@ def tree_digest(root: Path) -> bytes:
         finally:
             for fd_, _, _ in stack:
                 os.close(fd_)
-            for _, fut, _ in pending:  # on error: close what the pool still holds
+            for _, fut, _ in pending:  # on error: the pool need not hash what nobody will read
                 if fut is not None:
                     fut.cancel()
     return out.digest()
@@ -380,6 +382,14 @@ class SnapshotStore:
         return hmac.compare_digest(mac, self._mac(key, digest))
 
     def _note_use(self, key: SnapshotKey, base: Path, user: str) -> None:
+        try:
+            self._note_use_unchecked(key, base, user)
+        except OSError as e:
+            # gc hints only: a full disk must not stop a run from reusing its cache
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT) or base.parent != self.root / "snap":
+                raise
+
+    def _note_use_unchecked(self, key: SnapshotKey, base: Path, user: str) -> None:
         blobs = base / "users" / user
         for d in (base / "users", blobs):
             with contextlib.suppress(FileExistsError):
