@@ -558,3 +558,22 @@ def test_rootfs_shares_the_snapshots_extents_on_a_reflink_filesystem(
         result = _pull_json(capsys, *args, "--rootfs", str(fs / "r2"), snapshots=snaps, store=store)
         assert [entry["snapshotReused"] for entry in result["layers"]] == [True]  # type: ignore[attr-defined]
         assert (fs / "r2" / "data" / "blob0.bin").read_bytes()[:15] != b"container write"
+
+
+def test_an_unusable_cache_location_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ref, key, _ = encrypted_image(tmp_path)
+    (tmp_path / "file").write_bytes(b"")
+    status, _, err = pull(
+        capsys,
+        "--decryption-key",
+        str(key.private),
+        ref,
+        "--rootfs",
+        str(tmp_path / "r"),
+        snapshots=tmp_path / "file" / "snaps",
+        store=tmp_path / "store",
+    )
+    assert status == 2 and len(err.strip().splitlines()) == 1 and "--snapshots DIR" in err, err
+    assert not (tmp_path / "r").exists()

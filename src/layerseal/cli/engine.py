@@ -82,7 +82,18 @@ def register(sub: Any) -> None:
 
 
 def _snapshots(args: argparse.Namespace) -> SnapshotStore:
-    return SnapshotStore(Path(args.snapshots) if args.snapshots else default_snapshots())
+    return open_snapshots(Path(args.snapshots) if args.snapshots else default_snapshots())
+
+
+def open_snapshots(path: Path) -> SnapshotStore:
+    """The cache at *path*, or a one-line error saying why it cannot be used."""
+    try:
+        return SnapshotStore(path)
+    except OSError as e:
+        raise BadInputError(
+            f"decrypted-layer cache {path}: expected a directory this user can create and write, "
+            f"seen {e.strerror}; choose --snapshots DIR in enclave-private storage"
+        ) from e
 
 
 def _pull(args: argparse.Namespace, rootfs: Path, snapshots: SnapshotStore | None = None) -> PullResult:

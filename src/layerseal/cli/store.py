@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from layerseal.cli.engine import default_snapshots
+from layerseal.cli.engine import default_snapshots, open_snapshots
 from layerseal.engine.snapshot import SnapshotGcReport, SnapshotStore, user_of
 from layerseal.errors import BadInputError
 from layerseal.layout.blobstore import SharedBlobStore
@@ -57,9 +57,9 @@ def register(sub: Any) -> None:
 
 def _snapshots(args: argparse.Namespace) -> SnapshotStore | None:
     if args.snapshots:
-        return SnapshotStore(Path(args.snapshots))
+        return open_snapshots(Path(args.snapshots))
     path = default_snapshots()
-    return SnapshotStore(path) if path.is_dir() else None
+    return open_snapshots(path) if path.is_dir() else None
 
 
 def run_gc(args: argparse.Namespace) -> int:
