@@ -49,6 +49,7 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 import os
 import resource
 import secrets
@@ -68,6 +69,8 @@ from layerseal.engine.unpack import remove_tree
 from layerseal.errors import BadInputError
 from layerseal.image.digest import Digest
 from layerseal.image.encryption import PrivateOptions
+
+log = logging.getLogger(__name__)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SEAL_VERSION = 1
@@ -476,6 +479,13 @@ class SnapshotStore:
                     continue
                 if self._exists(key.name):
                     discarded = True  # altered, unsealed or damaged: never used
+                    log.warning(
+                        "snapshot cache %s: snapshot %s of %s failed its seal (changed on disk); "
+                        "discarded, rebuilding it from the verified blob",
+                        self.root,
+                        key.name[:18],
+                        key.diff_id,
+                    )
                     self._remove_locked(key.name)
                 self._remove_work_of(key.name)  # a killed build of this very snapshot
                 trusted = self._build_locked(key, build, user)
