@@ -91,7 +91,7 @@ def main() -> int:
             size = sum(p.stat().st_size for p in (d / "img" / "blobs" / "sha256").iterdir())
             ls_runs, sk_runs = [], []
             for _ in range(RUNS):
-                for name in ("store", "store.snapshots", "rootfs", "oci", "bundle"):
+                for name in ("store", "snaps", "rootfs", "oci", "bundle"):
                     drop_tree(d / name)
                 subprocess.run(["sync"], check=True)
                 ls_runs.append(
@@ -104,6 +104,8 @@ def main() -> int:
                             str(priv),
                             "--store",
                             str(d / "store"),
+                            "--snapshots",
+                            str(d / "snaps"),
                             ref,
                             "--rootfs",
                             str(d / "rootfs"),
@@ -129,7 +131,7 @@ def main() -> int:
             ls_best = min(r.seconds for r in ls_runs)
             sk_best = min(r[0] for r in sk_runs)
             ls_rss = max(r.peak_rss_mb for r in ls_runs)
-            for name in ("store", "store.snapshots"):
+            for name in ("store", "snaps"):
                 drop_tree(d / name)
             run_cmd = [
                 LS,
@@ -139,6 +141,8 @@ def main() -> int:
                 str(priv),
                 "--store",
                 str(d / "store"),
+                "--snapshots",
+                str(d / "snaps"),
                 ref,
             ]
             cold = first_byte(run_cmd)

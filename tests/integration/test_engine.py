@@ -42,6 +42,8 @@ def test_pull_and_run_with_runc(tmp_path: Path, registry: RegistryServer) -> Non
             str(key),
             "--store",
             str(tmp_path / "store"),
+            "--snapshots",
+            str(tmp_path / "snaps"),
             ref,
         ],
         capture_output=True,
@@ -58,6 +60,8 @@ def test_pull_and_run_with_runc(tmp_path: Path, registry: RegistryServer) -> Non
             str(key),
             "--store",
             str(tmp_path / "store"),
+            "--snapshots",
+            str(tmp_path / "snaps"),
             ref,
             "--",
             "/bin/sh",
@@ -68,7 +72,9 @@ def test_pull_and_run_with_runc(tmp_path: Path, registry: RegistryServer) -> Non
         text=True,
     )
     assert (r.returncode, r.stdout) == (9, "layer 1\n"), r.stderr
-    assert not list(Path("/tmp").glob("layerseal-bundle-*"))  # bundles are removed
+    assert not list(Path("/tmp").glob("layerseal-bundle-*"))
+    # the run's bundle (a decrypted rootfs) lives in the cache's private storage, and is removed
+    assert (tmp_path / "snaps" / "bundles").is_dir() and not any((tmp_path / "snaps" / "bundles").iterdir())
 
 
 def test_two_engines_fetch_each_blob_once(tmp_path: Path, registry: RegistryServer) -> None:
@@ -201,6 +207,8 @@ def test_malicious_layer_in_encrypted_image_leaves_nothing(
             str(key.private),
             "--store",
             str(work / "store"),
+            "--snapshots",
+            str(work / "snaps"),
             f"oci:{tmp_path}/enc:v1",
             "--rootfs",
             str(work / "a" / "b" / "rootfs"),
@@ -213,10 +221,8 @@ def test_malicious_layer_in_encrypted_image_leaves_nothing(
         and not (tmp_path / "escaped.txt").exists()
         and not (work / "escaped.txt").exists()
     )
-    snapshots = work / "store.snapshots"
-    assert not snapshots.exists() or not any(
-        p.name.startswith("sha256") and any(p.iterdir()) for p in snapshots.iterdir()
-    )
+    snapshots = work / "snaps"
+    assert not any((snapshots / "snap").iterdir()) and not any((snapshots / "work").iterdir())
 
 
 def test_wrong_key_pull_names_layers_and_writes_nothing(
@@ -246,6 +252,8 @@ def test_wrong_key_pull_names_layers_and_writes_nothing(
             str(wrong.private),
             "--store",
             str(tmp_path / "store"),
+            "--snapshots",
+            str(tmp_path / "snaps"),
             f"oci:{tmp_path}/enc:v1",
             "--rootfs",
             str(tmp_path / "rootfs"),

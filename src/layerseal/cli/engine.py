@@ -27,7 +27,7 @@ from layerseal.engine.limits import (
     UnpackLimits,
 )
 from layerseal.engine.pull import PullResult, pull_image
-from layerseal.engine.run import new_bundle_dir, prepare_bundle, prepare_output, run_pulled
+from layerseal.engine.run import prepare_bundle, prepare_output, run_pulled
 from layerseal.engine.snapshot import SnapshotStore
 from layerseal.errors import BadInputError
 from layerseal.image.descriptor import Platform
@@ -44,6 +44,21 @@ def _default_store() -> str:
     return f"{base}/store"
 
 
+def default_snapshots() -> Path:
+    """Where decrypted layers are cached: enclave-private runtime storage, never beside the store.
+
+    ``/run`` and ``$XDG_RUNTIME_DIR`` are memory-backed on systemd hosts; inside a
+    confidential VM that memory is the TEE's own (see docs/cache.md).
+    """
+    env = os.environ.get("LAYERSEAL_SNAPSHOTS")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/run/layerseal/snapshots")
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.geteuid()}"
+    return Path(runtime) / "layerseal" / "snapshots"
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="SRC", help="oci:DIR[:TAG] or docker://HOST/REPO[:TAG]")
     p.add_argument("--kbs", metavar="URL", help="key broker to attest to for provider.attestation-agent keys")
@@ -56,7 +71,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="for jwe: and pkcs7: layers (KEY:PASS, KEY:file=PATH, KEY:env=VAR... as for copy)",
     )
     p.add_argument("--store", default=None, help="shared encrypted blob store (default: $LAYERSEAL_STORE)")
-    p.add_argument("--snapshots", help="decrypted snapshot cache (default: STORE.snapshots)")
+    p.add_argument(
+        "--snapshots",
+        metavar="DIR",
+        help="decrypted-layer cache in enclave-private storage (default: $LAYERSEAL_SNAPSHOTS, "
+        "else /run/layerseal/snapshots as root, $XDG_RUNTIME_DIR/layerseal/snapshots otherwise)",
+    )
     p.add_argument("--tee", choices=["sim", "snp", "tdx"], help="attester (default: detect, else sim)")
     p.add_argument(
         "--sim-platform", metavar="DIR", help="sim TEE platform (default: $LAYERSEAL_SIM_PLATFORM)"
@@ -101,13 +121,26 @@ def register(sub: Any) -> None:
     r.set_defaults(func=run_run, failure_status=RUN_FAILURE_STATUS)
 
 
-def _pull(args: argparse.Namespace, rootfs: Path) -> PullResult:
+def _snapshots(args: argparse.Namespace) -> SnapshotStore:
+    return open_snapshots(Path(args.snapshots) if args.snapshots else default_snapshots())
+
+
+def open_snapshots(path: Path) -> SnapshotStore:
+    """The cache at *path*, or a one-line error saying why it cannot be used."""
+    try:
+        return SnapshotStore(path)
+    except OSError as e:
+        raise BadInputError(
+            f"decrypted-layer cache {path}: expected a directory this user can create and write, "
+            f"seen {e.strerror}; choose --snapshots DIR in enclave-private storage"
+        ) from e
+
+
+def _pull(args: argparse.Namespace, rootfs: Path, snapshots: SnapshotStore | None = None) -> PullResult:
     unwrappers = parse_unwrappers(args.decryption_key)
     store_dir = Path(args.store or _default_store())
     store = SharedBlobStore(store_dir)
-    snapshots = SnapshotStore(
-        Path(args.snapshots) if args.snapshots else store_dir.with_name(store_dir.name + ".snapshots")
-    )
+    snapshots = snapshots or _snapshots(args)
     broker = None
     if args.kbs:
         broker = BrokerUnwrapper(
@@ -172,22 +205,27 @@ def run_run(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
-    bundle = new_bundle_dir()
-    try:
-        result = _pull(args, bundle / "rootfs")
-    except BaseException:
-        shutil.rmtree(bundle, ignore_errors=True)
-        raise
-    sys.stdout.flush()
-    if not command and not (result.config.runtime.get("Cmd") or result.config.runtime.get("Entrypoint")):
-        shutil.rmtree(bundle, ignore_errors=True)
-        raise BadInputError(f"{result.image}: expected a command (image has no Entrypoint/Cmd), seen none")
-    return run_pulled(
-        result,
-        bundle,
-        command or None,
-        runtime=args.runtime,
-        keep=args.keep_bundle,
-        pids_limit=args.pids_limit,
-        memory_limit=parse_size(args.memory, "--memory") if args.memory else None,
-    )
+    snapshots = _snapshots(args)
+    # the run's rootfs is plaintext too: it lives in the cache's private storage (where it
+    # can also share the snapshots' extents), marked live while this process runs it
+    with snapshots.bundle_dir() as bundle:
+        try:
+            result = _pull(args, bundle / "rootfs", snapshots)
+        except BaseException:
+            shutil.rmtree(bundle, ignore_errors=True)
+            raise
+        sys.stdout.flush()
+        if not command and not (result.config.runtime.get("Cmd") or result.config.runtime.get("Entrypoint")):
+            shutil.rmtree(bundle, ignore_errors=True)
+            raise BadInputError(
+                f"{result.image}: expected a command (image has no Entrypoint/Cmd), seen none"
+            )
+        return run_pulled(
+            result,
+            bundle,
+            command or None,
+            runtime=args.runtime,
+            keep=args.keep_bundle,
+            pids_limit=args.pids_limit,
+            memory_limit=parse_size(args.memory, "--memory") if args.memory else None,
+        )

@@ -7,18 +7,24 @@ Order of work, and why:
    JWE keys with the given private keys.  A refused key stops the pull with an error
    naming every refused layer, and nothing has been written to the rootfs.
 3. Encrypted blobs go through the shared content-addressed store (fetched once per
-   enclave, verified).  Each layer is decrypted as a stream into its own snapshot in a
-   temporary directory, which is committed only after the HMAC, the blob digest and the
-   config's diff_id all matched.
-4. A snapshot already on disk is reused only when this run obtained that layer's key
-   (step 2 always runs), so a cached plaintext never lets a key-less engine run it.
-5. Snapshots are stacked into the rootfs atomically.
+   enclave, verified).  Each layer is decrypted as a stream into a snapshot in a work
+   directory, which is committed only after the HMAC, the blob digest and the config's
+   diff_id all matched.
+4. Snapshots live in the enclave-private cache of :mod:`layerseal.engine.snapshot`: an
+   encrypted layer's snapshot is named by an HMAC under its own layer key, so only a run
+   that obtained that key (step 2) can locate it, and every reuse re-verifies its seal.
+5. Snapshots are stacked into the rootfs atomically, while the run holds them.
+
+Running out of space anywhere is a one-line :class:`BadInputError` (exit 2: the place the
+caller chose cannot hold the image; 3 would wrongly say the data was tampered with).
+Nothing half-written stays: blobs, snapshots and the rootfs are each committed by rename.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
-import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +35,7 @@ from layerseal.crypto.layercipher import LayerDecryptor, decrypt_stream
 from layerseal.engine.decompress import decompressor
 from layerseal.engine.keys import BrokerUnwrapper
 from layerseal.engine.limits import ImageBudget, UnpackLimits
-from layerseal.engine.snapshot import SnapshotStore
+from layerseal.engine.snapshot import Lease, SnapshotKey, SnapshotStore, user_of
 from layerseal.engine.unpack import stack_snapshots, unpack_layer
 from layerseal.errors import BadInputError, DeniedError, IntegrityError, LayersealError, WrongKeyError
 from layerseal.image import mediatypes as mt
@@ -110,41 +116,82 @@ def _obtain_keys(
     return keys, released
 
 
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _no_space(exc: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT OSError behind *exc*, if any (unpack and stacking wrap theirs)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in _NO_SPACE:
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _close(*gens: object) -> None:
+    # close each pipeline stage now, not when a traceback lets go of it: a download's
+    # temporary file is removed by its generator's cleanup, which must run before exit
+    for g in gens:
+        close = getattr(g, "close", None)
+        if close is not None:
+            with contextlib.suppress(ValueError):
+                close()
+
+
 class _Puller:
     def __init__(
         self, src: ImageSource, store: SharedBlobStore, snapshots: SnapshotStore, budget: ImageBudget
     ) -> None:
         self.src, self.store, self.snapshots, self.budget = src, store, snapshots, budget
-        self.abort = threading.Event()
 
     def layer(
-        self, index: int, desc: Descriptor, diff_id: Digest, key: tuple[PublicOptions, PrivateOptions] | None
-    ) -> LayerResult:
+        self,
+        index: int,
+        desc: Descriptor,
+        diff_id: Digest,
+        key: tuple[PublicOptions, PrivateOptions] | None,
+        skey: SnapshotKey,
+    ) -> tuple[LayerResult, Lease]:
         ctx = LayerContext(index, desc, self.src.name)
-        if self.snapshots.exists(diff_id):
-            # reuse is safe here: the key for this layer was released in this run (see _obtain_keys)
-            fetched = self.store.ensure(desc, lambda: self.src.iter_blob(desc))
-            return LayerResult(index, desc.digest, diff_id, key is not None, fetched, True)
         downloads: list[bool] = []
-        # one pass: download (into the shared store), decrypt, decompress and unpack together;
-        # the blob and the snapshot are each committed only once everything verified
-        stream: Iterator[bytes] = iter(
-            self.store.stream_through(desc, lambda: self.src.iter_blob(desc), lambda: downloads.append(True))
-        )
-        compression = mt.compression(desc.media_type)
-        if key is not None:
-            stream = decrypt_stream(stream, LayerDecryptor(key[0], key[1], str(ctx)))
-        # three stages on three threads: fetch + decrypt + verify, decompress, unpack
-        tar_stream = threaded(decompressor(compression, what=str(ctx))(threaded(stream)), depth=8)
-        with self.snapshots.create(diff_id) as tmp:
-            result = unpack_layer(tar_stream, "none", tmp, what=str(ctx), budget=self.budget)
-            for _ in tar_stream:  # authenticate the whole ciphertext before the snapshot is committed
-                pass
+
+        def build(tree: Path) -> None:
+            # one pass: download (into the shared store), decrypt, decompress and unpack together;
+            # the blob and the snapshot are each committed only once everything verified
+            fetched = self.store.stream_through(
+                desc, lambda: self.src.iter_blob(desc), lambda: downloads.append(True)
+            )
+            stream: Iterator[bytes] = iter(fetched)
+            if key is not None:
+                stream = decrypt_stream(stream, LayerDecryptor(key[0], key[1], str(ctx)))
+            # three stages on three threads: fetch + decrypt + verify, decompress, unpack
+            inner = threaded(stream)
+            tar_stream = threaded(
+                decompressor(mt.compression(desc.media_type), what=str(ctx))(inner), depth=8
+            )
+            try:
+                result = unpack_layer(tar_stream, "none", tree, what=str(ctx), budget=self.budget)
+                for _ in tar_stream:  # authenticate the whole ciphertext before the snapshot is committed
+                    pass
+            finally:
+                _close(tar_stream, inner, stream, fetched)
             if result.diff_id != diff_id:
                 raise IntegrityError(
                     f"{ctx}: diff_id: expected {diff_id} (from the config), seen {result.diff_id}"
                 )
-        return LayerResult(index, desc.digest, diff_id, key is not None, bool(downloads), False)
+
+        lease = self.snapshots.acquire(skey, build, user_of(self.store.root))
+        try:
+            if lease.reused:
+                # keep the encrypted blob referenced and present, as a fresh pull would
+                self.store.ensure(desc, lambda: self.src.iter_blob(desc))
+        except BaseException:
+            lease.close()
+            raise
+        return LayerResult(index, desc.digest, diff_id, key is not None, bool(downloads), lease.reused), lease
 
 
 def pull_image(
@@ -180,23 +227,67 @@ def pull_image(
             f"seen {len(diff_ids)}"
         )
     keys, released = _obtain_keys(src, manifest.layers, unwrappers, broker)
-    store.add_refs(owner or src.name, [d.digest for d in manifest.layers])
+    try:
+        store.add_refs(owner or src.name, [d.digest for d in manifest.layers])
+        results = _pull_layers(src, store, snapshots, rootfs, manifest, diff_ids, keys, workers, limits)
+    except BaseException as exc:
+        full = _no_space(exc)
+        if full is None:
+            raise
+        where = f" ({full.filename})" if full.filename else ""
+        raise BadInputError(
+            f"{src.name}: pull into store {store.root}, snapshots {snapshots.root}, rootfs {rootfs}: "
+            f"expected room for the image, seen no space left on device{where}; nothing half-written was kept"
+        ) from exc
+    return PullResult(src.name, manifest_digest, config, rootfs, results, released)
 
+
+def _pull_layers(
+    src: ImageSource,
+    store: SharedBlobStore,
+    snapshots: SnapshotStore,
+    rootfs: Path,
+    manifest: Manifest,
+    diff_ids: Sequence[Digest],
+    keys: dict[int, tuple[PublicOptions, PrivateOptions]],
+    workers: int,
+    limits: UnpackLimits | None = None,
+) -> tuple[LayerResult, ...]:
+    # leftovers of earlier killed pulls (a live pull holds the locks that keep its own)
+    store.remove_stale_temps()
+    snapshots.remove_leftovers()
     puller = _Puller(src, store, snapshots, ImageBudget(limits))
-    results: list[LayerResult | None] = [None] * len(manifest.layers)
+    layers = manifest.layers
+    skeys = [
+        snapshots.key_for(d.digest, diff_ids[i], keys[i][1] if i in keys else None)
+        for i, d in enumerate(layers)
+    ]
+    # a layer listed twice is built once
+    first: dict[str, int] = {}
+    for i, k in enumerate(skeys):
+        first.setdefault(k.name, i)
+    results: dict[int, LayerResult] = {}
+    leases: dict[int, Lease] = {}
     errors: list[BaseException] = []
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(manifest.layers) or 1))) as pool:
-        futures = [
-            pool.submit(puller.layer, i, d, diff_ids[i], keys.get(i)) for i, d in enumerate(manifest.layers)
-        ]
-        for i, future in enumerate(futures):
-            try:
-                results[i] = future.result()
-            except BaseException as exc:
-                errors.append(exc)
-    if errors:
-        raise next((e for e in errors if isinstance(e, LayersealError)), errors[0])
-    stack_snapshots([snapshots.path(d) for d in diff_ids], rootfs, what=f"rootfs of {src.name}")
-    return PullResult(
-        src.name, manifest_digest, config, rootfs, tuple(r for r in results if r is not None), released
-    )
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(first) or 1))) as pool:
+            futures = {
+                i: pool.submit(puller.layer, i, layers[i], diff_ids[i], keys.get(i), skeys[i])
+                for i in first.values()
+            }
+            for i, future in futures.items():
+                try:
+                    results[i], leases[i] = future.result()
+                except BaseException as exc:
+                    errors.append(exc)
+        if errors:
+            raise next((e for e in errors if isinstance(e, LayersealError)), errors[0])
+        for i, d in enumerate(layers):
+            if i not in results:
+                results[i] = LayerResult(i, d.digest, diff_ids[i], i in keys, False, True)
+        stack_snapshots([leases[first[k.name]].tree for k in skeys], rootfs, what=f"rootfs of {src.name}")
+    finally:
+        for lease in leases.values():
+            lease.close()
+    results_list = [results[i] for i in range(len(layers))]
+    return tuple(results_list)

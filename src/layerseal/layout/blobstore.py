@@ -311,6 +311,9 @@ class SharedBlobStore:
     def _download_through(self, desc: Descriptor, fetch: Callable[[], Iterable[bytes]]) -> Iterator[bytes]:
         final = self.path(desc.digest)
         _mkdir_private(final.parent)
+        # the caller holds this digest's lock: other temporary files of it are a dead download's
+        for stale in final.parent.glob(f".{desc.digest.hex}.*.tmp"):
+            stale.unlink(missing_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{desc.digest.hex}.", suffix=".tmp", dir=final.parent)
         tmp = Path(tmp_name)
         try:
@@ -419,13 +422,14 @@ class SharedBlobStore:
                     self._lock_path(digest.hex).unlink(missing_ok=True)
                 removed += 1
                 freed += st.st_size
-            temps = self._remove_stale_temps()
+            temps = self.remove_stale_temps()
             for alg_dir in (self.root / "blobs").iterdir():
                 if alg_dir.is_dir():
                     fsync_dir(alg_dir)
         return GcReport(removed, freed, kept, busy, temps)
 
-    def _remove_stale_temps(self) -> int:
+    def remove_stale_temps(self) -> int:
+        """Remove temporary files of dead downloads (a live download holds its digest's lock)."""
         count = 0
         for alg_dir in (self.root / "blobs").iterdir():
             if not alg_dir.is_dir():
@@ -442,6 +446,11 @@ class SharedBlobStore:
                         entry.unlink(missing_ok=True)
                         count += 1
         return count
+
+    def referenced(self) -> set[Digest]:
+        """Every digest some owner references."""
+        with self._lock(_REFS_LOCK, exclusive=False):
+            return set().union(*self._read_refs().values())
 
     def stats(self) -> StoreStats:
         with self._lock(_REFS_LOCK, exclusive=False):

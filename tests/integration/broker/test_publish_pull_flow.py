@@ -49,7 +49,7 @@ def engine(
     d: Deployment, tmp_path: Path, ref: str, verb: str, *rest: str
 ) -> subprocess.CompletedProcess[str]:
     cmd = [*LAYERSEAL, verb, "--src-tls-verify=false", "--kbs", d.url, "--sim-platform", str(d.platform_dir)]
-    cmd += ["--store", str(tmp_path / "store"), ref, *rest]
+    cmd += ["--store", str(tmp_path / "store"), "--snapshots", str(tmp_path / "snaps"), ref, *rest]
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
@@ -111,7 +111,7 @@ def test_revoked_key_refuses_a_cached_snapshot(
     ref = publish(tmp_path, d, reg, token)
     first = engine(d, tmp_path, ref, "pull", "--rootfs", str(tmp_path / "r1"))
     assert first.returncode == 0, first.stderr
-    snapshots = tmp_path / "store.snapshots" / "sha256"
+    snapshots = tmp_path / "snaps" / "snap"
     assert len(list(snapshots.iterdir())) == 3  # decrypted snapshots are cached
     victim = d.acme.list_keys("acme/app")[0]
     d.acme.revoke_key(victim["key_id"])

@@ -371,3 +371,29 @@ def test_stream_through_commits_only_a_verified_download(tmp_path: Path) -> None
             pass
     assert not store.has(bad)
     assert not [p for p in (tmp_path / "st" / "blobs" / "sha256").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_download_removes_dead_downloads_of_the_same_blob(tmp_path: Path) -> None:
+    store = SharedBlobStore(tmp_path)
+    data = b"blob data " * 100
+    desc = desc_of(data)
+    stale = store.root / "blobs" / "sha256" / f".{desc.digest.hex}.dead01.tmp"
+    stale.write_bytes(b"partial")  # what a killed pull left
+    assert b"".join(store.stream_through(desc, Fetcher(data))) == data
+    assert not stale.exists() and store_files(store) == [f"blobs/sha256/{desc.digest.hex}"]
+
+
+def test_remove_stale_temps_spares_a_live_download(tmp_path: Path) -> None:
+    import fcntl
+
+    store = SharedBlobStore(tmp_path)
+    hexd = Digest.of(b"in flight").hex
+    live = store.root / "blobs" / "sha256" / f".{hexd}.live01.tmp"
+    live.write_bytes(b"partial")
+    fd = os.open(store.root / "locks" / hexd, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as the downloading process holds it
+        assert store.remove_stale_temps() == 0 and live.exists()
+    finally:
+        os.close(fd)
+    assert store.remove_stale_temps() == 1 and not live.exists()
