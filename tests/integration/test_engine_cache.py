@@ -169,7 +169,9 @@ def test_revoked_key_gets_no_cached_snapshot(tmp_path: Path, capsys: pytest.Capt
         snapshots=snaps,
         store=store,
     )
-    assert status == 5 and "no key for 1 of 1" in err
+    # a key the caller gave that opens nothing is bad input (2); a broker's refusal (5) is
+    # test_revoked_key_refuses_a_cached_snapshot
+    assert status == 2 and "no key for 1 of 1" in err
     assert not (tmp_path / "r2").exists()
 
 
