@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 from layerseal.builder.rotate import reencrypt, rotate_keys
@@ -44,6 +45,16 @@ def register(sub: Any) -> None:
     r.add_argument("source", metavar="SRC")
     r.add_argument("destination", metavar="DST")
     r.add_argument("--retire-previous", action="store_true", help="retire the old versions at the broker")
+    r.add_argument(
+        "--all-tags",
+        action="store_true",
+        help="also rewrite every other tag of the repository that uses these keys (one rotation)",
+    )
+    r.add_argument(
+        "--force",
+        action="store_true",
+        help="retire even while other tags still use the old versions (they stop pulling)",
+    )
     r.add_argument("--reencrypt", action="store_true", help="re-encrypt blobs with fresh layer keys")
     r.add_argument("--decryption-key", action="append", default=[], metavar="PRIVKEY")
     add_encryption_flags(r)
@@ -67,7 +78,30 @@ def register(sub: Any) -> None:
     ls.set_defaults(func=run_list)
 
 
+def _tag_stores(src: Any, dst: Any) -> tuple[list[Any], tuple[str, str] | None]:
+    """The repositories searched for other tags using the keys: the destination's (rewritable)
+    and the source's when it is another one (read only); and the tag the destination replaces."""
+    from layerseal.builder.rotate import RegistryTags
+    from layerseal.registry.transport import RegistryDestination, RegistrySource
+
+    stores: list[Any] = []
+    replaced = None
+    if isinstance(dst, RegistryDestination):
+        ref = dst.reference
+        store = RegistryTags(dst.client, ref.registry, ref.repository, writable=True)
+        stores.append(store)
+        if ref.tag is not None:
+            replaced = (store.name, ref.tag)
+    if isinstance(src, RegistrySource):
+        ref = src.reference
+        if not stores or stores[0].name != f"docker://{ref.registry}/{ref.repository}":
+            stores.append(RegistryTags(src.client, ref.registry, ref.repository, writable=False))
+    return stores, replaced
+
+
 def run_rotate(args: argparse.Namespace) -> int:
+    if args.reencrypt and (args.all_tags or args.force):
+        raise BadInputError("keys rotate --reencrypt: expected no --all-tags/--force (broker keys only)")
     with open_endpoints(args) as (src, dst), RichProgress(not args.quiet and not args.json) as progress:
         if args.reencrypt:
             report = reencrypt(
@@ -78,16 +112,34 @@ def run_rotate(args: argparse.Namespace) -> int:
                 progress=progress,
             )
         else:
+            stores, replaced = _tag_stores(src, dst)
             with _client(args) as client:
                 report = rotate_keys(
-                    src, dst, client, retire_previous=args.retire_previous, progress=progress
+                    src,
+                    dst,
+                    client,
+                    retire_previous=args.retire_previous,
+                    tag_stores=stores,
+                    replaced=replaced,
+                    all_tags=args.all_tags,
+                    force=args.force,
+                    progress=progress,
                 )
+    if report.broken:
+        print(
+            f"warning: --force: {len(report.broken)} other tag(s) still name retired key versions and "
+            f"will not pull: {', '.join(report.broken)}",
+            file=sys.stderr,
+        )
     if args.json:
         print_json(
             {
                 "manifest": str(report.manifest.digest),
                 "rotated": [{"layer": i, "from": a, "to": b} for i, a, b in report.rotated],
                 "reencrypted": report.reencrypted,
+                "also_rotated": [{"tag": t, "manifest": m} for t, m in report.also_rotated],
+                "retired": [{"key_id": k, "version": v} for k, v in report.retired],
+                "broken": list(report.broken),
             }
         )
     elif not args.quiet:
@@ -97,6 +149,10 @@ def run_rotate(args: argparse.Namespace) -> int:
             else f"{len(report.rotated)} keys rotated"
         )
         print(f"{what}; manifest {report.manifest.digest}")
+        for tag, digest in report.also_rotated:
+            print(f"also rotated {tag}; manifest {digest}")
+        if report.retired:
+            print(f"retired {len(report.retired)} key version(s)")
     return 0
 
 

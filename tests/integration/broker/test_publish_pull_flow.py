@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -156,28 +157,22 @@ def test_layer_add_creates_a_key_for_the_new_portion_only(
     assert main(["inspect", "--src-tls-verify=false", v2]) == 0
 
 
-def test_rotation_rewrites_annotations_only_and_retired_versions_are_refused(
-    world: tuple[Deployment, RegistryServer, str], tmp_path: Path
+def rotate(d: Deployment, token: str, src: str, dst: str, *flags: str) -> int:
+    return main(["keys", "rotate", "-q", *INSECURE, "--kbs", d.url, "--kbs-token", token, *flags, src, dst])
+
+
+def test_rotation_rewrites_annotations_only_and_force_retires_what_v1_uses(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     d, reg, token = world
     ref = publish(tmp_path, d, reg, token)
     blobs_dir = reg.storage / "docker" / "registry" / "v2" / "blobs"
     count = len(list(blobs_dir.glob("sha256/*/*")))
     v2 = f"docker://{reg.host}/acme/app:v2"
-    cmd = [
-        "keys",
-        "rotate",
-        *INSECURE,
-        "--kbs",
-        d.url,
-        "--kbs-token",
-        token,
-        "--retire-previous",
-        "--json",
-        ref,
-        v2,
-    ]
-    assert main(cmd) == 0
+    capsys.readouterr()
+    assert rotate(d, token, ref, v2, "--retire-previous", "--force") == 0
+    # v1 keeps the retired versions: said on stderr, since --force was asked for
+    assert f"docker://{reg.host}/acme/app:v1" in capsys.readouterr().err
     assert len(list(blobs_dir.glob("sha256/*/*"))) == count + 1  # only the new manifest
     old, new = registry_manifest(reg, "acme/app", "v1"), registry_manifest(reg, "acme/app", "v2")
     assert [x["digest"] for x in old["layers"]] == [x["digest"] for x in new["layers"]]  # type: ignore[attr-defined]
@@ -185,6 +180,89 @@ def test_rotation_rewrites_annotations_only_and_retired_versions_are_refused(
     assert engine(d, tmp_path, v2, "pull", "--rootfs", str(tmp_path / "new")).returncode == 0
     stale = engine(d, tmp_path, ref, "pull", "--rootfs", str(tmp_path / "old"))
     assert stale.returncode == 5 and "retired" in stale.stderr
+
+
+def layer_add(tmp_path: Path, d: Deployment, reg: RegistryServer, token: str, src: str, tag: str) -> str:
+    """v2 = v1 plus one layer: the first three layers (and their key packets) are shared."""
+    files = tmp_path / f"files-{tag}"
+    files.mkdir()
+    (files / "motd").write_text(f"{tag}\n")
+    dst = f"docker://{reg.host}/acme/app:{tag}"
+    args = ["layer", "add", "-q", *INSECURE, src, f"{files}/motd:/etc/motd"]
+    assert main([*args, "--encryption-key", f"kbs:{d.url}", "--kbs-token", token, dst]) == 0
+    return dst
+
+
+def kids(manifest: dict[str, object]) -> list[str]:
+    out = []
+    for layer in manifest["layers"]:  # type: ignore[attr-defined]
+        blob = layer["annotations"]["org.opencontainers.image.enc.keys.provider.attestation-agent"]
+        out.append(json.loads(base64.b64decode(blob))["kid"])
+    return out
+
+
+def test_rotation_refuses_to_retire_keys_another_tag_uses_and_names_it(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d, reg, token = world
+    v1 = publish(tmp_path, d, reg, token)
+    v2 = layer_add(tmp_path, d, reg, token, v1, "v2")
+    before = registry_manifest(reg, "acme/app", "v2")
+    capsys.readouterr()
+    assert rotate(d, token, v2, v2, "--retire-previous") == 2
+    err = capsys.readouterr().err
+    assert f"docker://{reg.host}/acme/app:v1 (3 key version(s))" in err, err
+    assert "--all-tags" in err and "--force" in err
+    assert "acme/app:v2 (" not in err  # the tag being rewritten is no other user
+    # nothing changed: no version retired, no manifest rewritten
+    assert registry_manifest(reg, "acme/app", "v2") == before
+    assert all(v["status"] == "active" for k in d.acme.list_keys("acme/app") for v in k["versions"])
+    assert engine(d, tmp_path, v1, "pull", "--rootfs", str(tmp_path / "r1")).returncode == 0
+
+
+def test_all_tags_rotates_every_tag_sharing_the_keys_and_both_still_pull(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path
+) -> None:
+    d, reg, token = world
+    v1 = publish(tmp_path, d, reg, token)
+    v2 = layer_add(tmp_path, d, reg, token, v1, "v2")
+    old_v1 = kids(registry_manifest(reg, "acme/app", "v1"))
+    assert rotate(d, token, v2, v2, "--retire-previous", "--all-tags") == 0
+    new_v1, new_v2 = (
+        kids(registry_manifest(reg, "acme/app", "v1")),
+        kids(registry_manifest(reg, "acme/app", "v2")),
+    )
+    assert set(new_v1).isdisjoint(old_v1)  # v1 rewritten to the new versions
+    assert new_v2[:3] == new_v1  # one rotation per key: both tags name the same new versions
+    statuses = {
+        (k["key_id"], v["version"]): v["status"] for k in d.acme.list_keys("acme/app") for v in k["versions"]
+    }
+    assert sorted(statuses.values()) == ["active"] * 4 + ["retired"] * 4
+    r1 = engine(d, tmp_path, v1, "pull", "--rootfs", str(tmp_path / "r1"))
+    assert r1.returncode == 0, r1.stderr
+    r2 = engine(d, tmp_path, v2, "run", "--", "/bin/cat", "/etc/motd")
+    assert (r2.returncode, r2.stdout) == (0, "v2\n"), r2.stderr
+
+
+def test_tag_scan_follows_tag_list_pagination(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path
+) -> None:
+    from layerseal.builder.rotate import RegistryTags, find_tag_uses
+    from layerseal.registry.client import RegistryClient
+    from layerseal.registry.options import RegistryOptions
+
+    d, reg, token = world
+    v1 = publish(tmp_path, d, reg, token)
+    layer_add(tmp_path, d, reg, token, v1, "v2")
+    layer_add(tmp_path, d, reg, token, v1, "v3")
+    versions = {(k["key_id"], k["current_version"]) for k in d.acme.list_keys("acme/app")}
+    first = {tuple(x.rsplit("/", 1)[1].split(".")) for x in kids(registry_manifest(reg, "acme/app", "v1"))}
+    shared = {(k, int(v)) for k, v in first}
+    assert shared < versions
+    with RegistryClient(reg.host, RegistryOptions(tls_verify=False), repository="acme/app") as client:
+        store = RegistryTags(client, reg.host, "acme/app", writable=False, page_size=1)
+        uses = find_tag_uses([store], shared, [(store.name, "v2")])
+    assert [(u.tag, len(u.versions)) for u in uses] == [("v1", 3), ("v3", 3)]
 
 
 def test_broker_down_during_layer_add(
