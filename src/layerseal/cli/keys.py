@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from layerseal.builder.rotate import reencrypt, rotate_keys
@@ -167,16 +168,77 @@ def run_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def iso_time(epoch: Any) -> str:
+    """An epoch timestamp from the broker as ISO-8601 UTC (``2026-11-30T05:08:29Z``); ``-`` if absent."""
+    if not isinstance(epoch, int | float) or isinstance(epoch, bool):
+        return "-"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def key_status(key: dict[str, Any]) -> str:
+    """``revoked`` (every version), ``unused`` (a failed publish), ``active``, else ``retired``."""
+    if key.get("revoked"):
+        return "revoked"
+    if key.get("unused"):
+        return "unused"
+    versions = key.get("versions") or []
+    if any(isinstance(v, dict) and v.get("status") == "active" for v in versions):
+        return "active"
+    return "retired" if versions else "active"
+
+
+def version_summary(key: dict[str, Any]) -> str:
+    """The versions as ``#2 active, #1 retired`` (newest first): a version is no image tag."""
+    versions = [v for v in key.get("versions") or [] if isinstance(v, dict)]
+    if not versions:
+        current = key.get("current_version")
+        return f"#{current}" if current is not None else "-"
+    ordered = sorted(versions, key=lambda v: v.get("version", 0), reverse=True)
+    return ", ".join(f"#{v.get('version')} {v.get('status', '?')}" for v in ordered)
+
+
+def key_rows(keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The broker's key records plus ``status`` and ISO-8601 ``created`` (for ``--json``)."""
+    out = []
+    for k in keys:
+        row = dict(k)
+        row["status"] = key_status(k)
+        row["created"] = iso_time(k.get("created_at"))
+        out.append(row)
+    return out
+
+
+HEADERS = ("KEY ID", "REPOSITORY", "LAYER (plaintext digest)", "STATUS", "VERSIONS", "CREATED (UTC)")
+
+
+def key_table(keys: list[dict[str, Any]]) -> list[str]:
+    """Aligned lines: a header, then one line per key."""
+    rows = [HEADERS] + [
+        (
+            str(k.get("key_id", "?")),
+            str(k.get("repository", "?")),
+            str(k.get("layer_digest", "?")),
+            key_status(k),
+            version_summary(k),
+            iso_time(k.get("created_at")),
+        )
+        for k in keys
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADERS) - 1)]
+    return ["  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]) for r in rows]
+
+
 def run_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
         keys = client.list_keys(args.repository)
     if args.unused:
         keys = [k for k in keys if k.get("unused")]
     if args.json:
-        print_json(keys)
+        print_json(key_rows(keys))
         return 0
-    for k in keys:
-        flag = "  (unused)" if k.get("unused") else ""
-        version = k.get("current_version", "?")
-        print(f"{k.get('key_id')}  {k.get('repository')}  {k.get('layer_digest')}  v{version}{flag}")
+    if not keys:
+        print("no keys" + (f" for repository {args.repository}" if args.repository else ""), file=sys.stderr)
+        return 0
+    for line in key_table(keys):
+        print(line)
     return 0

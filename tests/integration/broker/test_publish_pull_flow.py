@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 import urllib.error
@@ -295,3 +296,35 @@ def test_broker_down_during_layer_add(
     assert registry_manifest(reg, "acme/app", "v1") == before  # the previous manifest is still served
     with pytest.raises(urllib.error.HTTPError):
         registry_manifest(reg, "acme/app", "v2")
+
+
+def test_keys_list_has_headers_status_iso_times_and_versions_unlike_tags(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d, reg, token = world
+    v1 = publish(tmp_path, d, reg, token)
+    keys = sorted(d.acme.list_keys("acme/app"), key=lambda k: k["key_id"])
+    rotated, revoked, unused = (k["key_id"] for k in keys)
+    assert rotate(d, token, v1, v1, "--retire-previous") == 0  # rotates all three; only v1 uses them
+    d.acme.revoke_key(revoked)
+    d.acme.mark_unused(unused)
+    capsys.readouterr()
+    assert main(["keys", "list", "--kbs", d.url, "--kbs-token", token, "--repository", "acme/app"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = "KEY ID REPOSITORY LAYER (plaintext digest) STATUS VERSIONS CREATED (UTC)"
+    assert " ".join(lines[0].split()) == header
+    by_id = {line.split()[0]: line for line in lines[1:]}
+    assert set(by_id) == {rotated, revoked, unused}
+    assert " active " in by_id[rotated] and "#2 active, #1 retired" in by_id[rotated]
+    assert " revoked " in by_id[revoked] and " unused " in by_id[unused]
+    assert all(re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", line) for line in lines[1:])
+    assert not re.search(r"\bv\d\b", "\n".join(lines))  # no 'v2' that reads like an image tag
+    assert main(["keys", "list", "--json", "--kbs", d.url, "--kbs-token", token]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {k["key_id"]: k["status"] for k in doc} == {
+        rotated: "active",
+        revoked: "revoked",
+        unused: "unused",
+    }
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", k["created"]) for k in doc)
+    assert all(isinstance(k["versions"], list) for k in doc)
