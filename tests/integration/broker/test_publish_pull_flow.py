@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import subprocess
@@ -18,9 +19,11 @@ from conftest import Deployment, deploy
 from helpers.images import make_busybox_image, make_keys, manifest_of
 from helpers.registry import registry_manifest, skopeo_copy
 from layerseal.cli.main import main
+from layerseal.image.descriptor import Platform
 from support.registry_server import RegistryServer
 
 pytestmark = pytest.mark.integration
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 LAYERSEAL = [sys.executable, "-m", "layerseal.cli.main"]
 INSECURE = ["--src-tls-verify=false", "--dest-tls-verify=false"]
 
@@ -328,3 +331,40 @@ def test_keys_list_has_headers_status_iso_times_and_versions_unlike_tags(
     }
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", k["created"]) for k in doc)
     assert all(isinstance(k["versions"], list) for k in doc)
+
+
+def test_index_tags_are_found_through_their_children_and_rewritten_with_all_tags(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d, reg, token = world
+    v1 = publish(tmp_path, d, reg, token)
+    child = json.dumps(registry_manifest(reg, "acme/app", "v1")).encode()
+    child_desc = {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": "sha256:" + hashlib.sha256(child).hexdigest(),
+        "size": len(child),
+        "platform": Platform.host().to_json(),  # the engine picks this host's entry
+    }
+    for ref, body, media_type in [
+        (child_desc["digest"], child, child_desc["mediaType"]),
+        ("multi", json.dumps({"schemaVersion": 2, "manifests": [child_desc]}).encode(), OCI_INDEX),
+    ]:
+        put = urllib.request.Request(
+            f"{reg.url}/v2/acme/app/manifests/{ref}",
+            data=body,
+            method="PUT",
+            headers={"Content-Type": media_type},
+        )
+        urllib.request.urlopen(put).close()
+    capsys.readouterr()
+    assert rotate(d, token, v1, v1, "--retire-previous") == 2
+    assert f"docker://{reg.host}/acme/app:multi (3 key version(s))" in capsys.readouterr().err
+    assert rotate(d, token, v1, v1, "--retire-previous", "--all-tags") == 0
+    index = registry_manifest(reg, "acme/app", "multi", OCI_INDEX)
+    new_child = index["manifests"][0]  # type: ignore[index]
+    assert new_child["digest"] != child_desc["digest"] and new_child["platform"] == child_desc["platform"]
+    rewritten = registry_manifest(reg, "acme/app", new_child["digest"])
+    assert kids(rewritten) == kids(registry_manifest(reg, "acme/app", "v1"))
+    multi = f"docker://{reg.host}/acme/app:multi"
+    r = engine(d, tmp_path, multi, "pull", "--rootfs", str(tmp_path / "multi"))
+    assert r.returncode == 0, r.stderr
