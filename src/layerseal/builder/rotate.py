@@ -32,7 +32,7 @@ from layerseal.builder.copy import (
     transfer_layers,
 )
 from layerseal.crypto.keywrap import BROKER_SCHEMES, KeyUnwrapper, KeyWrapper
-from layerseal.errors import BadInputError
+from layerseal.errors import BadInputError, NotFoundError
 from layerseal.image import mediatypes as mt
 from layerseal.image.descriptor import Descriptor, Platform
 from layerseal.image.digest import Digest
@@ -82,7 +82,10 @@ class RegistryTags:
         return self._writable
 
     def list_tags(self) -> list[str]:
-        tags: list[str] = self.client.list_tags(self.repository, self.page_size)
+        try:
+            tags: list[str] = self.client.list_tags(self.repository, self.page_size)
+        except NotFoundError:
+            return []  # a repository without any tag yet (distribution: 404 NAME_UNKNOWN)
         return tags
 
     def get_manifest(self, reference: str) -> tuple[bytes, str]:

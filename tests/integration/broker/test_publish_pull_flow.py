@@ -368,3 +368,19 @@ def test_index_tags_are_found_through_their_children_and_rewritten_with_all_tags
     multi = f"docker://{reg.host}/acme/app:multi"
     r = engine(d, tmp_path, multi, "pull", "--rootfs", str(tmp_path / "multi"))
     assert r.returncode == 0, r.stderr
+
+
+def test_rotating_into_a_new_repository_lists_the_source_tags_and_tolerates_no_tags_yet(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d, reg, token = world
+    v1 = publish(tmp_path, d, reg, token)
+    fresh = f"docker://{reg.host}/acme/fresh:v1"  # a repository with no tag yet (tags/list: 404)
+    capsys.readouterr()
+    assert rotate(d, token, v1, fresh, "--retire-previous") == 2
+    assert f"docker://{reg.host}/acme/app:v1 (3 key version(s))" in capsys.readouterr().err
+    # the source's repository is read, not rewritten: --all-tags says so instead of writing there
+    assert rotate(d, token, v1, fresh, "--retire-previous", "--all-tags") == 2
+    assert "rotate those with their own repository as destination" in capsys.readouterr().err
+    assert rotate(d, token, v1, fresh, "--retire-previous", "--force") == 0
+    assert engine(d, tmp_path, fresh, "pull", "--rootfs", str(tmp_path / "fresh")).returncode == 0
