@@ -197,7 +197,13 @@ class _Renewer:
             new = self.done[blob] = self.client.rotate_key(key_id, packet=blob)
         return old_kid, new
 
-    def manifest(self, manifest: Manifest, rotated: list[tuple[int, str, str]] | None = None) -> Manifest:
+    def manifest(
+        self,
+        manifest: Manifest,
+        rotated: list[tuple[int, str, str]] | None = None,
+        only: set[KeyVersion] | None = None,
+    ) -> Manifest:
+        """*manifest* with its broker packets renewed (only those naming *only*, when given)."""
         layers: list[Descriptor] = []
         for i, d in enumerate(manifest.layers):
             annotations = dict(d.annotations)
@@ -205,6 +211,9 @@ class _Renewer:
             for scheme, blobs in _broker_packets(d).items():
                 renewed = []
                 for blob in blobs:
+                    if only is not None and _layer_key_version(KeyPacket.parse(blob).kid) not in only:
+                        renewed.append(blob)  # another tag's own key: not this rotation's business
+                        continue
                     old_kid, new = self.renew(blob)
                     renewed.append(new)
                     if rotated is not None:
@@ -215,21 +224,21 @@ class _Renewer:
         return manifest.with_changes(layers=tuple(layers))
 
 
-def _rewrite_tag(use: TagUse, renewer: _Renewer) -> Descriptor:
+def _rewrite_tag(use: TagUse, renewer: _Renewer, only: set[KeyVersion]) -> Descriptor:
     """Rewrite one other tag in place: its manifest, or each child of its index that needs it."""
     store, tag = use.store, use.tag
     data, media_type = store.get_manifest(tag)
     parsed = parse_any(data, media_type, use.name)
     if isinstance(parsed, Manifest):
-        new = renewer.manifest(parsed)
+        new = renewer.manifest(parsed, only=only)
         return store.put_manifest(tag, new.to_bytes(), new.effective_media_type)
     children = []
     for child in parsed.manifests:
         if child.media_type in mt.MANIFEST_TYPES:
             cdata, ctype = store.get_manifest(str(child.digest))
             sub = parse_any(cdata, ctype, f"{use.name} manifest {child.digest}")
-            if isinstance(sub, Manifest) and _manifest_versions(sub):
-                body = renewer.manifest(sub).to_bytes()
+            if isinstance(sub, Manifest) and _manifest_versions(sub) & only:
+                body = renewer.manifest(sub, only=only).to_bytes()
                 desc = store.put_manifest(str(Digest.of(body)), body, sub.effective_media_type)
                 child = child.with_changes(digest=desc.digest, size=desc.size)
         children.append(child)
@@ -283,9 +292,9 @@ def rotate_keys(
     key_ids = [ResourcePath.parse(KeyPacket.parse(blob).kid).key_id for blob in blobs]
     retiring = _active_versions(client, key_ids) if retire_previous else set()
     uses: list[TagUse] = []
+    # without retiring, --all-tags moves every tag naming the rotated versions to the new ones
+    wanted = retiring or _manifest_versions(manifest)
     if retire_previous or all_tags:
-        # without retiring, --all-tags moves every tag naming the rotated versions to the new ones
-        wanted = retiring or _manifest_versions(manifest)
         uses = find_tag_uses(tag_stores, wanted, [replaced] if replaced else [])
     if uses and retire_previous and not (all_tags or force):
         raise _refusal(src, uses, retiring)
@@ -303,7 +312,7 @@ def rotate_keys(
     if reuse_blob(src, dst, manifest.config) is None:
         put_blob_retrying(src, dst, manifest.config, CopyOptions().layer_attempts)
     written = dst.put_manifest(new_manifest.to_bytes(), new_manifest.effective_media_type)
-    also = tuple((use.name, str(_rewrite_tag(use, renewer).digest)) for use in uses) if all_tags else ()
+    also = tuple((u.name, str(_rewrite_tag(u, renewer, wanted).digest)) for u in uses) if all_tags else ()
     broken = tuple(u.name for u in uses) if retire_previous and not all_tags else ()
     # retired last: a failure before this point leaves every tag pullable
     for key_id, version in sorted(retiring):

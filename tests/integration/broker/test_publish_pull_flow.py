@@ -384,3 +384,22 @@ def test_rotating_into_a_new_repository_lists_the_source_tags_and_tolerates_no_t
     assert "rotate those with their own repository as destination" in capsys.readouterr().err
     assert rotate(d, token, v1, fresh, "--retire-previous", "--force") == 0
     assert engine(d, tmp_path, fresh, "pull", "--rootfs", str(tmp_path / "fresh")).returncode == 0
+
+
+def test_all_tags_renews_only_the_shared_keys_of_the_other_tags(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path
+) -> None:
+    d, reg, token = world
+    v1 = publish(tmp_path, d, reg, token)
+    v2 = layer_add(tmp_path, d, reg, token, v1, "v2")
+    own = kids(registry_manifest(reg, "acme/app", "v2"))[3]
+    assert rotate(d, token, v1, v1, "--retire-previous", "--all-tags") == 0
+    new_v1, new_v2 = (
+        kids(registry_manifest(reg, "acme/app", "v1")),
+        kids(registry_manifest(reg, "acme/app", "v2")),
+    )
+    assert new_v2 == [*new_v1, own]  # v2's own layer key is not v1's rotation: left as it was
+    versions = sorted(len(k["versions"]) for k in d.acme.list_keys("acme/app"))
+    assert versions == [1, 2, 2, 2]
+    r = engine(d, tmp_path, v2, "run", "--", "/bin/cat", "/etc/motd")
+    assert (r.returncode, r.stdout) == (0, "v2\n"), r.stderr
