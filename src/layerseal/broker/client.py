@@ -15,28 +15,30 @@ on.  The challenge's ``selected-hash-algorithm`` (kbs-types) picks the report-da
 from __future__ import annotations
 
 import base64
-import binascii
 import json
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from layerseal.attest.binding import HASH_ALGORITHMS, report_data
+from layerseal.attest.binding import report_data
 from layerseal.attest.claims import Attester
-from layerseal.broker.packets import ResourcePath, unwrap_key_packet
-from layerseal.broker.problems import (
-    PROBLEM_TYPE,
-    error_for,
+from layerseal.broker.kbsforms import (
+    batch_absent,
+    is_layer_key,
+    released_keks,
+    resource_path_of,
+    selected_hash_algorithm,
 )
+from layerseal.broker.packets import unwrap_key_packet
+from layerseal.broker.problems import error_for
 from layerseal.crypto.jwe import decrypt_from_jwk
 from layerseal.crypto.keys import PrivateKey, public_key_to_jwk
 from layerseal.errors import BadInputError, LayersealError, TransportError
 from layerseal.netcause import classify_network_error
 
-__all__ = ["EnclaveClient", "PublisherClient", "tee_pubkey_jwk", "unwrap_key_packet"]
+__all__ = ["EnclaveClient", "PublisherClient", "resource_path_of", "tee_pubkey_jwk", "unwrap_key_packet"]
 
 SESSION_COOKIE = "kbs-session-id"
 PROTOCOL_VERSION = "0.4.0"
@@ -275,47 +277,6 @@ class PublisherClient:
         return entries
 
 
-_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
-
-
-def resource_path_of(kid: str) -> str:
-    """The KBS resource path ``<repo>/<type>/<tag>`` a kid (``kbs://[host]/...``) or path names."""
-    try:
-        return str(ResourcePath.parse(kid))
-    except BadInputError:
-        pass
-    path = kid.partition("?")[0]  # a ResourceUri may carry a query; the KBS path does not
-    if path.startswith("kbs://"):
-        path = path[len("kbs://") :].partition("/")[2]  # the host part is ignored
-    parts = path.split("/")
-    if len(parts) != 3 or not all(_SEGMENT.match(p) and p not in (".", "..") for p in parts):
-        raise BadInputError(
-            "resource path: expected 'kbs:///<repo>/<type>/<tag>' or '<repo>/<type>/<tag>', "
-            f"seen {kid[:120]!r}"
-        )
-    return path
-
-
-def _is_layer_key(path: str) -> bool:
-    try:
-        ResourcePath.parse(path)
-    except BadInputError:
-        return False
-    return True
-
-
-def _batch_absent(response: httpx.Response) -> bool:
-    """A batch request answered by a KBS without the endpoint (Trustee: 404 PluginNotFound)."""
-    if response.status_code not in (404, 405, 501):
-        return False
-    try:
-        doc = response.json()
-    except ValueError:
-        return True
-    # layerseal's own 404 names an unknown key: that is an answer, not a missing endpoint
-    return not (isinstance(doc, dict) and str(doc.get("type", "")).startswith(PROBLEM_TYPE))
-
-
 def tee_pubkey_jwk(private_key: PrivateKey) -> dict[str, str]:
     """The KBS ``tee-pubkey`` of an enclave key: its public JWK plus the JWE ``alg`` to use."""
     jwk = public_key_to_jwk(private_key.public_key())
@@ -370,17 +331,7 @@ class EnclaveClient:
             raise TransportError(
                 "broker /kbs/v0/auth: expected a nonce and a kbs-session-id cookie, seen neither"
             )
-        extra = challenge.get("extra-params")
-        selected = extra.get("selected-hash-algorithm") if isinstance(extra, dict) else None
-        if selected is None:
-            self.hash_algorithm = "sha384"
-        elif isinstance(selected, str) and selected.lower() in HASH_ALGORITHMS:
-            self.hash_algorithm = selected.lower()
-        else:
-            raise TransportError(
-                f"broker /kbs/v0/auth: expected selected-hash-algorithm among {list(HASH_ALGORITHMS)}, "
-                f"seen {str(selected)[:20]!r}"
-            )
+        self.hash_algorithm = selected_hash_algorithm(challenge)
         return nonce
 
     def attestation_body(self, nonce: str) -> dict[str, Any]:
@@ -429,7 +380,7 @@ class EnclaveClient:
     def _batch(self, paths: list[str]) -> dict[str, bytes] | None:
         """KEKs of layerseal keys in one request; None when the KBS has no batch endpoint."""
         response = self._authorized("POST", "/kbs/v0/resources", json={"resources": paths})
-        if self.batch is None and _batch_absent(response):
+        if self.batch is None and batch_absent(response.status_code, response.content):
             self.batch = False
             return None
         if response.status_code >= 400:
@@ -439,27 +390,14 @@ class EnclaveClient:
             doc = response.json()
         except ValueError as exc:
             raise TransportError("broker POST /kbs/v0/resources: expected JSON") from exc
-        plain = self._open(doc)
-        try:
-            released = json.loads(plain)["resources"]
-            keks = {path: base64.b64decode(value, validate=True) for path, value in released.items()}
-        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
-            raise TransportError(
-                "broker batch response: expected {resources:{path:b64}}, seen another payload"
-            ) from exc
-        missing = [p for p in paths if p not in keks]
-        if missing:
-            raise TransportError(
-                f"broker batch response: expected every requested key, seen {len(missing)} missing"
-            )
-        return keks
+        return released_keks(self._open(doc), paths)
 
     def get_keys(self, resource_paths: Sequence[str]) -> dict[str, bytes]:
         """KEKs of many layers, keyed by the paths (or kids) given: layerseal keys in one
         batch, other resources (or all, on a KBS without the batch endpoint) one by one."""
         parsed = {p: resource_path_of(p) for p in resource_paths}
         keks: dict[str, bytes] = {}
-        ours = sorted({v for v in parsed.values() if _is_layer_key(v)})
+        ours = sorted({v for v in parsed.values() if is_layer_key(v)})
         if ours and self.batch is not False:
             keks.update(self._batch(ours) or {})
         for path in sorted(set(parsed.values()) - keks.keys()):

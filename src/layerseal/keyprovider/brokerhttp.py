@@ -2,9 +2,11 @@
 
 ``layerseal.broker.client`` is built on httpx, whose import alone takes ~100 ms (it pulls
 in click and rich for its CLI); ocicrypt starts the keyprovider once per layer, so this
-module speaks the same four endpoints with ``http.client`` (~20 ms).  Error statuses map
-to the same layerseal errors as ``broker.client``.  One keep-alive connection per
-thread; a request that fails on a reused connection before any answer is retried once.
+module speaks the same endpoints with ``http.client`` (~20 ms).  What the answers mean
+(batch endpoint absent, selected hash, resource paths) is read by ``broker.kbsforms``,
+shared with ``broker.client``, so both treat a Trustee KBS alike.  Error statuses map to
+the same layerseal errors as ``broker.client``.  One keep-alive connection per thread; a
+request that fails on a reused connection before any answer is retried once.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class BrokerHttp:
         self._cacert = cacert
         self._timeout = timeout
         self._local = threading.local()
+        #: None until the first batch request tells whether the KBS has the endpoint
+        self.batch: bool | None = None
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._https:
@@ -54,10 +58,10 @@ class BrokerHttp:
             return http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout, context=context)
         return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
 
-    def request(
+    def send(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
-    ) -> tuple[http.client.HTTPMessage, bytes]:
-        """Send; return (headers, body) of a 2xx answer, raise the mapped error otherwise."""
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """Send; return (status, headers, body) whatever the status."""
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         sent = {"Accept": "application/json", **(headers or {})}
         if data is not None:
@@ -90,10 +94,17 @@ class BrokerHttp:
             if response.will_close:
                 conn.close()
                 self._local.conn = None
-            if response.status >= 400:
-                raise error_for(method, path, response.status, payload)
-            return response.headers, payload
+            return response.status, response.headers, payload
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[http.client.HTTPMessage, bytes]:
+        """Send; return (headers, body) of a 2xx answer, raise the mapped error otherwise."""
+        status, answer_headers, payload = self.send(method, path, body, headers)
+        if status >= 400:
+            raise error_for(method, path, status, payload)
+        return answer_headers, payload
 
     def json(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
         _, payload = self.request(method, path, body, headers)
@@ -129,8 +140,10 @@ class BrokerHttp:
 
     # ---------------------------------------------------------------- enclave side (RCAR)
 
-    def auth(self, tee: str) -> tuple[str, str]:
-        """RCAR step 1: returns (nonce, session id)."""
+    def auth(self, tee: str) -> tuple[str, str, str]:
+        """RCAR step 1: returns (nonce, session id, report-data hash algorithm)."""
+        from layerseal.broker.kbsforms import selected_hash_algorithm
+
         headers, payload = self.request(
             "POST", "/kbs/v0/auth", {"version": PROTOCOL_VERSION, "tee": tee, "extra-params": ""}
         )
@@ -140,14 +153,15 @@ class BrokerHttp:
             if name.strip() == SESSION_COOKIE:
                 session = rest.split(";", 1)[0].strip().strip('"')
         try:
-            nonce = json.loads(payload).get("nonce")
-        except (ValueError, AttributeError):
-            nonce = None
+            challenge = json.loads(payload)
+        except ValueError:
+            challenge = None
+        nonce = challenge.get("nonce") if isinstance(challenge, dict) else None
         if not isinstance(nonce, str) or not session:
             raise TransportError(
                 f"broker /kbs/v0/auth: expected a nonce and a {SESSION_COOKIE} cookie, seen neither"
             )
-        return nonce, session
+        return nonce, session, selected_hash_algorithm(challenge)
 
     def attest(self, session: str, body: dict[str, Any]) -> str:
         """RCAR step 2: returns the attestation token."""
@@ -158,7 +172,29 @@ class BrokerHttp:
         return token
 
     def release(self, token: str, paths: list[str]) -> Any:
-        """``POST /kbs/v0/resources``: the KEKs of *paths* as a JWE to the token's tee-pubkey."""
-        return self.json(
-            "POST", "/kbs/v0/resources", {"resources": paths}, {"Authorization": f"Bearer {token}"}
-        )
+        """``POST /kbs/v0/resources``: the KEKs of *paths* as a JWE to the token's tee-pubkey;
+        None when the KBS has no batch endpoint (a Trustee KBS), remembered for this URL."""
+        from layerseal.broker.kbsforms import BATCH_PATH, batch_absent
+
+        auth = {"Authorization": f"Bearer {token}"}
+        status, _, payload = self.send("POST", BATCH_PATH, {"resources": paths}, auth)
+        if self.batch is None and batch_absent(status, payload):
+            self.batch = False
+            return None
+        if status >= 400:
+            raise error_for("POST", BATCH_PATH, status, payload)
+        self.batch = True
+        return self._parse(payload, "POST", BATCH_PATH)
+
+    def resource(self, token: str, resource_path: str) -> Any:
+        """``GET /kbs/v0/resource/<repo>/<type>/<tag>``: one resource as a JWE (any KBS)."""
+        from layerseal.broker.kbsforms import RESOURCE_PREFIX
+
+        return self.json("GET", RESOURCE_PREFIX + resource_path, None, {"Authorization": f"Bearer {token}"})
+
+    @staticmethod
+    def _parse(payload: bytes, method: str, path: str) -> Any:
+        try:
+            return json.loads(payload)
+        except ValueError as exc:
+            raise TransportError(f"broker {method} {path}: expected JSON, seen {payload[:60]!r}") from exc

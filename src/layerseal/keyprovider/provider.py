@@ -7,6 +7,10 @@ ocicrypt hands a provider nothing else about the layer.
 
 keyunwrap: attest (RCAR) with a fresh P-256 enclave key, or reuse a cached token and
 the key it is bound to, fetch the KEK named by the packet's ``kid`` and open the packet.
+A Trustee KBS works too, as for the engine (``broker.kbsforms``): a kid outside
+layerseal's scheme (any ``kbs:///<repo>/<type>/<tag>``) is fetched with ``GET
+/kbs/v0/resource/...``, and so is every kid once the batch endpoint proves absent;
+packets made by CoCo's tools (A256GCM or A256CTR) are opened.
 A token the broker refuses (expired, revoked, broker key rotated) is dropped and the
 enclave attests once more.  Released KEKs are never cached: every unwrap is a fresh
 release decision, so revocation and policy changes apply at the next layer.
@@ -14,8 +18,6 @@ release decision, so revocation and policy changes apply at the next layer.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
 import re
@@ -40,6 +42,9 @@ if TYPE_CHECKING:
 
 #: layerseal.crypto.keywrap.BROKER_PROVIDER_NAMES (not imported: the cmd tool must start fast)
 BROKER_PROVIDER_NAMES = ("attestation-agent", "layerseal")
+
+#: seconds a token without a readable ``exp`` is reused before attesting again
+OPAQUE_TOKEN_LIFETIME = 300.0
 
 _DIGEST_RE = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
 
@@ -196,16 +201,17 @@ class Provider:
     # ------------------------------------------------------------------ keyunwrap
 
     def unwrap(self, request: protocol.UnwrapRequest) -> bytes:
-        """The private options sealed in a layerseal (CoCo) key packet."""
+        """The private options sealed in a CoCo key packet (layerseal's or CoCo tools')."""
+        from layerseal.broker.kbsforms import resource_path_of
         from layerseal.broker.packets import KeyPacket, unwrap_key_packet
 
         try:
             packet = KeyPacket.parse(request.annotation)
-            path = str(packet.resource)
+            path = resource_path_of(packet.kid)
         except BadInputError as exc:
             raise BadInputError(
-                f"keyunwrap annotation: expected a layerseal key packet "
-                f"{{kid: kbs:///<tenant>/layer-key/<id>, wrapped_data, iv, wrap_type}}, "
+                f"keyunwrap annotation: expected a layerseal key packet (CoCo AnnotationPacket) "
+                f"{{kid: kbs:///<repo>/<type>/<tag>, wrapped_data, iv, wrap_type}}, "
                 f"seen another blob ({exc})"
             ) from exc
         settings = self.settings_for(request.parameters)
@@ -218,31 +224,39 @@ class Provider:
 
     def _release(self, http: BrokerHttp, settings: Settings, path: str) -> bytes:
         from layerseal.broker.problems import UnauthenticatedError
-        from layerseal.keyprovider.enclavekey import open_jwe
 
         refused: str | None = None
         for attempt in range(2):
             ckey, live = self._session(http, settings, refused)
             try:
-                sealed = http.release(live.entry.token, [path])
+                return self._fetch(http, live, path)
             except UnauthenticatedError:
                 if attempt:
                     raise
                 refused = live.entry.token  # expired early, revoked or broker key changed
                 self._forget(ckey, refused)
-                continue
-            if not isinstance(sealed, dict):
-                raise TransportError("broker /kbs/v0/resources: expected a JWE object, seen another value")
-            plain = open_jwe(sealed, live.key)
-            try:
-                released = json.loads(plain)["resources"]
-                return base64.b64decode(released[path], validate=True)
-            except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-                raise TransportError(
-                    "broker batch response: expected {resources:{path:b64 KEK}} "
-                    "with the requested key, seen another"
-                ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _fetch(self, http: BrokerHttp, live: _Live, path: str) -> bytes:
+        """The KEK at *path*: layerseal keys through the batch endpoint while the KBS has it,
+        anything else (or everything, at a Trustee KBS) through the per-resource GET."""
+        from layerseal.broker.kbsforms import is_layer_key, released_keks
+        from layerseal.keyprovider.enclavekey import open_jwe
+
+        if is_layer_key(path) and http.batch is not False:
+            sealed = http.release(live.entry.token, [path])
+            if sealed is not None:
+                if not isinstance(sealed, dict):
+                    raise TransportError(
+                        "broker /kbs/v0/resources: expected a JWE object, seen another value"
+                    )
+                return released_keks(open_jwe(sealed, live.key), [path])[path]
+        doc = http.resource(live.entry.token, path)
+        if not isinstance(doc, dict):
+            raise TransportError(
+                f"broker GET /kbs/v0/resource/{path}: expected a JWE object, seen another value"
+            )
+        return open_jwe(doc, live.key)
 
     def _identity(self, settings: Settings) -> tuple[str, str]:
         tee = settings.tee or "sim"
@@ -279,6 +293,14 @@ class Provider:
             if live is not None and live.entry.token == token:
                 del self._live[ckey]
 
+    def _expiry(self, token: str) -> float:
+        """When to attest again: the token's ``exp``; a token without one (KBS tokens are
+        opaque to clients) is used for a short while, and a 401 renews it earlier."""
+        try:
+            return token_exp(token)
+        except BadInputError:
+            return self.clock() + OPAQUE_TOKEN_LIFETIME
+
     def _attest(self, http: BrokerHttp, settings: Settings) -> _Live:
         from layerseal.attest.binding import report_data
         from layerseal.keyprovider import enclavekey
@@ -286,11 +308,11 @@ class Provider:
         attester = self.attester_factory(settings)
         key = enclavekey.generate()
         pubkey = enclavekey.tee_pubkey(key)
-        nonce, session = http.auth(attester.tee)
+        nonce, session, algorithm = http.auth(attester.tee)
         body = {
             "runtime-data": {"nonce": nonce, "tee-pubkey": pubkey},
             "tee-evidence": {
-                "primary_evidence": attester.evidence(report_data(nonce, pubkey)),
+                "primary_evidence": attester.evidence(report_data(nonce, pubkey, "", algorithm)),
                 "additional_evidence": "",
             },
         }
@@ -299,7 +321,7 @@ class Provider:
         except DeniedError as exc:
             raise _rewrap(exc, f"attestation ({attester.tee})") from exc
         self.attestations += 1
-        entry = CachedToken(token, token_exp(token), pubkey, enclavekey.private_d(key))
+        entry = CachedToken(token, self._expiry(token), pubkey, enclavekey.private_d(key))
         return _Live(entry, key)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import re
 import subprocess
 import sys
 import urllib.error
@@ -16,9 +19,11 @@ from conftest import Deployment, deploy
 from helpers.images import make_busybox_image, make_keys, manifest_of
 from helpers.registry import registry_manifest, skopeo_copy
 from layerseal.cli.main import main
+from layerseal.image.descriptor import Platform
 from support.registry_server import RegistryServer
 
 pytestmark = pytest.mark.integration
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 LAYERSEAL = [sys.executable, "-m", "layerseal.cli.main"]
 INSECURE = ["--src-tls-verify=false", "--dest-tls-verify=false"]
 
@@ -156,28 +161,22 @@ def test_layer_add_creates_a_key_for_the_new_portion_only(
     assert main(["inspect", "--src-tls-verify=false", v2]) == 0
 
 
-def test_rotation_rewrites_annotations_only_and_retired_versions_are_refused(
-    world: tuple[Deployment, RegistryServer, str], tmp_path: Path
+def rotate(d: Deployment, token: str, src: str, dst: str, *flags: str) -> int:
+    return main(["keys", "rotate", "-q", *INSECURE, "--kbs", d.url, "--kbs-token", token, *flags, src, dst])
+
+
+def test_rotation_rewrites_annotations_only_and_force_retires_what_v1_uses(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     d, reg, token = world
     ref = publish(tmp_path, d, reg, token)
     blobs_dir = reg.storage / "docker" / "registry" / "v2" / "blobs"
     count = len(list(blobs_dir.glob("sha256/*/*")))
     v2 = f"docker://{reg.host}/acme/app:v2"
-    cmd = [
-        "keys",
-        "rotate",
-        *INSECURE,
-        "--kbs",
-        d.url,
-        "--kbs-token",
-        token,
-        "--retire-previous",
-        "--json",
-        ref,
-        v2,
-    ]
-    assert main(cmd) == 0
+    capsys.readouterr()
+    assert rotate(d, token, ref, v2, "--retire-previous", "--force") == 0
+    # v1 keeps the retired versions: said on stderr, since --force was asked for
+    assert f"docker://{reg.host}/acme/app:v1" in capsys.readouterr().err
     assert len(list(blobs_dir.glob("sha256/*/*"))) == count + 1  # only the new manifest
     old, new = registry_manifest(reg, "acme/app", "v1"), registry_manifest(reg, "acme/app", "v2")
     assert [x["digest"] for x in old["layers"]] == [x["digest"] for x in new["layers"]]  # type: ignore[attr-defined]
@@ -185,6 +184,89 @@ def test_rotation_rewrites_annotations_only_and_retired_versions_are_refused(
     assert engine(d, tmp_path, v2, "pull", "--rootfs", str(tmp_path / "new")).returncode == 0
     stale = engine(d, tmp_path, ref, "pull", "--rootfs", str(tmp_path / "old"))
     assert stale.returncode == 5 and "retired" in stale.stderr
+
+
+def layer_add(tmp_path: Path, d: Deployment, reg: RegistryServer, token: str, src: str, tag: str) -> str:
+    """v2 = v1 plus one layer: the first three layers (and their key packets) are shared."""
+    files = tmp_path / f"files-{tag}"
+    files.mkdir()
+    (files / "motd").write_text(f"{tag}\n")
+    dst = f"docker://{reg.host}/acme/app:{tag}"
+    args = ["layer", "add", "-q", *INSECURE, src, f"{files}/motd:/etc/motd"]
+    assert main([*args, "--encryption-key", f"kbs:{d.url}", "--kbs-token", token, dst]) == 0
+    return dst
+
+
+def kids(manifest: dict[str, object]) -> list[str]:
+    out = []
+    for layer in manifest["layers"]:  # type: ignore[attr-defined]
+        blob = layer["annotations"]["org.opencontainers.image.enc.keys.provider.attestation-agent"]
+        out.append(json.loads(base64.b64decode(blob))["kid"])
+    return out
+
+
+def test_rotation_refuses_to_retire_keys_another_tag_uses_and_names_it(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d, reg, token = world
+    v1 = publish(tmp_path, d, reg, token)
+    v2 = layer_add(tmp_path, d, reg, token, v1, "v2")
+    before = registry_manifest(reg, "acme/app", "v2")
+    capsys.readouterr()
+    assert rotate(d, token, v2, v2, "--retire-previous") == 2
+    err = capsys.readouterr().err
+    assert f"docker://{reg.host}/acme/app:v1 (3 key version(s))" in err, err
+    assert "--all-tags" in err and "--force" in err
+    assert "acme/app:v2 (" not in err  # the tag being rewritten is no other user
+    # nothing changed: no version retired, no manifest rewritten
+    assert registry_manifest(reg, "acme/app", "v2") == before
+    assert all(v["status"] == "active" for k in d.acme.list_keys("acme/app") for v in k["versions"])
+    assert engine(d, tmp_path, v1, "pull", "--rootfs", str(tmp_path / "r1")).returncode == 0
+
+
+def test_all_tags_rotates_every_tag_sharing_the_keys_and_both_still_pull(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path
+) -> None:
+    d, reg, token = world
+    v1 = publish(tmp_path, d, reg, token)
+    v2 = layer_add(tmp_path, d, reg, token, v1, "v2")
+    old_v1 = kids(registry_manifest(reg, "acme/app", "v1"))
+    assert rotate(d, token, v2, v2, "--retire-previous", "--all-tags") == 0
+    new_v1, new_v2 = (
+        kids(registry_manifest(reg, "acme/app", "v1")),
+        kids(registry_manifest(reg, "acme/app", "v2")),
+    )
+    assert set(new_v1).isdisjoint(old_v1)  # v1 rewritten to the new versions
+    assert new_v2[:3] == new_v1  # one rotation per key: both tags name the same new versions
+    statuses = {
+        (k["key_id"], v["version"]): v["status"] for k in d.acme.list_keys("acme/app") for v in k["versions"]
+    }
+    assert sorted(statuses.values()) == ["active"] * 4 + ["retired"] * 4
+    r1 = engine(d, tmp_path, v1, "pull", "--rootfs", str(tmp_path / "r1"))
+    assert r1.returncode == 0, r1.stderr
+    r2 = engine(d, tmp_path, v2, "run", "--", "/bin/cat", "/etc/motd")
+    assert (r2.returncode, r2.stdout) == (0, "v2\n"), r2.stderr
+
+
+def test_tag_scan_follows_tag_list_pagination(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path
+) -> None:
+    from layerseal.builder.rotate import RegistryTags, find_tag_uses
+    from layerseal.registry.client import RegistryClient
+    from layerseal.registry.options import RegistryOptions
+
+    d, reg, token = world
+    v1 = publish(tmp_path, d, reg, token)
+    layer_add(tmp_path, d, reg, token, v1, "v2")
+    layer_add(tmp_path, d, reg, token, v1, "v3")
+    versions = {(k["key_id"], k["current_version"]) for k in d.acme.list_keys("acme/app")}
+    first = {tuple(x.rsplit("/", 1)[1].split(".")) for x in kids(registry_manifest(reg, "acme/app", "v1"))}
+    shared = {(k, int(v)) for k, v in first}
+    assert shared < versions
+    with RegistryClient(reg.host, RegistryOptions(tls_verify=False), repository="acme/app") as client:
+        store = RegistryTags(client, reg.host, "acme/app", writable=False, page_size=1)
+        uses = find_tag_uses([store], shared, [(store.name, "v2")])
+    assert [(u.tag, len(u.versions)) for u in uses] == [("v1", 3), ("v3", 3)]
 
 
 def test_broker_down_during_layer_add(
@@ -217,3 +299,107 @@ def test_broker_down_during_layer_add(
     assert registry_manifest(reg, "acme/app", "v1") == before  # the previous manifest is still served
     with pytest.raises(urllib.error.HTTPError):
         registry_manifest(reg, "acme/app", "v2")
+
+
+def test_keys_list_has_headers_status_iso_times_and_versions_unlike_tags(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d, reg, token = world
+    v1 = publish(tmp_path, d, reg, token)
+    keys = sorted(d.acme.list_keys("acme/app"), key=lambda k: k["key_id"])
+    rotated, revoked, unused = (k["key_id"] for k in keys)
+    assert rotate(d, token, v1, v1, "--retire-previous") == 0  # rotates all three; only v1 uses them
+    d.acme.revoke_key(revoked)
+    d.acme.mark_unused(unused)
+    capsys.readouterr()
+    assert main(["keys", "list", "--kbs", d.url, "--kbs-token", token, "--repository", "acme/app"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = "KEY ID REPOSITORY LAYER (plaintext digest) STATUS VERSIONS CREATED (UTC)"
+    assert " ".join(lines[0].split()) == header
+    by_id = {line.split()[0]: line for line in lines[1:]}
+    assert set(by_id) == {rotated, revoked, unused}
+    assert " active " in by_id[rotated] and "#2 active, #1 retired" in by_id[rotated]
+    assert " revoked " in by_id[revoked] and " unused " in by_id[unused]
+    assert all(re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", line) for line in lines[1:])
+    assert not re.search(r"\bv\d\b", "\n".join(lines))  # no 'v2' that reads like an image tag
+    assert main(["keys", "list", "--json", "--kbs", d.url, "--kbs-token", token]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {k["key_id"]: k["status"] for k in doc} == {
+        rotated: "active",
+        revoked: "revoked",
+        unused: "unused",
+    }
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", k["created"]) for k in doc)
+    assert all(isinstance(k["versions"], list) for k in doc)
+
+
+def test_index_tags_are_found_through_their_children_and_rewritten_with_all_tags(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d, reg, token = world
+    v1 = publish(tmp_path, d, reg, token)
+    child = json.dumps(registry_manifest(reg, "acme/app", "v1")).encode()
+    child_desc = {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": "sha256:" + hashlib.sha256(child).hexdigest(),
+        "size": len(child),
+        "platform": Platform.host().to_json(),  # the engine picks this host's entry
+    }
+    for ref, body, media_type in [
+        (child_desc["digest"], child, child_desc["mediaType"]),
+        ("multi", json.dumps({"schemaVersion": 2, "manifests": [child_desc]}).encode(), OCI_INDEX),
+    ]:
+        put = urllib.request.Request(
+            f"{reg.url}/v2/acme/app/manifests/{ref}",
+            data=body,
+            method="PUT",
+            headers={"Content-Type": media_type},
+        )
+        urllib.request.urlopen(put).close()
+    capsys.readouterr()
+    assert rotate(d, token, v1, v1, "--retire-previous") == 2
+    assert f"docker://{reg.host}/acme/app:multi (3 key version(s))" in capsys.readouterr().err
+    assert rotate(d, token, v1, v1, "--retire-previous", "--all-tags") == 0
+    index = registry_manifest(reg, "acme/app", "multi", OCI_INDEX)
+    new_child = index["manifests"][0]  # type: ignore[index]
+    assert new_child["digest"] != child_desc["digest"] and new_child["platform"] == child_desc["platform"]
+    rewritten = registry_manifest(reg, "acme/app", new_child["digest"])
+    assert kids(rewritten) == kids(registry_manifest(reg, "acme/app", "v1"))
+    multi = f"docker://{reg.host}/acme/app:multi"
+    r = engine(d, tmp_path, multi, "pull", "--rootfs", str(tmp_path / "multi"))
+    assert r.returncode == 0, r.stderr
+
+
+def test_rotating_into_a_new_repository_lists_the_source_tags_and_tolerates_no_tags_yet(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d, reg, token = world
+    v1 = publish(tmp_path, d, reg, token)
+    fresh = f"docker://{reg.host}/acme/fresh:v1"  # a repository with no tag yet (tags/list: 404)
+    capsys.readouterr()
+    assert rotate(d, token, v1, fresh, "--retire-previous") == 2
+    assert f"docker://{reg.host}/acme/app:v1 (3 key version(s))" in capsys.readouterr().err
+    # the source's repository is read, not rewritten: --all-tags says so instead of writing there
+    assert rotate(d, token, v1, fresh, "--retire-previous", "--all-tags") == 2
+    assert "rotate those with their own repository as destination" in capsys.readouterr().err
+    assert rotate(d, token, v1, fresh, "--retire-previous", "--force") == 0
+    assert engine(d, tmp_path, fresh, "pull", "--rootfs", str(tmp_path / "fresh")).returncode == 0
+
+
+def test_all_tags_renews_only_the_shared_keys_of_the_other_tags(
+    world: tuple[Deployment, RegistryServer, str], tmp_path: Path
+) -> None:
+    d, reg, token = world
+    v1 = publish(tmp_path, d, reg, token)
+    v2 = layer_add(tmp_path, d, reg, token, v1, "v2")
+    own = kids(registry_manifest(reg, "acme/app", "v2"))[3]
+    assert rotate(d, token, v1, v1, "--retire-previous", "--all-tags") == 0
+    new_v1, new_v2 = (
+        kids(registry_manifest(reg, "acme/app", "v1")),
+        kids(registry_manifest(reg, "acme/app", "v2")),
+    )
+    assert new_v2 == [*new_v1, own]  # v2's own layer key is not v1's rotation: left as it was
+    versions = sorted(len(k["versions"]) for k in d.acme.list_keys("acme/app"))
+    assert versions == [1, 2, 2, 2]
+    r = engine(d, tmp_path, v2, "run", "--", "/bin/cat", "/etc/motd")
+    assert (r.returncode, r.stdout) == (0, "v2\n"), r.stderr

@@ -1,0 +1,98 @@
+"""How a KBS client reads what a broker or a Trustee KBS says, whatever its HTTP library (pure).
+
+Shared by the engine's client (``broker.client``, httpx) and the keyprovider's
+(``keyprovider.brokerhttp``, ``http.client``, which must not import httpx): which kids
+name layerseal layer keys (those go in one batch) and which are plain KBS resources
+(``GET /kbs/v0/resource/<repo>/<type>/<tag>``); whether an answer to the batch request
+means the KBS has no such endpoint (Trustee: 404 ``PluginNotFound``); which report-data
+hash the challenge selects; and the batch answer's KEKs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from layerseal.attest.binding import HASH_ALGORITHMS
+from layerseal.broker.packets import ResourcePath
+from layerseal.broker.problems import PROBLEM_TYPE
+from layerseal.errors import BadInputError, TransportError
+
+BATCH_PATH = "/kbs/v0/resources"
+RESOURCE_PREFIX = "/kbs/v0/resource/"
+DEFAULT_HASH = "sha384"
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
+
+
+def resource_path_of(kid: str) -> str:
+    """The KBS resource path ``<repo>/<type>/<tag>`` a kid (``kbs://[host]/...``) or path names."""
+    try:
+        return str(ResourcePath.parse(kid))
+    except BadInputError:
+        pass
+    path = kid.partition("?")[0]  # a ResourceUri may carry a query; the KBS path does not
+    if path.startswith("kbs://"):
+        path = path[len("kbs://") :].partition("/")[2]  # the host part is ignored
+    parts = path.split("/")
+    if len(parts) != 3 or not all(_SEGMENT.match(p) and p not in (".", "..") for p in parts):
+        raise BadInputError(
+            "resource path: expected 'kbs:///<repo>/<type>/<tag>' or '<repo>/<type>/<tag>', "
+            f"seen {kid[:120]!r}"
+        )
+    return path
+
+
+def is_layer_key(path: str) -> bool:
+    """Whether *path* names a layerseal layer key (fetched in batches) rather than any resource."""
+    try:
+        ResourcePath.parse(path)
+    except BadInputError:
+        return False
+    return True
+
+
+def batch_absent(status: int, body: bytes) -> bool:
+    """An answer to the batch request from a KBS without the endpoint (Trustee: 404 PluginNotFound)."""
+    if status not in (404, 405, 501):
+        return False
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return True
+    # layerseal's own 404 names an unknown key: that is an answer, not a missing endpoint
+    return not (isinstance(doc, dict) and str(doc.get("type", "")).startswith(PROBLEM_TYPE))
+
+
+def selected_hash_algorithm(challenge: Any, what: str = "broker /kbs/v0/auth") -> str:
+    """The report-data hash a challenge's ``extra-params`` selects (kbs-types), SHA-384 by default."""
+    extra = challenge.get("extra-params") if isinstance(challenge, dict) else None
+    selected = extra.get("selected-hash-algorithm") if isinstance(extra, dict) else None
+    if selected is None:
+        return DEFAULT_HASH
+    if isinstance(selected, str) and selected.lower() in HASH_ALGORITHMS:
+        return selected.lower()
+    raise TransportError(
+        f"{what}: expected selected-hash-algorithm among {list(HASH_ALGORITHMS)}, seen {str(selected)[:20]!r}"
+    )
+
+
+def released_keks(plain: bytes, paths: Sequence[str]) -> dict[str, bytes]:
+    """The KEKs of a batch answer's plaintext ``{"resources": {path: base64}}``; every path required."""
+    try:
+        released = json.loads(plain)["resources"]
+        keks = {path: base64.b64decode(value, validate=True) for path, value in released.items()}
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        raise TransportError(
+            "broker batch response: expected {resources:{path:b64}}, seen another payload"
+        ) from exc
+    missing = [p for p in paths if p not in keks]
+    if missing:
+        raise TransportError(
+            f"broker batch response: expected every requested key, seen {len(missing)} missing"
+        )
+    return keks
