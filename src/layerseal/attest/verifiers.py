@@ -20,11 +20,11 @@ from layerseal.errors import BadInputError
 
 # kbs-types serializes its Tee enum in lowercase: CoCo guests on Azure send "azsnpvtpm"
 TEE_ALIASES = {"azsnpvtpm": "az-snp-vtpm"}
-SUPPORTED_TEES = ("sim", "sample", "snp", "tdx", "az-snp-vtpm", *TEE_ALIASES)
+SUPPORTED_TEES = ("sim", "sample", "snp", "tdx", "az-snp-vtpm", "sgx", *TEE_ALIASES)
 
 _lock = threading.Lock()
 _real: dict[str, Verifier] = {}
-_sources: dict[str, str | os.PathLike[str] | None] = {"snp": None, "snp_crl": None, "tdx": None}
+_sources: dict[str, str | os.PathLike[str] | None] = {"snp": None, "snp_crl": None, "tdx": None, "sgx": None}
 
 
 def configure_tee_trust(
@@ -32,17 +32,19 @@ def configure_tee_trust(
     snp_vcek_cache: str | os.PathLike[str] | None = None,
     snp_crl: str | os.PathLike[str] | None = None,
     tdx_collateral: str | os.PathLike[str] | None = None,
+    sgx_collateral: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Set the offline VCEK cache, AMD CRL and TDX collateral directories (read now, so
+    """Set the offline VCEK cache, AMD CRL, TDX and SGX collateral directories (read now, so
     errors show at start)."""
     from layerseal.attest import trust
 
     verifiers: dict[str, Verifier] = {
         "snp": trust.snp_verifier(snp_vcek_cache, crl_dir=snp_crl),
         "tdx": trust.tdx_verifier(tdx_collateral),
+        "sgx": trust.sgx_verifier(sgx_collateral),
     }
     with _lock:
-        _sources.update(snp=snp_vcek_cache, snp_crl=snp_crl, tdx=tdx_collateral)
+        _sources.update(snp=snp_vcek_cache, snp_crl=snp_crl, tdx=tdx_collateral, sgx=sgx_collateral)
         _real.clear()
         _real.update(verifiers)
 
@@ -63,6 +65,8 @@ def _real_verifier(tee: str) -> Verifier:
         made = AzSnpVtpmVerifier(cast(SnpVerifier, _real_verifier("snp")))
     elif tee == "snp":
         made = trust.snp_verifier(_sources["snp"], crl_dir=_sources["snp_crl"])
+    elif tee == "sgx":
+        made = trust.sgx_verifier(_sources.get("sgx"))
     else:
         made = trust.tdx_verifier(_sources["tdx"])
     with _lock:
@@ -77,6 +81,6 @@ def verifier_for(tee: str, trusted_sim_platforms: Iterable[bytes] = ()) -> Verif
         return SimVerifier(trusted_sim_platforms)
     if tee == "sample":
         return SampleVerifier()
-    if tee in ("snp", "tdx", "az-snp-vtpm"):
+    if tee in ("snp", "tdx", "az-snp-vtpm", "sgx"):
         return _real_verifier(tee)
     raise BadInputError(f"tee: expected one of {list(SUPPORTED_TEES)}, seen {tee[:40]!r}")
