@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBS := skopeo umoci docker-registry runc openssl busybox-static bubblewrap softhsm2 time swtpm swtpm-tools tpm2-tools
+DEBS := skopeo umoci docker-registry runc openssl busybox-static bubblewrap softhsm2 time swtpm swtpm-tools tpm2-tools fuse3
 
 .PHONY: setup debs demo test lint typecheck unit bench clean
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from layerseal.attest.attesters import TEE_CHOICES
 from layerseal.builder.endpoints import open_source
 from layerseal.cli.common import add_registry_flags, parse_unwrappers, print_json, registry_options
 from layerseal.engine.enclave import enclave_client, make_attester
@@ -36,7 +37,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decryption-key", action="append", default=[], metavar="PRIVKEY", help="for jwe: layers")
     p.add_argument("--store", default=None, help="shared encrypted blob store (default: $LAYERSEAL_STORE)")
     p.add_argument("--snapshots", help="decrypted snapshot cache (default: STORE.snapshots)")
-    p.add_argument("--tee", choices=["sim", "snp", "tdx"], help="attester (default: detect, else sim)")
+    p.add_argument("--tee", choices=TEE_CHOICES, help="attester (default: auto: detect, else sim)")
     p.add_argument(
         "--sim-platform", metavar="DIR", help="sim TEE platform (default: $LAYERSEAL_SIM_PLATFORM)"
     )
