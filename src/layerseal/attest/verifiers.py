@@ -3,7 +3,8 @@
 Real TEEs (``snp``, ``tdx``, ``az-snp-vtpm``) verify against the roots shipped in the
 package; an operator may add an offline VCEK cache and TDX collateral with
 :func:`configure_tee_trust` (the broker does this at start-up from its command line).
-``az-snp-vtpm`` (Azure confidential VMs) checks its SNP report with the ``snp`` verifier.
+``az-snp-vtpm`` and ``az-tdx-vtpm`` (Azure confidential VMs) check their hardware report with
+the ``snp`` and ``tdx`` verifiers; ``sgx`` shares the Intel root with ``tdx``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from layerseal.attest.sim import SimVerifier
 from layerseal.errors import BadInputError
 
 # kbs-types serializes its Tee enum in lowercase: CoCo guests on Azure send "azsnpvtpm"
-TEE_ALIASES = {"azsnpvtpm": "az-snp-vtpm"}
-SUPPORTED_TEES = ("sim", "sample", "snp", "tdx", "az-snp-vtpm", "sgx", *TEE_ALIASES)
+TEE_ALIASES = {"azsnpvtpm": "az-snp-vtpm", "aztdxvtpm": "az-tdx-vtpm"}
+SUPPORTED_TEES = ("sim", "sample", "snp", "tdx", "az-snp-vtpm", "az-tdx-vtpm", "sgx", *TEE_ALIASES)
 
 _lock = threading.Lock()
 _real: dict[str, Verifier] = {}
@@ -63,6 +64,11 @@ def _real_verifier(tee: str) -> Verifier:
 
         # shares the process's SNP verifier (its offline VCEK cache and checked chains)
         made = AzSnpVtpmVerifier(cast(SnpVerifier, _real_verifier("snp")))
+    elif tee == "az-tdx-vtpm":
+        from layerseal.attest.az_tdx_vtpm import AzTdxVtpmVerifier
+        from layerseal.attest.tdx import TdxVerifier
+
+        made = AzTdxVtpmVerifier(cast(TdxVerifier, _real_verifier("tdx")))
     elif tee == "snp":
         made = trust.snp_verifier(_sources["snp"], crl_dir=_sources["snp_crl"])
     elif tee == "sgx":
@@ -81,6 +87,6 @@ def verifier_for(tee: str, trusted_sim_platforms: Iterable[bytes] = ()) -> Verif
         return SimVerifier(trusted_sim_platforms)
     if tee == "sample":
         return SampleVerifier()
-    if tee in ("snp", "tdx", "az-snp-vtpm", "sgx"):
+    if tee in ("snp", "tdx", "az-snp-vtpm", "az-tdx-vtpm", "sgx"):
         return _real_verifier(tee)
     raise BadInputError(f"tee: expected one of {list(SUPPORTED_TEES)}, seen {tee[:40]!r}")

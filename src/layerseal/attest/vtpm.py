@@ -189,6 +189,11 @@ class VtpmAttester:
         self.ak = ak
 
     def hcl_report(self, report_data: bytes) -> bytes:
+        self.write_report_data(report_data)
+        return read_hcl_report(self.tcti)
+
+    def write_report_data(self, report_data: bytes) -> None:
+        """Hand the report data to the paravisor, which puts it in the HCL report's user-data."""
         if REPORT_DATA_INDEX in nv_indices(self.tcti):
             _tool(
                 ["tpm2_nvwrite", f"{REPORT_DATA_INDEX:#010x}", "-i-"],
@@ -196,7 +201,6 @@ class VtpmAttester:
                 "report data write",
                 stdin=report_data,
             )
-        return read_hcl_report(self.tcti)
 
     def evidence(self, report_data: bytes, *, hcl: bytes | None = None) -> dict[str, Any]:
         """The evidence; *hcl* replaces the NV read (tests: swtpm's NV indices hold 2 KiB, an HCL
@@ -205,7 +209,10 @@ class VtpmAttester:
             raise BadInputError(
                 f"vtpm report data: expected {REPORT_DATA_SIZE} bytes, seen {len(report_data)}"
             )
-        hcl = self.hcl_report(report_data) if hcl is None else hcl
+        if hcl is None:
+            hcl = self.hcl_report(report_data)
+        else:
+            self.write_report_data(report_data)
         kind = hcl_kind(hcl)
         if kind != self.tee:
             raise BadInputError(f"vtpm HCL report: expected one of a {self.tee} VM, seen one of a {kind} VM")
