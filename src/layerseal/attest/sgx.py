@@ -381,7 +381,7 @@ class SgxVerifier:
             ) from exc
         qe_status = "unknown"
         if self._qe_identity is not None:
-            qe_status = tdx.qe_tcb_status(self._qe_identity, quote.qe_report, now)
+            qe_status = _qe_status(self._qe_identity, quote.qe_report, now)
         binding = hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest()
         seen = quote.qe_report[320:384]
         if not hmac.compare_digest(seen, binding + bytes(32)):
@@ -470,6 +470,14 @@ class SgxVerifier:
             if len(self._chains) > _CHAIN_CACHE_SIZE:
                 self._chains.popitem(last=False)
         return made
+
+
+def _qe_status(identity: tdx.QeIdentity, qe_report: bytes, now: datetime.datetime) -> str:
+    # the TDX check is Intel's QE rule for both; its messages are renamed to this TEE
+    try:
+        return tdx.qe_tcb_status(identity, qe_report, now)
+    except DeniedError as exc:
+        raise DeniedError(str(exc).replace("tdx QE identity", "sgx QE identity", 1)) from exc
 
 
 def claims_of(

@@ -244,3 +244,118 @@ def test_revoked_pck_is_refused() -> None:
         DeniedError, match=r"^sgx CRL 'Test PCK CA': expected 'Test PCK' not revoked, seen serial 4d"
     ):
         v._check_crls(chain, PINNED)
+
+
+# ---------------------------------------------------------------------------- collateral
+# Intel's signed SGX TCB info and QE identity for this platform are not in the test data:
+# they are made here under a test root, shaped as Intel PCS serves them, from the real
+# PCK's SGX extension and the real QE report.
+
+
+def _raw(der_sig: bytes) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric import utils
+
+    r, s = utils.decode_dss_signature(der_sig)
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+class _TestIntel:
+    def __init__(self) -> None:
+        self.root_key = ec.generate_private_key(ec.SECP256R1())
+        self.tcb_key = ec.generate_private_key(ec.SECP256R1())
+        self.root = _cert("Test SGX Root CA", self.root_key, "Test SGX Root CA", self.root_key, 1)
+        self.tcb = _cert("Test SGX TCB Signing", self.tcb_key, "Test SGX Root CA", self.root_key, 2)
+        self.chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (self.tcb, self.root))
+        self.root_der = self.root.public_bytes(serialization.Encoding.DER)
+
+    def signed(self, member: str, body: dict[str, object]) -> bytes:
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        sig = _raw(self.tcb_key.sign(raw, ec.ECDSA(hashes.SHA256())))
+        return b'{"' + member.encode() + b'":' + raw + b',"signature":"' + sig.hex().encode() + b'"}'
+
+
+PCK_EXT = sgx.tdx.sgx_extension(x509.load_pem_x509_certificates(CHAIN)[0])
+QE_BODY = sgx.parse_quote(QUOTE).qe_report
+
+
+def _tcb_info(
+    intel: _TestIntel, levels: list[tuple[int, str]], next_update: str = "2023-06-01T00:00:00Z"
+) -> bytes:
+    assert PCK_EXT is not None
+
+    def level(bump: int, status: str) -> dict[str, object]:
+        comps = [{"svn": svn + bump} for svn in PCK_EXT.sgx_tcb_svns]
+        return {"tcb": {"sgxtcbcomponents": comps, "pcesvn": PCK_EXT.pce_svn}, "tcbStatus": status}
+
+    body = {
+        "id": "SGX",
+        "version": 3,
+        "issueDate": "2023-04-01T00:00:00Z",
+        "nextUpdate": next_update,
+        "fmspc": PCK_EXT.fmspc,
+        "tcbLevels": [level(bump, status) for bump, status in levels],
+    }
+    return intel.signed("tcbInfo", body)
+
+
+def _qe_identity(intel: _TestIntel, mrsigner: bytes | None = None) -> bytes:
+    body = {
+        "id": "QE",
+        "version": 2,
+        "nextUpdate": "2023-06-01T00:00:00Z",
+        "miscselect": QE_BODY[16:20][::-1].hex(),
+        "miscselectMask": "FFFFFFFF",
+        "attributes": QE_BODY[48:64].hex(),
+        "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
+        "mrsigner": (mrsigner or QE_BODY[128:160]).hex(),
+        "isvprodid": int.from_bytes(QE_BODY[256:258], "little"),
+        "tcbLevels": [{"tcb": {"isvsvn": 0}, "tcbStatus": "UpToDate"}],
+    }
+    return intel.signed("enclaveIdentity", body)
+
+
+def test_tcb_info_gives_the_status_of_the_first_level_met() -> None:
+    intel = _TestIntel()
+    info = sgx.parse_tcb_info(
+        _tcb_info(intel, [(1, "UpToDate"), (0, "SWHardeningNeeded")]), intel.chain, intel.root_der
+    )
+    claims = sgx.SgxVerifier(trust.shipped_intel_root(), tcb_infos=[info], clock=lambda: PINNED).verify(
+        QUOTE, RD
+    )
+    assert claims.details["tcb_status"] == "SWHardeningNeeded"
+    assert claims.details["fmspc"] == info.fmspc and claims.details["collateral_expired"] is False
+    below = sgx.parse_tcb_info(_tcb_info(intel, [(1, "UpToDate")]), intel.chain, intel.root_der)
+    v = sgx.SgxVerifier(trust.shipped_intel_root(), tcb_infos=[below], clock=lambda: PINNED)
+    assert v.verify(QUOTE, RD).details["tcb_status"] == "NotSupported"
+    stale = sgx.parse_tcb_info(
+        _tcb_info(intel, [(0, "UpToDate")], "2023-04-15T00:00:00Z"), intel.chain, intel.root_der
+    )
+    v = sgx.SgxVerifier(trust.shipped_intel_root(), tcb_infos=[stale], clock=lambda: PINNED)
+    details = v.verify(QUOTE, RD).details
+    assert (details["tcb_status"], details["collateral_expired"]) == ("unknown", True)
+
+
+def test_collateral_not_signed_by_the_tcb_key_or_of_tdx_is_refused() -> None:
+    intel = _TestIntel()
+    raw = _tcb_info(intel, [(0, "UpToDate")])
+    tampered = raw.replace(b'"UpToDate"', b'"UpToDatf"')
+    with pytest.raises(
+        DeniedError, match=r"^sgx TCB info signature: expected valid under the TCB signing key"
+    ):
+        sgx.parse_tcb_info(tampered, intel.chain, intel.root_der)
+    with pytest.raises(DeniedError, match=r"^sgx TCB info issuer chain root: expected the pinned"):
+        sgx.parse_tcb_info(raw, intel.chain, trust.shipped_intel_root())
+    tdx_info = intel.signed("tcbInfo", {"id": "TDX", "fmspc": "00", "tcbLevels": []})
+    with pytest.raises(BadInputError, match=r"^sgx TCB info id: expected 'SGX', seen 'TDX'"):
+        sgx.parse_tcb_info(tdx_info, intel.chain, intel.root_der)
+
+
+def test_qe_identity_of_intel_and_of_another_signer() -> None:
+    intel = _TestIntel()
+    identity = sgx.parse_qe_identity(_qe_identity(intel), intel.chain, intel.root_der)
+    v = sgx.SgxVerifier(trust.shipped_intel_root(), qe_identity=identity, clock=lambda: PINNED)
+    assert v.verify(QUOTE, RD).details["qe_tcb_status"] == "UpToDate"
+    other = sgx.parse_qe_identity(_qe_identity(intel, mrsigner=b"\x01" * 32), intel.chain, intel.root_der)
+    v = sgx.SgxVerifier(trust.shipped_intel_root(), qe_identity=other, clock=lambda: PINNED)
+    with pytest.raises(DeniedError, match=r"^sgx QE identity MRSIGNER: expected Intel's 0101"):
+        v.verify(QUOTE, RD)
