@@ -25,7 +25,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from layerseal.attest import az_snp_vtpm, az_tdx_vtpm, binding, tdx, trust, vtpm
+from layerseal.attest import az_snp_vtpm, az_tdx_vtpm, binding, rcar, tdx, trust, vtpm
 from layerseal.attest.attesters import detect, make_attester
 from layerseal.attest.claims import Claims
 from layerseal.errors import DeniedError
@@ -40,6 +40,7 @@ TD_QUOTE = (DATA / "tdx" / "tdx_quote_4.dat").read_bytes()
 NONCE = "c3d0cG0gbm9uY2U"
 JWK = {"kty": "EC", "crv": "P-256", "alg": "ECDH-ES+A256KW", "x": "AAAA", "y": "BBBB"}
 RD = binding.report_data(NONCE, JWK)
+INIT_DATA = "algorithm = \"sha256\"\nversion = \"0.1.0\"\n\n[data]\n\"policy.rego\" = '''allow'''\n"
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +157,8 @@ def test_tdx_vtpm_evidence(tpm: tuple[str, Path], imds: dict[str, Any]) -> None:
     captured_rd = tdx.parse_quote(TD_QUOTE).td.report_data
     hcl = _hcl_tdx(_var_data(key, RD), captured_rd)
     imds["quote"] = TD_QUOTE
+    # the init-data digest in PCR 8, as the Azure/CoCo guest extends it
+    swtpm.tool(tcti, "tpm2_pcrextend", f"8:sha256={hashlib.sha256(INIT_DATA.encode()).hexdigest()}")
     evidence = vtpm.VtpmAttester("az-tdx-vtpm", tcti).evidence(RD, hcl=hcl)
     assert imds["path"] == "/acc/tdquote" and imds["metadata"] == "true"
     assert base64.urlsafe_b64decode(imds["report"] + "==")[128:192] == captured_rd  # the TD report sent
@@ -178,6 +181,28 @@ def test_tdx_vtpm_evidence(tpm: tuple[str, Path], imds: dict[str, Any]) -> None:
     claims = stand_in.verify(json.dumps(ev2).encode(), RD)
     assert claims.tee == "az-tdx-vtpm" and claims.details["report_data"] == RD.hex()
     assert len(claims.details["pcrs"]) == 24
+    init = {"format": "toml", "body": INIT_DATA}
+    with_init = rcar.verify(
+        "az-tdx-vtpm",
+        json.dumps(ev2).encode(),
+        nonce=NONCE,
+        tee_pubkey=JWK,
+        verifier_for=lambda _: stand_in,
+        init_data=init,
+    )
+    assert with_init.init_data is not None and with_init.init_data["digest"].endswith(
+        hashlib.sha256(INIT_DATA.encode()).hexdigest()
+    )
+    other = {"format": "toml", "body": INIT_DATA.replace("allow", "deny")}
+    with pytest.raises(DeniedError, match=r"^az-tdx-vtpm PCR8: expected the init-data digest"):
+        rcar.verify(
+            "az-tdx-vtpm",
+            json.dumps(ev2).encode(),
+            nonce=NONCE,
+            tee_pubkey=JWK,
+            verifier_for=lambda _: stand_in,
+            init_data=other,
+        )
     with pytest.raises(DeniedError, match=r"^az-tdx-vtpm tpm quote extraData: expected the report data"):
         stand_in.verify(json.dumps(ev2).encode(), bytes(64))
     with pytest.raises(
