@@ -8,8 +8,8 @@ Trustee's order, with layerseal's rule that nothing unverified becomes a claim:
    ``CompositeEvidence``); each piece of a kind layerseal verifies (``snp``, ``tdx``,
    ``az-snp-vtpm``, ``az-tdx-vtpm``, ``sgx``, ``sim``) must carry
    ``device_report_data(nonce, tee-pubkey)`` and adds its claims under ``additional.<tee>``;
-   a piece of any other kind (``nvidia``, ...) is bound by step 1 but yields no claim at all, and a piece that fails refuses the whole
-   attestation;
+   a piece of any other kind (``nvidia``, ...) is bound by step 1 but yields no claim at all,
+   and a piece that fails refuses the whole attestation;
 3. init-data, when sent, must match the primary TEE's field (:mod:`layerseal.attest.initdata`)
    and then appears under ``init_data``.
 
