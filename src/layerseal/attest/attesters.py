@@ -119,12 +119,26 @@ def detect(paths: Paths | None = None) -> Detection:
 
     for tee, device in (("snp", paths.sev_guest), ("tdx", paths.tdx_guest)):
         present = device.exists()
-        probes.append(Probe(device.name, present, f"{device} {'present' if present else 'absent'}"))
+        detail = f"{device} {'present' if present else 'absent'}"
+        if present and tee == "tdx":
+            detail += _td_report_probe(device)
+        probes.append(Probe(device.name, present, detail))
         if chosen is None and present:
             chosen = (tee, f"device {device}")
     if chosen is None:
         chosen = ("sim", "no TEE interface found")
     return Detection(chosen[0], chosen[1], tuple(probes))
+
+
+def _td_report_probe(device: Path) -> str:
+    from layerseal.attest import tdx_guest
+
+    try:
+        report = tdx_guest.td_report(bytes(64), device)
+    except LayersealError as exc:
+        return f"; TDX_CMD_GET_REPORT0 fails: {exc}"
+    mrtd = report[tdx_guest.MRTD].hex()[:16]
+    return f"; TDX_CMD_GET_REPORT0 answers (MRTD {mrtd}...; a quote needs configfs-tsm)"
 
 
 def detect_tee() -> str:

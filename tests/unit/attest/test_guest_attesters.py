@@ -328,3 +328,33 @@ def test_pull_flag_accepts_every_tee(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit):
         main(["pull", "oci:/nonexistent:x", "--rootfs", "/nonexistent/r", "--tee", "sev"])
     assert "az-tdx-vtpm" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- /dev/tdx_guest
+
+
+def test_td_report_ioctl_carries_the_report_data(sysroot: Path) -> None:
+    from layerseal.attest import tdx_guest
+
+    device = sysroot / "dev" / "tdx_guest"
+    device.parent.mkdir(parents=True)
+    device.write_bytes(b"")
+    mrtd = tdx.parse_quote(TDX_QUOTE).td.mr_td
+    seen: list[int] = []
+
+    def kernel(fd: int, request: int, req: tdx_guest.TdxReportReq) -> int:
+        # the TDX module's TDG.MR.REPORT: REPORTMACSTRUCT (report data at 128), TEE_TCB_INFO, TDINFO
+        seen.append(request)
+        report = bytearray(1024)
+        report[128:192] = bytes(req.reportdata)
+        report[tdx_guest.MRTD] = mrtd
+        req.tdreport[:] = list(report)
+        return 0
+
+    report = tdx_guest.td_report(RD, device, ioctl=kernel)
+    assert seen == [0xC4405401]  # _IOWR('T', 1, struct tdx_report_req)
+    assert report[128:192] == RD and report[tdx_guest.MRTD] == mrtd
+    with pytest.raises(TransportError, match=r"TDX_CMD_GET_REPORT0: expected a TD report, seen"):
+        tdx_guest.td_report(RD, device)  # the real ioctl on a regular file
+    probe = next(p for p in detect().probes if p.interface == "tdx_guest")
+    assert probe.present and "TDX_CMD_GET_REPORT0 fails" in probe.detail
