@@ -358,3 +358,29 @@ def test_td_report_ioctl_carries_the_report_data(sysroot: Path) -> None:
         tdx_guest.td_report(RD, device)  # the real ioctl on a regular file
     probe = next(p for p in detect().probes if p.interface == "tdx_guest")
     assert probe.present and "TDX_CMD_GET_REPORT0 fails" in probe.detail
+
+
+def test_tee_evidence_of_the_sim_platform_passes_the_brokers_binding(
+    sysroot: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The positive half of the binding: evidence whose signer takes our report data verifies."""
+    from layerseal.attest.sim import SimVerifier, load_certificate
+    from layerseal.attest.sim_platform import init_platform
+
+    platform = tmp_path / "sim"
+    init_platform(platform)
+    assert main(["tee", "evidence", "--tee", "sim", "--sim-platform", str(platform), "--nonce", NONCE]) == 0
+    out = json.loads(capsys.readouterr().out)
+    trusted = SimVerifier([load_certificate((platform / "platform-cert.pem").read_bytes())])
+    claims = rcar.verify(
+        "sim",
+        as_bytes(out["evidence"]),
+        nonce=NONCE,
+        tee_pubkey=out["runtime-data"]["tee-pubkey"],
+        verifier_for=lambda _: trusted,
+    )
+    assert claims.tee == "sim"
+    with pytest.raises(DeniedError):
+        rcar.verify(
+            "sim", as_bytes(out["evidence"]), nonce="other", tee_pubkey=JWK, verifier_for=lambda _: trusted
+        )
