@@ -173,6 +173,12 @@ def parse_quote(data: bytes) -> Quote:
             f"seen {inner_type}"
         )
     pck_chain = rd.sized("PCK chain", MAX_CHAIN_PEM, size_bytes=4)
+    if any(data[rd.pos : sig_end]):
+        # every byte of the signature data belongs to a field: a wrong size is not shrugged off
+        raise BadInputError(
+            f"sgx quote PCK chain: expected the signature data to end with it, "
+            f"seen {sig_end - rd.pos} more bytes"
+        )
     return Quote(
         version=version,
         att_key_type=att_key_type,

@@ -373,3 +373,28 @@ def test_broker_trust_configuration_carries_the_sgx_collateral(tmp_path: Path) -
     finally:
         configure_tee_trust()
     assert verifier_for("sgx").verify(QUOTE, RD).tee == "sgx"
+
+
+def test_every_byte_before_the_pck_chain_is_covered() -> None:
+    """No byte of header, body, signatures, keys, QE report or auth data can change unnoticed."""
+    from layerseal.errors import LayersealError
+
+    v = verifier()
+    checks: set[str] = set()
+    for offset in range(AUTH + 32 + 6):  # through the auth data and the certification data header
+        with pytest.raises(LayersealError) as info:
+            v.verify(flip(QUOTE, offset), RD)
+        checks.add(str(info.value).split(":")[0])
+    assert checks <= {
+        "sgx quote version",
+        "sgx quote attestation key type",
+        "sgx quote tee type",
+        "sgx quote QE vendor",
+        "sgx ISV report signature",
+        "sgx quote signature data",
+        "sgx QE report signature",
+        "sgx QE report data",
+        "sgx quote QE auth data",
+        "sgx quote PCK certification data type",
+        "sgx quote PCK chain",
+    }, checks
