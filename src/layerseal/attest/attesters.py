@@ -5,7 +5,8 @@ Azure vTPM holding the paravisor's HCL report (``az-snp-vtpm``/``az-tdx-vtpm``; 
 the SNP/TDX devices from the guest); configfs-tsm (its provider says SNP or TDX); the older
 ``/dev/sev-guest`` and ``/dev/tdx_guest`` devices; else ``sim``.  ``LAYERSEAL_TEE_SYSROOT``
 moves every path under another root (tests serve fake kernel interfaces there) and
-``LAYERSEAL_TPM_TCTI`` names the TPM (default ``device:/dev/tpmrm0``).
+``LAYERSEAL_TPM_TCTI`` names the TPM (default ``device:/dev/tpmrm0``);
+``LAYERSEAL_TSM_PRIVLEVEL`` asks configfs-tsm for another SNP VMPL than the kernel's floor.
 
 Kept free of HTTP imports: the keyprovider calls it once per layer and starts in ~100 ms.
 """
@@ -178,11 +179,21 @@ def make_attester(
     raise BadInputError(f"tee: expected one of {list(TEE_CHOICES)}, seen {str(kind)[:40]!r}")
 
 
+def _privlevel() -> int | None:
+    """``LAYERSEAL_TSM_PRIVLEVEL``: the SNP VMPL to request (0..3); unset, the kernel's floor."""
+    text = os.environ.get("LAYERSEAL_TSM_PRIVLEVEL", "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) > 3:
+        raise BadInputError(f"LAYERSEAL_TSM_PRIVLEVEL: expected 0..3, seen {text[:10]!r}")
+    return int(text)
+
+
 def _sevtdx_attester(kind: str, paths: Paths) -> Attester:
     from layerseal.attest import configfs_tsm
 
     if configfs_tsm.available(paths.tsm):
-        return configfs_tsm.TsmAttester(kind, root=paths.tsm)
+        return configfs_tsm.TsmAttester(kind, root=paths.tsm, privlevel=_privlevel())
     if kind == "snp" and paths.sev_guest.exists():
         from layerseal.attest.sev_guest import SevGuestAttester
 

@@ -78,9 +78,11 @@ def paths_under(root: Path) -> Paths:
 class Served:
     def __init__(self) -> None:
         self.inblobs: list[bytes] = []
+        self.levels: list[int] = []
 
     def snp(self, inblob: bytes, privlevel: int) -> tuple[bytes, bytes | None]:
         self.inblobs.append(inblob)
+        self.levels.append(privlevel)
         return SNP_REPORT, SNP_TABLE
 
     def tdx(self, inblob: bytes, privlevel: int) -> tuple[bytes, bytes | None]:
@@ -181,6 +183,20 @@ def test_privlevel_below_the_floor_is_refused_by_the_kernel(sysroot: Path) -> No
             TsmAttester("snp", root=root, privlevel=1).evidence(RD)
         ok = TsmAttester("snp", root=root, privlevel=2).evidence(RD)
         assert len(base64.b64decode(ok["report"])) == snp.REPORT_SIZE
+
+
+def test_privlevel_from_the_environment(
+    snp_tsm: tuple[FakeTsm, Served], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, served = snp_tsm
+    monkeypatch.setenv("LAYERSEAL_TSM_PRIVLEVEL", "2")
+    attester = make_attester("snp", None)
+    assert isinstance(attester, TsmAttester) and attester.privlevel == 2
+    attester.evidence(RD)
+    assert served.levels == [2]  # the report was made at the VMPL asked for
+    monkeypatch.setenv("LAYERSEAL_TSM_PRIVLEVEL", "9")
+    with pytest.raises(BadInputError, match=r"LAYERSEAL_TSM_PRIVLEVEL: expected 0..3, seen '9'"):
+        make_attester("snp", None)
 
 
 def test_wrong_report_data_size_is_refused_before_any_write(snp_tsm: tuple[FakeTsm, Served]) -> None:
