@@ -69,6 +69,14 @@ SNP_GET_EXT_REPORT = _iowr(2)
 Ioctl = Callable[[int, int, GuestRequest], Any]
 
 
+class _GuestRequestError(OSError):
+    """An ioctl's OSError with the request block the kernel filled in."""
+
+    def __init__(self, exc: OSError, arg: GuestRequest) -> None:
+        super().__init__(exc.errno, exc.strerror)
+        self.arg = arg
+
+
 def _kernel_ioctl(fd: int, request: int, arg: GuestRequest) -> Any:
     return fcntl.ioctl(fd, request, arg, True)
 
@@ -88,8 +96,8 @@ class SevGuestAttester:
         try:
             self._ioctl(fd, request, arg)
         except OSError as exc:
-            exc.guest_request = arg  # type: ignore[attr-defined]
-            raise
+            # the kernel's fw_error/vmm_error explain an EIO: keep them with the error
+            raise _GuestRequestError(exc, arg) from exc
         return arg
 
     def report(self, report_data: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
@@ -136,7 +144,7 @@ class SevGuestAttester:
                 self._call(fd, SNP_GET_EXT_REPORT, req, resp)
                 return bytes(buf[: min(int(req.certs_len), size)])
             except OSError as exc:
-                arg: GuestRequest | None = getattr(exc, "guest_request", None)
+                arg = exc.arg if isinstance(exc, _GuestRequestError) else None
                 needed = int(req.certs_len)
                 too_small = (
                     exc.errno == errno.EIO and arg is not None and arg.vmm_error == VMM_ERR_INVALID_LEN
@@ -150,7 +158,7 @@ class SevGuestAttester:
         raise TransportError(f"sev-guest {self.device}: expected the certificate table to fit {size} bytes")
 
     def _error(self, exc: OSError, what: str) -> TransportError:
-        arg: GuestRequest | None = getattr(exc, "guest_request", None)
+        arg = exc.arg if isinstance(exc, _GuestRequestError) else None
         codes = f" (fw_error {arg.fw_error:#x}, vmm_error {arg.vmm_error:#x})" if arg is not None else ""
         return TransportError(
             f"sev-guest {self.device} {what}: expected a report, seen {exc.strerror}{codes}"

@@ -156,7 +156,12 @@ def vcek_der() -> bytes:
 
     path = os.environ.get("LAYERSEAL_AZ_VCEK")
     if path:
-        data = Path(path).read_bytes()
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise NotFoundError(
+                f"LAYERSEAL_AZ_VCEK {path}: expected a VCEK certificate file, seen {exc.strerror}"
+            ) from exc
         cert = (
             load_pem_certs(data, f"vtpm VCEK {path}")[0] if b"-----BEGIN" in data else load_cert(data, path)
         )

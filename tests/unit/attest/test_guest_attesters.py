@@ -181,6 +181,7 @@ def test_privlevel_below_the_floor_is_refused_by_the_kernel(sysroot: Path) -> No
             TransportError, match=r"configfs-tsm privlevel .*: expected writable, seen Invalid argument"
         ):
             TsmAttester("snp", root=root, privlevel=1).evidence(RD)
+        assert fake.entries == {}  # removed although the request failed
         ok = TsmAttester("snp", root=root, privlevel=2).evidence(RD)
         assert len(base64.b64decode(ok["report"])) == snp.REPORT_SIZE
 
