@@ -124,22 +124,22 @@ def check(claims: Claims, init_data: InitData) -> Claims:
         name, size, label = _FIELDS[tee]
         seen = bytes.fromhex(str(claims.details[name]))
         expected = _regularized(init_data.digest, size)
-    elif tee == "az-snp-vtpm":
+    elif tee in ("az-snp-vtpm", "az-tdx-vtpm"):
         label = f"PCR{VTPM_PCR}"
         if init_data.algorithm != "sha256":
             raise BadInputError(
-                f"attestation init-data algorithm: expected sha256 for az-snp-vtpm (its digest is "
+                f"attestation init-data algorithm: expected sha256 for {tee} (its digest is "
                 f"extended into {label}), seen {init_data.algorithm}"
             )
         pcr = claims.details.get("pcrs", {}).get(f"pcr{VTPM_PCR:02d}")
         if pcr is None:
-            raise DeniedError(f"az-snp-vtpm init-data: expected {label} in the quote, seen it not selected")
+            raise DeniedError(f"{tee} init-data: expected {label} in the quote, seen it not selected")
         seen = bytes.fromhex(str(pcr))
         expected = hashlib.sha256(bytes(32) + init_data.digest).digest()
     else:
         raise BadInputError(
             f"attestation init-data: expected a TEE that binds its digest (snp HOSTDATA, tdx MRCONFIGID, "
-            f"az-snp-vtpm PCR{VTPM_PCR}), seen tee {tee}"
+            f"az-snp-vtpm/az-tdx-vtpm PCR{VTPM_PCR}), seen tee {tee}"
         )
     if not hmac.compare_digest(seen, expected):
         raise DeniedError(

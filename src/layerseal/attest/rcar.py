@@ -6,10 +6,10 @@ Trustee's order, with layerseal's rule that nothing unverified becomes a claim:
    (so the additional evidence, as sent, is bound by the primary TEE);
 2. the additional evidence is a JSON object ``{"<tee>": <evidence>, ...}`` (guest-components'
    ``CompositeEvidence``); each piece of a kind layerseal verifies (``snp``, ``tdx``,
-   ``az-snp-vtpm``, ``sim``) must carry ``device_report_data(nonce, tee-pubkey)`` and adds
-   its claims under ``additional.<tee>``; a piece of any other kind (``nvidia``, ...) is
-   bound by step 1 but yields no claim at all, and a piece that fails refuses the whole
-   attestation;
+   ``az-snp-vtpm``, ``az-tdx-vtpm``, ``sgx``, ``sim``) must carry
+   ``device_report_data(nonce, tee-pubkey)`` and adds its claims under ``additional.<tee>``;
+   a piece of any other kind (``nvidia``, ...) is bound by step 1 but yields no claim at all,
+   and a piece that fails refuses the whole attestation;
 3. init-data, when sent, must match the primary TEE's field (:mod:`layerseal.attest.initdata`)
    and then appears under ``init_data``.
 
@@ -29,7 +29,7 @@ from layerseal.attest.claims import Claims, Verifier
 from layerseal.errors import BadInputError, LayersealError
 
 # kinds whose additional evidence is verified; "sample" is unsigned, so never vouched for
-VERIFIED_ADDITIONAL = ("snp", "tdx", "az-snp-vtpm", "azsnpvtpm", "sim")
+VERIFIED_ADDITIONAL = ("snp", "tdx", "az-snp-vtpm", "azsnpvtpm", "az-tdx-vtpm", "aztdxvtpm", "sgx", "sim")
 MAX_ADDITIONAL = 8
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from layerseal.attest import snp, tdx
+from layerseal.attest import sgx, snp, tdx
 from layerseal.attest.x509util import Clock, fingerprint, load_cert, load_pem_certs, utc_now
 from layerseal.errors import BadInputError, IntegrityError, NotFoundError
 
@@ -132,3 +132,32 @@ def read_tdx_collateral(directory: str | os.PathLike[str], root_ca: bytes) -> li
         tdx.parse_tcb_info(path.read_bytes(), chain, root_ca)
         for path in sorted(root.glob("tcb_info*.json"))[:_MAX_CACHE_FILES]
     ]
+
+
+def sgx_verifier(
+    collateral: str | os.PathLike[str] | None = None, *, clock: Clock = utc_now
+) -> sgx.SgxVerifier:
+    """An SGX verifier pinned to the shipped Intel root (the TDX one).  A collateral directory
+    may hold Intel's CRLs (``*.crl``/``*crl*.der``/``*crl*.pem``), SGX TCB info
+    (``tcb_info*.json`` with ``tcb_info_issuer_chain.pem``) and ``qe_identity.json``."""
+    root = shipped_intel_root()
+    if collateral is None:
+        return sgx.SgxVerifier(root, clock=clock)
+    directory = Path(collateral)
+    if not directory.is_dir():
+        raise NotFoundError(f"sgx collateral {directory}: expected a directory, seen none")
+    crls = [
+        sgx.parse_crl(path.read_bytes()[: _MAX_CERT_BYTES + 1], f"sgx CRL {path}")
+        for path in sorted(directory.iterdir())[:_MAX_CACHE_FILES]
+        if path.suffix.lower() == ".crl"
+        or ("crl" in path.name.lower() and path.suffix.lower() in (".der", ".pem"))
+    ]
+    chain_path = directory / "tcb_info_issuer_chain.pem"
+    infos = sorted(directory.glob("tcb_info*.json"))
+    qe_path = directory / "qe_identity.json"
+    if (infos or qe_path.is_file()) and not chain_path.is_file():
+        raise NotFoundError(f"sgx collateral {directory}: expected tcb_info_issuer_chain.pem, seen none")
+    chain = chain_path.read_bytes() if chain_path.is_file() else b""
+    tcb_infos = [sgx.parse_tcb_info(path.read_bytes(), chain, root) for path in infos[:_MAX_CACHE_FILES]]
+    qe = sgx.parse_qe_identity(qe_path.read_bytes(), chain, root) if qe_path.is_file() else None
+    return sgx.SgxVerifier(root, crls=crls, tcb_infos=tcb_infos, qe_identity=qe, clock=clock)

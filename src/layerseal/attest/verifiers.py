@@ -3,7 +3,8 @@
 Real TEEs (``snp``, ``tdx``, ``az-snp-vtpm``) verify against the roots shipped in the
 package; an operator may add an offline VCEK cache and TDX collateral with
 :func:`configure_tee_trust` (the broker does this at start-up from its command line).
-``az-snp-vtpm`` (Azure confidential VMs) checks its SNP report with the ``snp`` verifier.
+``az-snp-vtpm`` and ``az-tdx-vtpm`` (Azure confidential VMs) check their hardware report with
+the ``snp`` and ``tdx`` verifiers; ``sgx`` shares the Intel root with ``tdx``.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from layerseal.attest.sim import SimVerifier
 from layerseal.errors import BadInputError
 
 # kbs-types serializes its Tee enum in lowercase: CoCo guests on Azure send "azsnpvtpm"
-TEE_ALIASES = {"azsnpvtpm": "az-snp-vtpm"}
-SUPPORTED_TEES = ("sim", "sample", "snp", "tdx", "az-snp-vtpm", *TEE_ALIASES)
+TEE_ALIASES = {"azsnpvtpm": "az-snp-vtpm", "aztdxvtpm": "az-tdx-vtpm"}
+SUPPORTED_TEES = ("sim", "sample", "snp", "tdx", "az-snp-vtpm", "az-tdx-vtpm", "sgx", *TEE_ALIASES)
 
 _lock = threading.Lock()
 _real: dict[str, Verifier] = {}
-_sources: dict[str, str | os.PathLike[str] | None] = {"snp": None, "snp_crl": None, "tdx": None}
+_sources: dict[str, str | os.PathLike[str] | None] = {"snp": None, "snp_crl": None, "tdx": None, "sgx": None}
 
 
 def configure_tee_trust(
@@ -32,17 +33,19 @@ def configure_tee_trust(
     snp_vcek_cache: str | os.PathLike[str] | None = None,
     snp_crl: str | os.PathLike[str] | None = None,
     tdx_collateral: str | os.PathLike[str] | None = None,
+    sgx_collateral: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Set the offline VCEK cache, AMD CRL and TDX collateral directories (read now, so
+    """Set the offline VCEK cache, AMD CRL, TDX and SGX collateral directories (read now, so
     errors show at start)."""
     from layerseal.attest import trust
 
     verifiers: dict[str, Verifier] = {
         "snp": trust.snp_verifier(snp_vcek_cache, crl_dir=snp_crl),
         "tdx": trust.tdx_verifier(tdx_collateral),
+        "sgx": trust.sgx_verifier(sgx_collateral),
     }
     with _lock:
-        _sources.update(snp=snp_vcek_cache, snp_crl=snp_crl, tdx=tdx_collateral)
+        _sources.update(snp=snp_vcek_cache, snp_crl=snp_crl, tdx=tdx_collateral, sgx=sgx_collateral)
         _real.clear()
         _real.update(verifiers)
 
@@ -61,8 +64,15 @@ def _real_verifier(tee: str) -> Verifier:
 
         # shares the process's SNP verifier (its offline VCEK cache and checked chains)
         made = AzSnpVtpmVerifier(cast(SnpVerifier, _real_verifier("snp")))
+    elif tee == "az-tdx-vtpm":
+        from layerseal.attest.az_tdx_vtpm import AzTdxVtpmVerifier
+        from layerseal.attest.tdx import TdxVerifier
+
+        made = AzTdxVtpmVerifier(cast(TdxVerifier, _real_verifier("tdx")))
     elif tee == "snp":
         made = trust.snp_verifier(_sources["snp"], crl_dir=_sources["snp_crl"])
+    elif tee == "sgx":
+        made = trust.sgx_verifier(_sources.get("sgx"))
     else:
         made = trust.tdx_verifier(_sources["tdx"])
     with _lock:
@@ -77,6 +87,6 @@ def verifier_for(tee: str, trusted_sim_platforms: Iterable[bytes] = ()) -> Verif
         return SimVerifier(trusted_sim_platforms)
     if tee == "sample":
         return SampleVerifier()
-    if tee in ("snp", "tdx", "az-snp-vtpm"):
+    if tee in ("snp", "tdx", "az-snp-vtpm", "az-tdx-vtpm", "sgx"):
         return _real_verifier(tee)
     raise BadInputError(f"tee: expected one of {list(SUPPORTED_TEES)}, seen {tee[:40]!r}")

@@ -86,6 +86,7 @@ class ServeOptions:
     snp_vcek_cache: Path | None = None
     snp_crl: Path | None = None
     tdx_collateral: Path | None = None
+    sgx_collateral: Path | None = None
     admin_token_file: Path | None = None
     log_level: str = "info"
     auth_rate: float = 20.0
@@ -112,7 +113,16 @@ def _options_to_json(options: ServeOptions) -> str:
 
 def _options_from_json(text: str) -> ServeOptions:
     raw: dict[str, Any] = json.loads(text)
-    for name in ("tls_cert", "tls_key", "master_key_file", "snp_vcek_cache", "snp_crl", "tdx_collateral"):
+    paths = (
+        "tls_cert",
+        "tls_key",
+        "master_key_file",
+        "snp_vcek_cache",
+        "snp_crl",
+        "tdx_collateral",
+        "sgx_collateral",
+    )
+    for name in paths:
         raw[name] = None if raw.get(name) is None else Path(raw[name])
     raw["admin_token_file"] = None  # the parent made sure an admin can log in
     raw["config"] = BrokerConfig(**raw["config"])
@@ -121,13 +131,15 @@ def _options_from_json(text: str) -> ServeOptions:
 
 def _open_for_serving(options: ServeOptions, *, migrate: bool = True) -> Broker:
     configure_logging(options.log_level)
-    if any(x is not None for x in (options.snp_vcek_cache, options.snp_crl, options.tdx_collateral)):
+    trust = (options.snp_vcek_cache, options.snp_crl, options.tdx_collateral, options.sgx_collateral)
+    if any(x is not None for x in trust):
         from layerseal.attest.verifiers import configure_tee_trust
 
         configure_tee_trust(
             snp_vcek_cache=options.snp_vcek_cache,
             snp_crl=options.snp_crl,
             tdx_collateral=options.tdx_collateral,
+            sgx_collateral=options.sgx_collateral,
         )
     return open_broker(
         options.db_url,

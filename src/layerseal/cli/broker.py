@@ -75,6 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
             snp_vcek_cache=Path(args.snp_vcek_cache) if args.snp_vcek_cache else None,
             snp_crl=Path(args.snp_crl) if args.snp_crl else None,
             tdx_collateral=Path(args.tdx_collateral) if args.tdx_collateral else None,
+            sgx_collateral=Path(args.sgx_collateral) if args.sgx_collateral else None,
             admin_token_file=Path(args.admin_token_file) if args.admin_token_file else None,
             log_level=args.log_level,
             auth_rate=args.auth_rate,
@@ -264,6 +265,11 @@ def register(subparsers: Any) -> None:
         "a CRL past its nextUpdate refuses all evidence of its generation",
     )
     serve.add_argument("--tdx-collateral", help="directory of Intel TDX TCB info collateral")
+    serve.add_argument(
+        "--sgx-collateral",
+        help="directory of Intel SGX collateral: PCK/Root CA CRLs (*crl*.der|.pem, *.crl), "
+        "tcb_info*.json + tcb_info_issuer_chain.pem, qe_identity.json",
+    )
     serve.add_argument("--admin-token-file", help="admin token file (created 0600 if missing)")
     serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     serve.add_argument(

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from layerseal.attest.attesters import TEE_CHOICES
 from layerseal.builder.endpoints import open_source
 from layerseal.cli.common import (
     add_registry_flags,
@@ -77,7 +78,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="decrypted-layer cache in enclave-private storage (default: $LAYERSEAL_SNAPSHOTS, "
         "else /run/layerseal/snapshots as root, $XDG_RUNTIME_DIR/layerseal/snapshots otherwise)",
     )
-    p.add_argument("--tee", choices=["sim", "snp", "tdx"], help="attester (default: detect, else sim)")
+    p.add_argument("--tee", choices=TEE_CHOICES, help="attester (default: auto: detect, else sim)")
     p.add_argument(
         "--sim-platform", metavar="DIR", help="sim TEE platform (default: $LAYERSEAL_SIM_PLATFORM)"
     )

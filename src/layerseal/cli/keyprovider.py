@@ -37,7 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--token-file", help="keywrap: file with the broker API token (default $LAYERSEAL_KBS_TOKEN)"
     )
     p.add_argument("--cacert", help="CA bundle to verify the broker's TLS certificate")
-    p.add_argument("--tee", help="keyunwrap: TEE kind (default sim)")
+    p.add_argument(
+        "--tee", help="keyunwrap: auto, snp, tdx, az-snp-vtpm, az-tdx-vtpm, sgx or sim (default sim)"
+    )
     p.add_argument(
         "--sim-platform", help="keyunwrap: sim platform directory (default $LAYERSEAL_SIM_PLATFORM)"
     )

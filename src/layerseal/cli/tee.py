@@ -1,4 +1,5 @@
-"""``layerseal tee``: the simulated TEE platform (``tee init --dir D``)."""
+"""``layerseal tee``: the simulated TEE platform (``tee init``), what this guest can attest as
+(``tee info``) and its evidence for debugging (``tee evidence --nonce N``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import argparse
 import json
 from typing import Any
 
+from layerseal.attest.attesters import TEE_CHOICES, detect, make_attester
+from layerseal.attest.binding import HASH_ALGORITHMS, report_data
 from layerseal.attest.sim_platform import DEFAULT_MEASUREMENT, init_platform
 
 
@@ -29,8 +32,38 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info(args: argparse.Namespace) -> int:
+    found = detect()
+    if args.json:
+        probes = [{"interface": p.interface, "present": p.present, "detail": p.detail} for p in found.probes]
+        print(json.dumps({"tee": found.tee, "why": found.why, "probes": probes}, indent=2))
+        return 0
+    print(f"tee: {found.tee} ({found.why})")
+    for p in found.probes:
+        print(f"  {'+' if p.present else '-'} {p.interface:<14} {p.detail}")
+    return 0
+
+
+def _evidence(args: argparse.Namespace) -> int:
+    # a throwaway key: the evidence binds its public half, as a real attestation would; the
+    # private half is never printed nor kept
+    from layerseal.keyprovider import enclavekey
+
+    pubkey = enclavekey.tee_pubkey(enclavekey.generate())
+    attester = make_attester(args.tee, args.sim_platform)
+    rd = report_data(args.nonce, pubkey, "", args.hash)
+    out = {
+        "tee": attester.tee,
+        "runtime-data": {"nonce": args.nonce, "tee-pubkey": pubkey},
+        "report-data": rd.hex(),
+        "evidence": attester.evidence(rd),
+    }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("tee", help="simulated TEE platform for development and tests")
+    parser = subparsers.add_parser("tee", help="TEE detection and evidence; the simulated TEE platform")
     sub = parser.add_subparsers(dest="tee_command", metavar="ACTION")
     sub.required = True
     init = sub.add_parser(
@@ -44,3 +77,15 @@ def register(subparsers: Any) -> None:
     init.add_argument("--debug", action="store_true", help="simulate a debug enclave")
     init.add_argument("--json", action="store_true", help="print JSON")
     init.set_defaults(func=_init)
+
+    info = sub.add_parser("info", help="which TEE this guest can attest as, and why")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(func=_info)
+    ev = sub.add_parser("evidence", help="print this guest's evidence for a nonce (debugging; no keys)")
+    ev.add_argument("--nonce", required=True, help="the nonce to bind (as a KBS challenge gives it)")
+    ev.add_argument("--tee", choices=TEE_CHOICES, default="auto", help="attester (default: detect)")
+    ev.add_argument("--hash", choices=HASH_ALGORITHMS, default="sha384", help="report-data hash")
+    ev.add_argument(
+        "--sim-platform", metavar="DIR", help="sim TEE platform (default: $LAYERSEAL_SIM_PLATFORM)"
+    )
+    ev.set_defaults(func=_evidence)

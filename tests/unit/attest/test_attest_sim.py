@@ -84,4 +84,4 @@ def test_sample_verifier_checks_binding_and_marks_debug() -> None:
     with pytest.raises(DeniedError):
         SampleVerifier().verify(evidence, bytes(64))
     with pytest.raises(BadInputError, match="tee"):
-        verifier_for("sgx")  # snp and tdx are real verifiers now
+        verifier_for("sev")  # snp, tdx and sgx are real verifiers now

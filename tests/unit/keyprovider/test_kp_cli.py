@@ -135,5 +135,5 @@ def test_missing_settings_are_named() -> None:
         p.http(Settings())
     with pytest.raises(BadInputError, match="expected a platform directory"):
         make_attester(Settings())
-    with pytest.raises(BadInputError, match="expected 'sim'"):
-        make_attester(Settings(tee="tdx"))
+    with pytest.raises(BadInputError, match=r"tee: expected one of \['auto', 'snp'"):
+        make_attester(Settings(tee="sev"))
