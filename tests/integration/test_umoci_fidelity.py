@@ -353,7 +353,7 @@ def test_size_limit_flags_on_pull(tmp_path: Path) -> None:
     write_layout(tmp_path / "oci", "v1", [bomb])
     proc = subprocess.run(
         [str(LAYERSEAL), "pull", f"oci:{tmp_path}/oci:v1", "--rootfs", str(tmp_path / "rootfs"),
-         "--store", str(tmp_path / "store"), "--max-layer-size", "8M"],
+         "--store", str(tmp_path / "store"), "--snapshots", str(tmp_path / "snaps"), "--max-layer-size", "8M"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
@@ -361,14 +361,14 @@ def test_size_limit_flags_on_pull(tmp_path: Path) -> None:
     assert not (tmp_path / "rootfs").exists()
     proc = subprocess.run(
         [str(LAYERSEAL), "pull", f"oci:{tmp_path}/oci:v1", "--rootfs", str(tmp_path / "rootfs"),
-         "--store", str(tmp_path / "store"), "--max-entries", "0"],
+         "--store", str(tmp_path / "store"), "--snapshots", str(tmp_path / "snaps"), "--max-entries", "0"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 2
     assert "limit --max-entries: expected a positive number, seen 0" in proc.stderr
     proc = subprocess.run(
         [str(LAYERSEAL), "pull", f"oci:{tmp_path}/oci:v1", "--rootfs", str(tmp_path / "rootfs"),
-         "--store", str(tmp_path / "store"), "--max-image-size", "64M"],
+         "--store", str(tmp_path / "store"), "--snapshots", str(tmp_path / "snaps"), "--max-image-size", "64M"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
