@@ -132,6 +132,7 @@ class ServeOptions:
     auth_burst: float = 100.0
     relaxed_audit_sync: bool = False
     workers: int = 1
+    console: bool = False  # serve the operator console under /console
     config: BrokerConfig = field(default_factory=BrokerConfig)
 
     def __post_init__(self) -> None:
@@ -184,7 +185,9 @@ def worker_app() -> Any:
         raise BadInputError(f"broker worker: expected ${WORKER_OPTIONS_ENV} from 'broker serve', seen none")
     options = _options_from_json(text)
     broker = _open_for_serving(options, migrate=False)
-    app = create_app(broker, limiter=RateLimiter(options.auth_rate, options.auth_burst))
+    app = create_app(
+        broker, limiter=RateLimiter(options.auth_rate, options.auth_burst), console=options.console
+    )
     _tune_gc()
     return app
 
@@ -223,7 +226,9 @@ def serve(options: ServeOptions) -> None:
         "server_header": False,
     }
     if options.workers == 1:
-        app = create_app(broker, limiter=RateLimiter(options.auth_rate, options.auth_burst))
+        app = create_app(
+            broker, limiter=RateLimiter(options.auth_rate, options.auth_burst), console=options.console
+        )
         _tune_gc()
         uvicorn.run(app, **common)
     else:
