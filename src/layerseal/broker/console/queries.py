@@ -139,7 +139,8 @@ def key_use(engine: Engine, tenant: str | None) -> dict[str, KeyUse]:
     with engine.connect() as conn:
         for keys_text, decision, at_ms in conn.execution_options(yield_per=2000).execute(q):
             for path in _key_paths(keys_text):
-                key_id = path.split("/", 1)[-1].split(".", 1)[0]
+                # "tenant/key.1" (released) or "tenant/layer-key/key.1" (the denied request)
+                key_id = path.rsplit("/", 1)[-1].split(".", 1)[0]
                 slot = acc.setdefault(key_id, [0, 0, 0, 0])
                 i = 0 if decision == "ok" else 2
                 slot[i] += 1
