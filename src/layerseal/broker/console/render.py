@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jinja2
@@ -22,6 +22,20 @@ def environment() -> jinja2.Environment:
     )
     env.filters["short"] = lambda text, n=16: "" if not text else (text if len(text) <= n else text[:n] + "…")
     return env
+
+
+def chunked(parts: Iterator[str], size: int = 64 * 1024) -> Iterator[bytes]:
+    """Template output in pieces of about *size* bytes (Jinja yields one per expression)."""
+    buf: list[str] = []
+    n = 0
+    for part in parts:
+        buf.append(part)
+        n += len(part)
+        if n >= size:
+            yield "".join(buf).encode()
+            buf, n = [], 0
+    if buf:
+        yield "".join(buf).encode()
 
 
 def _ticks(top: int) -> list[int]:

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from layerseal.broker.console import render, views
@@ -168,6 +168,11 @@ def console_routes(broker: Broker, metrics: Metrics) -> list[BaseRoute]:
     def page(template: str, code: int = 200, **context: Any) -> Response:
         return HTMLResponse(env.get_template(template).render(**context), status_code=code)
 
+    def streamed(template: str, **context: Any) -> Response:
+        # a long timeline is sent as it renders, so the browser parses while we render
+        chunks = render.chunked(env.get_template(template).generate(**context))
+        return StreamingResponse(chunks, media_type="text/html; charset=utf-8")
+
     def signed_in(request: Request) -> tuple[Principal, Session]:
         session = sealer.open(request.cookies.get(session_cookie(request)))
         if session is None:
@@ -265,7 +270,10 @@ def console_routes(broker: Broker, metrics: Metrics) -> list[BaseRoute]:
         next_link = None
         if data["next"] is not None:
             next_link = "/console/audit?" + urlencode(tq.params(before=data["next"]))
-        return page("audit.html", **ctx(request, who, session, data=data, tq=tq, next_link=next_link))
+        context = ctx(request, who, session, data=data, tq=tq, next_link=next_link)
+        if len(data["entries"]) > 500:
+            return streamed("audit.html", **context)
+        return page("audit.html", **context)
 
     async def entry_page(request: Request) -> Response:
         who, session = signed_in(request)
