@@ -16,6 +16,7 @@ BENCHMARKS = [
     "broker_load",
     "keyprovider",
     "attest_verify",
+    "console_render",
 ]
 
 
