@@ -259,3 +259,20 @@ def test_other_tenant_sees_nothing_of_acme(env: Env, tmp_path: Path) -> None:
         "/api/v1/policies/dry-run", json={"policy": RELAXED, "audit_entry": entry["id"]}, headers=other
     )
     assert r.status_code == 404
+
+
+def test_over_tls_the_cookie_is_secure_and_host_only(env: Env) -> None:
+    app = create_app(env.broker, limiter=RateLimiter(1000, 1000), console=True)
+    with TestClient(app, base_url="https://testserver") as client:
+        r = client.get("/console/login")
+        assert "secure" in r.headers["set-cookie"].lower()
+        csrf = r.cookies["layerseal-console-csrf"]
+        r = client.post(
+            "/console/login", data={"token": env.tenant_token, "csrf": csrf}, follow_redirects=False
+        )
+        assert r.status_code == 303
+        cookie = r.headers["set-cookie"]
+        assert cookie.startswith("__Host-layerseal-console=")
+        flags = cookie.lower()
+        assert "; secure" in flags and "path=/;" in flags and "domain" not in flags
+        assert client.get("/console/keys", follow_redirects=False).status_code == 200
