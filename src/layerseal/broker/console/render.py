@@ -51,7 +51,7 @@ def activity_chart(buckets: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     inner_w, inner_h = CHART_W - _PAD_L - 8, CHART_H - _PAD_B - _PAD_T
     top = max([int(b["releases"]) + int(b["denials"]) for b in buckets] or [0])
     scale = inner_h / top if top else 0.0
-    width = inner_w / n
+    width = min(inner_w / n, 64.0)  # a few buckets still read as bars, not as blocks
     bars = []
     for i, b in enumerate(buckets):
         x = _PAD_L + i * width
