@@ -20,8 +20,10 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
+from layerseal.broker.console import api_routes as console_api_routes
+from layerseal.broker.console import console_routes
 from layerseal.broker.metrics import Metrics
 from layerseal.broker.openapi import openapi_document
 from layerseal.broker.problems import RateLimitedError, problem, status_of
@@ -84,9 +86,14 @@ def _int_param(request: Request, name: str, default: int) -> int:
 
 
 def create_app(
-    broker: Broker, *, limiter: RateLimiter | None = None, metrics: Metrics | None = None
+    broker: Broker,
+    *,
+    limiter: RateLimiter | None = None,
+    metrics: Metrics | None = None,
+    console: bool = False,
 ) -> Starlette:
-    """The ASGI application serving KBS RCAR, the publisher API and operations endpoints."""
+    """The ASGI application serving KBS RCAR, the publisher API and operations endpoints
+    (and, with *console*, the operator console's pages under ``/console``)."""
     limiter = limiter or RateLimiter()
     metrics = metrics or Metrics()
     broker.listeners.append(metrics.observe_decision)
@@ -370,7 +377,7 @@ def create_app(
         )
         return _problem_response(status, kind, detail, request.url.path)
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/kbs/v0/auth", kbs_auth, methods=["POST"]),
         Route("/kbs/v0/attest", kbs_attest, methods=["POST"]),
         Route("/kbs/v0/resource/{repo}/{type}/{tag}", kbs_resource, methods=["GET"]),
@@ -402,4 +409,7 @@ def create_app(
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]
+    routes += console_api_routes(broker, endpoint, metrics)
+    if console:
+        routes += console_routes(broker, metrics)
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: http_error})

@@ -213,6 +213,25 @@ class PublisherClient:
         result: dict[str, Any] = self._call("PUT", "/api/v1/policies", body)
         return result
 
+    def dry_run_policy(
+        self,
+        policy: Mapping[str, Any],
+        *,
+        tenant: str | None = None,
+        audit_entry: int | None = None,
+        claims: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Evaluate *policy* (not stored) against a recorded audit entry's claims or *claims*."""
+        body: dict[str, Any] = {"policy": dict(policy)}
+        if tenant is not None:
+            body["tenant"] = tenant
+        if audit_entry is not None:
+            body["audit_entry"] = audit_entry
+        if claims is not None:
+            body["claims"] = dict(claims)
+        result: dict[str, Any] = self._call("POST", "/api/v1/policies/dry-run", body)
+        return result
+
     def list_policies(self, *, tenant: str | None = None) -> list[dict[str, Any]]:
         policies: list[dict[str, Any]] = self._call("GET", "/api/v1/policies", params={"tenant": tenant})[
             "policies"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from typing import Any
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -44,6 +45,34 @@ class Metrics:
             self._decisions[(action, decision)] += 1
             if action == "release" and decision == "ok":
                 self._keys_released += keys
+
+    def latency(self, endpoint: str) -> dict[str, Any]:
+        """One endpoint's latency histogram as counts per bucket (not cumulative), with the
+        upper bound of the buckets holding the 50th, 90th and 99th percentiles."""
+        with self._lock:
+            cumulative = list(self._hist.get(endpoint, [0] * len(_BUCKETS)))
+            count = self._count.get(endpoint, 0)
+            total = self._sum.get(endpoint, 0.0)
+        buckets: list[dict[str, Any]] = []
+        prev = 0
+        for bound, n in zip(_BUCKETS, cumulative, strict=True):
+            buckets.append({"le": bound, "count": n - prev})
+            prev = n
+        buckets.append({"le": None, "count": count - prev})
+
+        def quantile(q: float) -> float | None:
+            if not count:
+                return None
+            return next((b for b, n in zip(_BUCKETS, cumulative, strict=True) if n >= q * count), None)
+
+        return {
+            "count": count,
+            "sum_seconds": round(total, 6),
+            "buckets": buckets,
+            "p50_le": quantile(0.5),
+            "p90_le": quantile(0.9),
+            "p99_le": quantile(0.99),
+        }
 
     def render(self) -> str:
         out: list[str] = []

@@ -177,3 +177,15 @@ policy_generations = Table(
     Column("tenant", String(64), primary_key=True),
     Column("generation", BigInteger, nullable=False),
 )
+
+# The claims of each verified attestation, by the evidence digest audit rows name: what a
+# release or denial was judged on.  Not part of the hash chain (the chain holds the digest).
+attested_claims = Table(
+    "attested_claims",
+    metadata,
+    Column("evidence_digest", String(64), primary_key=True),
+    Column("tee", String(32), nullable=False),
+    Column("platform", String(80)),
+    Column("claims", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)

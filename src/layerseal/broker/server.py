@@ -94,6 +94,7 @@ class ServeOptions:
     relaxed_audit_sync: bool = False
     workers: int = 1
     db_pool_size: int = database.DEFAULT_POOL_SIZE
+    console: bool = False  # serve the operator console under /console
     config: BrokerConfig = field(default_factory=BrokerConfig)
 
     def __post_init__(self) -> None:
@@ -160,7 +161,9 @@ def worker_app() -> Any:
         raise BadInputError(f"broker worker: expected ${WORKER_OPTIONS_ENV} from 'broker serve', seen none")
     options = _options_from_json(text)
     broker = _open_for_serving(options, migrate=False)
-    app = create_app(broker, limiter=RateLimiter(options.auth_rate, options.auth_burst))
+    app = create_app(
+        broker, limiter=RateLimiter(options.auth_rate, options.auth_burst), console=options.console
+    )
     _tune_gc()
     return app
 
@@ -199,7 +202,9 @@ def serve(options: ServeOptions) -> None:
         "server_header": False,
     }
     if options.workers == 1:
-        app = create_app(broker, limiter=RateLimiter(options.auth_rate, options.auth_burst))
+        app = create_app(
+            broker, limiter=RateLimiter(options.auth_rate, options.auth_burst), console=options.console
+        )
         _tune_gc()
         uvicorn.run(app, **common)
     else:

@@ -804,6 +804,13 @@ class Broker:
             )
             raise
         tree = claims.as_tree()
+        platform = claims.details.get("platform")
+        self.store.record_claims(
+            evidence_digest,
+            claims.tee,
+            platform[:80] if isinstance(platform, str) else None,
+            json.dumps(tree),
+        )
         token, jti, exp = self.signer.issue(
             {"sid": session_id, "tee-pubkey": tee_pubkey, "tcb": tree, "evidence_digest": evidence_digest},
             self.config.token_ttl,

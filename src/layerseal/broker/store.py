@@ -680,6 +680,24 @@ class Store:
             r = conn.execute(select(S.revoked_tokens.c.jti).where(S.revoked_tokens.c.jti == jti)).first()
         return r is not None
 
+    # ------------------------------------------------------------------ attested claims
+
+    def record_claims(self, evidence_digest: str, tee: str, platform: str | None, claims: str) -> None:
+        """Keep the claims a verified attestation produced (once per evidence digest)."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(S.attested_claims).values(
+                        evidence_digest=evidence_digest,
+                        tee=tee,
+                        platform=platform,
+                        claims=claims,
+                        created_at=self.clock(),
+                    )
+                )
+        except SAIntegrityError:
+            pass  # the same evidence verified twice: same claims
+
     # ------------------------------------------------------------------ secrets
 
     def get_or_create_secret(self, name: str, make: Callable[[], bytes]) -> bytes:

@@ -83,6 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
             relaxed_audit_sync=args.audit_sync == "normal",
             workers=args.workers,
             db_pool_size=args.db_pool_size,
+            console=args.console,
             config=BrokerConfig(token_ttl=args.token_ttl, session_ttl=args.session_ttl),
         )
     )
@@ -204,6 +205,34 @@ def _policy_set(args: argparse.Namespace) -> int:
     )
 
 
+def _json_file(path: str, what: str) -> dict[str, Any]:
+    raw = read_key_file(path, what) if path != "-" else sys.stdin.buffer.read()
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise BadInputError(f"{what} {path}: expected JSON, seen invalid data ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise BadInputError(f"{what} {path}: expected a JSON object, seen {type(doc).__name__}")
+    return doc
+
+
+def _policy_dry_run(args: argparse.Namespace) -> int:
+    doc = _json_file(args.file, "policy file")
+    claims = None if args.claims is None else _json_file(args.claims, "claims file")
+    with _client(args) as c:
+        result = c.dry_run_policy(doc, tenant=args.tenant, audit_entry=args.audit_entry, claims=claims)
+    lines = [f"{'released' if result['allowed'] else 'denied'} under this policy (tenant {result['tenant']})"]
+    source = result["source"]
+    if "recorded_decision" in source:
+        verb = "changed from" if result["changed"] else "same as"
+        lines[0] += (
+            f": {verb} the recorded {source['recorded_decision']} of audit entry {source['audit_entry']}"
+        )
+    lines += [f"  deciding: {d}" for d in result["deciding"]]
+    lines += [f"  warning: {w}" for w in result["warnings"]]
+    return _print(args, result, "\n".join(lines))
+
+
 def _refvalues_add(args: argparse.Namespace) -> int:
     with _client(args) as c:
         n = c.add_refvalues(args.name, args.values, tenant=args.tenant)
@@ -296,6 +325,11 @@ def register(subparsers: Any) -> None:
         default="full",
         help="SQLite: fsync every audit row (full) or survive only process crashes (normal); keys: full",
     )
+    serve.add_argument(
+        "--console",
+        action="store_true",
+        help="serve the operator console at /console (sign in with an admin or tenant API token)",
+    )
     serve.set_defaults(func=_serve)
 
     audit_sub = _group(sub, "audit", "audit log tools")
@@ -339,6 +373,19 @@ def register(subparsers: Any) -> None:
     pset.add_argument("--tenant")
     _with_http(pset)
     pset.set_defaults(func=_policy_set)
+
+    dry = policy_sub.add_parser(
+        "dry-run",
+        help="evaluate a policy (not stored) against a recorded attestation or given claims; "
+        "says which condition decides",
+    )
+    dry.add_argument("file", help="policy JSON ('-' = stdin)")
+    source = dry.add_mutually_exclusive_group(required=True)
+    source.add_argument("--audit-entry", type=int, help="id of a recorded release or denial (audit list)")
+    source.add_argument("--claims", help="claims JSON file (as the verifier produces them)")
+    dry.add_argument("--tenant")
+    _with_http(dry)
+    dry.set_defaults(func=_policy_dry_run)
 
     refv_sub = _group(sub, "refvalues", "reference values")
     radd = refv_sub.add_parser("add", help="add reference values")
