@@ -33,13 +33,10 @@ class Downloads:
     def stat(self, repository: str, digest: Digest) -> int | None:
         """The size of a blob the registry holds (-1: not said), or None when it does not."""
         what = f"blob {digest} (HEAD)"
-        response = self._session.request(
-            "HEAD", f"/v2/{repository}/blobs/{digest}", repository=repository, actions=PULL, what=what
-        )
+        url = f"/v2/{repository}/blobs/{digest}"
+        response = self._session.request("HEAD", url, repository, PULL, what, expect=(200, 404))
         if response.status_code == 404:
             return None
-        if response.status_code != 200:
-            raise self._session.fail(response, repository, what, "HTTP 200 or 404")
         length = response.headers.get("content-length", "")
         return int(length) if length.isdigit() else -1
 
@@ -60,15 +57,9 @@ class Downloads:
             headers = {"Accept-Encoding": "identity"}
             if offset:
                 headers["Range"] = f"bytes={offset}-"
-            response = self._session.request(
-                "GET",
-                f"/v2/{repository}/blobs/{desc.digest}",
-                repository=repository,
-                actions=PULL,
-                what=f"blob {desc.digest}",
-                headers=headers,
-                stream=True,
-            )
+            url = f"/v2/{repository}/blobs/{desc.digest}"
+            what = f"blob {desc.digest}"
+            response = self._session.request("GET", url, repository, PULL, what, headers=headers, stream=True)
             try:
                 skip = self._check_response(response, repository, desc, offset)
                 # iter_bytes (not iter_raw) undoes a Content-Encoding a proxy may add despite our header;

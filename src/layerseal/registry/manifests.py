@@ -75,18 +75,13 @@ class Manifests:
     def head(self, repository: str, reference: str) -> Descriptor | None:
         """The descriptor of a manifest, or None when the registry does not have it."""
         what = f"manifest {reference} (HEAD)"
+        url = f"/v2/{repository}/manifests/{reference}"
+        accept = {"Accept": MANIFEST_ACCEPT}
         response = self._session.request(
-            "HEAD",
-            f"/v2/{repository}/manifests/{reference}",
-            repository=repository,
-            actions=PULL,
-            what=what,
-            headers={"Accept": MANIFEST_ACCEPT},
+            "HEAD", url, repository, PULL, what, expect=(200, 404), headers=accept
         )
         if response.status_code == 404:
             return None
-        if response.status_code != 200:
-            raise self._session.fail(response, repository, what, "HTTP 200 or 404")
         digest = digest_header(response, what)
         length = response.headers.get("content-length", "")
         if digest is None or not length.isdigit():
@@ -103,17 +98,11 @@ class Manifests:
         digest = Digest.of(data, Digest.parse(reference).algorithm if _is_digest(reference) else "sha256")
         if _is_digest(reference) and str(digest) != reference:
             raise IntegrityError(f"{what}: expected manifest bytes with digest {reference}, seen {digest}")
+        url = f"/v2/{repository}/manifests/{reference}"
+        headers = {"Content-Type": media_type}
         response = self._session.request(
-            "PUT",
-            f"/v2/{repository}/manifests/{reference}",
-            repository=repository,
-            actions=PUSH,
-            what=what,
-            headers={"Content-Type": media_type},
-            content=data,
+            "PUT", url, repository, PUSH, what, expect=(201,), headers=headers, content=data
         )
-        if response.status_code != 201:
-            raise self._session.fail(response, repository, what, "HTTP 201")
         reported = digest_header(response, what)
         if reported is not None and reported.algorithm == digest.algorithm and reported != digest:
             raise IntegrityError(
@@ -123,15 +112,8 @@ class Manifests:
 
     def delete(self, repository: str, digest: Digest) -> None:
         what = f"manifest {digest} (DELETE)"
-        response = self._session.request(
-            "DELETE",
-            f"/v2/{repository}/manifests/{digest}",
-            repository=repository,
-            actions=("delete",),
-            what=what,
-        )
-        if response.status_code not in (200, 202):
-            raise self._session.fail(response, repository, what, "HTTP 202")
+        url = f"/v2/{repository}/manifests/{digest}"
+        self._session.request("DELETE", url, repository, ("delete",), what, expect=(200, 202)).close()
 
     def list_tags(self, repository: str, page_size: int | None = None) -> list[str]:
         """All tags of a repository, following ``Link: <...>; rel="next"`` pagination."""

@@ -132,10 +132,11 @@ class RegistrySession:
         self,
         method: str,
         url: str,
-        *,
         repository: str,
         actions: tuple[str, ...],
         what: str,
+        *,
+        expect: tuple[int, ...] = (),
         headers: dict[str, str] | None = None,
         content: bytes | Iterator[bytes] | None = None,
         stream: bool = False,
@@ -144,6 +145,8 @@ class RegistrySession:
         max_attempts: int | None = None,
     ) -> httpx.Response:
         """One API call with auth and retries; *url* is a path below the base or absolute.
+
+        With *expect*, any other status raises the error :meth:`fail` chooses.
 
         A body given as an iterator is streamed and therefore sent at most once: when
         the registry answers it with 401, the credentials are refreshed for the next
@@ -189,6 +192,8 @@ class RegistrySession:
                 )
             if tries.after_status(response, idempotent=idempotent):
                 continue
+            if expect and response.status_code not in expect:
+                raise self.fail(response, repository, what, "HTTP " + " or ".join(map(str, expect)))
             return response
 
     def fail(self, response: httpx.Response, repository: str, what: str, expected: str) -> LayersealError:
@@ -241,11 +246,9 @@ class RegistrySession:
         while True:
             tries.start()
             response = self.request(
-                "GET", url, repository=repository, actions=PULL, what=what, headers=headers, stream=True
+                "GET", url, repository, PULL, what, expect=(200,), headers=headers, stream=True
             )
             try:
-                if response.status_code != 200:
-                    raise self.fail(response, repository, what, "HTTP 200")
                 return response, self.read_limited(response, limit, tries.where)
             except httpx.TransportError as exc:
                 failure = self.network_failure(exc)

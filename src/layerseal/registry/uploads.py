@@ -38,48 +38,35 @@ class Uploads:
         """Cross-repository mount; False when the registry could not mount (nothing is left behind)."""
         validate_repository(from_repository)
         what = f"mount of blob {digest} from {from_repository}"
+        url = f"/v2/{repository}/blobs/uploads/?mount={digest}&from={from_repository}"
+        source = (repository_scope(from_repository, PULL),)
         response = self._session.request(
-            "POST",
-            f"/v2/{repository}/blobs/uploads/?mount={digest}&from={from_repository}",
-            repository=repository,
-            actions=PUSH,
-            what=what,
-            extra_scopes=(repository_scope(from_repository, PULL),),
+            "POST", url, repository, PUSH, what, expect=(201, 202), extra_scopes=source
         )
         if response.status_code == 201:
             return True
-        if response.status_code == 202:
-            # the registry opened an upload session instead; we do not need it
-            location = response.headers.get("location")
-            if location:
-                self._cancel(repository, str(response.url.join(location)))
-            return False
-        raise self._session.fail(response, repository, what, "HTTP 201 or 202")
+        # the registry opened an upload session instead; we do not need it
+        location = response.headers.get("location")
+        if location:
+            self._cancel(repository, str(response.url.join(location)))
+        return False
 
     # ----------------------------------------------------------------- uploads
 
     def _start(self, repository: str) -> tuple[str, int]:
         """Open an upload session: its URL, and the registry's smallest chunk (``OCI-Chunk-Min-Length``)."""
         what = "blob upload (POST)"
-        response = self._session.request(
-            "POST",
-            f"/v2/{repository}/blobs/uploads/",
-            repository=repository,
-            actions=PUSH,
-            what=what,
-            headers={"Content-Length": "0"},
-        )
-        if response.status_code != 202:
-            raise self._session.fail(response, repository, what, "HTTP 202")
+        url = f"/v2/{repository}/blobs/uploads/"
+        empty = {"Content-Length": "0"}
+        response = self._session.request("POST", url, repository, PUSH, what, expect=(202,), headers=empty)
         minimum = response.headers.get("oci-chunk-min-length", "")
         return self._session.location(response, repository, what), int(minimum) if minimum.isdigit() else 0
 
     def _cancel(self, repository: str, location: str) -> None:
         try:
-            response = self._session.request(
-                "DELETE", location, repository=repository, actions=PUSH, what="cancel upload", max_attempts=1
-            )
-            response.close()
+            self._session.request(
+                "DELETE", location, repository, PUSH, "cancel upload", max_attempts=1
+            ).close()
         except (LayersealError, httpx.HTTPError) as exc:
             log.debug("%s: cancelling upload failed: %s", self._session.where(repository), type(exc).__name__)
 
@@ -182,15 +169,9 @@ class Uploads:
     ) -> httpx.Response:
         # the body is a stream, so the session sends it once; a chunk is sent again only
         # from the offset the registry confirms (see _patch_chunk)
+        headers = {"Content-Type": "application/octet-stream", **headers}
         return self._session.request(
-            "PATCH",
-            location,
-            repository=repository,
-            actions=PUSH,
-            what=what,
-            content=content,
-            idempotent=False,
-            headers={"Content-Type": "application/octet-stream", **headers},
+            "PATCH", location, repository, PUSH, what, headers=headers, content=content, idempotent=False
         )
 
     def _patch_stream(self, repository: str, location: str, body: Iterator[bytes]) -> str:
@@ -297,10 +278,8 @@ class Uploads:
     def _upload_status(self, repository: str, location: str) -> tuple[str, int]:
         """The upload's URL to go on with and how many bytes the registry holds (``Range: 0-N``)."""
         what = "blob upload status (GET)"
-        response = self._session.request("GET", location, repository=repository, actions=PUSH, what=what)
+        response = self._session.request("GET", location, repository, PUSH, what, expect=(204,))
         response.close()
-        if response.status_code != 204:
-            raise self._session.fail(response, repository, what, "HTTP 204")
         rng = response.headers.get("range", "")
         first, sep, last = rng.removeprefix("bytes=").partition("-")
         if not (sep and first == "0" and last.isdigit()):
@@ -318,14 +297,7 @@ class Uploads:
         headers = {"Content-Type": "application/octet-stream"}
         try:
             response = self._session.request(
-                "PUT",
-                url,
-                repository=repository,
-                actions=PUSH,
-                what=what,
-                content=tail,
-                idempotent=False,
-                headers=headers,
+                "PUT", url, repository, PUSH, what, headers=headers, content=tail, idempotent=False
             )
         except TransportError:
             # the answer may be lost although the registry committed the blob
