@@ -20,6 +20,7 @@ from registry_helpers import LAYER, PASSWORD, SERVICE, USER, TokenRegistry, desc
 from helpers.images import make_image
 from layerseal.cli.main import main
 from layerseal.errors import TransportError
+from layerseal.image.descriptor import Descriptor
 from layerseal.image.transport import CHUNK_SIZE
 from layerseal.registry import open_registry_destination, open_registry_source
 from support.fault_proxy import Fault, FaultProxy
@@ -49,12 +50,22 @@ def _pieces(data: bytes) -> Iterator[bytes]:
         yield data[i : i + (1 << 20)]
 
 
+def _random_blob() -> tuple[bytes, Descriptor]:
+    data = os.urandom(BIG)
+    return data, desc_of("sha256:" + hashlib.sha256(data).hexdigest(), data)
+
+
+def _read_back(token_registry: TokenRegistry, blob: Descriptor) -> bytes:
+    opts = fast_options(tls_verify=False, creds=f"{USER}:{PASSWORD}")
+    with open_registry_source(f"docker://{token_registry.server.host}/tok/app:v1", opts) as src:
+        return b"".join(src.iter_blob(blob))
+
+
 def test_401_during_streamed_patch_never_resends_an_empty_body(
     token_registry: TokenRegistry, proxy: FaultProxy
 ) -> None:
     fault = proxy.add(_reauth_fault(token_registry, "tok/app"))
-    data = os.urandom(BIG)
-    blob = desc_of("sha256:" + hashlib.sha256(data).hexdigest(), data)
+    data, blob = _random_blob()
     opts = fast_options(tls_verify=False, creds=f"{USER}:{PASSWORD}")
     with open_registry_destination(f"docker://{proxy.host}/tok/app:v1", opts) as dst:
         with pytest.raises(TransportError) as info:
@@ -74,23 +85,20 @@ def test_401_during_streamed_patch_never_resends_an_empty_body(
         fetches = dst.client.auth.token_fetches
         assert dst.put_blob(_pieces(data), LAYER, expected=blob) == blob
         assert dst.client.auth.token_fetches == fetches  # the new token serves
-    with open_registry_source(f"docker://{token_registry.server.host}/tok/app:v1", opts) as src:
-        assert b"".join(src.iter_blob(blob)) == data
+    assert _read_back(token_registry, blob) == data
 
 
 def test_401_during_a_chunk_resends_that_chunk_after_reauthenticating(
     token_registry: TokenRegistry, proxy: FaultProxy
 ) -> None:
     fault = proxy.add(_reauth_fault(token_registry, "tok/app"))
-    data = os.urandom(BIG)
-    blob = desc_of("sha256:" + hashlib.sha256(data).hexdigest(), data)
+    data, blob = _random_blob()
     opts = fast_options(tls_verify=False, creds=f"{USER}:{PASSWORD}", upload_chunk_limit=CHUNK_SIZE)
     with open_registry_destination(f"docker://{proxy.host}/tok/app:v1", opts) as dst:
         assert dst.put_blob(_pieces(data), LAYER, expected=blob) == blob
         assert dst.client.auth.token_fetches == 2
     assert fault.hits == 1
-    with open_registry_source(f"docker://{token_registry.server.host}/tok/app:v1", opts) as src:
-        assert b"".join(src.iter_blob(blob)) == data
+    assert _read_back(token_registry, blob) == data
 
 
 def test_copy_transfers_the_layer_again_after_a_401_mid_upload(
