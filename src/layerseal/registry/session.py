@@ -186,9 +186,10 @@ class RegistrySession:
                 auth_retried = True
                 if tries.after_unauthorized():
                     continue
+                seen = "HTTP 401 (authenticate again) after the streamed body was sent"
                 raise TransportError(
-                    f"{where}: the registry asked to authenticate again (HTTP 401) after the streamed "
-                    "body was sent; a stream cannot be sent twice: the transfer must start over"
+                    f"{self.where(repository)}: {expected_seen(what, 'an answer to the body', seen)}; "
+                    "a stream is sent once: the transfer must start over, with the new credentials"
                 )
             if tries.after_status(response, idempotent=idempotent):
                 continue
