@@ -34,6 +34,8 @@ class Fault:
     times: int = 1
     status: int = 503
     retry_after: str | None = None
+    #: with ``status``: a ``WWW-Authenticate`` challenge to send (a 401 asking to authenticate again)
+    www_authenticate: str | None = None
     cut_after: int = 0
     inflate_to: int = 0
     chunked: bool = False
@@ -80,6 +82,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(fault.status)
             if fault.retry_after is not None:
                 self.send_header("Retry-After", fault.retry_after)
+            if fault.www_authenticate is not None:
+                self.send_header("WWW-Authenticate", fault.www_authenticate)
             self.send_header("Content-Length", "0")
             self.end_headers()
             return

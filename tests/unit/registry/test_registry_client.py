@@ -28,7 +28,7 @@ from layerseal.registry import (
     open_registry_destination,
     open_registry_source,
 )
-from layerseal.registry.client import _MIN_PIECE
+from layerseal.registry.client import MIN_PIECE as _MIN_PIECE
 
 MT = "application/vnd.oci.image.manifest.v1+json"
 IDX = "application/vnd.oci.image.index.v1+json"
