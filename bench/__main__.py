@@ -17,6 +17,7 @@ BENCHMARKS = [
     "keyprovider",
     "containerd_decode",
     "attest_verify",
+    "startup",
 ]
 
 
