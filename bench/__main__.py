@@ -18,6 +18,7 @@ BENCHMARKS = [
     "containerd_decode",
     "attest_verify",
     "console_render",
+    "startup",
 ]
 
 

@@ -2,40 +2,46 @@
 
 Subcommands live in sibling modules; each defines ``register(subparsers)`` which adds
 its parsers and sets ``func`` to a callable taking the parsed namespace and returning
-an exit status.  Modules are discovered, so adding a command never edits this file.
+an exit status.  Modules are discovered, so adding a command never needs this file.
+
+Start-up time matters (per-layer keyprovider calls, ``--version`` in scripts), so a run
+imports only the module of the command it runs: ``--version`` imports nothing beyond
+this module, ``--help`` lists the known commands from :data:`_COMMANDS` without
+importing them (a test keeps that table equal to what the modules register), and a
+module missing from the table is still found by discovery, at the cost of importing it.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import pkgutil
 import sys
-import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import layerseal
-import layerseal.cli
-from layerseal.cli._allocator import tune_allocator
-from layerseal.cli._exits import broken_pipe, describe_os_error, exit_code_of, os_error_status
-from layerseal.errors import LayersealError
 
-# Which module defines a command, so that a run imports only that one (start-up time
-# matters for per-layer keyprovider calls).  A command missing here still works: all
-# modules are then imported.
-_COMMAND_MODULES = {
-    "copy": "copy",
-    "inspect": "copy",
-    "layer": "layer",
-    "keys": "keys",
-    "pull": "engine",
-    "run": "engine",
-    "store": "store",
-    "broker": "broker",
-    "tee": "tee",
-    "keyprovider": "keyprovider",
-    "containerd": "containerd",
+if TYPE_CHECKING:
+    import argparse
+
+# command -> (module defining it, its one-line help as the module registers it)
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "broker": ("broker", "the key broker (security service)"),
+    "containerd": ("containerd", "containerd stream processor: decrypt layers as containerd unpacks"),
+    "copy": ("copy", "copy an image, encrypting or decrypting layers"),
+    "inspect": ("copy", "show an image's layers and how they are encrypted"),
+    "keyprovider": (
+        "keyprovider",
+        "ocicrypt keyprovider: skopeo/podman/buildah/CRI-O/containerd wrap and unwrap "
+        "layer keys via the broker",
+    ),
+    "keys": ("keys", "rotate, revoke and list layer keys at the broker"),
+    "layer": ("layer", "change the layers of an image"),
+    "pull": ("engine", "pull, decrypt, verify and unpack an image inside the enclave"),
+    "run": ("engine", "pull an image and run it with runc (or crun, or bwrap)"),
+    "store": ("store", "inspect or clean the shared encrypted blob store and the snapshot cache"),
+    "tee": ("tee", "simulated TEE platform for development and tests"),
 }
+# kept for callers that only need the module of a command
+_COMMAND_MODULES = {name: module for name, (module, _) in _COMMANDS.items()}
 
 
 def _command_of(argv: Sequence[str]) -> str | None:
@@ -45,7 +51,46 @@ def _command_of(argv: Sequence[str]) -> str | None:
     return None
 
 
-def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+def _asks_version(argv: Sequence[str]) -> bool:
+    """``--version`` given before any command (where argparse would act on it)."""
+    for arg in argv:
+        if arg == "--version":
+            return True
+        if not arg.startswith("-"):
+            return False
+    return False
+
+
+def _discovered_modules() -> list[str]:
+    import pkgutil
+
+    import layerseal.cli
+
+    return sorted(
+        info.name
+        for info in pkgutil.iter_modules(layerseal.cli.__path__)
+        if info.name not in ("main", "common") and not info.name.startswith("_")
+    )
+
+
+def _register(sub: Any, module_name: str) -> None:
+    import importlib
+
+    module = importlib.import_module(f"layerseal.cli.{module_name}")
+    register = getattr(module, "register", None)
+    if register is not None:
+        register(sub)
+
+
+def _placeholder(args: argparse.Namespace) -> int:  # pragma: no cover - never chosen: see build_parser
+    raise AssertionError(f"command {args.command!r} was parsed without its module")
+
+
+def build_parser(argv: Sequence[str] | None = None, *, lazy: bool = True) -> argparse.ArgumentParser:
+    """The parser for *argv*; with *lazy*, only the module of *argv*'s command is imported
+    and the other known commands are listed by name and help alone."""
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="layerseal",
         description="Keep container images confidential until they run in an attested enclave.",
@@ -54,21 +99,36 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"layerseal {layerseal.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    only = _COMMAND_MODULES.get(_command_of(argv) or "") if argv is not None else None
-    for info in sorted(pkgutil.iter_modules(layerseal.cli.__path__), key=lambda i: i.name):
-        if info.name in ("main", "common") or info.name.startswith("_"):
-            continue
-        if only is not None and info.name != only:
-            continue
-        module = importlib.import_module(f"layerseal.cli.{info.name}")
-        register = getattr(module, "register", None)
-        if register is not None:
-            register(sub)
+    command = _command_of(argv) if argv is not None else None
+    known = {module for module, _ in _COMMANDS.values()}
+    if not lazy or argv is None:
+        wanted = _discovered_modules()
+    elif command in _COMMANDS:
+        wanted = [_COMMANDS[command][0]]
+    else:
+        # no command (help) or one this table does not know: modules it does not list are
+        # imported, so that a newly added module's commands still appear and work
+        wanted = [m for m in _discovered_modules() if m not in known]
+    for module_name in wanted:
+        _register(sub, module_name)
+    # argparse lists sub-commands in the order added; keep them sorted as before
+    for name in sorted(_COMMANDS):
+        if name not in sub.choices:
+            sub.add_parser(name, help=_COMMANDS[name][1], add_help=False).set_defaults(func=_placeholder)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if _asks_version(argv):
+        print(f"layerseal {layerseal.__version__}")
+        return 0
+    import traceback
+
+    from layerseal.cli._allocator import tune_allocator
+    from layerseal.cli._exits import broken_pipe, describe_os_error, exit_code_of, os_error_status
+    from layerseal.errors import LayersealError
+
     tune_allocator()
     parser = build_parser(argv)
     args, extras = parser.parse_known_args(argv)

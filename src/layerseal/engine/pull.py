@@ -166,7 +166,11 @@ class _Puller:
             )
             stream: Iterator[bytes] = iter(fetched)
             if key is not None:
-                stream = decrypt_stream(stream, LayerDecryptor(key[0], key[1], str(ctx)))
+                # the HMAC authenticates the layer; the decrypted (compressed) blob's own digest
+                # is checked nowhere (ocicrypt's private options often name another blob), so it
+                # is not computed: a full SHA-256 pass of the blob saved
+                decryptor = LayerDecryptor(key[0], key[1], str(ctx), compute_digest=False)
+                stream = decrypt_stream(stream, decryptor)
             # three stages on three threads: fetch + decrypt + verify, decompress, unpack
             inner = threaded(stream)
             tar_stream = threaded(

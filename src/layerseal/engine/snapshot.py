@@ -77,6 +77,7 @@ _SEAL_VERSION = 1
 _SEAL_MAX = 64 * 1024
 _HASH_WORKERS = 2
 _HASH_AHEAD = 64  # content hashes in flight while the walk goes on (bounds open files)
+_HASH_INLINE = 64 * 1024  # smaller files are hashed on the walking thread (a hop costs more)
 
 
 def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
@@ -158,18 +159,18 @@ def tree_digest(root: Path) -> bytes:
     goes on; memory is bounded by the directory depth and ``_HASH_AHEAD`` records.
     """
     out = hashlib.sha256()
-    pending: deque[tuple[bytes, Future[bytes] | None, bytes]] = deque()
+    pending: deque[tuple[bytes, Future[bytes] | bytes | None, bytes]] = deque()
     links: dict[tuple[int, int], bytes] = {}
 
     def flush(keep: int) -> None:
         while len(pending) > keep:
             head, fut, tail = pending.popleft()
             out.update(head)
-            out.update(_field(fut.result() if fut is not None else b""))
+            out.update(_field(b"" if fut is None else fut if isinstance(fut, bytes) else fut.result()))
             out.update(tail)
 
     def record(
-        path: bytes, st: os.stat_result, extra: bytes, xattrs: bytes, fut: Future[bytes] | None
+        path: bytes, st: os.stat_result, extra: bytes, xattrs: bytes, fut: Future[bytes] | bytes | None
     ) -> None:
         size = st.st_size if stat.S_ISREG(st.st_mode) else 0
         rdev = st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0
@@ -199,8 +200,30 @@ def tree_digest(root: Path) -> bytes:
                     continue
                 path = prefix + os.fsencode(name)
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                xattrs = _xattrs(dir_fd, name)
                 mode = st.st_mode
+                key = (st.st_dev, st.st_ino)
+                if (
+                    stat.S_ISREG(mode)
+                    and st.st_size < _HASH_INLINE
+                    and (st.st_nlink == 1 or key not in links)
+                ):
+                    # most files of an image are small: read and hash them here, their
+                    # xattrs through the open descriptor (no /proc path walk), no thread hop
+                    if st.st_nlink > 1:
+                        links[key] = path
+                    try:
+                        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                    except PermissionError:
+                        record(path, st, b"unreadable", _xattrs(dir_fd, name), None)
+                        continue
+                    try:
+                        xattrs = _file_xattrs(fd)
+                        content = _hash_small(fd, st.st_size)
+                    finally:
+                        os.close(fd)
+                    record(path, st, b"file", xattrs, content)
+                    continue
+                xattrs = _xattrs(dir_fd, name)
                 if stat.S_ISDIR(mode):
                     record(path, st, b"dir", xattrs, None)
                     try:
@@ -232,13 +255,36 @@ def tree_digest(root: Path) -> bytes:
             for fd_, _, _ in stack:
                 os.close(fd_)
             for _, fut, _ in pending:  # on error: the pool need not hash what nobody will read
-                if fut is not None:
+                if isinstance(fut, Future):
                     fut.cancel()
     return out.digest()
 
 
 def _xattrs_of_fd(fd: int) -> bytes:
     return _xattrs(fd, ".")
+
+
+def _file_xattrs(fd: int) -> bytes:
+    """:func:`_xattrs` of an open regular file (the same bytes)."""
+    try:
+        names = sorted(os.listxattr(fd))
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
+            return b""
+        raise
+    h = hashlib.sha256()
+    for n in names:
+        h.update(_field(n.encode("utf-8", "surrogateescape")))
+        h.update(_field(os.getxattr(fd, n)))
+    return h.digest() if names else b""
+
+
+def _hash_small(fd: int, size: int) -> bytes:
+    """SHA-256 of the rest of *fd* (to its end, whatever *size* said), as :func:`_hash_file`."""
+    pieces = []
+    while piece := os.read(fd, max(size, 4096) + 1):
+        pieces.append(piece)
+    return hashlib.sha256(b"".join(pieces)).digest()
 
 
 # -- the store ----------------------------------------------------------------------------

@@ -66,6 +66,7 @@ from layerseal.engine.decompress import decompressor
 from layerseal.engine.limits import ImageBudget, LayerBudget, UnpackLimits
 from layerseal.errors import BadInputError, LayersealError, MisuseError, expected_seen
 from layerseal.image.digest import Digest
+from layerseal.streams import Background
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -122,34 +123,42 @@ def _privileged() -> bool:
 
 
 class _HashingReader:
-    """A ``read(n)`` view of the decompressed chunk iterator that hashes every byte."""
+    """A ``read(n)`` view of the decompressed chunk iterator that hashes every byte.
+
+    Each chunk is hashed whole as it arrives, on a helper thread (hashlib releases the
+    GIL), while this thread parses and writes it; the digest is read only after
+    :meth:`drain` consumed the stream, so it covers exactly the bytes read.  Reads hand
+    out memoryviews of the (immutable) chunks: no copy until a consumer needs one.
+    """
 
     def __init__(self, chunks: Iterator[bytes], budget: LayerBudget) -> None:
         self._it = chunks
         self._buf = memoryview(b"")
         self._h = hashlib.sha256()
+        self._hash_bg = Background(self._h.update)
         self._budget = budget
         self.size = 0
 
-    def _take(self, data: memoryview) -> bytes:
-        out = bytes(data)
-        self._h.update(out)
-        self.size += len(out)
-        return out
-
-    def read(self, n: int = -1) -> bytes:
+    def _fill(self) -> bool:
         while not self._buf:
             chunk = next(self._it, None)
             if chunk is None:
-                return b""
+                return False
             # charged as it arrives, before any of it can be written
             self._budget.charge_bytes(len(chunk))
+            self._hash_bg.update(chunk)
             self._buf = memoryview(chunk)
+        return True
+
+    def read(self, n: int = -1) -> memoryview:
+        if not self._fill():
+            return memoryview(b"")
         if n < 0 or n >= len(self._buf):
             out, self._buf = self._buf, memoryview(b"")
         else:
             out, self._buf = self._buf[:n], self._buf[n:]
-        return self._take(out)
+        self.size += len(out)
+        return out
 
     def drain(self) -> None:
         # the diff_id covers the whole stream, including what follows the end-of-archive blocks
@@ -157,7 +166,54 @@ class _HashingReader:
             pass
 
     def digest(self) -> Digest:
+        self._hash_bg.wait()
         return Digest("sha256", self._h.hexdigest())
+
+
+_TAR_STREAM: Any = getattr(tarfile, "_Stream", None)
+
+
+def _member_data(tf: tarfile.TarFile, ti: tarfile.TarInfo, size: int) -> Iterator[bytes | memoryview]:
+    """The *size* data bytes of the member whose header ``tf.next()`` just returned.
+
+    Read straight from the layer's :class:`_HashingReader` as memoryviews, which
+    ``os.write`` takes without a copy, instead of through ``extractfile`` (three copies
+    per byte: the stream's join, the file object's buffer, the result).  The tar stream's
+    read-ahead is consumed first and its position advanced as tarfile would, so its next
+    header read finds the member's padding, as after ``extractfile``.  Falls back to
+    ``extractfile`` when the stream is not the plain one this relies on.  Yields fewer
+    than *size* bytes only when the data ends early.
+    """
+    stream: Any = tf.fileobj
+    reader = getattr(stream, "fileobj", None)
+    if (
+        _TAR_STREAM is None
+        or type(stream) is not _TAR_STREAM
+        or getattr(stream, "comptype", None) != "tar"
+        or not isinstance(reader, _HashingReader)
+        or not isinstance(getattr(stream, "buf", None), bytes)
+        or getattr(stream, "pos", None) != ti.offset_data
+    ):
+        src = tf.extractfile(ti)
+        left = size
+        while left and src is not None and (chunk := src.read(min(left, _READ_CHUNK))):
+            left -= len(chunk)
+            yield chunk
+        return
+    left = size
+    if stream.buf:
+        head = stream.buf[:left]
+        stream.buf = stream.buf[len(head) :]
+        stream.pos += len(head)
+        left -= len(head)
+        yield head
+    while left:
+        view = reader.read(min(left, _READ_CHUNK))
+        if not view:
+            return
+        stream.pos += len(view)
+        left -= len(view)
+        yield view
 
 
 class _HeaderRefused(Exception):
@@ -462,7 +518,7 @@ def _empty_dir(dir_fd: int) -> None:
         _remove_at(dir_fd, name)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
@@ -802,13 +858,10 @@ class _Extractor:
         self._discard_data(tf, ti, entry)
 
     def _discard_data(self, tf: tarfile.TarFile, ti: tarfile.TarInfo, entry: str) -> None:
-        if not ti.size:
-            return
-        src = tf.extractfile(ti)
-        if src is None:
+        if not ti.size or tf.extractfile(ti) is None:
             return
         seen = 0
-        while chunk := src.read(_READ_CHUNK):
+        for chunk in _member_data(tf, ti, ti.size):
             seen += len(chunk)
         if seen != ti.size:
             self.refuse(entry, "complete entry data", f"{ti.size} bytes", f"{seen} bytes (truncated)")
@@ -827,12 +880,9 @@ class _Extractor:
                 written = self._sparse(tf, ti, entry, fd)
             else:
                 written = 0
-                src = tf.extractfile(ti)
-                if src is not None and ti.size:
-                    while chunk := src.read(_READ_CHUNK):
+                if ti.size:  # a regular member: extractfile() would never be None
+                    for chunk in _member_data(tf, ti, ti.size):
                         written += len(chunk)
-                        if written > ti.size:
-                            break
                         _write_all(fd, chunk)
                 if written != ti.size:
                     self.refuse(

@@ -41,6 +41,7 @@ from layerseal.image.descriptor import Descriptor
 from layerseal.image.digest import Digest, DigestVerifier
 from layerseal.image.transport import CHUNK_SIZE
 from layerseal.layout.atomic import fsync_dir, write_file_atomic
+from layerseal.streams import Background
 
 _REFS_LOCK = ".refs"
 _BLOB_MODE = 0o444
@@ -320,11 +321,15 @@ class SharedBlobStore:
             verifier = DigestVerifier(
                 desc.digest, desc.size, what=f"blob {desc.digest} fetched for {self.root}"
             )
+            # the digest is computed on a helper thread (hashlib releases the GIL) while this
+            # thread writes and hands on the chunk; it is checked before anything is committed
+            hashing = Background(verifier.update)
             with os.fdopen(fd, "wb") as f:
                 for chunk in fetch():
-                    verifier.update(chunk)
+                    hashing.update(chunk)
                     f.write(chunk)
                     yield chunk
+                hashing.wait()
                 verifier.verify()
                 f.flush()
                 os.fsync(f.fileno())

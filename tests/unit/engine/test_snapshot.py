@@ -292,3 +292,28 @@ def test_bundles_of_dead_runs_are_removed_live_ones_kept(tmp_path: Path) -> None
     # the run ended without removing it (killed, or --keep-bundle): the next sweep does
     assert store.remove_leftovers() == 1 and not live.exists()
     assert os.listdir(tmp_path / "c" / "locks") == []
+
+
+def test_tree_digest_is_the_same_whichever_thread_hashes_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small files are hashed inline, big ones on the pool: one digest either way (seals stay valid)."""
+    import layerseal.engine.snapshot as snapshot_module
+
+    tree = tmp_path / "t"
+    entries = [
+        reg("small", b"s" * 100),
+        reg("big", os.urandom(300_000)),
+        link("big2", "big"),
+        link("s2", "small"),
+    ]
+    unpack_layer([make_tar(entries)], "none", tree)
+    os.setxattr(tree / "small", "user.a", b"1")
+    os.setxattr(tree / "big", "user.b", b"")
+    inline = tree_digest(tree)
+    monkeypatch.setattr(snapshot_module, "_HASH_INLINE", 0)
+    assert tree_digest(tree) == inline
+    monkeypatch.setattr(snapshot_module, "_HASH_INLINE", 1 << 30)
+    assert tree_digest(tree) == inline
+    (tree / "small").write_bytes(b"t" * 100)
+    assert tree_digest(tree) != inline

@@ -650,3 +650,38 @@ def test_oversized_pax_header_refused(area: Path) -> None:
     ):
         unpack(tar, area / "snap")
     assert_nothing_escaped(area)
+
+
+def test_stack_copies_big_files_on_helper_threads_faithfully(area: Path) -> None:
+    """Files past the parallel-copy size: content, metadata and hard links as with inline copies,
+    whiteouts of a lower big file, and a lower-layer hard link to one (which must wait for it)."""
+    big = [os.urandom((1 << 20) + i * 4099) for i in range(8)]
+    l1 = snapshot(
+        area,
+        "l1",
+        [
+            dir_("d", 0o750, mtime=MTIME + 7),
+            *[reg(f"d/big{i}", b, 0o600 + i, mtime=MTIME + i) for i, b in enumerate(big)],
+            link("d/big0-link", "d/big0"),
+            reg("gone", big[1]),
+            reg("ro", big[2], 0o400),
+        ],
+    )  # fmt: skip
+    l2 = snapshot(
+        area, "l2", [reg(".wh.gone"), reg("d/big3", b"small now"), link("up-link", "d/big5")]
+    )  # fmt: skip
+    rootfs = area / "rootfs"
+    stack_snapshots([l1, l2], rootfs)
+    for i, b in enumerate(big):
+        if i == 3:
+            continue
+        st = (rootfs / f"d/big{i}").stat()
+        assert (rootfs / f"d/big{i}").read_bytes() == b
+        assert (stat.S_IMODE(st.st_mode), st.st_mtime) == (0o600 + i, MTIME + i)
+        assert st.st_ino != (l1 / f"d/big{i}").stat().st_ino
+    assert (rootfs / "d/big3").read_bytes() == b"small now"
+    assert (rootfs / "d/big0-link").stat().st_ino == (rootfs / "d/big0").stat().st_ino
+    assert (rootfs / "up-link").read_bytes() == big[5]
+    assert not (rootfs / "gone").exists()
+    assert stat.S_IMODE((rootfs / "ro").stat().st_mode) == 0o400
+    assert (rootfs / "d").stat().st_mtime == MTIME + 7
