@@ -38,7 +38,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "pull": ("engine", "pull, decrypt, verify and unpack an image inside the enclave"),
     "run": ("engine", "pull an image and run it with runc (or crun, or bwrap)"),
     "store": ("store", "inspect or clean the shared encrypted blob store and the snapshot cache"),
-    "tee": ("tee", "simulated TEE platform for development and tests"),
+    "tee": ("tee", "TEE detection and evidence; the simulated TEE platform"),
 }
 # kept for callers that only need the module of a command
 _COMMAND_MODULES = {name: module for name, (module, _) in _COMMANDS.items()}
