@@ -10,9 +10,11 @@ is committed, but concurrent requests share the commit.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -22,6 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +38,6 @@ from layerseal.broker.groupcommit import AuditCommitter
 from layerseal.broker.problems import (
     ForbiddenError,
     PolicyDeniedError,
-    RateLimitedError,
     UnauthenticatedError,
     UnavailableError,
 )
@@ -71,6 +73,11 @@ _REPO_RE = re.compile(
 )
 _REF_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SIGNING_SECRET = "token-signing-key"  # noqa: S105 -- a row name, not a secret
+_CHALLENGE_SECRET = "challenge-mac-key"  # noqa: S105 -- a row name, not a secret
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 @dataclass(frozen=True)
@@ -79,15 +86,15 @@ class BrokerConfig:
 
     session_ttl: float = 300.0
     token_ttl: float = 300.0
-    max_pending_sessions: int = 10000
-    max_pending_per_client: int = 1000
     max_batch: int = 256
     issuer: str = "layerseal-broker"
+    # 'sample' evidence is unsigned: anyone can claim any measurement with it
+    allow_sample_tee: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.token_ttl <= 86400 or not 1 <= self.session_ttl <= 86400:
             raise BadInputError("broker TTLs: expected 1..86400 seconds")
-        if self.max_pending_sessions < 1 or self.max_batch < 1:
+        if self.max_batch < 1:
             raise BadInputError("broker limits: expected positive values")
 
 
@@ -163,9 +170,64 @@ class _Outcome:
         return self.attested, self.keks
 
 
+class PolicyRunner:
+    """Policy evaluations off the event loop, each within a deadline.
+
+    An evaluation is bounded in steps (``policy.STEP_LIMIT``, ~0.1 s of CPU here) and runs
+    on a small thread pool: the loop keeps serving other tenants meanwhile (the thread
+    gives the GIL back every ``sys.getswitchinterval()``).  A release whose evaluations do
+    not finish within *deadline* (an overloaded machine) is denied, and nothing is cached.
+    """
+
+    def __init__(self, threads: int = 2, deadline: float = 2.0) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="layerseal-policy")
+        self.deadline = deadline
+
+    async def decide(
+        self, work: Mapping[tuple[str, str], tuple[policy.Policy, TenantRules]], claims: Mapping[str, Any]
+    ) -> tuple[dict[tuple[str, str], policy.Decision], set[tuple[str, str]]]:
+        """Decisions for *work*, and the keys of those that finished (the cacheable ones)."""
+        loop = asyncio.get_running_loop()
+        futures = {
+            key: loop.run_in_executor(self._pool, policy.evaluate, pol, claims, rules.refvalues)
+            for key, (pol, rules) in work.items()
+        }
+        await asyncio.wait(futures.values(), timeout=self.deadline)
+        decided: dict[tuple[str, str], policy.Decision] = {}
+        finished: set[tuple[str, str]] = set()
+        for key, future in futures.items():
+            if future.done() and future.exception() is None:
+                decided[key] = future.result()
+                finished.add(key)
+            else:
+                future.cancel()
+                reason = f"policy evaluation: expected within {self.deadline:g} s, seen longer"
+                decided[key] = policy.Decision(False, reason, (reason,), ("evaluation deadline",))
+        return decided, finished
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class _Pending:
+    """A release waiting on policy evaluations: (policy digest, tenant) -> (policy, rules)."""
+
+    work: dict[tuple[str, str], tuple[policy.Policy, TenantRules]]
+
+
 @dataclass(frozen=True)
 class Challenge:
     session_id: str
+    nonce: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class OpenChallenge:
+    """A verified challenge cookie: the TEE kind asked for, the nonce and its expiry."""
+
+    tee: str
     nonce: str
     expires_at: float
 
@@ -283,8 +345,16 @@ class Broker:
         # verified token -> (claims, claims digest); revocation is still read per request
         self._tokens: OrderedDict[str, tuple[dict[str, Any], str]] = OrderedDict()
         self.audit_log = AuditCommitter(store.append_audit_batch)
+        self.policy_runner = PolicyRunner()
         self._lock = threading.Lock()
-        self._auth_count = 0
+        self._attest_count = 0
+        self._challenge_key = custody.unseal(
+            store.get_or_create_secret(
+                _CHALLENGE_SECRET,
+                lambda: custody.seal(os.urandom(32), record_aad("secret", _CHALLENGE_SECRET)),
+            ),
+            record_aad("secret", _CHALLENGE_SECRET),
+        )
         self.listeners: list[Callable[[str, str, int], None]] = []  # (action, decision, keys) for metrics
 
     # ================================================================== publisher side
@@ -697,11 +767,12 @@ class Broker:
     def close(self) -> None:
         """Stop accepting audit rows (queued ones are still committed)."""
         self.audit_log.close()
+        self.policy_runner.close()
 
     # ================================================================== RCAR
 
     def auth(self, client: str, body: Mapping[str, Any]) -> Challenge:
-        """Step 1: a session with a single-use nonce (bounded per client and in total)."""
+        """Step 1: a single-use nonce, bound with the TEE kind and expiry into the session cookie."""
         version = body.get("version")
         if not isinstance(version, str) or not version.startswith("0."):
             raise BadInputError(
@@ -712,24 +783,49 @@ class Broker:
             raise BadInputError(
                 f"KBS request tee: expected one of {list(SUPPORTED_TEES)}, seen {str(tee)[:30]!r}"
             )
-        now = self.clock()
-        self._auth_count += 1
-        if self._auth_count % 256 == 0:
-            self.store.purge_expired(now)
-        if self.store.count_pending_sessions(now, client) >= self.config.max_pending_per_client:
-            limit = self.config.max_pending_per_client
-            raise RateLimitedError(f"session store: expected < {limit} open sessions per client, seen more")
-        if self.store.count_pending_sessions(now) >= self.config.max_pending_sessions:
-            self.store.purge_expired(now)
-            if self.store.count_pending_sessions(now) >= self.config.max_pending_sessions:
-                raise UnavailableError(
-                    f"session store: expected < {self.config.max_pending_sessions} open sessions, seen full"
-                )
-        session_id = secrets.token_urlsafe(24)
-        nonce = base64.b64encode(os.urandom(32)).decode()
-        expires = now + self.config.session_ttl
-        self.store.insert_session(session_id, client, str(tee), nonce, expires)
-        return Challenge(session_id, nonce, expires)
+        self._check_tee_allowed(str(tee))
+        # nothing is stored until the nonce is used: the challenge is MAC'd into the cookie,
+        # so unauthenticated clients cannot fill the session table (stateless challenges)
+        expires = int(self.clock() + self.config.session_ttl)
+        nonce = os.urandom(32)
+        token = f"{tee}.{expires}.{_b64url(nonce)}"
+        token += "." + _b64url(self._challenge_mac(token))
+        return Challenge(token, base64.b64encode(nonce).decode(), float(expires))
+
+    def _challenge_mac(self, text: str) -> bytes:
+        return hmac.new(self._challenge_key, text.encode(), hashlib.sha256).digest()[:20]
+
+    def _open_challenge(self, cookie: str, now: float) -> OpenChallenge:
+        """The challenge a ``kbs-session-id`` cookie carries, if this broker made it and it is live."""
+        parts = cookie.split(".") if len(cookie) <= 200 else []
+        if len(parts) != 4 or not parts[1].isdigit():
+            raise UnauthenticatedError(
+                "attest: expected a kbs-session-id from /kbs/v0/auth, seen another value"
+            )
+        mac = self._challenge_mac(".".join(parts[:3]))
+        if not hmac.compare_digest(_b64url(mac), parts[3]):
+            raise UnauthenticatedError(
+                "attest: expected a kbs-session-id made by this broker, seen a forged one"
+            )
+        expires = float(parts[1])
+        if expires <= now:
+            raise UnauthenticatedError(
+                f"attest: expected a live session, seen one expired {int(now - expires)} s ago"
+            )
+        nonce = base64.b64encode(base64.urlsafe_b64decode(parts[2] + "=" * (-len(parts[2]) % 4))).decode()
+        return OpenChallenge(parts[0], nonce, expires)
+
+    @staticmethod
+    def session_key(cookie: str) -> str:
+        """The session row of a ``kbs-session-id`` cookie (rows exist once a nonce is used)."""
+        return hashlib.sha256(cookie.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def _check_tee_allowed(self, tee: str) -> None:
+        if tee == "sample" and not self.config.allow_sample_tee:
+            raise ForbiddenError(
+                "KBS request tee: expected a TEE with signed evidence, seen 'sample' (unsigned; "
+                "allowed only on a development broker started with --allow-sample-tee)"
+            )
 
     def attest(
         self, session_id: str | None, body: Mapping[str, Any], client: str = ""
@@ -768,15 +864,17 @@ class Broker:
         else:
             raise BadInputError("attestation: field 'tee-evidence': expected an object or string")
         now = self.clock()
-        session = self.store.get_session(session_id)
-        if session is None or session.expires_at <= now:
-            raise UnauthenticatedError(
-                "attest: expected a live session, seen an unknown or expired kbs-session-id"
-            )
-        if not self.store.consume_nonce(session_id, now):
-            raise UnauthenticatedError(
-                f"attest: expected a fresh nonce, seen session in state {session.state!r} (nonce used)"
-            )
+        session = self._open_challenge(session_id, now)
+        self._check_tee_allowed(session.tee)
+        session_id = self.session_key(session_id)
+        self._attest_count += 1
+        if self._attest_count % 256 == 0:
+            self.store.purge_expired(now)
+        # the row is the nonce's "used" mark: a second attempt with it finds the row
+        if not self.store.claim_session(
+            session_id, client[:64], session.tee, session.nonce, session.expires_at
+        ):
+            raise UnauthenticatedError("attest: expected a fresh nonce, seen one already used (nonce used)")
         evidence_digest = hashlib.sha256(evidence).hexdigest()
         try:
             if not secrets.compare_digest(nonce.encode(), session.nonce.encode()):
@@ -883,7 +981,8 @@ class Broker:
             raise UnauthenticatedError(
                 "resource: expected an attested kbs-session-id cookie or a bearer token, seen neither"
             )
-        return self._attested_from_session(self.store.get_session(session_id), session_id, now)
+        key = self.session_key(session_id)
+        return self._attested_from_session(self.store.get_session(key), key, now)
 
     def revoke_attestation(self, principal: Principal, token: str | None, jti: str | None) -> str:
         principal.require("admin")
@@ -899,26 +998,30 @@ class Broker:
 
     # ------------------------------------------------------------------ release
 
-    @staticmethod
-    def _decide(
-        pol: policy.Policy, claims: Mapping[str, Any], digest: str, rules: TenantRules
-    ) -> policy.Decision:
+    def _cached_decision(
+        self, pol: policy.Policy, claims_digest: str, rules: TenantRules
+    ) -> policy.Decision | None:
         # a decision is a pure function of the policy, the claims and the tenant's reference
         # values; the memo lives (and dies) with the cached rules of one generation
-        memo = rules.memo
-        key = (pol.digest, digest)
-        hit: policy.Decision | None = memo.get(key)
-        if hit is None:
-            hit = policy.evaluate(pol, claims, rules.refvalues)
-            if len(memo) >= 4096:
-                memo.clear()
-            memo[key] = hit
+        hit: policy.Decision | None = rules.memo.get((pol.digest, claims_digest))
         return hit
+
+    @staticmethod
+    def _remember(
+        pol: policy.Policy, claims_digest: str, rules: TenantRules, decision: policy.Decision
+    ) -> None:
+        if len(rules.memo) >= 4096:
+            rules.memo.clear()
+        rules.memo[(pol.digest, claims_digest)] = decision
 
     def _policy(self, document: str) -> policy.Policy:
         pol = self._policies.get(document)
         if pol is None:
-            pol = policy.Policy.parse(document)
+            try:
+                pol = policy.Policy.parse(document)
+            except BadInputError as exc:
+                # stored before a stricter check (e.g. the cost budget): it releases nothing
+                pol = policy.refusing_policy(document, str(exc))
             with self._lock:
                 if len(self._policies) > 1024:
                     self._policies.clear()
@@ -934,11 +1037,13 @@ class Broker:
             )
         return [packets.ResourcePath.parse(r) for r in resources]
 
-    def _judge_request(self, session_id: str | None, authorization: str | None, resources: Any) -> _Outcome:
-        """Authenticate (token or cookie) and judge a release, reading the database once.
+    def _read_request(
+        self, session_id: str | None, authorization: str | None, resources: Any
+    ) -> tuple[Attested, list[packets.ResourcePath], ReleaseSnapshot]:
+        """Authenticate (token or cookie) and read what a release decides on, in one read.
 
         Authentication failures raise (they are not audited); release decisions, allow or
-        deny, come back with their audit row.
+        deny, come back from ``_judge`` with their audit row.
         """
         now = self.clock()
         verified = self._verify_token(authorization, now) if authorization else None
@@ -950,20 +1055,26 @@ class Broker:
         snap = self.store.release_snapshot(
             [p.key_id for p in paths],
             jti=None if verified is None else str(verified[0]["jti"]),
-            session_id=None if verified is not None else session_id,
+            session_id=None if verified is not None or session_id is None else self.session_key(session_id),
         )
         if verified is not None:
             attested = self._attested_from_token(verified[0], snap.revoked, verified[1])
         else:
             assert session_id is not None
-            attested = self._attested_from_session(snap.session, session_id, now)
-        return self._judge(attested, paths, snap)
+            attested = self._attested_from_session(snap.session, self.session_key(session_id), now)
+        return attested, paths, snap
 
     def release_request(
         self, session_id: str | None, authorization: str | None, resources: Any
     ) -> tuple[Attested, dict[str, bytes]]:
-        """Authenticate and release (all or nothing); returns once the audit row is committed."""
-        outcome = self._judge_request(session_id, authorization, resources)
+        """Authenticate and release (all or nothing); returns once the audit row is committed.
+
+        Policies are evaluated on the calling thread (tools and tests; the HTTP app uses
+        :meth:`release_request_async`).
+        """
+        attested, paths, snap = self._read_request(session_id, authorization, resources)
+        outcome = self._judge(attested, paths, snap)
+        assert isinstance(outcome, _Outcome)
         self.audit_log.append(outcome.entry)
         self._notify(outcome.entry, outcome.n_keys)
         return outcome.result()
@@ -971,9 +1082,19 @@ class Broker:
     async def release_request_async(
         self, session_id: str | None, authorization: str | None, resources: Any
     ) -> tuple[Attested, dict[str, bytes]]:
-        """``release_request`` for the event loop: the wait for the audit commit yields, so
-        concurrent requests share one audit transaction."""
-        outcome = self._judge_request(session_id, authorization, resources)
+        """``release_request`` for the event loop: policy evaluations the memo does not hold
+        run on the policy threads (never on the loop), and the wait for the audit commit
+        yields, so concurrent requests share one audit transaction."""
+        attested, paths, snap = self._read_request(session_id, authorization, resources)
+        outcome = self._judge(attested, paths, snap, evaluate=False)
+        if isinstance(outcome, _Pending):
+            decided, finished = await self.policy_runner.decide(outcome.work, attested.claims)
+            digest = attested.digest()
+            for key in finished:
+                pol, rules = outcome.work[key]
+                self._remember(pol, digest, rules, decided[key])
+            outcome = self._judge(attested, paths, snap, decided=decided)
+            assert isinstance(outcome, _Outcome)
         await self.audit_log.append_async(outcome.entry)
         self._notify(outcome.entry, outcome.n_keys)
         return outcome.result()
@@ -982,20 +1103,31 @@ class Broker:
         """KEKs for *resources* (all or nothing), each allowed by its key's policy."""
         paths = self._parse_paths(list(resources))
         outcome = self._judge(attested, paths, self.store.release_snapshot([p.key_id for p in paths]))
+        assert isinstance(outcome, _Outcome)
         self.audit_log.append(outcome.entry)
         self._notify(outcome.entry, outcome.n_keys)
         return outcome.result()[1]
 
     def _judge(
-        self, attested: Attested, paths: list[packets.ResourcePath], snap: ReleaseSnapshot
-    ) -> _Outcome:
+        self,
+        attested: Attested,
+        paths: list[packets.ResourcePath],
+        snap: ReleaseSnapshot,
+        *,
+        evaluate: bool = True,
+        decided: Mapping[tuple[str, str], policy.Decision] | None = None,
+    ) -> _Outcome | _Pending:
+        """The outcome of a release, or (``evaluate=False``) the policy evaluations it waits on.
+
+        *decided* holds decisions made elsewhere, keyed by (policy digest, tenant).
+        """
         names = [str(p) for p in paths]
         claims = attested.claims
         measurement = str(claims.get("measurement", ""))
         tenants = {p.tenant for p in paths}
         audit_tenant = next(iter(tenants)) if len(tenants) == 1 else None
 
-        def deny(exc: LayersealError) -> _Outcome:
+        def deny(exc: LayersealError, audit_reason: str | None = None) -> _Outcome:
             entry = self._audit_entry(
                 "release",
                 "deny",
@@ -1004,7 +1136,7 @@ class Broker:
                 actor=attested.subject,
                 evidence_digest=attested.evidence_digest,
                 measurement=measurement,
-                reason=str(exc),
+                reason=audit_reason or str(exc),
             )
             return _Outcome(attested, None, exc, entry, len(names))
 
@@ -1034,6 +1166,8 @@ class Broker:
                 )
             chosen.append((p, row, ver.version, ver.sealed_kek))
         digest = attested.digest()
+        judged: list[tuple[packets.ResourcePath, str | None, policy.Decision]] = []
+        pending: dict[tuple[str, str], tuple[policy.Policy, TenantRules]] = {}
         for p, row, _version, _sealed in chosen:
             rules = snap.rules[row.tenant]
             doc = (
@@ -1042,10 +1176,28 @@ class Broker:
                 or rules.policies.get(("tenant", ""))
             )
             pol = policy.DEFAULT_POLICY if doc is None else self._policy(doc)
-            decision = self._decide(pol, claims, digest, rules)
+            decision = self._cached_decision(pol, digest, rules)
+            if decision is None and decided is not None:
+                decision = decided.get((pol.digest, row.tenant))
+            if decision is None:
+                if not evaluate:
+                    pending[(pol.digest, row.tenant)] = (pol, rules)
+                    continue
+                decision = policy.evaluate(pol, claims, rules.refvalues)
+                self._remember(pol, digest, rules, decision)
+            judged.append((p, doc, decision))
+        if pending:
+            return _Pending(pending)
+        for p, doc, decision in judged:
             if not decision.allowed:
                 source = "default policy" if doc is None else "policy"
-                return deny(PolicyDeniedError(f"resource {p}: {source} denied release: {decision.reason}"))
+                # the client learns which condition failed, not the policy's contents (operands
+                # such as measurement lists) nor the observed values: those go to the audit log
+                failed = ", ".join(decision.conditions) or "no condition holds"
+                return deny(
+                    PolicyDeniedError(f"resource {p}: {source} denied release: failed {failed}"),
+                    f"resource {p}: {source} denied release: {decision.reason}",
+                )
         keks = {
             str(p): self.custody.unseal(sealed, record_aad("kek", row.key_id, version))
             for p, row, version, sealed in chosen

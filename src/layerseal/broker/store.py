@@ -584,7 +584,9 @@ class Store:
         with self.engine.begin() as conn:
             return int(conn.execute(q).scalar_one())
 
-    def insert_session(self, session_id: str, client: str, tee: str, nonce: str, expires_at: float) -> None:
+    def insert_session(
+        self, session_id: str, client: str, tee: str, nonce: str, expires_at: float, *, state: str = "pending"
+    ) -> None:
         with self.engine.begin() as conn:
             conn.execute(
                 insert(S.sessions).values(
@@ -592,11 +594,19 @@ class Store:
                     client=client,
                     tee=tee,
                     nonce=nonce,
-                    state="pending",
+                    state=state,
                     created_at=self.clock(),
                     expires_at=expires_at,
                 )
             )
+
+    def claim_session(self, session_id: str, client: str, tee: str, nonce: str, expires_at: float) -> bool:
+        """Record a challenge's nonce as used (state 'verifying'); False if it was already."""
+        try:
+            self.insert_session(session_id, client, tee, nonce, expires_at, state="verifying")
+        except SAIntegrityError:
+            return False
+        return True
 
     def purge_expired(self, now: float) -> int:
         with self.engine.begin() as conn:
