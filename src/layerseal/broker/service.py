@@ -76,6 +76,10 @@ _SIGNING_SECRET = "token-signing-key"  # noqa: S105 -- a row name, not a secret
 _CHALLENGE_SECRET = "challenge-mac-key"  # noqa: S105 -- a row name, not a secret
 
 
+def _utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -375,14 +379,34 @@ class Broker:
             )
         if row.revoked_at is not None:
             raise UnauthenticatedError(f"API token {token_id}: expected active, seen revoked")
+        if row.expires_at is not None and row.expires_at <= self.clock():
+            raise UnauthenticatedError(
+                f"API token {token_id}: expected unexpired, seen expired at {_utc(row.expires_at)}"
+            )
         return Principal(row.token_id, row.tenant, row.scopes)
 
     def create_api_token(
-        self, principal: Principal | None, tenant: str, scopes: Any, description: str = ""
+        self,
+        principal: Principal | None,
+        tenant: str,
+        scopes: Any,
+        description: str = "",
+        expires_at: Any = None,
     ) -> tuple[str, str]:
-        """Issue a token (principal None = bootstrap); returns (token_id, token shown once)."""
+        """Issue a token (principal None = bootstrap); returns (token_id, token shown once).
+
+        *expires_at* (epoch seconds) makes it stop working then; None: it works until revoked.
+        """
         if principal is not None:
             principal.require("admin")
+        if expires_at is not None:
+            if isinstance(expires_at, bool) or not isinstance(expires_at, int | float):
+                raise BadInputError("token request: field 'expires_at': expected epoch seconds (a number)")
+            if not self.clock() < float(expires_at) < self.clock() + 10 * 366 * 86400:
+                raise BadInputError(
+                    f"token request: field 'expires_at': expected a time in the next 10 years, "
+                    f"seen {_utc(float(expires_at)) if abs(expires_at) < 1e11 else expires_at}"
+                )
         if tenant != ADMIN_TENANT:
             packets.check_tenant(tenant)
         checked = check_scopes(scopes)
@@ -392,7 +416,16 @@ class Broker:
             )
         new = new_api_token()
         self.store.insert_api_token(
-            ApiTokenRow(new.token_id, tenant, checked, new.token_hash, description[:200], self.clock(), None)
+            ApiTokenRow(
+                new.token_id,
+                tenant,
+                checked,
+                new.token_hash,
+                description[:200],
+                self.clock(),
+                None,
+                None if expires_at is None else float(expires_at),
+            )
         )
         self._audit(
             "token-create",
@@ -405,6 +438,7 @@ class Broker:
 
     def list_api_tokens(self, principal: Principal) -> list[dict[str, Any]]:
         principal.require("admin")
+        now = self.clock()
         return [
             {
                 "token_id": r.token_id,
@@ -413,6 +447,8 @@ class Broker:
                 "description": r.description,
                 "created_at": r.created_at,
                 "revoked": r.revoked_at is not None,
+                "expires_at": r.expires_at,
+                "expired": r.expires_at is not None and r.expires_at <= now,
             }
             for r in self.store.list_api_tokens(None)
         ]
@@ -763,6 +799,11 @@ class Broker:
         entry = self._audit_entry(action, decision, **fields)
         self.audit_log.append(entry)
         self._notify(entry, len(fields.get("keys", ())))
+
+    def ping(self) -> None:
+        """One round trip to the database (readiness); raises what the driver raises."""
+        with self.store.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
 
     def close(self) -> None:
         """Stop accepting audit rows (queued ones are still committed)."""

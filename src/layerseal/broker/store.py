@@ -38,6 +38,7 @@ class ApiTokenRow:
     description: str
     created_at: float
     revoked_at: float | None
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,7 @@ class Store:
                     description=row.description,
                     created_at=row.created_at,
                     revoked_at=None,
+                    expires_at=row.expires_at,
                 )
             )
 
@@ -224,6 +226,7 @@ class Store:
             r.description,
             r.created_at,
             r.revoked_at,
+            r.expires_at,
         )
 
     def list_api_tokens(self, tenant: str | None) -> list[ApiTokenRow]:
@@ -234,7 +237,14 @@ class Store:
             rows = conn.execute(q).all()
         return [
             ApiTokenRow(
-                r.token_id, r.tenant, tuple(r.scopes.split()), "", r.description, r.created_at, r.revoked_at
+                r.token_id,
+                r.tenant,
+                tuple(r.scopes.split()),
+                "",
+                r.description,
+                r.created_at,
+                r.revoked_at,
+                r.expires_at,
             )
             for r in rows
         ]

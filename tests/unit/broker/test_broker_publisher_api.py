@@ -10,7 +10,7 @@ from brokerenv import Env, make_optsdata
 
 from layerseal.broker.client import PublisherClient
 from layerseal.broker.problems import ForbiddenError, UnauthenticatedError
-from layerseal.errors import NotFoundError
+from layerseal.errors import BadInputError, NotFoundError
 
 
 def test_missing_or_bad_token_is_401_problem(env: Env) -> None:
@@ -203,3 +203,39 @@ def test_forged_or_expired_challenge_cookie_is_401(env: Env) -> None:
     challenge = broker.auth("c", {"version": "0.4.0", "tee": "sim"})
     with pytest.raises(UnauthenticatedError, match="expired"):
         broker._open_challenge(challenge.session_id, challenge.expires_at + 1)
+
+
+def test_api_tokens_can_expire_and_listings_show_it(env: Env) -> None:
+    import time
+
+    from layerseal.cli.broker import parse_expires
+
+    soon = time.time() + 3600
+    r = env.client.post(
+        "/api/v1/tokens",
+        json={"tenant": "acme", "scopes": ["keys:read"], "expires_at": soon},
+        headers=env.admin,
+    )
+    assert r.status_code == 201, r.text
+    token_id, token = r.json()["token_id"], r.json()["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    assert env.client.get("/api/v1/keys", headers=headers).status_code == 200
+    listed = {t["token_id"]: t for t in env.client.get("/api/v1/tokens", headers=env.admin).json()["tokens"]}
+    assert listed[token_id]["expires_at"] == soon and listed[token_id]["expired"] is False
+    env.broker.clock = lambda: soon + 1  # an hour later
+    r = env.client.get("/api/v1/keys", headers=headers)
+    assert r.status_code == 401 and "expired" in r.json()["detail"]
+    listed = {t["token_id"]: t for t in env.client.get("/api/v1/tokens", headers=env.admin).json()["tokens"]}
+    assert listed[token_id]["expired"] is True
+    for bad in ("tomorrow", True, 1.0, soon + 20 * 366 * 86400):
+        r = env.client.post(
+            "/api/v1/tokens",
+            json={"tenant": "acme", "scopes": ["keys:read"], "expires_at": bad},
+            headers=env.admin,
+        )
+        assert r.status_code == 400, (bad, r.text)
+    assert parse_expires("30d", 1000.0) == 1000.0 + 30 * 86400
+    assert parse_expires("90m", 0.0) == 5400.0
+    assert parse_expires("2027-01-31", 0.0) == 1801353600.0
+    with pytest.raises(BadInputError, match="--expires"):
+        parse_expires("soon", 0.0)
