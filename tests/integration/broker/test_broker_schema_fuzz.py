@@ -7,6 +7,7 @@ they reach past authentication, against a real broker on SQLite and on PostgreSQ
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -56,6 +57,24 @@ def test_openapi_document_covers_every_route(deployment: Deployment) -> None:
                 assert method.lower() in served["paths"][path], (method, path)
 
 
+def _inject(value: Any, bad: str) -> Any:
+    """*value* with its first string (or, failing that, a new key) replaced by *bad*."""
+    if isinstance(value, str):
+        return bad
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, str | dict | list):
+                return {**value, k: _inject(v, bad)}
+        return {**value, bad: 1}
+    if isinstance(value, list):
+        return [_inject(value[0], bad), *value[1:]] if value else [bad]
+    return value
+
+
+def _send(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    return httpx.request(method, url, timeout=30, **kwargs)
+
+
 class _OfflineBroker:
     listeners: list[Any] = []
 
@@ -75,12 +94,30 @@ def test_no_operation_answers_5xx(deployment: Deployment) -> None:
             database=None,
             suppress_health_check=list(HealthCheck),
         )
-        @given(case=operation.as_strategy(), auth=st.sampled_from([admin, {}]))
-        def run(case: Any, auth: dict[str, str]) -> None:
+        @given(
+            case=operation.as_strategy(),
+            auth=st.sampled_from([admin, {}]),
+            bad=st.sampled_from([None, None, "\ud800", "a\x00b"]),
+        )
+        def run(case: Any, auth: dict[str, str], bad: str | None) -> None:
             nonlocal counted
             counted += 1
             headers = {**(case.headers or {}), **auth}
-            response = case.call(base_url=deployment.url, headers=headers, timeout=30)
+            if bad is None:
+                response = case.call(base_url=deployment.url, headers=headers, timeout=30)
+            else:  # text no database stores (hypothesis never makes surrogates)
+                body = case.body if isinstance(case.body, dict | list) else {}
+                query = _inject(case.query, bad) if case.query and "\x00" in bad else case.query
+                try:
+                    response = _send(
+                        case.method,
+                        deployment.url + case.formatted_path,
+                        params=query,
+                        content=json.dumps(_inject(body, bad)).encode(),  # \ud800 escaped, as a client would
+                        headers={**headers, "Content-Type": "application/json"},
+                    )
+                except httpx.LocalProtocolError:
+                    return  # a header no HTTP client sends (schemathesis made it)
             if response.status_code >= 500:
                 failures.append(
                     f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:200]}"
