@@ -57,17 +57,30 @@ def test_openapi_document_covers_every_route(deployment: Deployment) -> None:
                 assert method.lower() in served["paths"][path], (method, path)
 
 
-def _inject(value: Any, bad: str) -> Any:
-    """*value* with its first string (or, failing that, a new key) replaced by *bad*."""
+def _inject(value: Any, bad: str, which: int = 0) -> Any:
+    """*value* with one of its strings (the *which*-th, cyclically) replaced by *bad*, or a
+    new key if it holds none."""
+    strings: list[tuple[Any, Any]] = []  # (container, key)
+
+    def walk(node: Any) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            if isinstance(v, str):
+                strings.append((node, k))
+            else:
+                walk(v)
+
+    value = json.loads(json.dumps(value))  # a copy
     if isinstance(value, str):
         return bad
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if isinstance(v, str | dict | list):
-                return {**value, k: _inject(v, bad)}
-        return {**value, bad: 1}
-    if isinstance(value, list):
-        return [_inject(value[0], bad), *value[1:]] if value else [bad]
+    walk(value)
+    if strings:
+        container, key = strings[which % len(strings)]
+        container[key] = bad
+    elif isinstance(value, dict):
+        value[bad] = 1
+    elif isinstance(value, list):
+        value.append(bad)
     return value
 
 
@@ -98,8 +111,9 @@ def test_no_operation_answers_5xx(deployment: Deployment) -> None:
             case=operation.as_strategy(),
             auth=st.sampled_from([admin, {}]),
             bad=st.sampled_from([None, None, "\ud800", "a\x00b"]),
+            which=st.integers(0, 7),
         )
-        def run(case: Any, auth: dict[str, str], bad: str | None) -> None:
+        def run(case: Any, auth: dict[str, str], bad: str | None, which: int) -> None:
             nonlocal counted
             counted += 1
             headers = {**(case.headers or {}), **auth}
@@ -107,13 +121,15 @@ def test_no_operation_answers_5xx(deployment: Deployment) -> None:
                 response = case.call(base_url=deployment.url, headers=headers, timeout=30)
             else:  # text no database stores (hypothesis never makes surrogates)
                 body = case.body if isinstance(case.body, dict | list) else {}
-                query = _inject(case.query, bad) if case.query and "\x00" in bad else case.query
+                query = _inject(case.query, bad, which) if case.query and "\x00" in bad else case.query
                 try:
                     response = _send(
                         case.method,
                         deployment.url + case.formatted_path,
                         params=query,
-                        content=json.dumps(_inject(body, bad)).encode(),  # \ud800 escaped, as a client would
+                        content=json.dumps(
+                            _inject(body, bad, which)
+                        ).encode(),  # \ud800 escaped, as a client would
                         headers={**headers, "Content-Type": "application/json"},
                     )
                 except httpx.LocalProtocolError:
