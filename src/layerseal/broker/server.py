@@ -27,7 +27,7 @@ from layerseal.broker.custody import KeyCustody, MasterKeyCustody
 from layerseal.broker.jsonlog import configure_logging
 from layerseal.broker.masterkey import PKCS11_SCHEME, load_master_key, open_pkcs11_custody
 from layerseal.broker.ratelimit import RateLimiter
-from layerseal.broker.service import ADMIN_TENANT, Broker, BrokerConfig
+from layerseal.broker.service import ADMIN_TENANT, Broker, BrokerConfig, start_policy_processes
 from layerseal.broker.store import ApiTokenRow, Store
 from layerseal.broker.tokens import hash_secret, split_api_token
 from layerseal.errors import BadInputError, DeniedError
@@ -233,6 +233,7 @@ def worker_app() -> Any:
     options = _options_from_json(text)
     broker = _open_for_serving(options, migrate=False)
     app = create_app(broker, limiter=RateLimiter(options.auth_rate, options.auth_burst))
+    start_policy_processes()
     _tune_gc()
     return app
 
@@ -283,6 +284,7 @@ def serve(options: ServeOptions) -> None:
     }
     if options.workers == 1:
         app = create_app(broker, limiter=RateLimiter(options.auth_rate, options.auth_burst))
+        start_policy_processes()
         _tune_gc()
         uvicorn.run(app, **common)
     else:

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import json
 import logging
+import multiprocessing
 import os
 import re
 import secrets
@@ -24,7 +25,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,17 +176,52 @@ class _Outcome:
         return self.attested, self.keks
 
 
+_POLICY_PROCESSES = 2
+_POOL_START_S = 60.0  # starting the processes (imports) is not evaluation: it has its own bound
+_pool: ProcessPoolExecutor | None = None
+_pool_ready: list[Future[Any]] = []
+_pool_lock = threading.Lock()
+
+
+def _policy_pool() -> tuple[ProcessPoolExecutor, list[Future[Any]]]:
+    """The evaluation processes, shared by every broker of this process, started on first
+    use, and the warm-up evaluations that tell when each has started."""
+    global _pool, _pool_ready
+    with _pool_lock:
+        if _pool is None:
+            # spawned, not forked: the broker has threads (audit committer) and open sockets
+            _pool = ProcessPoolExecutor(_POLICY_PROCESSES, mp_context=multiprocessing.get_context("spawn"))
+            _pool_ready = [
+                _pool.submit(policy.evaluate, policy.DEFAULT_POLICY, {}, {}) for _ in range(_POLICY_PROCESSES)
+            ]
+        return _pool, _pool_ready
+
+
+def start_policy_processes() -> None:
+    """Start the evaluation processes now (at serve time) rather than on the first release."""
+    _policy_pool()
+
+
+def _drop_pool(broken: ProcessPoolExecutor) -> None:
+    global _pool
+    with _pool_lock:
+        if _pool is broken:
+            _pool = None
+    broken.shutdown(wait=False, cancel_futures=True)
+
+
 class PolicyRunner:
     """Policy evaluations off the event loop, each within a deadline.
 
     An evaluation is bounded in steps (``policy.STEP_LIMIT``, ~0.1 s of CPU here) and runs
-    on a small thread pool: the loop keeps serving other tenants meanwhile (the thread
-    gives the GIL back every ``sys.getswitchinterval()``).  A release whose evaluations do
-    not finish within *deadline* (an overloaded machine) is denied, and nothing is cached.
+    in one of two evaluation processes: a thread would not do, as an evaluating thread
+    holds the GIL the event loop needs (measured: the loop lagged more with two policy
+    threads than with evaluation on the loop itself).  A release whose evaluations do not
+    finish within *deadline* (an overloaded machine) is denied, and nothing is cached.
+    Evaluations are rare: decisions are cached per policy, claims and rules generation.
     """
 
-    def __init__(self, threads: int = 2, deadline: float = 2.0) -> None:
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="layerseal-policy")
+    def __init__(self, deadline: float = 2.0) -> None:
         self.deadline = deadline
 
     async def decide(
@@ -192,10 +229,20 @@ class PolicyRunner:
     ) -> tuple[dict[tuple[str, str], policy.Decision], set[tuple[str, str]]]:
         """Decisions for *work*, and the keys of those that finished (the cacheable ones)."""
         loop = asyncio.get_running_loop()
-        futures = {
-            key: loop.run_in_executor(self._pool, policy.evaluate, pol, claims, rules.refvalues)
-            for key, (pol, rules) in work.items()
-        }
+        plain_claims = dict(claims)
+        for attempt in (1, 2):
+            pool, ready = _policy_pool()
+            await asyncio.wait([asyncio.wrap_future(f) for f in ready], timeout=_POOL_START_S)
+            try:
+                futures = {
+                    key: loop.run_in_executor(pool, policy.evaluate, pol, plain_claims, dict(rules.refvalues))
+                    for key, (pol, rules) in work.items()
+                }
+                break
+            except BrokenProcessPool:  # noticed at submission: start a new pool once
+                _drop_pool(pool)
+                if attempt == 2:
+                    raise
         await asyncio.wait(futures.values(), timeout=self.deadline)
         decided: dict[tuple[str, str], policy.Decision] = {}
         finished: set[tuple[str, str]] = set()
@@ -203,14 +250,18 @@ class PolicyRunner:
             if future.done() and future.exception() is None:
                 decided[key] = future.result()
                 finished.add(key)
+                continue
+            if future.done() and isinstance(future.exception(), BrokenProcessPool):
+                _drop_pool(pool)  # a worker died (killed, out of memory): the next call starts anew
+                reason = "policy evaluation: expected a result, seen the evaluation process fail"
             else:
                 future.cancel()
                 reason = f"policy evaluation: expected within {self.deadline:g} s, seen longer"
-                decided[key] = policy.Decision(False, reason, (reason,), ("evaluation deadline",))
+            decided[key] = policy.Decision(False, reason, (reason,), ("evaluation failed",))
         return decided, finished
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Nothing to release: the evaluation processes are shared and end with this one."""
 
 
 @dataclass

@@ -208,3 +208,33 @@ def test_malformed_requests_are_400(env: Env) -> None:
     r = env.client.post("/kbs/v0/resources", json={"resources": ["../../etc"]}, headers=headers)
     assert r.status_code == 400
     assert r.headers["content-type"] == "application/problem+json"
+
+
+def test_policies_are_evaluated_in_the_evaluation_processes_not_on_the_loop(env: Env) -> None:
+    """A release whose decision is not cached is judged by another process (an evaluating
+    thread would hold the GIL the event loop needs); a dead evaluator denies, then recovers."""
+    import os
+    import signal
+
+    from layerseal.broker import service
+
+    a = env.create_key()
+    _, r, _ = rcar(env.client, env.attester)
+    headers = {"Authorization": f"Bearer {r.json()['token']}"}
+    r = env.client.post("/kbs/v0/resources", json={"resources": [a["kid"]]}, headers=headers)
+    assert r.status_code == 200, r.text
+    pool = service._pool
+    assert pool is not None
+    pids = set(pool._processes)  # type: ignore[attr-defined]
+    assert pids and os.getpid() not in pids
+    # a new policy (new digest): evaluated again, in the pool; kill the evaluators first
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    strict = {"version": "1.0.0", "anyOf": [{"allOf": [{"claim": "svn", "greaterOrEquals": 0}]}]}
+    assert env.client.put("/api/v1/policies", json={"policy": strict}, headers=env.headers).status_code == 200
+    r = env.client.post("/kbs/v0/resources", json={"resources": [a["kid"]]}, headers=headers)
+    # the dead pool is noticed at submission (a new one serves) or while waiting (denied)
+    assert r.status_code == 200 or "evaluation failed" in r.json()["detail"], r.text
+    r = env.client.post("/kbs/v0/resources", json={"resources": [a["kid"]]}, headers=headers)
+    assert r.status_code == 200, r.text
+    assert service._pool is not pool
