@@ -8,8 +8,10 @@ that it can reach its database.
 Handlers call the (synchronous) broker directly on the event loop thread: every call is
 a few short database statements and some microseconds of crypto, so a thread hop would
 cost more than it saves; worker processes and replicas, not threads, are how the broker
-scales out.  Key releases are the exception that awaits: the wait for their audit row's
-commit yields the loop, so concurrent releases share one audit transaction.
+scales out.  Key releases are the exception that awaits: on PostgreSQL their read runs on
+a thread (the loop would otherwise sit in the round trip), policy evaluations the cache
+lacks run in evaluation processes, and the wait for their audit row's commit yields the
+loop, so concurrent releases share one audit transaction.
 """
 
 from __future__ import annotations
