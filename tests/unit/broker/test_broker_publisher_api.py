@@ -239,3 +239,13 @@ def test_api_tokens_can_expire_and_listings_show_it(env: Env) -> None:
     assert parse_expires("2027-01-31", 0.0) == 1801353600.0
     with pytest.raises(BadInputError, match="--expires"):
         parse_expires("soon", 0.0)
+
+
+def test_ipv6_clients_share_a_bucket_per_64() -> None:
+    from layerseal.broker.ratelimit import RateLimiter
+
+    limiter = RateLimiter(rate=0.001, burst=2)
+    # one host rotating through the addresses of its /64 gets no more than one address
+    assert [limiter.allow(f"2001:db8:1:2::{i:x}") for i in range(4)] == [True, True, False, False]
+    assert limiter.allow("2001:db8:1:3::1")  # another /64
+    assert [limiter.allow("192.0.2.1"), limiter.allow("192.0.2.2")] == [True, True]
