@@ -183,6 +183,21 @@ _pool_ready: list[Future[Any]] = []
 _pool_lock = threading.Lock()
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Evaluation process initializer: exit once the broker process is gone.
+
+    Nothing else would end it: a worker killed by its supervisor never shuts its pool down,
+    and the pool's queue stays open in every sibling, so no end-of-file ever arrives.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="layerseal-parent-watch", daemon=True).start()
+
+
 def _policy_pool() -> tuple[ProcessPoolExecutor, list[Future[Any]]]:
     """The evaluation processes, shared by every broker of this process, started on first
     use, and the warm-up evaluations that tell when each has started."""
@@ -190,7 +205,12 @@ def _policy_pool() -> tuple[ProcessPoolExecutor, list[Future[Any]]]:
     with _pool_lock:
         if _pool is None:
             # spawned, not forked: the broker has threads (audit committer) and open sockets
-            _pool = ProcessPoolExecutor(_POLICY_PROCESSES, mp_context=multiprocessing.get_context("spawn"))
+            _pool = ProcessPoolExecutor(
+                _POLICY_PROCESSES,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
+            )
             _pool_ready = [
                 _pool.submit(policy.evaluate, policy.DEFAULT_POLICY, {}, {}) for _ in range(_POLICY_PROCESSES)
             ]

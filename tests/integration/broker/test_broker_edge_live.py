@@ -187,3 +187,39 @@ def test_database_outage_is_503_with_retry_after_logged_once_and_recovers(
     assert log.count("database unavailable: answering 503") == 1, log[-3000:]
     assert log.count("database available again") == 1
     assert "internal error" not in log and "unhandled error" not in log
+
+
+def _children(pid: int) -> set[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return {int(x) for x in out.split()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_policy_evaluation_processes_end_with_a_killed_broker(tmp_path: Path) -> None:
+    key = tmp_path / "master.key"
+    create_master_key_file(key)
+    b = start_broker(str(tmp_path / "b.db"), tmp_path, master_key_file=key, admin_token_file=tmp_path / "t")
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while len(children) < 2 and time.monotonic() < deadline:
+            children = _children(b.proc.pid)
+            time.sleep(0.2)
+        assert len(children) >= 2, "the evaluation processes did not start"
+        b.kill(9)  # SIGKILL: no shutdown code runs in the broker
+        deadline = time.monotonic() + 30
+        while any(_alive(c) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(c) for c in children), "evaluation processes outlived the broker"
+    finally:
+        b.kill()
+        for c in children:
+            if _alive(c):
+                os.kill(c, 9)
