@@ -360,6 +360,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts to measure")
+    parser.add_argument(
+        "--only", default="sqlite,sqlite_audit_sync_normal,postgres", help="comma-separated scenarios to run"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "broker_load.json"))
     parser.add_argument("--audit-seconds", type=float, default=3.0, help="per audit-lock run")
     parser.add_argument("--audit-only", action="store_true", help="only the audit lock section")
@@ -383,21 +386,24 @@ def main() -> int:
         base = Path(tmp)
         platform_dir = base / "platform"
         init_platform(platform_dir)
+        only = set(args.only.split(","))
         for w in worker_counts:
             d = base / f"sqlite-w{w}"
-            scenario("sqlite", str(d / "broker.db"), d, platform_dir, args, results, w)
+            if "sqlite" in only:
+                scenario("sqlite", str(d / "broker.db"), d, platform_dir, args, results, w)
             d = base / f"sqlite-normal-w{w}"
-            scenario(
-                "sqlite_audit_sync_normal",
-                str(d / "broker.db"),
-                d,
-                platform_dir,
-                args,
-                results,
-                w,
-                ["--audit-sync", "normal"],
-            )
-            if with_pg:
+            if "sqlite_audit_sync_normal" in only:
+                scenario(
+                    "sqlite_audit_sync_normal",
+                    str(d / "broker.db"),
+                    d,
+                    platform_dir,
+                    args,
+                    results,
+                    w,
+                    ["--audit-sync", "normal"],
+                )
+            if with_pg and "postgres" in only:
                 import psycopg
 
                 schema = "ls_bench_" + uuid.uuid4().hex[:10]

@@ -1,10 +1,17 @@
 """The broker's HTTP face: a Starlette app translating requests to ``Broker`` calls.
 
+The edge refuses text no database stores (NUL, lone UTF-16 surrogates) in bodies, paths,
+queries and headers with 400, and answers 503 with ``Retry-After`` while the database is
+unreachable (logged once per outage); ``/healthz`` says the process lives, ``/readyz``
+that it can reach its database.
+
 Handlers call the (synchronous) broker directly on the event loop thread: every call is
 a few short database statements and some microseconds of crypto, so a thread hop would
 cost more than it saves; worker processes and replicas, not threads, are how the broker
-scales out.  Key releases are the exception that awaits: the wait for their audit row's
-commit yields the loop, so concurrent releases share one audit transaction.
+scales out.  Key releases are the exception that awaits: on PostgreSQL their read runs on
+a thread (the loop would otherwise sit in the round trip), policy evaluations the cache
+lacks run in evaluation processes, and the wait for their audit row's commit yields the
+loop, so concurrent releases share one audit transaction.
 """
 
 from __future__ import annotations
@@ -12,10 +19,14 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -36,15 +47,95 @@ log = logging.getLogger("layerseal.broker.http")
 SESSION_COOKIE = "kbs-session-id"
 MAX_BODY = 1 << 20
 PROBLEM_JSON = "application/problem+json"
+RETRY_AFTER_S = 5
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 Handler = Callable[[Request], Awaitable[Response]]
+_NO_DATABASE = frozenset({"healthz", "metrics", "openapi", "kbs_auth"})  # endpoints that never touch it
 
 
 def _problem_response(status: int, kind: str, detail: str, path: str) -> JSONResponse:
     headers = {"WWW-Authenticate": 'Bearer realm="layerseal"'} if status == 401 else None
+    if status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
     return JSONResponse(
-        problem(status, kind, detail, path), status_code=status, media_type=PROBLEM_JSON, headers=headers
+        problem(status, kind, _printable(detail), _printable(path)),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
     )
+
+
+def _printable(text: str) -> str:
+    return _BAD_TEXT.sub("\ufffd", text)
+
+
+def _check_text(value: Any, where: str) -> None:
+    """400 for NUL or a lone surrogate anywhere in *value* (strings, keys, nested)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _BAD_TEXT.search(item):
+                raise BadInputError(f"{where}: expected text without NUL or lone surrogates, seen one")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _check_request_text(request: Request) -> None:
+    # on the raw scope: building Starlette's URL and Headers objects cost a quarter of a
+    # /healthz request (measured)
+    scope = request.scope
+    if _BAD_TEXT.search(scope["path"]):
+        raise BadInputError("request path: expected text without NUL or lone surrogates, seen one")
+    if b"%00" in scope["query_string"]:  # the only way into a decoded query (it replaces the rest)
+        raise BadInputError("query string: expected text without NUL, seen one")
+    for _name, value in scope["headers"]:
+        if b"\x00" in value:
+            raise BadInputError("request headers: expected text without NUL, seen one")
+
+
+def _database_down(exc: BaseException) -> bool:
+    """Whether *exc* says the database cannot be reached (as opposed to a bug)."""
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+class OutageLog:
+    """Logs a database outage once when it starts and once when it ends, not per request."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.down_since: float | None = None
+        self.refused = 0
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.refused += 1
+            if self.down_since is not None:
+                return
+            self.down_since = time.monotonic()
+        log.error(
+            "database unavailable: answering 503 until it is back",
+            extra={"fields": {"error": type(exc).__name__, "cause": str(exc).splitlines()[0][:200]}},
+        )
+
+    def succeeded(self) -> None:
+        if self.down_since is None:
+            return
+        with self._lock:
+            if self.down_since is None:
+                return
+            seconds, refused = time.monotonic() - self.down_since, self.refused
+            self.down_since, self.refused = None, 0
+        log.warning(
+            "database available again",
+            extra={"fields": {"down_s": round(seconds, 1), "refused_requests": refused}},
+        )
 
 
 def _reject_constant(name: str) -> Any:
@@ -69,6 +160,7 @@ async def _json(request: Request) -> dict[str, Any]:
         raise BadInputError("request body: expected JSON, seen invalid data") from exc
     if not isinstance(value, dict):
         raise BadInputError(f"request body: expected a JSON object, seen {type(value).__name__}")
+    _check_text(value, "request body")
     return value
 
 
@@ -96,6 +188,7 @@ def create_app(
     (and, with *console*, the operator console's pages under ``/console``)."""
     limiter = limiter or RateLimiter()
     metrics = metrics or Metrics()
+    outage = OutageLog()
     broker.listeners.append(metrics.observe_decision)
 
     def endpoint(name: str) -> Callable[[Handler], Handler]:
@@ -103,7 +196,10 @@ def create_app(
             async def handler(request: Request) -> Response:
                 start = time.perf_counter()
                 try:
+                    _check_request_text(request)
                     response = await fn(request)
+                    if outage.down_since is not None and name not in _NO_DATABASE:
+                        outage.succeeded()
                 except LayersealError as exc:
                     status, kind = status_of(exc)
                     if status == 500:
@@ -111,9 +207,15 @@ def create_app(
                         response = _problem_response(500, "internal", "internal error", request.url.path)
                     else:
                         response = _problem_response(status, kind, str(exc), request.url.path)
-                except Exception as exc:  # a bug: log the type, never the details, to the client
-                    log.error("unhandled error", exc_info=exc, extra={"fields": {"endpoint": name}})
-                    response = _problem_response(500, "internal", "internal error", request.url.path)
+                except Exception as exc:
+                    if _database_down(exc):
+                        outage.failed(exc)
+                        response = _problem_response(
+                            503, "unavailable", "database unavailable, retry later", request.url.path
+                        )
+                    else:  # a bug: log the type, never the details, to the client
+                        log.error("unhandled error", exc_info=exc, extra={"fields": {"endpoint": name}})
+                        response = _problem_response(500, "internal", "internal error", request.url.path)
                 elapsed = time.perf_counter() - start
                 metrics.observe_request(name, response.status_code, elapsed)
                 if response.status_code >= 400 or log.isEnabledFor(logging.DEBUG):
@@ -123,7 +225,7 @@ def create_app(
                             "fields": {
                                 "endpoint": name,
                                 "method": request.method,
-                                "path": request.url.path[:200],
+                                "path": _printable(request.url.path[:200]),
                                 "status": response.status_code,
                                 "ms": round(elapsed * 1000, 3),
                                 "client": _client(request),
@@ -311,7 +413,7 @@ def create_app(
         if not isinstance(tenant, str):
             raise BadInputError("token request: field 'tenant': expected a string")
         token_id, token = broker.create_api_token(
-            who, tenant, body.get("scopes"), str(body.get("description", ""))
+            who, tenant, body.get("scopes"), str(body.get("description", "")), body.get("expires_at")
         )
         return JSONResponse({"token_id": token_id, "token": token}, status_code=201)
 
@@ -350,7 +452,14 @@ def create_app(
 
     @endpoint("healthz")
     async def healthz(request: Request) -> Response:
+        """Liveness: the process answers (its database may be down: see /readyz)."""
         return JSONResponse({"status": "ok"})
+
+    @endpoint("readyz")
+    async def readyz(request: Request) -> Response:
+        """Readiness: the database answers a query."""
+        broker.ping()
+        return JSONResponse({"status": "ready"})
 
     @endpoint("metrics")
     async def metrics_endpoint(request: Request) -> Response:
@@ -406,6 +515,7 @@ def create_app(
         Route("/api/v1/attestation-tokens/revoke", attestation_revoke, methods=["POST"]),
         Route("/api/v1/audit", audit_list, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]

@@ -270,11 +270,19 @@ class PublisherClient:
         platforms: list[dict[str, Any]] = self._call("GET", "/api/v1/platforms")["platforms"]
         return platforms
 
-    def create_token(self, tenant: str, scopes: Sequence[str], *, description: str = "") -> tuple[str, str]:
+    def create_token(
+        self,
+        tenant: str,
+        scopes: Sequence[str],
+        *,
+        description: str = "",
+        expires_at: float | None = None,
+    ) -> tuple[str, str]:
         """A new API token; returns (token_id, token). The token is shown only now."""
-        r = self._call(
-            "POST", "/api/v1/tokens", {"tenant": tenant, "scopes": list(scopes), "description": description}
-        )
+        body: dict[str, Any] = {"tenant": tenant, "scopes": list(scopes), "description": description}
+        if expires_at is not None:
+            body["expires_at"] = expires_at
+        r = self._call("POST", "/api/v1/tokens", body)
         return str(r["token_id"]), str(r["token"])
 
     def list_tokens(self) -> list[dict[str, Any]]:

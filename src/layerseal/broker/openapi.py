@@ -7,8 +7,39 @@ from typing import Any
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 
 
+def _path(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": schema or {"type": "string", "maxLength": 200},
+    }
+
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
+
+
+_KEY_ID = _path(
+    "key_id", "key id: 'k' + 26 base32 characters", {"type": "string", "pattern": "^k[a-z2-7]{26}$"}
+)
+_TENANT_Q = _query("tenant", "tenant (admin tokens: any; others: their own)")
+
+
 def _op(
-    summary: str, *, body: str | None = None, ok: str = "200", auth: str | None = "apiToken"
+    summary: str,
+    *,
+    body: str | None = None,
+    ok: str = "200",
+    auth: str | None = "apiToken",
+    params: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
@@ -18,8 +49,12 @@ def _op(
             "401": _PROBLEM,
             "403": _PROBLEM,
             "404": _PROBLEM,
+            "429": _PROBLEM,
+            "503": _PROBLEM,
         },
     }
+    if params:
+        op["parameters"] = params
     if body is not None:
         op["requestBody"] = {
             "required": True,
@@ -28,6 +63,13 @@ def _op(
     if auth is not None:
         op["security"] = [{auth: []}]
     return op
+
+
+def _plain(summary: str, media: str = "application/json") -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "responses": {"200": {"description": "ok", "content": {media: {}}}, "503": _PROBLEM},
+    }
 
 
 def openapi_document() -> dict[str, Any]:
@@ -45,7 +87,7 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             "/kbs/v0/auth": {
                 "post": _op(
-                    "RCAR request: returns a nonce and sets cookie kbs-session-id",
+                    "RCAR request: returns a nonce and sets cookie kbs-session-id (a MAC'd challenge)",
                     body="KbsRequest",
                     auth=None,
                 )
@@ -58,7 +100,15 @@ def openapi_document() -> dict[str, Any]:
                 )
             },
             "/kbs/v0/resource/{repo}/{type}/{tag}": {
-                "get": _op("One layer KEK as a flattened JWE to the tee-pubkey", auth="attestation")
+                "get": _op(
+                    "One layer KEK as a flattened JWE to the tee-pubkey",
+                    auth="attestation",
+                    params=[
+                        _path("repo", "tenant"),
+                        _path("type", "resource type: layer-key"),
+                        _path("tag", "<key-id>[.<version>]"),
+                    ],
+                )
             },
             "/kbs/v0/resources": {
                 "post": _op(
@@ -73,59 +123,108 @@ def openapi_document() -> dict[str, Any]:
                     body="CreateKey",
                     ok="201",
                 ),
-                "get": _op("List keys (query: tenant, repository)"),
+                "get": _op("List keys", params=[_TENANT_Q, _query("repository", "OCI repository name")]),
             },
             "/api/v1/keys/{key_id}": {
-                "get": _op("Describe a key"),
-                "delete": _op("Delete a key marked unused or revoked", ok="204"),
+                "get": _op("Describe a key", params=[_KEY_ID]),
+                "delete": _op("Delete a key marked unused or revoked", ok="204", params=[_KEY_ID]),
             },
             "/api/v1/keys/{key_id}/rotate": {
-                "post": _op("New KEK version; body {optsdata} or {packet}", ok="201")
+                "post": _op(
+                    "New KEK version; body {optsdata} or {packet}",
+                    ok="201",
+                    body="RotateKey",
+                    params=[_KEY_ID],
+                )
             },
-            "/api/v1/keys/{key_id}/revoke": {"post": _op("Revoke every version of a key")},
+            "/api/v1/keys/{key_id}/revoke": {"post": _op("Revoke every version of a key", params=[_KEY_ID])},
             "/api/v1/keys/{key_id}/unused": {
-                "post": _op("Mark a key unused (cleanable) or used again: {unused: bool}")
+                "post": _op(
+                    "Mark a key unused (cleanable) or used again: {unused: bool}",
+                    body="MarkUnused",
+                    params=[_KEY_ID],
+                )
             },
             "/api/v1/keys/{key_id}/versions/{version}/{action}": {
-                "post": _op("Version action: retire, revoke or activate")
+                "post": _op(
+                    "Version action: retire, revoke or activate",
+                    params=[
+                        _KEY_ID,
+                        _path("version", "key version", {"type": "integer", "minimum": 1}),
+                        _path("action", "what to do", {"enum": ["retire", "revoke", "activate"]}),
+                    ],
+                )
             },
             "/api/v1/policies": {
                 "put": _op(
                     "Set a release policy {tenant?, scope: tenant|repository|key, target?, policy}",
                     body="SetPolicy",
                 ),
-                "get": _op("List policies (query: tenant)"),
-                "delete": _op("Delete a policy (query: tenant, scope, target)", ok="204"),
+                "get": _op("List policies", params=[_TENANT_Q]),
+                "delete": _op(
+                    "Delete a policy",
+                    ok="204",
+                    params=[
+                        _TENANT_Q,
+                        _query(
+                            "scope", "tenant, repository or key", {"enum": ["tenant", "repository", "key"]}
+                        ),
+                        _query("target", "repository name or key id"),
+                    ],
+                ),
             },
             "/api/v1/refvalues": {
-                "post": _op("Add reference values {tenant?, name, values}"),
-                "get": _op("List reference values"),
+                "post": _op("Add reference values {tenant?, name, values}", body="RefValues"),
+                "get": _op("List reference values", params=[_TENANT_Q]),
             },
-            "/api/v1/refvalues/remove": {"post": _op("Remove reference values {tenant?, name, values}")},
+            "/api/v1/refvalues/remove": {
+                "post": _op("Remove reference values {tenant?, name, values}", body="RefValues")
+            },
             "/api/v1/platforms": {
-                "post": _op("Register a sim platform certificate (admin)", ok="201"),
+                "post": _op("Register a sim platform certificate (admin)", ok="201", body="Platform"),
                 "get": _op("List platforms (admin)"),
             },
-            "/api/v1/platforms/{fingerprint}": {"delete": _op("Unregister a platform (admin)", ok="204")},
+            "/api/v1/platforms/{fingerprint}": {
+                "delete": _op(
+                    "Unregister a platform (admin)",
+                    ok="204",
+                    params=[_path("fingerprint", "certificate fingerprint")],
+                )
+            },
             "/api/v1/tokens": {
-                "post": _op("Create an API token (admin)", ok="201"),
-                "get": _op("List API tokens (admin)"),
+                "post": _op("Create an API token (admin), optionally expiring", ok="201", body="CreateToken"),
+                "get": _op("List API tokens with status and expiry (admin)"),
             },
-            "/api/v1/tokens/{token_id}/revoke": {"post": _op("Revoke an API token (admin)", ok="204")},
+            "/api/v1/tokens/{token_id}/revoke": {
+                "post": _op(
+                    "Revoke an API token (admin)", ok="204", params=[_path("token_id", "API token id")]
+                )
+            },
             "/api/v1/attestation-tokens/revoke": {
-                "post": _op("Revoke an attestation JWT {token} or {jti} (admin)")
+                "post": _op("Revoke an attestation JWT {token} or {jti} (admin)", body="RevokeAttestation")
             },
-            "/api/v1/audit": {"get": _op("Audit log entries (query: tenant, after, limit)")},
-            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
             "/.well-known/jwks.json": {
                 "get": {
                     "summary": "JWK Set of the attestation-token key (public)",
                     "responses": {"200": {"description": "{keys:[{kty,crv,x,y,kid,alg,use}]}"}},
                 }
             },
-            "/metrics": {
-                "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}
+            "/api/v1/audit": {
+                "get": _op(
+                    "Audit log entries",
+                    params=[
+                        _TENANT_Q,
+                        _query(
+                            "after", "entries after this sequence number", {"type": "integer", "minimum": 0}
+                        ),
+                        _query("limit", "at most this many entries", {"type": "integer", "minimum": 1}),
+                    ],
+                )
             },
+            "/healthz": {"get": _plain("Liveness: the process answers")},
+            "/readyz": {"get": _plain("Readiness: the database answers (503 problem while it does not)")},
+            "/metrics": {"get": _plain("Prometheus metrics", "text/plain")},
+            "/openapi.json": {"get": _plain("This document")},
         },
         "components": {
             "securitySchemes": {
@@ -161,7 +260,7 @@ def openapi_document() -> dict[str, Any]:
                     "required": ["version", "tee"],
                     "properties": {
                         "version": {"const": "0.4.0"},
-                        "tee": {"enum": ["sim", "sample"]},
+                        "tee": {"enum": ["sim", "sample", "snp", "tdx", "az-snp-vtpm"]},
                         "extra-params": {},
                     },
                 },
@@ -193,6 +292,65 @@ def openapi_document() -> dict[str, Any]:
                         "layer_digest": {"type": "string"},
                         "optsdata": {"type": "string", "contentEncoding": "base64"},
                     },
+                },
+                "RotateKey": {
+                    "type": "object",
+                    "properties": {
+                        "optsdata": {"type": "string", "contentEncoding": "base64"},
+                        "packet": {"type": "string", "contentEncoding": "base64"},
+                        "retire_previous": {"type": "boolean"},
+                    },
+                },
+                "MarkUnused": {"type": "object", "properties": {"unused": {"type": "boolean"}}},
+                "RefValues": {
+                    "type": "object",
+                    "required": ["name", "values"],
+                    "properties": {
+                        "tenant": {"type": "string"},
+                        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+                        "values": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "minItems": 1,
+                            "maxItems": 1000,
+                        },
+                    },
+                },
+                "Platform": {
+                    "type": "object",
+                    "required": ["certificate"],
+                    "properties": {
+                        "tee": {"const": "sim"},
+                        "certificate": {"type": "string", "description": "PEM"},
+                        "description": {"type": "string"},
+                    },
+                },
+                "CreateToken": {
+                    "type": "object",
+                    "required": ["tenant", "scopes"],
+                    "properties": {
+                        "tenant": {"type": "string"},
+                        "scopes": {
+                            "type": "array",
+                            "items": {
+                                "enum": [
+                                    "keys:write",
+                                    "keys:read",
+                                    "policy:write",
+                                    "policy:read",
+                                    "audit:read",
+                                    "admin",
+                                ]
+                            },
+                            "minItems": 1,
+                        },
+                        "description": {"type": "string"},
+                        "expires_at": {"type": "number", "description": "epoch seconds; absent: never"},
+                    },
+                },
+                "RevokeAttestation": {
+                    "type": "object",
+                    "properties": {"token": {"type": "string"}, "jti": {"type": "string"}},
                 },
                 "SetPolicy": {
                     "type": "object",

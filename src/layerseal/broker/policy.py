@@ -17,6 +17,17 @@ and ``notIn`` take a JSON array or ``"refvalues:<name>"`` (the tenant's referenc
 of that name).  ``{"cel": "..."}`` is a raw CEL expression over ``claims`` and
 ``refvalues``.  Every condition is compiled into one CEL expression evaluated by celpy;
 a missing claim or a type mismatch makes the condition fail (never the request).
+
+Cost is bounded twice, because a tenant's policy runs on the broker every tenant shares
+(five nested comprehensions held the event loop for seconds):
+
+- statically, when a policy is parsed (set or loaded): every tree node costs one step and
+  a comprehension costs its range times its body, the range being a literal list's length
+  or :data:`ASSUMED_RANGE` for lists that come from claims or reference values.  Policies
+  estimated above :data:`POLICY_BUDGET` steps are refused, and so is ``matches`` (Python
+  regular expressions backtrack without bound);
+- at run time, an evaluation counts the nodes it visits and fails once it passes
+  :data:`STEP_LIMIT` (a claim list longer than assumed), denying the release.
 """
 
 from __future__ import annotations
@@ -30,8 +41,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import celpy
+import lark
 from celpy.adapter import json_to_cel
 from celpy.celtypes import BoolType
+from celpy.evaluation import Evaluator
 
 from layerseal.errors import BadInputError
 
@@ -49,6 +62,11 @@ _CEL_OPS = {
 }
 _OPERATORS = (*_CEL_OPS, "in", "notIn", "exists")
 _MAX_CONDITIONS = 64
+POLICY_BUDGET = 10_000  # estimated steps (tree nodes visited) per policy, summed over conditions
+STEP_LIMIT = 2 * POLICY_BUDGET  # steps one evaluation may take (a claim list may exceed ASSUMED_RANGE)
+ASSUMED_RANGE = 64  # elements of a list whose length is not known before evaluation
+_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter", "reduce", "min"})
+_REFUSED_FUNCTIONS = frozenset({"matches"})
 
 DEFAULT_POLICY_DOCUMENT: dict[str, Any] = {
     "version": VERSION,
@@ -89,6 +107,16 @@ class Condition:
     claim: str | None = None
     operand: Any = None
     refvalues: str | None = None
+    op: str = "cel"
+    cost: int = 1
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        """What a denied client is told: the claim and operator, never the operand."""
+        if self.label is not None:
+            return self.label
+        return "cel expression" if self.claim is None else f"{self.claim} {self.op}"
 
     @classmethod
     def parse(cls, obj: Any, what: str) -> Condition:
@@ -100,8 +128,8 @@ class Condition:
             source = obj["cel"]
             if not isinstance(source, str) or not source.strip() or len(source) > 2000:
                 raise BadInputError(f"{what}.cel: expected a CEL expression of 1-2000 characters")
-            _program(source, what)
-            return cls(description=f"cel {source!r}", cel=source)
+            cost = estimate_cost(source, what)
+            return cls(description=f"cel {source!r}", cel=source, cost=cost)
         claim = obj.get("claim")
         if not isinstance(claim, str) or not all(_CLAIM_SEGMENT.match(s) for s in claim.split(".")):
             raise BadInputError(f"{what}.claim: expected a dotted claim name like 'sim.svn', seen {claim!r}")
@@ -119,7 +147,10 @@ class Condition:
                 raise BadInputError(f"{what}.exists: expected true or false, seen {operand!r}")
             head, _, last = path.rpartition("[")
             test = f"{last[:-1]} in {head}"
-            return cls(f"{claim} exists is {operand}", test if operand else f"!({test})", claim, operand)
+            cel = test if operand else f"!({test})"
+            return cls(
+                f"{claim} exists is {operand}", cel, claim, operand, op=op, cost=estimate_cost(cel, what)
+            )
         if op in ("in", "notIn"):
             if isinstance(operand, str) and operand.startswith(REFVALUES_PREFIX):
                 refvalues = operand[len(REFVALUES_PREFIX) :]
@@ -135,7 +166,9 @@ class Condition:
         else:
             cel = f"{path} {_CEL_OPS[op]} operand"
         shown = operand if refvalues is None else f"{REFVALUES_PREFIX}{refvalues}"
-        return cls(f"{claim} {op} {json.dumps(shown)}", cel, claim, operand, refvalues)
+        return cls(
+            f"{claim} {op} {json.dumps(shown)}", cel, claim, operand, refvalues, op, estimate_cost(cel, what)
+        )
 
     def observed(self, claims: Mapping[str, Any]) -> str:
         if self.claim is None:
@@ -191,6 +224,12 @@ class Policy:
             groups.append(conds)
         if count > _MAX_CONDITIONS:
             raise BadInputError(f"policy: expected at most {_MAX_CONDITIONS} conditions, seen {count}")
+        cost = sum(c.cost for g in groups for c in g)
+        if cost > POLICY_BUDGET:
+            raise BadInputError(
+                f"policy: expected an estimated cost within the budget of {POLICY_BUDGET} steps, "
+                f"seen {cost} (nested comprehensions multiply their ranges)"
+            )
         canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
         return cls(tuple(groups), doc, hashlib.sha256(canonical.encode()).hexdigest())
 
@@ -198,29 +237,102 @@ class Policy:
         return {c.refvalues for g in self.groups for c in g if c.refvalues is not None}
 
 
-DEFAULT_POLICY = Policy.parse(DEFAULT_POLICY_DOCUMENT)
-
-
 @dataclass(frozen=True)
 class Decision:
+    """A policy's verdict.  ``reason`` (with observed claim values and operands) is for the
+    audit log; ``conditions`` names the failing conditions without their operands, which is
+    all a denied client is told."""
+
     allowed: bool
     reason: str
     failed: tuple[str, ...] = ()
+    conditions: tuple[str, ...] = ()
 
 
-_ENV = celpy.Environment()
+class _BudgetExceeded(Exception):
+    """An evaluation passed :data:`STEP_LIMIT`."""
+
+
+_STEPS = threading.local()
+
+
+class _CountingEvaluator(Evaluator):
+    """celpy's interpreter, counting the tree nodes it visits against the thread's budget."""
+
+    def _visit_tree(self, tree: lark.Tree[Any]) -> Any:
+        left: int = _STEPS.left
+        if left <= 0:
+            raise _BudgetExceeded
+        _STEPS.left = left - 1
+        return super()._visit_tree(tree)
+
+    def sub_evaluator(self, ast: lark.Tree[Any]) -> Evaluator:  # macro bodies count too
+        return _CountingEvaluator(ast, activation=self.activation)
+
+
+class _CountingRunner(celpy.InterpretedRunner):
+    def evaluate(self, context: Any) -> Any:
+        return _CountingEvaluator(ast=self.ast, activation=self.new_activation()).evaluate(context)
+
+
+_ENV = celpy.Environment(runner_class=_CountingRunner)
 _PROGRAMS: dict[str, Any] = {}
 _LOCK = threading.Lock()
+
+
+def _compile(source: str, what: str) -> Any:
+    try:
+        return _ENV.compile(source)
+    except Exception as exc:  # celpy raises parser-specific errors of several classes
+        raise BadInputError(f"{what}: expected a valid CEL expression, seen {source[:80]!r} ({exc})") from exc
+
+
+def _range(member: Any) -> int:
+    """Elements a comprehension over *member* visits: known for list literals (and maps or
+    filters of them), :data:`ASSUMED_RANGE` otherwise."""
+    node = member
+    while isinstance(node, lark.Tree):
+        if node.data == "list_lit":
+            items = node.children[0] if node.children else None
+            return len(items.children) if isinstance(items, lark.Tree) else 0
+        if node.data == "member_dot_arg":
+            if str(node.children[1]) in ("map", "filter"):
+                node = node.children[0]
+                continue
+            return ASSUMED_RANGE
+        if node.data not in ("member", "primary", "paren_expr") or len(node.children) != 1:
+            return ASSUMED_RANGE
+        node = node.children[0]
+    return ASSUMED_RANGE
+
+
+def _cost(node: Any, what: str) -> int:
+    if not isinstance(node, lark.Tree):
+        return 0
+    if node.data in ("member_dot_arg", "ident_arg", "dot_ident_arg"):
+        name_at = 1 if node.data == "member_dot_arg" else 0
+        name = str(node.children[name_at])
+        if name in _REFUSED_FUNCTIONS:
+            raise BadInputError(
+                f"{what}: expected no {name}() (regular expressions have an unbounded cost), seen one"
+            )
+        if node.data == "member_dot_arg" and name in _MACROS:
+            args = node.children[2]
+            body = args.children[-1] if isinstance(args, lark.Tree) and args.children else None
+            return 1 + _cost(node.children[0], what) + _range(node.children[0]) * (2 + _cost(body, what))
+    return 1 + sum(_cost(child, what) for child in node.children)
+
+
+def estimate_cost(source: str, what: str) -> int:
+    """The static cost estimate of a CEL expression, in evaluation steps (see the module doc)."""
+    return _cost(_compile(source, what), what)
 
 
 def _program(source: str, what: str) -> Any:
     prog = _PROGRAMS.get(source)
     if prog is not None:
         return prog
-    try:
-        prog = _ENV.program(_ENV.compile(source))
-    except Exception as exc:  # celpy raises parser-specific errors of several classes
-        raise BadInputError(f"{what}: expected a valid CEL expression, seen {source[:80]!r} ({exc})") from exc
+    prog = _ENV.program(_compile(source, what))
     with _LOCK:
         if len(_PROGRAMS) > 4096:
             _PROGRAMS.clear()
@@ -235,25 +347,56 @@ def _holds(cond: Condition, activation: dict[str, Any]) -> bool:
         act["operand"] = json_to_cel(cond.operand)
     try:
         result = prog.evaluate(act)
+    except _BudgetExceeded:
+        raise
     except Exception:  # missing claim or type mismatch: the condition does not hold
+        # celpy may have wrapped the budget error on its way out
+        if _STEPS.left <= 0:
+            raise _BudgetExceeded from None
         return False
     return isinstance(result, BoolType | bool) and bool(result)
 
 
 def evaluate(policy: Policy, claims: Mapping[str, Any], refvalues: Mapping[str, Sequence[Any]]) -> Decision:
-    """Decide whether *claims* satisfy *policy* given the tenant's reference values."""
+    """Decide whether *claims* satisfy *policy* given the tenant's reference values.
+
+    At most :data:`STEP_LIMIT` steps are spent; a policy that needs more is a denial.
+    """
     activation = {
         "claims": json_to_cel(dict(claims)),
         "refvalues": json_to_cel({name: list(refvalues.get(name, ())) for name in policy.refvalue_names()}),
     }
     failures: list[str] = []
+    names: list[str] = []
+    _STEPS.left = STEP_LIMIT
     for i, group in enumerate(policy.groups):
-        for cond in group:
-            if not _holds(cond, activation):
+        for j, cond in enumerate(group):
+            try:
+                holds = _holds(cond, activation)
+            except _BudgetExceeded:
+                failures.append(
+                    f"anyOf[{i}]: condition '{cond.description}' failed "
+                    f"(evaluation passed the budget of {STEP_LIMIT} steps)"
+                )
+                names.append(f"anyOf[{i}].allOf[{j}] '{cond.name}' (over the evaluation budget)")
+                return Decision(False, "; ".join(failures), tuple(failures), tuple(names))
+            if not holds:
                 failures.append(
                     f"anyOf[{i}]: condition '{cond.description}' failed ({cond.observed(claims)})"
                 )
+                names.append(f"anyOf[{i}].allOf[{j}] '{cond.name}'")
                 break
         else:
             return Decision(True, f"anyOf[{i}] holds")
-    return Decision(False, "; ".join(failures), tuple(failures))
+    return Decision(False, "; ".join(failures), tuple(failures), tuple(names))
+
+
+def refusing_policy(document: str, reason: str) -> Policy:
+    """A stand-in for a stored policy that no longer parses (e.g. over a budget introduced
+    after it was set): it denies, and the audit log says why."""
+    cond = Condition(f"stored policy is invalid ({reason})", "false", label="stored policy invalid")
+    digest = hashlib.sha256(document.encode("utf-8", "replace")).hexdigest()
+    return Policy(((cond,),), {"invalid": reason}, digest)
+
+
+DEFAULT_POLICY = Policy.parse(DEFAULT_POLICY_DOCUMENT)

@@ -1,15 +1,28 @@
 """Per-client token buckets guarding the unauthenticated RCAR endpoints.
 
-Kept in process memory on purpose: a limit per replica is enough to stop one client from
-filling the shared session store (Trustee #1536), and it costs no database round trip.
+Kept in process memory on purpose: it costs no database round trip, and since challenges
+are stateless nothing an unauthenticated client does fills the database anyway.  Clients
+are counted per address, IPv6 ones per /64: one host usually holds a whole /64, so
+counting its addresses one by one would let it rotate through billions of buckets.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+
+
+def client_bucket(client: str) -> str:
+    """The bucket of a client address: itself, or its /64 for IPv6."""
+    if ":" not in client:
+        return client
+    try:
+        return str(ipaddress.IPv6Network((client.split("%", 1)[0], 64), strict=False))
+    except ValueError:
+        return client
 
 
 class RateLimiter:
@@ -29,6 +42,7 @@ class RateLimiter:
         self._lock = threading.Lock()
 
     def allow(self, client: str) -> bool:
+        client = client_bucket(client)
         now = self.clock()
         with self._lock:
             tokens, last = self._buckets.get(client, (self.burst, now))

@@ -31,6 +31,7 @@ api_tokens = Table(
     Column("description", Text, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float),
+    Column("expires_at", Float),  # None: never
 )
 
 layer_keys = Table(

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from layerseal.broker import database
 from layerseal.broker.app import create_app
@@ -25,13 +28,56 @@ from layerseal.broker.bootstrap import ensure_admin_token
 from layerseal.broker.jsonlog import configure_logging
 from layerseal.broker.masterkey import open_custody
 from layerseal.broker.ratelimit import RateLimiter
-from layerseal.broker.service import Broker, BrokerConfig
+from layerseal.broker.service import Broker, BrokerConfig, start_policy_processes
 from layerseal.broker.store import Store
 from layerseal.errors import BadInputError
 
 DEFAULT_DB = "layerseal-broker.db"
 WORKER_OPTIONS_ENV = "LAYERSEAL_BROKER_WORKER_OPTIONS"
 MAX_WORKERS = 64
+MAX_HEADER_BYTES = 64 * 1024  # request line and headers of one request
+
+log = logging.getLogger("layerseal.broker")
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a bound on the request line and headers.
+
+    httptools buffers a header until it is complete, so the bound is on the bytes received
+    while a request's head is incomplete; past it the connection gets 431 and is closed.
+    """
+
+    _head_pending = True
+    _head_bytes = 0
+
+    def on_message_begin(self) -> None:
+        self._head_pending, self._head_bytes = True, 0
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._head_pending = False
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_pending:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._head_pending and self._head_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+            body = json.dumps(
+                {
+                    "type": "https://layerseal.dev/problems/headers-too-large",
+                    "title": "Request Header Fields Too Large",
+                    "status": 431,
+                    "detail": f"request headers: expected at most {MAX_HEADER_BYTES} bytes, seen more",
+                }
+            ).encode()
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                b"content-type: application/problem+json\r\nconnection: close\r\n"
+                + f"content-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            self.transport.close()
 
 
 def default_admin_token_file(db_url: str) -> Path:
@@ -95,6 +141,7 @@ class ServeOptions:
     workers: int = 1
     db_pool_size: int = database.DEFAULT_POOL_SIZE
     console: bool = False  # serve the operator console under /console
+    trusted_proxies: tuple[str, ...] = ()
     config: BrokerConfig = field(default_factory=BrokerConfig)
 
     def __post_init__(self) -> None:
@@ -127,6 +174,7 @@ def _options_from_json(text: str) -> ServeOptions:
         raw[name] = None if raw.get(name) is None else Path(raw[name])
     raw["admin_token_file"] = None  # the parent made sure an admin can log in
     raw["config"] = BrokerConfig(**raw["config"])
+    raw["trusted_proxies"] = tuple(raw.get("trusted_proxies") or ())
     return ServeOptions(**raw)
 
 
@@ -164,6 +212,7 @@ def worker_app() -> Any:
     app = create_app(
         broker, limiter=RateLimiter(options.auth_rate, options.auth_burst), console=options.console
     )
+    start_policy_processes()
     _tune_gc()
     return app
 
@@ -185,6 +234,13 @@ def serve(options: ServeOptions) -> None:
     import uvicorn
 
     broker = _open_for_serving(options)
+    if options.config.allow_sample_tee:
+        banner = (
+            "WARNING: --allow-sample-tee: this broker accepts UNSIGNED 'sample' TEE evidence; "
+            "anyone can claim any measurement. For development only, never in production."
+        )
+        log.warning(banner)
+        print(banner, file=sys.stderr, flush=True)
     # the bootstrap admin token goes to a 0600 file, never to stdout (often a log)
     token_file = options.admin_token_file or default_admin_token_file(options.db_url)
     created = not token_file.exists()
@@ -200,11 +256,16 @@ def serve(options: ServeOptions) -> None:
         "access_log": False,
         "lifespan": "off",
         "server_header": False,
+        "http": LimitedHttpToolsProtocol,
+        # X-Forwarded-For names the client only when the peer is a proxy we were told to trust
+        "proxy_headers": bool(options.trusted_proxies),
+        "forwarded_allow_ips": list(options.trusted_proxies) or None,
     }
     if options.workers == 1:
         app = create_app(
             broker, limiter=RateLimiter(options.auth_rate, options.auth_burst), console=options.console
         )
+        start_policy_processes()
         _tune_gc()
         uvicorn.run(app, **common)
     else:

@@ -10,11 +10,14 @@ is committed, but concurrent requests share the commit.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import logging
+import multiprocessing
 import os
 import re
 import secrets
@@ -22,6 +25,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +40,6 @@ from layerseal.broker.custody import KeyCustody, record_aad
 from layerseal.broker.problems import (
     ForbiddenError,
     PolicyDeniedError,
-    RateLimitedError,
     UnauthenticatedError,
     UnavailableError,
 )
@@ -71,6 +75,15 @@ _REPO_RE = re.compile(
 )
 _REF_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SIGNING_SECRET = "token-signing-key"  # noqa: S105 -- a row name, not a secret
+_CHALLENGE_SECRET = "challenge-mac-key"  # noqa: S105 -- a row name, not a secret
+
+
+def _utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 @dataclass(frozen=True)
@@ -79,15 +92,15 @@ class BrokerConfig:
 
     session_ttl: float = 300.0
     token_ttl: float = 300.0
-    max_pending_sessions: int = 10000
-    max_pending_per_client: int = 1000
     max_batch: int = 256
     issuer: str = "layerseal-broker"
+    # 'sample' evidence is unsigned: anyone can claim any measurement with it
+    allow_sample_tee: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.token_ttl <= 86400 or not 1 <= self.session_ttl <= 86400:
             raise BadInputError("broker TTLs: expected 1..86400 seconds")
-        if self.max_pending_sessions < 1 or self.max_batch < 1:
+        if self.max_batch < 1:
             raise BadInputError("broker limits: expected positive values")
 
 
@@ -163,9 +176,133 @@ class _Outcome:
         return self.attested, self.keks
 
 
+_POLICY_PROCESSES = 2
+_POOL_START_S = 60.0  # starting the processes (imports) is not evaluation: it has its own bound
+_pool: ProcessPoolExecutor | None = None
+_pool_ready: list[Future[Any]] = []
+_pool_lock = threading.Lock()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Evaluation process initializer: exit once the broker process is gone.
+
+    Nothing else would end it: a worker killed by its supervisor never shuts its pool down,
+    and the pool's queue stays open in every sibling, so no end-of-file ever arrives.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="layerseal-parent-watch", daemon=True).start()
+
+
+def _policy_pool() -> tuple[ProcessPoolExecutor, list[Future[Any]]]:
+    """The evaluation processes, shared by every broker of this process, started on first
+    use, and the warm-up evaluations that tell when each has started."""
+    global _pool, _pool_ready
+    with _pool_lock:
+        if _pool is None:
+            # spawned, not forked: the broker has threads (audit committer) and open sockets
+            _pool = ProcessPoolExecutor(
+                _POLICY_PROCESSES,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
+            )
+            _pool_ready = [
+                _pool.submit(policy.evaluate, policy.DEFAULT_POLICY, {}, {}) for _ in range(_POLICY_PROCESSES)
+            ]
+        return _pool, _pool_ready
+
+
+def start_policy_processes() -> None:
+    """Start the evaluation processes now (at serve time) rather than on the first release."""
+    _policy_pool()
+
+
+def _drop_pool(broken: ProcessPoolExecutor) -> None:
+    global _pool
+    with _pool_lock:
+        if _pool is broken:
+            _pool = None
+    broken.shutdown(wait=False, cancel_futures=True)
+
+
+class PolicyRunner:
+    """Policy evaluations off the event loop, each within a deadline.
+
+    An evaluation is bounded in steps (``policy.STEP_LIMIT``, ~0.1 s of CPU here) and runs
+    in one of two evaluation processes: a thread would not do, as an evaluating thread
+    holds the GIL the event loop needs (measured: the loop lagged more with two policy
+    threads than with evaluation on the loop itself).  A release whose evaluations do not
+    finish within *deadline* (an overloaded machine) is denied, and nothing is cached.
+    Evaluations are rare: decisions are cached per policy, claims and rules generation.
+    """
+
+    def __init__(self, deadline: float = 2.0) -> None:
+        self.deadline = deadline
+
+    async def decide(
+        self, work: Mapping[tuple[str, str], tuple[policy.Policy, TenantRules]], claims: Mapping[str, Any]
+    ) -> tuple[dict[tuple[str, str], policy.Decision], set[tuple[str, str]]]:
+        """Decisions for *work*, and the keys of those that finished (the cacheable ones)."""
+        loop = asyncio.get_running_loop()
+        plain_claims = dict(claims)
+        for attempt in (1, 2):
+            pool, ready = _policy_pool()
+            await asyncio.wait([asyncio.wrap_future(f) for f in ready], timeout=_POOL_START_S)
+            try:
+                futures = {
+                    key: loop.run_in_executor(pool, policy.evaluate, pol, plain_claims, dict(rules.refvalues))
+                    for key, (pol, rules) in work.items()
+                }
+                break
+            except BrokenProcessPool:  # noticed at submission: start a new pool once
+                _drop_pool(pool)
+                if attempt == 2:
+                    raise
+        await asyncio.wait(futures.values(), timeout=self.deadline)
+        decided: dict[tuple[str, str], policy.Decision] = {}
+        finished: set[tuple[str, str]] = set()
+        for key, future in futures.items():
+            if future.done() and future.exception() is None:
+                decided[key] = future.result()
+                finished.add(key)
+                continue
+            if future.done() and isinstance(future.exception(), BrokenProcessPool):
+                _drop_pool(pool)  # a worker died (killed, out of memory): the next call starts anew
+                reason = "policy evaluation: expected a result, seen the evaluation process fail"
+            else:
+                future.cancel()
+                reason = f"policy evaluation: expected within {self.deadline:g} s, seen longer"
+            decided[key] = policy.Decision(False, reason, (reason,), ("evaluation failed",))
+        return decided, finished
+
+    def close(self) -> None:
+        """Nothing to release: the evaluation processes are shared and end with this one."""
+
+
+@dataclass
+class _Pending:
+    """A release waiting on policy evaluations: (policy digest, tenant) -> (policy, rules)."""
+
+    work: dict[tuple[str, str], tuple[policy.Policy, TenantRules]]
+
+
 @dataclass(frozen=True)
 class Challenge:
     session_id: str
+    nonce: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class OpenChallenge:
+    """A verified challenge cookie: the TEE kind asked for, the nonce and its expiry."""
+
+    tee: str
     nonce: str
     expires_at: float
 
@@ -283,8 +420,22 @@ class Broker:
         # verified token -> (claims, claims digest); revocation is still read per request
         self._tokens: OrderedDict[str, tuple[dict[str, Any], str]] = OrderedDict()
         self.audit_log = open_audit_committer(store, custody)
+        self.policy_runner = PolicyRunner()
+        # SQLite reads take microseconds in-process: a thread hop would cost more than it saves
+        self._reads_off_loop = (
+            None
+            if store.engine.dialect.name == "sqlite"
+            else ThreadPoolExecutor(8, thread_name_prefix="layerseal-read")
+        )
         self._lock = threading.Lock()
-        self._auth_count = 0
+        self._attest_count = 0
+        self._challenge_key = custody.unseal(
+            store.get_or_create_secret(
+                _CHALLENGE_SECRET,
+                lambda: custody.seal(os.urandom(32), record_aad("secret", _CHALLENGE_SECRET)),
+            ),
+            record_aad("secret", _CHALLENGE_SECRET),
+        )
         self.listeners: list[Callable[[str, str, int], None]] = []  # (action, decision, keys) for metrics
 
     # ================================================================== publisher side
@@ -305,14 +456,34 @@ class Broker:
             )
         if row.revoked_at is not None:
             raise UnauthenticatedError(f"API token {token_id}: expected active, seen revoked")
+        if row.expires_at is not None and row.expires_at <= self.clock():
+            raise UnauthenticatedError(
+                f"API token {token_id}: expected unexpired, seen expired at {_utc(row.expires_at)}"
+            )
         return Principal(row.token_id, row.tenant, row.scopes)
 
     def create_api_token(
-        self, principal: Principal | None, tenant: str, scopes: Any, description: str = ""
+        self,
+        principal: Principal | None,
+        tenant: str,
+        scopes: Any,
+        description: str = "",
+        expires_at: Any = None,
     ) -> tuple[str, str]:
-        """Issue a token (principal None = bootstrap); returns (token_id, token shown once)."""
+        """Issue a token (principal None = bootstrap); returns (token_id, token shown once).
+
+        *expires_at* (epoch seconds) makes it stop working then; None: it works until revoked.
+        """
         if principal is not None:
             principal.require("admin")
+        if expires_at is not None:
+            if isinstance(expires_at, bool) or not isinstance(expires_at, int | float):
+                raise BadInputError("token request: field 'expires_at': expected epoch seconds (a number)")
+            if not self.clock() < float(expires_at) < self.clock() + 10 * 366 * 86400:
+                raise BadInputError(
+                    f"token request: field 'expires_at': expected a time in the next 10 years, "
+                    f"seen {_utc(float(expires_at)) if abs(expires_at) < 1e11 else expires_at}"
+                )
         if tenant != ADMIN_TENANT:
             packets.check_tenant(tenant)
         checked = check_scopes(scopes)
@@ -322,7 +493,16 @@ class Broker:
             )
         new = new_api_token()
         self.store.insert_api_token(
-            ApiTokenRow(new.token_id, tenant, checked, new.token_hash, description[:200], self.clock(), None)
+            ApiTokenRow(
+                new.token_id,
+                tenant,
+                checked,
+                new.token_hash,
+                description[:200],
+                self.clock(),
+                None,
+                None if expires_at is None else float(expires_at),
+            )
         )
         self._audit(
             "token-create",
@@ -335,6 +515,7 @@ class Broker:
 
     def list_api_tokens(self, principal: Principal) -> list[dict[str, Any]]:
         principal.require("admin")
+        now = self.clock()
         return [
             {
                 "token_id": r.token_id,
@@ -343,6 +524,8 @@ class Broker:
                 "description": r.description,
                 "created_at": r.created_at,
                 "revoked": r.revoked_at is not None,
+                "expires_at": r.expires_at,
+                "expired": r.expires_at is not None and r.expires_at <= now,
             }
             for r in self.store.list_api_tokens(None)
         ]
@@ -696,14 +879,22 @@ class Broker:
         self.audit_log.append(entry)
         self._notify(entry, len(fields.get("keys", ())))
 
+    def ping(self) -> None:
+        """One round trip to the database (readiness); raises what the driver raises."""
+        with self.store.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
     def close(self) -> None:
         """Stop accepting audit rows (queued ones are still committed)."""
         self.audit_log.close()
+        self.policy_runner.close()
+        if self._reads_off_loop is not None:
+            self._reads_off_loop.shutdown(wait=False)
 
     # ================================================================== RCAR
 
     def auth(self, client: str, body: Mapping[str, Any]) -> Challenge:
-        """Step 1: a session with a single-use nonce (bounded per client and in total)."""
+        """Step 1: a single-use nonce, bound with the TEE kind and expiry into the session cookie."""
         version = body.get("version")
         if not isinstance(version, str) or not version.startswith("0."):
             raise BadInputError(
@@ -714,24 +905,49 @@ class Broker:
             raise BadInputError(
                 f"KBS request tee: expected one of {list(SUPPORTED_TEES)}, seen {str(tee)[:30]!r}"
             )
-        now = self.clock()
-        self._auth_count += 1
-        if self._auth_count % 256 == 0:
-            self.store.purge_expired(now)
-        if self.store.count_pending_sessions(now, client) >= self.config.max_pending_per_client:
-            limit = self.config.max_pending_per_client
-            raise RateLimitedError(f"session store: expected < {limit} open sessions per client, seen more")
-        if self.store.count_pending_sessions(now) >= self.config.max_pending_sessions:
-            self.store.purge_expired(now)
-            if self.store.count_pending_sessions(now) >= self.config.max_pending_sessions:
-                raise UnavailableError(
-                    f"session store: expected < {self.config.max_pending_sessions} open sessions, seen full"
-                )
-        session_id = secrets.token_urlsafe(24)
-        nonce = base64.b64encode(os.urandom(32)).decode()
-        expires = now + self.config.session_ttl
-        self.store.insert_session(session_id, client, str(tee), nonce, expires)
-        return Challenge(session_id, nonce, expires)
+        self._check_tee_allowed(str(tee))
+        # nothing is stored until the nonce is used: the challenge is MAC'd into the cookie,
+        # so unauthenticated clients cannot fill the session table (stateless challenges)
+        expires = int(self.clock() + self.config.session_ttl)
+        nonce = os.urandom(32)
+        token = f"{tee}.{expires}.{_b64url(nonce)}"
+        token += "." + _b64url(self._challenge_mac(token))
+        return Challenge(token, base64.b64encode(nonce).decode(), float(expires))
+
+    def _challenge_mac(self, text: str) -> bytes:
+        return hmac.new(self._challenge_key, text.encode(), hashlib.sha256).digest()[:20]
+
+    def _open_challenge(self, cookie: str, now: float) -> OpenChallenge:
+        """The challenge a ``kbs-session-id`` cookie carries, if this broker made it and it is live."""
+        parts = cookie.split(".") if len(cookie) <= 200 else []
+        if len(parts) != 4 or not parts[1].isdigit():
+            raise UnauthenticatedError(
+                "attest: expected a kbs-session-id from /kbs/v0/auth, seen another value"
+            )
+        mac = self._challenge_mac(".".join(parts[:3]))
+        if not hmac.compare_digest(_b64url(mac), parts[3]):
+            raise UnauthenticatedError(
+                "attest: expected a kbs-session-id made by this broker, seen a forged one"
+            )
+        expires = float(parts[1])
+        if expires <= now:
+            raise UnauthenticatedError(
+                f"attest: expected a live session, seen one expired {int(now - expires)} s ago"
+            )
+        nonce = base64.b64encode(base64.urlsafe_b64decode(parts[2] + "=" * (-len(parts[2]) % 4))).decode()
+        return OpenChallenge(parts[0], nonce, expires)
+
+    @staticmethod
+    def session_key(cookie: str) -> str:
+        """The session row of a ``kbs-session-id`` cookie (rows exist once a nonce is used)."""
+        return hashlib.sha256(cookie.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def _check_tee_allowed(self, tee: str) -> None:
+        if tee == "sample" and not self.config.allow_sample_tee:
+            raise ForbiddenError(
+                "KBS request tee: expected a TEE with signed evidence, seen 'sample' (unsigned; "
+                "allowed only on a development broker started with --allow-sample-tee)"
+            )
 
     def attest(
         self, session_id: str | None, body: Mapping[str, Any], client: str = ""
@@ -771,15 +987,17 @@ class Broker:
         else:
             raise BadInputError("attestation: field 'tee-evidence': expected an object or string")
         now = self.clock()
-        session = self.store.get_session(session_id)
-        if session is None or session.expires_at <= now:
-            raise UnauthenticatedError(
-                "attest: expected a live session, seen an unknown or expired kbs-session-id"
-            )
-        if not self.store.consume_nonce(session_id, now):
-            raise UnauthenticatedError(
-                f"attest: expected a fresh nonce, seen session in state {session.state!r} (nonce used)"
-            )
+        session = self._open_challenge(session_id, now)
+        self._check_tee_allowed(session.tee)
+        session_id = self.session_key(session_id)
+        self._attest_count += 1
+        if self._attest_count % 256 == 0:
+            self.store.purge_expired(now)
+        # the row is the nonce's "used" mark: a second attempt with it finds the row
+        if not self.store.claim_session(
+            session_id, client[:64], session.tee, session.nonce, session.expires_at
+        ):
+            raise UnauthenticatedError("attest: expected a fresh nonce, seen one already used (nonce used)")
         evidence_digest = hashlib.sha256(evidence).hexdigest()
         try:
             if not secrets.compare_digest(nonce.encode(), session.nonce.encode()):
@@ -901,7 +1119,8 @@ class Broker:
             raise UnauthenticatedError(
                 "resource: expected an attested kbs-session-id cookie or a bearer token, seen neither"
             )
-        return self._attested_from_session(self.store.get_session(session_id), session_id, now)
+        key = self.session_key(session_id)
+        return self._attested_from_session(self.store.get_session(key), key, now)
 
     def revoke_attestation(self, principal: Principal, token: str | None, jti: str | None) -> str:
         principal.require("admin")
@@ -917,26 +1136,30 @@ class Broker:
 
     # ------------------------------------------------------------------ release
 
-    @staticmethod
-    def _decide(
-        pol: policy.Policy, claims: Mapping[str, Any], digest: str, rules: TenantRules
-    ) -> policy.Decision:
+    def _cached_decision(
+        self, pol: policy.Policy, claims_digest: str, rules: TenantRules
+    ) -> policy.Decision | None:
         # a decision is a pure function of the policy, the claims and the tenant's reference
         # values; the memo lives (and dies) with the cached rules of one generation
-        memo = rules.memo
-        key = (pol.digest, digest)
-        hit: policy.Decision | None = memo.get(key)
-        if hit is None:
-            hit = policy.evaluate(pol, claims, rules.refvalues)
-            if len(memo) >= 4096:
-                memo.clear()
-            memo[key] = hit
+        hit: policy.Decision | None = rules.memo.get((pol.digest, claims_digest))
         return hit
+
+    @staticmethod
+    def _remember(
+        pol: policy.Policy, claims_digest: str, rules: TenantRules, decision: policy.Decision
+    ) -> None:
+        if len(rules.memo) >= 4096:
+            rules.memo.clear()
+        rules.memo[(pol.digest, claims_digest)] = decision
 
     def _policy(self, document: str) -> policy.Policy:
         pol = self._policies.get(document)
         if pol is None:
-            pol = policy.Policy.parse(document)
+            try:
+                pol = policy.Policy.parse(document)
+            except BadInputError as exc:
+                # stored before a stricter check (e.g. the cost budget): it releases nothing
+                pol = policy.refusing_policy(document, str(exc))
             with self._lock:
                 if len(self._policies) > 1024:
                     self._policies.clear()
@@ -952,11 +1175,13 @@ class Broker:
             )
         return [packets.ResourcePath.parse(r) for r in resources]
 
-    def _judge_request(self, session_id: str | None, authorization: str | None, resources: Any) -> _Outcome:
-        """Authenticate (token or cookie) and judge a release, reading the database once.
+    def _read_request(
+        self, session_id: str | None, authorization: str | None, resources: Any
+    ) -> tuple[Attested, list[packets.ResourcePath], ReleaseSnapshot]:
+        """Authenticate (token or cookie) and read what a release decides on, in one read.
 
         Authentication failures raise (they are not audited); release decisions, allow or
-        deny, come back with their audit row.
+        deny, come back from ``_judge`` with their audit row.
         """
         now = self.clock()
         verified = self._verify_token(authorization, now) if authorization else None
@@ -968,20 +1193,26 @@ class Broker:
         snap = self.store.release_snapshot(
             [p.key_id for p in paths],
             jti=None if verified is None else str(verified[0]["jti"]),
-            session_id=None if verified is not None else session_id,
+            session_id=None if verified is not None or session_id is None else self.session_key(session_id),
         )
         if verified is not None:
             attested = self._attested_from_token(verified[0], snap.revoked, verified[1])
         else:
             assert session_id is not None
-            attested = self._attested_from_session(snap.session, session_id, now)
-        return self._judge(attested, paths, snap)
+            attested = self._attested_from_session(snap.session, self.session_key(session_id), now)
+        return attested, paths, snap
 
     def release_request(
         self, session_id: str | None, authorization: str | None, resources: Any
     ) -> tuple[Attested, dict[str, bytes]]:
-        """Authenticate and release (all or nothing); returns once the audit row is committed."""
-        outcome = self._judge_request(session_id, authorization, resources)
+        """Authenticate and release (all or nothing); returns once the audit row is committed.
+
+        Policies are evaluated on the calling thread (tools and tests; the HTTP app uses
+        :meth:`release_request_async`).
+        """
+        attested, paths, snap = self._read_request(session_id, authorization, resources)
+        outcome = self._judge(attested, paths, snap)
+        assert isinstance(outcome, _Outcome)
         self.audit_log.append(outcome.entry)
         self._notify(outcome.entry, outcome.n_keys)
         return outcome.result()
@@ -989,9 +1220,27 @@ class Broker:
     async def release_request_async(
         self, session_id: str | None, authorization: str | None, resources: Any
     ) -> tuple[Attested, dict[str, bytes]]:
-        """``release_request`` for the event loop: the wait for the audit commit yields, so
-        concurrent requests share one audit transaction."""
-        outcome = self._judge_request(session_id, authorization, resources)
+        """``release_request`` for the event loop: policy evaluations the memo does not hold
+        run on the policy threads (never on the loop), and the wait for the audit commit
+        yields, so concurrent requests share one audit transaction."""
+        if self._reads_off_loop is not None:
+            # a server database: the loop would sit blocked in the round trip (a third of a
+            # worker's time under load, profiled); a thread waits instead, the GIL released
+            loop = asyncio.get_running_loop()
+            attested, paths, snap = await loop.run_in_executor(
+                self._reads_off_loop, self._read_request, session_id, authorization, resources
+            )
+        else:
+            attested, paths, snap = self._read_request(session_id, authorization, resources)
+        outcome = self._judge(attested, paths, snap, evaluate=False)
+        if isinstance(outcome, _Pending):
+            decided, finished = await self.policy_runner.decide(outcome.work, attested.claims)
+            digest = attested.digest()
+            for key in finished:
+                pol, rules = outcome.work[key]
+                self._remember(pol, digest, rules, decided[key])
+            outcome = self._judge(attested, paths, snap, decided=decided)
+            assert isinstance(outcome, _Outcome)
         await self.audit_log.append_async(outcome.entry)
         self._notify(outcome.entry, outcome.n_keys)
         return outcome.result()
@@ -1000,20 +1249,31 @@ class Broker:
         """KEKs for *resources* (all or nothing), each allowed by its key's policy."""
         paths = self._parse_paths(list(resources))
         outcome = self._judge(attested, paths, self.store.release_snapshot([p.key_id for p in paths]))
+        assert isinstance(outcome, _Outcome)
         self.audit_log.append(outcome.entry)
         self._notify(outcome.entry, outcome.n_keys)
         return outcome.result()[1]
 
     def _judge(
-        self, attested: Attested, paths: list[packets.ResourcePath], snap: ReleaseSnapshot
-    ) -> _Outcome:
+        self,
+        attested: Attested,
+        paths: list[packets.ResourcePath],
+        snap: ReleaseSnapshot,
+        *,
+        evaluate: bool = True,
+        decided: Mapping[tuple[str, str], policy.Decision] | None = None,
+    ) -> _Outcome | _Pending:
+        """The outcome of a release, or (``evaluate=False``) the policy evaluations it waits on.
+
+        *decided* holds decisions made elsewhere, keyed by (policy digest, tenant).
+        """
         names = [str(p) for p in paths]
         claims = attested.claims
         measurement = str(claims.get("measurement", ""))
         tenants = {p.tenant for p in paths}
         audit_tenant = next(iter(tenants)) if len(tenants) == 1 else None
 
-        def deny(exc: LayersealError) -> _Outcome:
+        def deny(exc: LayersealError, audit_reason: str | None = None) -> _Outcome:
             entry = self._audit_entry(
                 "release",
                 "deny",
@@ -1022,7 +1282,7 @@ class Broker:
                 actor=attested.subject,
                 evidence_digest=attested.evidence_digest,
                 measurement=measurement,
-                reason=str(exc),
+                reason=audit_reason or str(exc),
             )
             return _Outcome(attested, None, exc, entry, len(names))
 
@@ -1052,6 +1312,8 @@ class Broker:
                 )
             chosen.append((p, row, ver.version, ver.sealed_kek))
         digest = attested.digest()
+        judged: list[tuple[packets.ResourcePath, str | None, policy.Decision]] = []
+        pending: dict[tuple[str, str], tuple[policy.Policy, TenantRules]] = {}
         for p, row, _version, _sealed in chosen:
             rules = snap.rules[row.tenant]
             doc = (
@@ -1060,10 +1322,28 @@ class Broker:
                 or rules.policies.get(("tenant", ""))
             )
             pol = policy.DEFAULT_POLICY if doc is None else self._policy(doc)
-            decision = self._decide(pol, claims, digest, rules)
+            decision = self._cached_decision(pol, digest, rules)
+            if decision is None and decided is not None:
+                decision = decided.get((pol.digest, row.tenant))
+            if decision is None:
+                if not evaluate:
+                    pending[(pol.digest, row.tenant)] = (pol, rules)
+                    continue
+                decision = policy.evaluate(pol, claims, rules.refvalues)
+                self._remember(pol, digest, rules, decision)
+            judged.append((p, doc, decision))
+        if pending:
+            return _Pending(pending)
+        for p, doc, decision in judged:
             if not decision.allowed:
                 source = "default policy" if doc is None else "policy"
-                return deny(PolicyDeniedError(f"resource {p}: {source} denied release: {decision.reason}"))
+                # the client learns which condition failed, not the policy's contents (operands
+                # such as measurement lists) nor the observed values: those go to the audit log
+                failed = ", ".join(decision.conditions) or "no condition holds"
+                return deny(
+                    PolicyDeniedError(f"resource {p}: {source} denied release: failed {failed}"),
+                    f"resource {p}: {source} denied release: {decision.reason}",
+                )
         keks = {
             str(p): self.custody.unseal(sealed, record_aad("kek", row.key_id, version))
             for p, row, version, sealed in chosen

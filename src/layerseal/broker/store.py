@@ -46,6 +46,7 @@ class ApiTokenRow:
     description: str
     created_at: float
     revoked_at: float | None
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,7 @@ class Store:
                     description=row.description,
                     created_at=row.created_at,
                     revoked_at=None,
+                    expires_at=row.expires_at,
                 )
             )
 
@@ -262,6 +264,7 @@ class Store:
             r.description,
             r.created_at,
             r.revoked_at,
+            r.expires_at,
         )
 
     def list_api_tokens(self, tenant: str | None) -> list[ApiTokenRow]:
@@ -272,7 +275,14 @@ class Store:
             rows = conn.execute(q).all()
         return [
             ApiTokenRow(
-                r.token_id, r.tenant, tuple(r.scopes.split()), "", r.description, r.created_at, r.revoked_at
+                r.token_id,
+                r.tenant,
+                tuple(r.scopes.split()),
+                "",
+                r.description,
+                r.created_at,
+                r.revoked_at,
+                r.expires_at,
             )
             for r in rows
         ]
@@ -622,7 +632,9 @@ class Store:
         with self.engine.begin() as conn:
             return int(conn.execute(q).scalar_one())
 
-    def insert_session(self, session_id: str, client: str, tee: str, nonce: str, expires_at: float) -> None:
+    def insert_session(
+        self, session_id: str, client: str, tee: str, nonce: str, expires_at: float, *, state: str = "pending"
+    ) -> None:
         with self.engine.begin() as conn:
             conn.execute(
                 insert(S.sessions).values(
@@ -630,11 +642,19 @@ class Store:
                     client=client,
                     tee=tee,
                     nonce=nonce,
-                    state="pending",
+                    state=state,
                     created_at=self.clock(),
                     expires_at=expires_at,
                 )
             )
+
+    def claim_session(self, session_id: str, client: str, tee: str, nonce: str, expires_at: float) -> bool:
+        """Record a challenge's nonce as used (state 'verifying'); False if it was already."""
+        try:
+            self.insert_session(session_id, client, tee, nonce, expires_at, state="verifying")
+        except SAIntegrityError:
+            return False
+        return True
 
     def purge_expired(self, now: float) -> int:
         with self.engine.begin() as conn:

@@ -9,6 +9,8 @@ import os
 import socket
 import ssl
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +86,10 @@ def _serve(args: argparse.Namespace) -> int:
             workers=args.workers,
             db_pool_size=args.db_pool_size,
             console=args.console,
-            config=BrokerConfig(token_ttl=args.token_ttl, session_ttl=args.session_ttl),
+            trusted_proxies=tuple(args.trusted_proxy or ()),
+            config=BrokerConfig(
+                token_ttl=args.token_ttl, session_ttl=args.session_ttl, allow_sample_tee=args.allow_sample_tee
+            ),
         )
     )
     return 0
@@ -184,10 +189,49 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> int:
     return 0
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_expires(text: str, now: float) -> float:
+    """``--expires``: a duration (``90m``, ``12h``, ``30d``) or a UTC date/time (ISO 8601)."""
+    if len(text) > 1 and text[-1] in _UNITS and text[:-1].isdigit():
+        return now + int(text[:-1]) * _UNITS[text[-1]]
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadInputError(
+            f"--expires: expected a duration like 30d, 12h, 90m or a date like 2027-01-31, seen {text!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def _when(epoch: float | None) -> str:
+    return "never" if epoch is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
 def _token_create(args: argparse.Namespace) -> int:
+    expires = None if args.expires is None else parse_expires(args.expires, time.time())
     with _client(args) as c:
-        token_id, token = c.create_token(args.tenant, args.scope, description=args.description)
-    return _print(args, {"token_id": token_id, "token": token}, f"token {token_id} (shown once): {token}")
+        token_id, token = c.create_token(
+            args.tenant, args.scope, description=args.description, expires_at=expires
+        )
+    text = f"token {token_id} (shown once, expires {_when(expires)}): {token}"
+    return _print(args, {"token_id": token_id, "token": token, "expires_at": expires}, text)
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        tokens = c.list_tokens()
+    lines = [f"{'TOKEN':<18} {'TENANT':<16} {'STATUS':<8} {'EXPIRES':<21} SCOPES"]
+    for t in tokens:
+        status = "revoked" if t["revoked"] else "expired" if t.get("expired") else "active"
+        lines.append(
+            f"{t['token_id']:<18} {t['tenant']:<16} {status:<8} {_when(t.get('expires_at')):<21} "
+            + " ".join(t["scopes"])
+        )
+    return _print(args, tokens, "\n".join(lines))
 
 
 def _policy_set(args: argparse.Namespace) -> int:
@@ -330,6 +374,18 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="serve the operator console at /console (sign in with an admin or tenant API token)",
     )
+    serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        metavar="ADDRESS",
+        help="repeatable: a reverse proxy address (or CIDR) whose X-Forwarded-For names the client; "
+        "from any other peer the header is ignored",
+    )
+    serve.add_argument(
+        "--allow-sample-tee",
+        action="store_true",
+        help="DEVELOPMENT ONLY: accept unsigned 'sample' TEE evidence (logged loudly at start)",
+    )
     serve.set_defaults(func=_serve)
 
     audit_sub = _group(sub, "audit", "audit log tools")
@@ -362,8 +418,14 @@ def register(subparsers: Any) -> None:
         "--scope", action="append", required=True, help="repeatable: keys:write, keys:read, ..."
     )
     create.add_argument("--description", default="")
+    create.add_argument(
+        "--expires", help="the token stops working after a duration (30d, 12h, 90m) or at a UTC date/time"
+    )
     _with_http(create)
     create.set_defaults(func=_token_create)
+    tlist = token_sub.add_parser("list", help="list API tokens with status and expiry (admin)")
+    _with_http(tlist)
+    tlist.set_defaults(func=_token_list)
 
     policy_sub = _group(sub, "policy", "release policies")
     pset = policy_sub.add_parser("set", help="set a release policy from a JSON file ('-' = stdin)")

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from layerseal.broker.policy import DEFAULT_POLICY, Policy, evaluate
+from layerseal.broker.policy import DEFAULT_POLICY, POLICY_BUDGET, Policy, evaluate
 from layerseal.errors import BadInputError
 
 M = "ab" * 48
@@ -96,3 +96,31 @@ def test_digest_is_stable_and_content_sensitive() -> None:
     a = pol({"claim": "svn", "greaterOrEquals": 1})
     assert a.digest == pol({"claim": "svn", "greaterOrEquals": 1}).digest
     assert a.digest != pol({"claim": "svn", "greaterOrEquals": 2}).digest
+
+
+NESTED = "[1,2,3,4,5,6,7,8,9,10]"
+# five nested comprehensions in 159 characters: about 10^5 element visits
+FREEZER = (
+    f"{NESTED}.all(a, {NESTED}.all(b, {NESTED}.all(c, {NESTED}.all(d, {NESTED}.all(e, a+b+c+d+e > 0)))))"
+)
+
+
+def test_policy_over_the_cost_budget_is_refused_naming_the_budget() -> None:
+    with pytest.raises(BadInputError) as info:
+        pol({"cel": FREEZER})
+    assert "budget" in str(info.value) and str(POLICY_BUDGET) in str(info.value)
+    # one level of the same comprehension is cheap and accepted
+    assert evaluate(pol({"cel": f"{NESTED}.all(a, a > 0)"}), CLAIMS, {}).allowed
+
+
+def test_regular_expressions_are_refused_their_cost_is_unbounded() -> None:
+    with pytest.raises(BadInputError, match="matches"):
+        pol({"cel": "claims.measurement.matches('^(a|a)*b$')"})
+
+
+def test_evaluation_stops_at_the_step_budget_when_claims_are_larger_than_estimated() -> None:
+    # statically cheap (one comprehension over a claim), but the claim holds 20,000 items
+    p = pol({"cel": "claims.big.all(x, x >= 0 && x < 100000)"})
+    decision = evaluate(p, {**CLAIMS, "big": list(range(20000))}, {})
+    assert not decision.allowed
+    assert "budget" in decision.reason
