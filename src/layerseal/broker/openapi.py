@@ -221,6 +221,62 @@ def openapi_document() -> dict[str, Any]:
                     ],
                 )
             },
+            "/api/v1/console/audit": {
+                "get": _op(
+                    "Audit timeline as the console shows it (filters; denials with their failing condition)",
+                    params=[
+                        _TENANT_Q,
+                        *(
+                            _query(name, description)
+                            for name, description in (
+                                ("repository", "OCI repository name"),
+                                ("key", "key id or kid"),
+                                ("platform", "platform fingerprint or TEE kind"),
+                                ("outcome", "ok or deny"),
+                                ("action", "audit action, e.g. release or attest"),
+                                ("since", "ISO-8601 time or epoch seconds"),
+                                ("until", "ISO-8601 time or epoch seconds"),
+                                ("before", "paging cursor from the previous page"),
+                            )
+                        ),
+                        _query(
+                            "limit", "rows per page: 100, 1000 or 10000", {"type": "integer", "minimum": 1}
+                        ),
+                    ],
+                )
+            },
+            "/api/v1/console/audit/{entry}": {
+                "get": _op(
+                    "One audit entry with the claims it judged (admins and its own tenant)",
+                    params=[_path("entry", "audit entry id", {"type": "integer", "minimum": 0})],
+                )
+            },
+            "/api/v1/console/images": {
+                "get": _op(
+                    "Keys per repository and layer: versions, status, releases, unused keys",
+                    params=[_TENANT_Q, _query("repository", "OCI repository name")],
+                )
+            },
+            "/api/v1/console/platforms": {
+                "get": _op("Platforms (admin) and reference values", params=[_TENANT_Q])
+            },
+            "/api/v1/console/policies": {"get": _op("Release policies as stored", params=[_TENANT_Q])},
+            "/api/v1/console/activity": {
+                "get": _op(
+                    "Releases and denials over time, release latency",
+                    params=[
+                        _TENANT_Q,
+                        _query("since", "ISO-8601 time or epoch seconds"),
+                        _query("until", "ISO-8601 time or epoch seconds"),
+                    ],
+                )
+            },
+            "/api/v1/policies/dry-run": {
+                "post": _op(
+                    "Evaluate a policy (not stored) against a recorded attestation or given claims",
+                    body="DryRun",
+                )
+            },
             "/healthz": {"get": _plain("Liveness: the process answers")},
             "/readyz": {"get": _plain("Readiness: the database answers (503 problem while it does not)")},
             "/metrics": {"get": _plain("Prometheus metrics", "text/plain")},
@@ -346,6 +402,16 @@ def openapi_document() -> dict[str, Any]:
                         },
                         "description": {"type": "string"},
                         "expires_at": {"type": "number", "description": "epoch seconds; absent: never"},
+                    },
+                },
+                "DryRun": {
+                    "type": "object",
+                    "required": ["policy"],
+                    "properties": {
+                        "tenant": {"type": "string"},
+                        "policy": {"type": "object"},
+                        "audit_entry": {"type": "integer", "minimum": 0},
+                        "claims": {"type": "object"},
                     },
                 },
                 "RevokeAttestation": {
