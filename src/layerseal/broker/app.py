@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from layerseal.broker import admin
 from layerseal.broker.metrics import Metrics
 from layerseal.broker.openapi import openapi_document
 from layerseal.broker.problems import RateLimitedError, problem, status_of
@@ -303,14 +304,28 @@ def create_app(
         tenant = body.get("tenant")
         if not isinstance(tenant, str):
             raise BadInputError("token request: field 'tenant': expected a string")
+        expires_in = admin.parse_expires_in(body.get("expires_in"))
         token_id, token = broker.create_api_token(
             who, tenant, body.get("scopes"), str(body.get("description", ""))
         )
-        return JSONResponse({"token_id": token_id, "token": token}, status_code=201)
+        expires_at = None if expires_in is None else broker.clock() + expires_in
+        if expires_at is not None:
+            admin.set_token_expiry(broker.store, token_id, expires_at)
+        return JSONResponse({"token_id": token_id, "token": token, "expires_at": expires_at}, status_code=201)
 
     @endpoint("tokens_list")
     async def tokens_list(request: Request) -> Response:
-        return JSONResponse({"tokens": broker.list_api_tokens(principal(request))})
+        return JSONResponse({"tokens": admin.token_views(broker, principal(request))})
+
+    @endpoint("tokens_get")
+    async def tokens_get(request: Request) -> Response:
+        return JSONResponse(admin.token_view(broker, principal(request), request.path_params["token_id"]))
+
+    @endpoint("tokens_delete")
+    async def tokens_delete(request: Request) -> Response:
+        # tokens are revoked, never erased: the audit log keeps naming them
+        broker.revoke_api_token(principal(request), request.path_params["token_id"])
+        return Response(status_code=204)
 
     @endpoint("tokens_revoke")
     async def tokens_revoke(request: Request) -> Response:
@@ -331,12 +346,7 @@ def create_app(
     @endpoint("audit_list")
     async def audit_list(request: Request) -> Response:
         who = principal(request)
-        entries = broker.audit_entries(
-            who,
-            request.query_params.get("tenant"),
-            _int_param(request, "after", 0),
-            _int_param(request, "limit", 1000),
-        )
+        entries = admin.search_audit(broker, who, dict(request.query_params))
         return JSONResponse({"entries": entries})
 
     # ------------------------------------------------------------------ operations
@@ -396,6 +406,8 @@ def create_app(
         Route("/api/v1/tokens", tokens_create, methods=["POST"]),
         Route("/api/v1/tokens", tokens_list, methods=["GET"]),
         Route("/api/v1/tokens/{token_id}/revoke", tokens_revoke, methods=["POST"]),
+        Route("/api/v1/tokens/{token_id}", tokens_get, methods=["GET"]),
+        Route("/api/v1/tokens/{token_id}", tokens_delete, methods=["DELETE"]),
         Route("/api/v1/attestation-tokens/revoke", attestation_revoke, methods=["POST"]),
         Route("/api/v1/audit", audit_list, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

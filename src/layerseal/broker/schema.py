@@ -177,3 +177,13 @@ policy_generations = Table(
     Column("tenant", String(64), primary_key=True),
     Column("generation", BigInteger, nullable=False),
 )
+
+# Per API token: an optional expiry and the last time it authenticated (written at most
+# once a minute per token, so a busy publisher does not turn reads into writes).
+api_token_meta = Table(
+    "api_token_meta",
+    metadata,
+    Column("token_id", String(32), primary_key=True),
+    Column("expires_at", Float),
+    Column("last_used_at", Float),
+)

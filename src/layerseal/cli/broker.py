@@ -162,7 +162,7 @@ def _with_master_key(p: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from layerseal.broker.client import PublisherClient
+    from layerseal.broker.adminclient import AdminClient
 
     token = args.token or os.environ.get(TOKEN_ENV)
     if args.token_file:
@@ -172,7 +172,7 @@ def _client(args: argparse.Namespace) -> Any:
     if args.ca:
         read_key_file(args.ca, "--ca")
     try:
-        return PublisherClient(args.url, token, verify=args.ca or True)
+        return AdminClient(args.url, token, verify=args.ca or True)
     except ssl.SSLError as exc:
         raise BadInputError(f"--ca {args.ca}: expected PEM CA certificates, seen {exc.reason}") from exc
 
@@ -183,9 +183,15 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> int:
 
 
 def _token_create(args: argparse.Namespace) -> int:
+    from layerseal.cli.broker_admin import parse_duration
+
+    expires_in = parse_duration(args.expires_in) if args.expires_in else None
     with _client(args) as c:
-        token_id, token = c.create_token(args.tenant, args.scope, description=args.description)
-    return _print(args, {"token_id": token_id, "token": token}, f"token {token_id} (shown once): {token}")
+        result = c.create_token_expiring(
+            args.tenant, args.scope, description=args.description, expires_in=expires_in
+        )
+    text = f"token {result['token_id']} (shown once): {result['token']}"
+    return _print(args, result, text)
 
 
 def _policy_set(args: argparse.Namespace) -> int:
@@ -322,6 +328,7 @@ def register(subparsers: Any) -> None:
         "--scope", action="append", required=True, help="repeatable: keys:write, keys:read, ..."
     )
     create.add_argument("--description", default="")
+    create.add_argument("--expires-in", help="lifetime: 3600, 12h, 30d, 2w (default: until revoked)")
     _with_http(create)
     create.set_defaults(func=_token_create)
 
@@ -348,6 +355,11 @@ def register(subparsers: Any) -> None:
     preg.add_argument("--description", default="")
     _with_http(preg)
     preg.set_defaults(func=_platform_register)
+
+    from layerseal.cli.broker_admin import register_admin
+
+    groups = {"token": token_sub, "policy": policy_sub, "refvalues": refv_sub, "platform": plat_sub}
+    register_admin({**groups, "audit": audit_sub}, _client, _with_http)
 
     keys_sub = _group(sub, "keys", "layer keys")
     klist = keys_sub.add_parser("list", help="list keys")
