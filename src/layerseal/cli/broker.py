@@ -360,6 +360,9 @@ def register(subparsers: Any) -> None:
 
     groups = {"token": token_sub, "policy": policy_sub, "refvalues": refv_sub, "platform": plat_sub}
     register_admin({**groups, "audit": audit_sub}, _client, _with_http)
+    from layerseal.cli.broker_ops import register_ops
+
+    register_ops(sub)
 
     keys_sub = _group(sub, "keys", "layer keys")
     klist = keys_sub.add_parser("list", help="list keys")
