@@ -109,7 +109,7 @@ def test_backup_while_serving_restores_into_fresh_db_and_keys_release(
             for b in d.brokers:
                 b.kill()
 
-    lines = [json.loads(x) for x in gzip.open(out).read().splitlines()]
+    lines = [json.loads(x) for x in gzip.decompress(out.read_bytes()).splitlines()]
     counted = {t: sum(1 for x in lines[1:-1] if x["t"] == t) for t in lines[-1]["rows"]}
     assert counted == lines[-1]["rows"]  # the trailer's counts are the rows written
 
@@ -150,7 +150,7 @@ def test_damaged_or_truncated_backup_is_refused(tmp_path: Path, sim_platform_dir
         ).returncode
         == 0
     )
-    lines = gzip.open(out).read().splitlines()
+    lines = gzip.decompress(out.read_bytes()).splitlines()
     cut = tmp_path / "cut.backup"
     cut.write_bytes(gzip.compress(b"\n".join(lines[:-3]) + b"\n"))
     r = cli("restore", "--db", str(tmp_path / "x.db"), "--master-key-file", str(tmp_path / "x.key"), str(cut))
