@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from layerseal.cli import broker_env
+from layerseal.cli.broker_env import TOKEN_ENV
 from layerseal.cli.common import read_key_file
 from layerseal.errors import BadInputError, NotFoundError
-
-TOKEN_ENV = "LAYERSEAL_BROKER_TOKEN"  # noqa: S105 -- an env variable name
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -62,6 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     host, port = _listen(args.listen)
     _check_tls_files(args.tls_cert, args.tls_key)
+    key_file, token_file = _serve_files(args)
     _check_port(host, port)
     serve(
         ServeOptions(
@@ -70,12 +71,12 @@ def _serve(args: argparse.Namespace) -> int:
             port=port,
             tls_cert=Path(args.tls_cert) if args.tls_cert else None,
             tls_key=Path(args.tls_key) if args.tls_key else None,
-            master_key_file=Path(args.master_key_file) if args.master_key_file else None,
+            master_key_file=key_file,
             master_key_uri=args.master_key,
             snp_vcek_cache=Path(args.snp_vcek_cache) if args.snp_vcek_cache else None,
             snp_crl=Path(args.snp_crl) if args.snp_crl else None,
             tdx_collateral=Path(args.tdx_collateral) if args.tdx_collateral else None,
-            admin_token_file=Path(args.admin_token_file) if args.admin_token_file else None,
+            admin_token_file=token_file,
             log_level=args.log_level,
             auth_rate=args.auth_rate,
             auth_burst=args.auth_burst,
@@ -86,6 +87,25 @@ def _serve(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _serve_files(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    """The master key file and admin token file a broker uses: the key beside a SQLite
+    database unless named; for PostgreSQL it must be named (or be in the environment or a
+    token).  The admin token goes beside the key file unless named."""
+    from layerseal.broker.masterkey import ENV_VAR
+    from layerseal.broker.server import default_master_key_file
+
+    key_file = Path(args.master_key_file) if args.master_key_file else default_master_key_file(args.db)
+    if key_file is None and args.master_key is None and not os.environ.get(ENV_VAR):
+        raise BadInputError(
+            f"--master-key-file: expected a master key file for a PostgreSQL broker (a database URL has "
+            f"no directory to keep it beside), seen none; or ${broker_env.MASTER_KEY_FILE_ENV}, "
+            f"${ENV_VAR} or --master-key pkcs11:..."
+        )
+    if args.admin_token_file:
+        return key_file, Path(args.admin_token_file)
+    return key_file, None if key_file is None else broker_env.admin_token_beside(key_file)
 
 
 def _existing_db(db: str) -> None:
@@ -153,11 +173,19 @@ def _audit_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _with_master_key(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", required=True, help="SQLite path/URL or postgresql://...")
+    db = os.environ.get(broker_env.DB_ENV)
+    p.add_argument(
+        "--db",
+        required=db is None,
+        default=db,
+        help=f"SQLite path/URL or postgresql://... (${broker_env.DB_ENV})",
+    )
     p.add_argument(
         "--master-key-file",
+        default=broker_env.default_master_key_file(),
         help="master key file (default: beside a SQLite database); or $LAYERSEAL_MASTER_KEY",
     )
+    broker_env.with_epilog(p, broker_env.SERVER_ENV)
     p.add_argument("--master-key", help="master key in a PKCS#11 token (pkcs11: URI, as for serve)")
 
 
@@ -189,6 +217,17 @@ def _token_create(args: argparse.Namespace) -> int:
     with _client(args) as c:
         result = c.create_token_expiring(
             args.tenant, args.scope, description=args.description, expires_in=expires_in
+        )
+    if args.out:
+        from layerseal.broker.masterkey import write_private_file_once
+
+        if not write_private_file_once(Path(args.out), result["token"] + "\n"):
+            raise BadInputError(f"--out {args.out}: expected a new file, seen an existing one")
+        shown = {k: v for k, v in result.items() if k != "token"}
+        return _print(
+            args,
+            {**shown, "token_file": args.out},
+            f"token {result['token_id']} written to {args.out} (0600)",
         )
     text = f"token {result['token_id']} (shown once): {result['token']}"
     return _print(args, result, text)
@@ -230,7 +269,12 @@ def _keys_list(args: argparse.Namespace) -> int:
 
 
 def _with_http(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=os.environ.get("LAYERSEAL_BROKER_URL", "http://127.0.0.1:8080"))
+    p.add_argument(
+        "--url",
+        default=os.environ.get(broker_env.URL_ENV, broker_env.DEFAULT_URL),
+        help=f"broker URL (${broker_env.URL_ENV}; default {broker_env.DEFAULT_URL})",
+    )
+    broker_env.with_epilog(p, broker_env.CLIENT_ENV)
     p.add_argument("--token-file", help="file holding an API token")
     p.add_argument("--token", help=argparse.SUPPRESS)
     p.add_argument("--ca", help="CA bundle to verify the broker's TLS certificate")
@@ -250,13 +294,25 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="broker_command", metavar="ACTION")
     sub.required = True
 
-    serve = sub.add_parser("serve", help="run the broker")
-    serve.add_argument("--db", default="layerseal-broker.db", help="SQLite path/URL or postgresql://...")
-    serve.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT")
+    serve = sub.add_parser(
+        "serve",
+        help="run the broker (plain HTTP on 127.0.0.1:8080 unless --listen/--tls-*)",
+        epilog=broker_env.SERVER_ENV,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--db",
+        default=broker_env.default_db(),
+        help=f"SQLite path/URL or postgresql://... (${broker_env.DB_ENV})",
+    )
+    serve.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
     serve.add_argument("--tls-cert")
     serve.add_argument("--tls-key")
     serve.add_argument(
-        "--master-key-file", help="master key (0600, created if missing); or $LAYERSEAL_MASTER_KEY"
+        "--master-key-file",
+        default=broker_env.default_master_key_file(),
+        help=f"master key (0600, created if missing; ${broker_env.MASTER_KEY_FILE_ENV}); "
+        "or $LAYERSEAL_MASTER_KEY",
     )
     serve.add_argument(
         "--master-key",
@@ -270,7 +326,10 @@ def register(subparsers: Any) -> None:
         "a CRL past its nextUpdate refuses all evidence of its generation",
     )
     serve.add_argument("--tdx-collateral", help="directory of Intel TDX TCB info collateral")
-    serve.add_argument("--admin-token-file", help="admin token file (created 0600 if missing)")
+    serve.add_argument(
+        "--admin-token-file",
+        help="admin token file (created 0600 if missing; default: beside the master key file)",
+    )
     serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     serve.add_argument(
         "--workers",
@@ -328,6 +387,7 @@ def register(subparsers: Any) -> None:
         "--scope", action="append", required=True, help="repeatable: keys:write, keys:read, ..."
     )
     create.add_argument("--description", default="")
+    create.add_argument("--out", help="write the token to this new file (0600) instead of printing it")
     create.add_argument("--expires-in", help="lifetime: 3600, 12h, 30d, 2w (default: until revoked)")
     _with_http(create)
     create.set_defaults(func=_token_create)

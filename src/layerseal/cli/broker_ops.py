@@ -10,10 +10,6 @@ from typing import Any
 
 from layerseal.errors import BadInputError
 
-ENV_HELP = """environment:
-  LAYERSEAL_MASTER_KEY     the master key itself (base64 of 32 bytes), instead of --master-key-file
-  LAYERSEAL_PKCS11_MODULE  PKCS#11 library for --master-key pkcs11:... (default: SoftHSM2's)"""
-
 
 def key_file_of(args: argparse.Namespace) -> Path | None:
     from layerseal.broker.server import default_master_key_file
@@ -110,10 +106,20 @@ def _rotate_master_key(args: argparse.Namespace) -> int:
 
 
 def _db_args(p: argparse.ArgumentParser, *, key: bool = True) -> None:
-    p.add_argument("--db", required=True, help="SQLite path/URL or postgresql://...")
+    from layerseal.cli import broker_env
+
+    db = os.environ.get(broker_env.DB_ENV)
+    p.add_argument(
+        "--db",
+        required=db is None,
+        default=db,
+        help="SQLite path/URL or postgresql://... ($LAYERSEAL_BROKER_DB)",
+    )
+    broker_env.with_epilog(p, broker_env.SERVER_ENV)
     if key:
         p.add_argument(
             "--master-key-file",
+            default=broker_env.default_master_key_file(),
             help="master key file (default: beside a SQLite database; required for PostgreSQL "
             "unless $LAYERSEAL_MASTER_KEY or --master-key)",
         )
@@ -122,7 +128,6 @@ def _db_args(p: argparse.ArgumentParser, *, key: bool = True) -> None:
 
 def register_ops(sub: Any) -> None:
     """Add migrate, backup, restore and master-key to ``broker``."""
-    fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser(
         "migrate", help="bring the database schema to this version (serve also does it at start)"
     )
@@ -132,8 +137,6 @@ def register_ops(sub: Any) -> None:
     p = sub.add_parser(
         "backup",
         help="consistent backup of the database and master key, safe while brokers serve",
-        epilog=ENV_HELP,
-        formatter_class=fmt,
     )
     _db_args(p)
     p.add_argument("--out", required=True, help="backup file to create (mode 0600)")
@@ -145,8 +148,6 @@ def register_ops(sub: Any) -> None:
     p = sub.add_parser(
         "restore",
         help="restore a backup into an empty database (SQLite or PostgreSQL)",
-        epilog=ENV_HELP,
-        formatter_class=fmt,
     )
     _db_args(p)
     p.add_argument("backup", help="file written by 'broker backup'")
@@ -158,11 +159,13 @@ def register_ops(sub: Any) -> None:
     p = actions.add_parser(
         "rotate",
         help="new master key; every sealed key and secret resealed in one transaction (crash-safe)",
-        epilog=ENV_HELP,
-        formatter_class=fmt,
     )
     _db_args(p, key=False)
-    p.add_argument("--master-key-file", help="the key file to rotate (default: beside a SQLite database)")
+    p.add_argument(
+        "--master-key-file",
+        default=os.environ.get("LAYERSEAL_MASTER_KEY_FILE") or None,
+        help="the key file to rotate (default: beside a SQLite database; $LAYERSEAL_MASTER_KEY_FILE)",
+    )
     p.add_argument(
         "--drop-retired",
         action="store_true",
