@@ -108,14 +108,25 @@ def openapi_document() -> dict[str, Any]:
             },
             "/api/v1/platforms/{fingerprint}": {"delete": _op("Unregister a platform (admin)", ok="204")},
             "/api/v1/tokens": {
-                "post": _op("Create an API token (admin)", ok="201"),
+                "post": _op(
+                    "Create an API token: tenant, scopes, description, expires_in s (admin)", ok="201"
+                ),
                 "get": _op("List API tokens (admin)"),
             },
             "/api/v1/tokens/{token_id}/revoke": {"post": _op("Revoke an API token (admin)", ok="204")},
+            "/api/v1/tokens/{token_id}": {
+                "get": _op("One API token: status, scopes, expires_at, last_used_at (admin)"),
+                "delete": _op("Revoke an API token; it stays listed as revoked (admin)", ok="204"),
+            },
             "/api/v1/attestation-tokens/revoke": {
                 "post": _op("Revoke an attestation JWT {token} or {jti} (admin)")
             },
-            "/api/v1/audit": {"get": _op("Audit log entries (query: tenant, after, limit)")},
+            "/api/v1/audit": {
+                "get": _op(
+                    "Audit log entries (query: tenant, key, repository, outcome ok|deny, action, "
+                    "since, until as ISO-8601 or epoch seconds, after, limit)"
+                )
+            },
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
             "/.well-known/jwks.json": {
                 "get": {
