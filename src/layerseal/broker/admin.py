@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from layerseal.broker import refcheck
 from layerseal.broker import schema as S
+from layerseal.broker.database import READONLY_OPTION
 from layerseal.broker.policy import Policy
 from layerseal.broker.problems import UnauthenticatedError
 from layerseal.errors import BadInputError, NotFoundError
@@ -61,16 +63,27 @@ def _meta(store: Store) -> dict[str, tuple[float | None, float | None]]:
 def check_token_use(store: Store, token_id: str, now: float) -> None:
     """Refuse an expired token; note its use (at most once a minute, one short write)."""
     t = S.api_token_meta
+    # the read takes no write lock (SQLite writers start with BEGIN IMMEDIATE)
+    with store.engine.connect() as conn:
+        conn = conn.execution_options(**{READONLY_OPTION: True})
+        with conn.begin():
+            row = conn.execute(
+                select(t.c.expires_at, t.c.last_used_at).where(t.c.token_id == token_id)
+            ).first()
+    if row is not None and row.expires_at is not None and row.expires_at <= now:
+        raise UnauthenticatedError(
+            f"API token {token_id}: expected unexpired, seen expired at {iso(row.expires_at)}"
+        )
+    if row is not None and row.last_used_at is not None and now - row.last_used_at < LAST_USE_RESOLUTION:
+        return
     with store.engine.begin() as conn:
-        row = conn.execute(select(t.c.expires_at, t.c.last_used_at).where(t.c.token_id == token_id)).first()
-        if row is not None and row.expires_at is not None and row.expires_at <= now:
-            raise UnauthenticatedError(
-                f"API token {token_id}: expected unexpired, seen expired at {iso(row.expires_at)}"
-            )
-        if row is None:
-            conn.execute(insert(t).values(token_id=token_id, expires_at=None, last_used_at=now))
-        elif row.last_used_at is None or now - row.last_used_at >= LAST_USE_RESOLUTION:
-            conn.execute(update(t).where(t.c.token_id == token_id).values(last_used_at=now))
+        done = conn.execute(update(t).where(t.c.token_id == token_id).values(last_used_at=now))
+        if done.rowcount == 0:
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(t).values(token_id=token_id, expires_at=None, last_used_at=now))
+            except IntegrityError:
+                pass  # another request of the same token inserted it first: its time will do
 
 
 def iso(epoch: float | None) -> str | None:
