@@ -233,3 +233,50 @@ def test_master_key_rotation_survives_a_failure_midway(
     assert r.returncode != 0 and "different master key" in (r.stdout + r.stderr)
     for c in d.clients:
         c.close()
+
+
+def test_master_key_rotation_killed_by_sigkill_leaves_a_usable_state(
+    tmp_path: Path, sim_platform_dir: Path
+) -> None:
+    """A real SIGKILL of ``master-key rotate`` as soon as the key file changed (whatever the
+    reseal transaction had done by then): brokers start and release, and a rerun finishes."""
+    import signal
+    import time
+
+    db = str(tmp_path / "k.db")
+    key_file = tmp_path / "master.key"
+    d = deploy(db, tmp_path, sim_platform_dir)
+    opts = [optsdata() for _ in range(20)]
+    packets = [
+        d.acme.create_layer_key("registry.local/app", f"sha256:{i:064x}", o) for i, o in enumerate(opts)
+    ]
+    for b in d.brokers:
+        b.kill()
+    old = key_file.read_text()
+    env = {k: v for k, v in os.environ.items() if k != "LAYERSEAL_MASTER_KEY"}
+    cmd = [sys.executable, "-m", "layerseal.cli.main", "broker", "master-key", "rotate", "--db", db]
+    proc = subprocess.Popen([*cmd, "--master-key-file", str(key_file)], env=env)
+    deadline = time.monotonic() + 60
+    while key_file.read_text() == old and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert key_file.read_text() != old  # the key file was replaced whole, never half-written
+    assert old.strip() in key_file.read_text().split()
+    broker = start_broker(db, tmp_path, master_key_file=key_file, admin_token_file=tmp_path / "admin.token")
+    try:
+        keks = release(broker.url, d, packets)
+        assert [unwrap_key_packet(p, keks[json.loads(p)["kid"]]) for p in packets] == opts
+    finally:
+        broker.kill()
+    r = cli("master-key", "rotate", "--db", db, "--master-key-file", str(key_file), "--drop-retired")
+    assert r.returncode == 0, r.stderr
+    assert len(key_file.read_text().split()) == 1
+    broker = start_broker(db, tmp_path, master_key_file=key_file, admin_token_file=tmp_path / "admin.token")
+    try:
+        keks = release(broker.url, d, packets)
+        assert len(keks) == len(packets)
+    finally:
+        broker.kill()
+    for c in d.clients:
+        c.close()
