@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import layerseal
 import layerseal.cli
 from layerseal.cli._allocator import tune_allocator
+from layerseal.cli._environment import epilog as environment_epilog
 from layerseal.cli._exits import broken_pipe, describe_os_error, exit_code_of, os_error_status
 from layerseal.errors import LayersealError
 
@@ -49,6 +50,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layerseal",
         description="Keep container images confidential until they run in an attested enclave.",
+        epilog=environment_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("--version", action="version", version=f"layerseal {layerseal.__version__}")
