@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBS := skopeo umoci docker-registry runc openssl busybox-static bubblewrap softhsm2 time buildah golang-go containerd pgbouncer xfsprogs swtpm swtpm-tools tpm2-tools fuse3 chromium chromium-driver
+DEBS := skopeo umoci docker-registry runc openssl busybox-static bubblewrap softhsm2 time buildah golang-go containerd pgbouncer xfsprogs swtpm swtpm-tools tpm2-tools fuse3 chromium chromium-driver jq curl systemd
 
 .PHONY: setup debs demo test lint typecheck unit bench clean
 

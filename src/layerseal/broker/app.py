@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from layerseal.broker import admin
 from layerseal.broker.console import api_routes as console_api_routes
 from layerseal.broker.console import console_routes
 from layerseal.broker.metrics import Metrics
@@ -412,14 +413,31 @@ def create_app(
         tenant = body.get("tenant")
         if not isinstance(tenant, str):
             raise BadInputError("token request: field 'tenant': expected a string")
+        # a lifetime (expires_in, seconds) or a moment (expires_at, epoch seconds), not both
+        expires_in = admin.parse_expires_in(body.get("expires_in"))
+        expires_at = body.get("expires_at")
+        if expires_in is not None:
+            if expires_at is not None:
+                raise BadInputError("token request: expected expires_in or expires_at, seen both")
+            expires_at = broker.clock() + expires_in
         token_id, token = broker.create_api_token(
-            who, tenant, body.get("scopes"), str(body.get("description", "")), body.get("expires_at")
+            who, tenant, body.get("scopes"), str(body.get("description", "")), expires_at
         )
-        return JSONResponse({"token_id": token_id, "token": token}, status_code=201)
+        return JSONResponse({"token_id": token_id, "token": token, "expires_at": expires_at}, status_code=201)
 
     @endpoint("tokens_list")
     async def tokens_list(request: Request) -> Response:
-        return JSONResponse({"tokens": broker.list_api_tokens(principal(request))})
+        return JSONResponse({"tokens": admin.token_views(broker, principal(request))})
+
+    @endpoint("tokens_get")
+    async def tokens_get(request: Request) -> Response:
+        return JSONResponse(admin.token_view(broker, principal(request), request.path_params["token_id"]))
+
+    @endpoint("tokens_delete")
+    async def tokens_delete(request: Request) -> Response:
+        # tokens are revoked, never erased: the audit log keeps naming them
+        broker.revoke_api_token(principal(request), request.path_params["token_id"])
+        return Response(status_code=204)
 
     @endpoint("tokens_revoke")
     async def tokens_revoke(request: Request) -> Response:
@@ -440,12 +458,7 @@ def create_app(
     @endpoint("audit_list")
     async def audit_list(request: Request) -> Response:
         who = principal(request)
-        entries = broker.audit_entries(
-            who,
-            request.query_params.get("tenant"),
-            _int_param(request, "after", 0),
-            _int_param(request, "limit", 1000),
-        )
+        entries = admin.search_audit(broker, who, dict(request.query_params))
         return JSONResponse({"entries": entries})
 
     # ------------------------------------------------------------------ operations
@@ -512,6 +525,8 @@ def create_app(
         Route("/api/v1/tokens", tokens_create, methods=["POST"]),
         Route("/api/v1/tokens", tokens_list, methods=["GET"]),
         Route("/api/v1/tokens/{token_id}/revoke", tokens_revoke, methods=["POST"]),
+        Route("/api/v1/tokens/{token_id}", tokens_get, methods=["GET"]),
+        Route("/api/v1/tokens/{token_id}", tokens_delete, methods=["DELETE"]),
         Route("/api/v1/attestation-tokens/revoke", attestation_revoke, methods=["POST"]),
         Route("/api/v1/audit", audit_list, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

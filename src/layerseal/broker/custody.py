@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -41,14 +42,25 @@ def record_aad(kind: str, record_id: str, version: int = 0) -> bytes:
     return f"layerseal:{kind}:{record_id}:{version}".encode()
 
 
+def master_key_id(master_key: bytes) -> bytes:
+    """The 8-byte id a sealed blob carries of the master key that sealed it."""
+    return hashlib.sha256(b"layerseal master key id\0" + master_key).digest()[:8]
+
+
+def sealed_key_id(sealed: bytes) -> bytes:
+    return bytes(sealed[1:9])
+
+
 class MasterKeyCustody:
     """Envelope encryption under a 32-byte master key held in memory only."""
 
-    def __init__(self, master_key: bytes) -> None:
-        if len(master_key) != 32:
+    def __init__(self, master_key: bytes, *, retired: Sequence[bytes] = ()) -> None:
+        if len(master_key) != 32 or any(len(k) != 32 for k in retired):
             raise MisuseError(f"master key: expected 32 bytes, seen {len(master_key)}")
         self._master = AESGCM(master_key)
-        self.key_id = hashlib.sha256(b"layerseal master key id\0" + master_key).digest()[:8]
+        self.key_id = master_key_id(master_key)
+        # keys retired by a rotation: they still open what was sealed under them, never seal
+        self._retired = {master_key_id(k): AESGCM(k) for k in retired}
 
     def __repr__(self) -> str:
         return f"MasterKeyCustody(key_id={self.key_id.hex()})"
@@ -66,14 +78,15 @@ class MasterKeyCustody:
                 f"sealed key: expected format 1 and >= {_HEADER + 16} bytes, seen {len(sealed)} bytes"
             )
         key_id = sealed[1:9]
-        if key_id != self.key_id:
+        master = self._master if key_id == self.key_id else self._retired.get(key_id)
+        if master is None:
             raise IntegrityError(
                 f"sealed key: expected master key id {self.key_id.hex()}, seen {key_id.hex()} "
                 "(the broker runs with a different master key)"
             )
         n1, wrapped, n2, body = sealed[9:21], sealed[21:69], sealed[69:81], sealed[81:]
         try:
-            data_key = self._master.decrypt(n1, wrapped, aad)
+            data_key = master.decrypt(n1, wrapped, aad)
             return AESGCM(data_key).decrypt(n2, body, aad)
         except InvalidTag as exc:
             raise IntegrityError(

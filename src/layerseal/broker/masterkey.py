@@ -89,7 +89,16 @@ def read_master_key_file(path: Path) -> bytes:
             f"master key file {path}: expected mode 0600 (owner only), seen {oct(mode & 0o777)}; "
             "fix with chmod 600"
         )
-    return _decode(path.read_text(), f"master key file {path}")
+    return key_file_lines(path, f"master key file {path}")[0]
+
+
+def key_file_lines(path: Path, what: str) -> list[bytes]:
+    """Every key of a key file: the first seals, later ones (retired by ``broker master-key
+    rotate``) only open what was sealed under them."""
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise BadInputError(f"{what}: expected base64 of {KEY_SIZE} bytes, seen an empty file")
+    return [_decode(line, what) for line in lines]
 
 
 def load_master_key(
@@ -276,4 +285,10 @@ def open_custody(
         if not uri.startswith(PKCS11_SCHEME):
             raise BadInputError("--master-key: expected a 'pkcs11:' URI, seen another scheme")
         return open_pkcs11_custody(uri, create=create, environ=environ)
-    return MasterKeyCustody(load_master_key(key_file, create=create, environ=environ))
+    key = load_master_key(key_file, create=create, environ=environ)
+    env = os.environ if environ is None else environ
+    if key_file is not None and not env.get(ENV_VAR) and key_file.is_file():
+        retired = key_file_lines(key_file, f"master key file {key_file}")[1:]
+        if retired:
+            return MasterKeyCustody(key, retired=retired)
+    return MasterKeyCustody(key)

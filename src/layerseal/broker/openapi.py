@@ -200,6 +200,17 @@ def openapi_document() -> dict[str, Any]:
                     "Revoke an API token (admin)", ok="204", params=[_path("token_id", "API token id")]
                 )
             },
+            "/api/v1/tokens/{token_id}": {
+                "get": _op(
+                    "One API token: status, scopes, expires_at, last_used_at (admin)",
+                    params=[_path("token_id", "API token id")],
+                ),
+                "delete": _op(
+                    "Revoke an API token; it stays listed as revoked (admin)",
+                    ok="204",
+                    params=[_path("token_id", "API token id")],
+                ),
+            },
             "/api/v1/attestation-tokens/revoke": {
                 "post": _op("Revoke an attestation JWT {token} or {jti} (admin)", body="RevokeAttestation")
             },
@@ -218,6 +229,17 @@ def openapi_document() -> dict[str, Any]:
                             "after", "entries after this sequence number", {"type": "integer", "minimum": 0}
                         ),
                         _query("limit", "at most this many entries", {"type": "integer", "minimum": 1}),
+                        *(
+                            _query(name, description)
+                            for name, description in (
+                                ("key", "key id or kid"),
+                                ("repository", "OCI repository name"),
+                                ("outcome", "ok or deny"),
+                                ("action", "audit action, e.g. release or attest"),
+                                ("since", "ISO-8601 time or epoch seconds"),
+                                ("until", "ISO-8601 time or epoch seconds"),
+                            )
+                        ),
                     ],
                 )
             },
@@ -402,6 +424,11 @@ def openapi_document() -> dict[str, Any]:
                         },
                         "description": {"type": "string"},
                         "expires_at": {"type": "number", "description": "epoch seconds; absent: never"},
+                        "expires_in": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "description": "lifetime in seconds (instead of expires_at)",
+                        },
                     },
                 },
                 "DryRun": {

@@ -190,3 +190,13 @@ attested_claims = Table(
     Column("claims", Text, nullable=False),
     Column("created_at", Float, nullable=False),
 )
+
+# Per API token: an optional expiry and the last time it authenticated (written at most
+# once a minute per token, so a busy publisher does not turn reads into writes).
+api_token_meta = Table(
+    "api_token_meta",
+    metadata,
+    Column("token_id", String(32), primary_key=True),
+    Column("expires_at", Float),
+    Column("last_used_at", Float),
+)

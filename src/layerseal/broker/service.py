@@ -34,7 +34,7 @@ from layerseal.attest import rcar
 from layerseal.attest.claims import Claims, Verifier
 from layerseal.attest.sim import certificate_fingerprint, load_certificate
 from layerseal.attest.verifiers import SUPPORTED_TEES, verifier_for
-from layerseal.broker import packets, policy
+from layerseal.broker import admin, packets, policy
 from layerseal.broker.auditlog import open_audit_committer
 from layerseal.broker.custody import KeyCustody, record_aad
 from layerseal.broker.problems import (
@@ -460,6 +460,7 @@ class Broker:
             raise UnauthenticatedError(
                 f"API token {token_id}: expected unexpired, seen expired at {_utc(row.expires_at)}"
             )
+        admin.check_token_use(self.store, row.token_id, self.clock())
         return Principal(row.token_id, row.tenant, row.scopes)
 
     def create_api_token(
@@ -708,6 +709,7 @@ class Broker:
         principal.require("policy:write", tenant)
         scope, target = self._policy_target(tenant, body.get("scope", "tenant"), body.get("target"))
         parsed = policy.Policy.parse(body.get("policy"))
+        admin.check_policy_for(self, tenant, parsed)
         self.store.put_policy(tenant, scope, target, json.dumps(parsed.document, sort_keys=True))
         self._audit(
             "policy-set",
@@ -782,6 +784,7 @@ class Broker:
         if remove:
             changed = self.store.remove_refvalues(tenant, name, values)
         else:
+            admin.check_refvalues_for(self, tenant, name, values)
             changed = self.store.add_refvalues(tenant, name, values)
         self._audit(
             "refvalues-remove" if remove else "refvalues-add",

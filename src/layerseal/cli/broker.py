@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from layerseal.cli import _broker_env as broker_env
+from layerseal.cli._broker_env import TOKEN_ENV
 from layerseal.cli.common import read_key_file
 from layerseal.errors import BadInputError, NotFoundError
-
-TOKEN_ENV = "LAYERSEAL_BROKER_TOKEN"  # noqa: S105 -- an env variable name
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -64,6 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     host, port = _listen(args.listen)
     _check_tls_files(args.tls_cert, args.tls_key)
+    key_file, token_file = _serve_files(args)
     _check_port(host, port)
     serve(
         ServeOptions(
@@ -72,13 +73,13 @@ def _serve(args: argparse.Namespace) -> int:
             port=port,
             tls_cert=Path(args.tls_cert) if args.tls_cert else None,
             tls_key=Path(args.tls_key) if args.tls_key else None,
-            master_key_file=Path(args.master_key_file) if args.master_key_file else None,
+            master_key_file=key_file,
             master_key_uri=args.master_key,
             snp_vcek_cache=Path(args.snp_vcek_cache) if args.snp_vcek_cache else None,
             snp_crl=Path(args.snp_crl) if args.snp_crl else None,
             tdx_collateral=Path(args.tdx_collateral) if args.tdx_collateral else None,
             sgx_collateral=Path(args.sgx_collateral) if args.sgx_collateral else None,
-            admin_token_file=Path(args.admin_token_file) if args.admin_token_file else None,
+            admin_token_file=token_file,
             log_level=args.log_level,
             auth_rate=args.auth_rate,
             auth_burst=args.auth_burst,
@@ -93,6 +94,25 @@ def _serve(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _serve_files(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    """The master key file and admin token file a broker uses: the key beside a SQLite
+    database unless named; for PostgreSQL it must be named (or be in the environment or a
+    token).  The admin token goes beside the key file unless named."""
+    from layerseal.broker.masterkey import ENV_VAR
+    from layerseal.broker.server import default_master_key_file
+
+    key_file = Path(args.master_key_file) if args.master_key_file else default_master_key_file(args.db)
+    if key_file is None and args.master_key is None and not os.environ.get(ENV_VAR):
+        raise BadInputError(
+            f"--master-key-file: expected a master key file for a PostgreSQL broker (a database URL has "
+            f"no directory to keep it beside), seen none; or ${broker_env.MASTER_KEY_FILE_ENV}, "
+            f"${ENV_VAR} or --master-key pkcs11:..."
+        )
+    if args.admin_token_file:
+        return key_file, Path(args.admin_token_file)
+    return key_file, None if key_file is None else broker_env.admin_token_beside(key_file)
 
 
 def _existing_db(db: str) -> None:
@@ -160,16 +180,24 @@ def _audit_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _with_master_key(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", required=True, help="SQLite path/URL or postgresql://...")
+    db = os.environ.get(broker_env.DB_ENV)
+    p.add_argument(
+        "--db",
+        required=db is None,
+        default=db,
+        help=f"SQLite path/URL or postgresql://... (${broker_env.DB_ENV})",
+    )
     p.add_argument(
         "--master-key-file",
+        default=broker_env.default_master_key_file(),
         help="master key file (default: beside a SQLite database); or $LAYERSEAL_MASTER_KEY",
     )
+    broker_env.with_epilog(p, broker_env.SERVER_ENV)
     p.add_argument("--master-key", help="master key in a PKCS#11 token (pkcs11: URI, as for serve)")
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from layerseal.broker.client import PublisherClient
+    from layerseal.broker.adminclient import AdminClient
 
     token = args.token or os.environ.get(TOKEN_ENV)
     if args.token_file:
@@ -179,7 +207,7 @@ def _client(args: argparse.Namespace) -> Any:
     if args.ca:
         read_key_file(args.ca, "--ca")
     try:
-        return PublisherClient(args.url, token, verify=args.ca or True)
+        return AdminClient(args.url, token, verify=args.ca or True)
     except ssl.SSLError as exc:
         raise BadInputError(f"--ca {args.ca}: expected PEM CA certificates, seen {exc.reason}") from exc
 
@@ -207,31 +235,32 @@ def parse_expires(text: str, now: float) -> float:
     return when.timestamp()
 
 
-def _when(epoch: float | None) -> str:
-    return "never" if epoch is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
-
 def _token_create(args: argparse.Namespace) -> int:
-    expires = None if args.expires is None else parse_expires(args.expires, time.time())
-    with _client(args) as c:
-        token_id, token = c.create_token(
-            args.tenant, args.scope, description=args.description, expires_at=expires
-        )
-    text = f"token {token_id} (shown once, expires {_when(expires)}): {token}"
-    return _print(args, {"token_id": token_id, "token": token, "expires_at": expires}, text)
+    from layerseal.cli._broker_admin import parse_duration
 
-
-def _token_list(args: argparse.Namespace) -> int:
+    expires_in = parse_duration(args.expires_in) if args.expires_in else None
+    if args.expires is not None:
+        if expires_in is not None:
+            raise BadInputError("--expires and --expires-in: expected one of them, seen both")
+        # a date or a duration, sent as the lifetime left from now
+        expires_in = max(1, round(parse_expires(args.expires, time.time()) - time.time()))
     with _client(args) as c:
-        tokens = c.list_tokens()
-    lines = [f"{'TOKEN':<18} {'TENANT':<16} {'STATUS':<8} {'EXPIRES':<21} SCOPES"]
-    for t in tokens:
-        status = "revoked" if t["revoked"] else "expired" if t.get("expired") else "active"
-        lines.append(
-            f"{t['token_id']:<18} {t['tenant']:<16} {status:<8} {_when(t.get('expires_at')):<21} "
-            + " ".join(t["scopes"])
+        result = c.create_token_expiring(
+            args.tenant, args.scope, description=args.description, expires_in=expires_in
         )
-    return _print(args, tokens, "\n".join(lines))
+    if args.out:
+        from layerseal.broker.masterkey import write_private_file_once
+
+        if not write_private_file_once(Path(args.out), result["token"] + "\n"):
+            raise BadInputError(f"--out {args.out}: expected a new file, seen an existing one")
+        shown = {k: v for k, v in result.items() if k != "token"}
+        return _print(
+            args,
+            {**shown, "token_file": args.out},
+            f"token {result['token_id']} written to {args.out} (0600)",
+        )
+    text = f"token {result['token_id']} (shown once): {result['token']}"
+    return _print(args, result, text)
 
 
 def _policy_set(args: argparse.Namespace) -> int:
@@ -298,7 +327,12 @@ def _keys_list(args: argparse.Namespace) -> int:
 
 
 def _with_http(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=os.environ.get("LAYERSEAL_BROKER_URL", "http://127.0.0.1:8080"))
+    p.add_argument(
+        "--url",
+        default=os.environ.get(broker_env.URL_ENV, broker_env.DEFAULT_URL),
+        help=f"broker URL (${broker_env.URL_ENV}; default {broker_env.DEFAULT_URL})",
+    )
+    broker_env.with_epilog(p, broker_env.CLIENT_ENV)
     p.add_argument("--token-file", help="file holding an API token")
     p.add_argument("--token", help=argparse.SUPPRESS)
     p.add_argument("--ca", help="CA bundle to verify the broker's TLS certificate")
@@ -318,13 +352,25 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="broker_command", metavar="ACTION")
     sub.required = True
 
-    serve = sub.add_parser("serve", help="run the broker")
-    serve.add_argument("--db", default="layerseal-broker.db", help="SQLite path/URL or postgresql://...")
-    serve.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT")
+    serve = sub.add_parser(
+        "serve",
+        help="run the broker (plain HTTP on 127.0.0.1:8080 unless --listen/--tls-*)",
+        epilog=broker_env.SERVER_ENV,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--db",
+        default=broker_env.default_db(),
+        help=f"SQLite path/URL or postgresql://... (${broker_env.DB_ENV})",
+    )
+    serve.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
     serve.add_argument("--tls-cert")
     serve.add_argument("--tls-key")
     serve.add_argument(
-        "--master-key-file", help="master key (0600, created if missing); or $LAYERSEAL_MASTER_KEY"
+        "--master-key-file",
+        default=broker_env.default_master_key_file(),
+        help=f"master key (0600, created if missing; ${broker_env.MASTER_KEY_FILE_ENV}); "
+        "or $LAYERSEAL_MASTER_KEY",
     )
     serve.add_argument(
         "--master-key",
@@ -343,7 +389,10 @@ def register(subparsers: Any) -> None:
         help="directory of Intel SGX collateral: PCK/Root CA CRLs (*crl*.der|.pem, *.crl), "
         "tcb_info*.json + tcb_info_issuer_chain.pem, qe_identity.json",
     )
-    serve.add_argument("--admin-token-file", help="admin token file (created 0600 if missing)")
+    serve.add_argument(
+        "--admin-token-file",
+        help="admin token file (created 0600 if missing; default: beside the master key file)",
+    )
     serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     serve.add_argument(
         "--workers",
@@ -421,11 +470,10 @@ def register(subparsers: Any) -> None:
     create.add_argument(
         "--expires", help="the token stops working after a duration (30d, 12h, 90m) or at a UTC date/time"
     )
+    create.add_argument("--out", help="write the token to this new file (0600) instead of printing it")
+    create.add_argument("--expires-in", help="lifetime: 3600, 12h, 30d, 2w (default: until revoked)")
     _with_http(create)
     create.set_defaults(func=_token_create)
-    tlist = token_sub.add_parser("list", help="list API tokens with status and expiry (admin)")
-    _with_http(tlist)
-    tlist.set_defaults(func=_token_list)
 
     policy_sub = _group(sub, "policy", "release policies")
     pset = policy_sub.add_parser("set", help="set a release policy from a JSON file ('-' = stdin)")
@@ -463,6 +511,14 @@ def register(subparsers: Any) -> None:
     preg.add_argument("--description", default="")
     _with_http(preg)
     preg.set_defaults(func=_platform_register)
+
+    from layerseal.cli._broker_admin import register_admin
+
+    groups = {"token": token_sub, "policy": policy_sub, "refvalues": refv_sub, "platform": plat_sub}
+    register_admin({**groups, "audit": audit_sub}, _client, _with_http)
+    from layerseal.cli._broker_ops import register_ops
+
+    register_ops(sub)
 
     keys_sub = _group(sub, "keys", "layer keys")
     klist = keys_sub.add_parser("list", help="list keys")

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 # command -> (module defining it, its one-line help as the module registers it)
 _COMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("broker", "the key broker (security service)"),
+    "completion": (
+        "completion",
+        "print a shell completion script: layerseal completion bash > /etc/bash_completion.d/layerseal",
+    ),
     "containerd": ("containerd", "containerd stream processor: decrypt layers as containerd unpacks"),
     "copy": ("copy", "copy an image, encrypting or decrypting layers"),
     "inspect": ("copy", "show an image's layers and how they are encrypted"),
@@ -91,9 +95,13 @@ def build_parser(argv: Sequence[str] | None = None, *, lazy: bool = True) -> arg
     and the other known commands are listed by name and help alone."""
     import argparse
 
+    from layerseal.cli._environment import epilog as environment_epilog
+
     parser = argparse.ArgumentParser(
         prog="layerseal",
         description="Keep container images confidential until they run in an attested enclave.",
+        epilog=environment_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("--version", action="version", version=f"layerseal {layerseal.__version__}")
