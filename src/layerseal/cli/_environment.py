@@ -23,6 +23,11 @@ VARIABLES: tuple[tuple[str, str], ...] = (
     ("LAYERSEAL_TEE", "keyprovider: the attester"),
     ("LAYERSEAL_KEYPROVIDER_CONFIG", "keyprovider: settings file"),
     ("LAYERSEAL_KEYPROVIDER_CACHE_DIR", "keyprovider: key cache directory"),
+    ("LAYERSEAL_TEE_SYSROOT", "pull, run, tee, keyprovider: read TEE interfaces below this root"),
+    ("LAYERSEAL_TSM_PRIVLEVEL", "the same, SEV-SNP: the VMPL asked of configfs-tsm"),
+    ("LAYERSEAL_TPM_TCTI", "the same, Azure vTPM: the TPM (tpm2-tools TCTI)"),
+    ("LAYERSEAL_AZ_VCEK", "the same, az-snp-vtpm: the VCEK as a file"),
+    ("LAYERSEAL_AZ_IMDS", "the same, Azure: the metadata service URL"),
     ("LAYERSEAL_DEMO_DIR", "make demo: keep its working directory here"),
 )
 # set by layerseal for its own child processes, not by users
