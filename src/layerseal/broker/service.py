@@ -29,16 +29,9 @@ from layerseal.attest import rcar
 from layerseal.attest.claims import Claims, Verifier
 from layerseal.attest.sim import certificate_fingerprint, load_certificate
 from layerseal.attest.verifiers import SUPPORTED_TEES, verifier_for
-from layerseal.broker import packets, policy
+from layerseal.broker import policy
 from layerseal.broker.auditlog import open_audit_committer
 from layerseal.broker.custody import KeyCustody, record_aad
-from layerseal.broker.problems import (
-    ForbiddenError,
-    PolicyDeniedError,
-    RateLimitedError,
-    UnauthenticatedError,
-    UnavailableError,
-)
 from layerseal.broker.store import (
     ApiTokenRow,
     KeyRow,
@@ -61,6 +54,14 @@ from layerseal.crypto.keys import public_key_from_jwk
 from layerseal.errors import BadInputError, DeniedError, LayersealError, NotFoundError
 from layerseal.image.digest import Digest
 from layerseal.image.encryption import PrivateOptions
+from layerseal.kbs import packets
+from layerseal.kbs.problems import (
+    ForbiddenError,
+    PolicyDeniedError,
+    RateLimitedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
 
 log = logging.getLogger("layerseal.broker")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import base64
 
-from layerseal.broker.client import PublisherClient
 from layerseal.crypto.keywrap import PROVIDER_NAME, LayerContext
 from layerseal.image.encryption import PrivateOptions
+from layerseal.kbs.client import PublisherClient
 
 #: the annotation suffix Confidential Containers guests look for
 SCHEME = f"provider.{PROVIDER_NAME}"

@@ -164,7 +164,7 @@ def _with_master_key(p: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from layerseal.broker.client import PublisherClient
+    from layerseal.kbs.client import PublisherClient
 
     token = args.token or os.environ.get(TOKEN_ENV)
     if args.token_file:

@@ -1,11 +1,11 @@
 """The few broker calls the keyprovider makes, over the standard library's ``http.client``.
 
-``layerseal.broker.client`` is built on httpx, whose import alone takes ~100 ms (it pulls
+``layerseal.kbs.client`` is built on httpx, whose import alone takes ~100 ms (it pulls
 in click and rich for its CLI); ocicrypt starts the keyprovider once per layer, so this
 module speaks the same endpoints with ``http.client`` (~20 ms).  What the answers mean
-(batch endpoint absent, selected hash, resource paths) is read by ``broker.kbsforms``,
-shared with ``broker.client``, so both treat a Trustee KBS alike.  Error statuses map to
-the same layerseal errors as ``broker.client``.  One keep-alive connection per thread; a
+(batch endpoint absent, selected hash, resource paths) is read by ``kbs.kbsforms``,
+shared with ``kbs.client``, so both treat a Trustee KBS alike.  Error statuses map to
+the same layerseal errors as ``kbs.client``.  One keep-alive connection per thread; a
 request that fails on a reused connection before any answer is retried once.
 """
 
@@ -18,8 +18,8 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-from layerseal.broker.problems import error_for
 from layerseal.errors import BadInputError, TransportError
+from layerseal.kbs.problems import error_for
 
 SESSION_COOKIE = "kbs-session-id"
 PROTOCOL_VERSION = "0.4.0"
@@ -142,7 +142,7 @@ class BrokerHttp:
 
     def auth(self, tee: str) -> tuple[str, str, str]:
         """RCAR step 1: returns (nonce, session id, report-data hash algorithm)."""
-        from layerseal.broker.kbsforms import selected_hash_algorithm
+        from layerseal.kbs.kbsforms import selected_hash_algorithm
 
         headers, payload = self.request(
             "POST", "/kbs/v0/auth", {"version": PROTOCOL_VERSION, "tee": tee, "extra-params": ""}
@@ -174,7 +174,7 @@ class BrokerHttp:
     def release(self, token: str, paths: list[str]) -> Any:
         """``POST /kbs/v0/resources``: the KEKs of *paths* as a JWE to the token's tee-pubkey;
         None when the KBS has no batch endpoint (a Trustee KBS), remembered for this URL."""
-        from layerseal.broker.kbsforms import BATCH_PATH, batch_absent
+        from layerseal.kbs.kbsforms import BATCH_PATH, batch_absent
 
         auth = {"Authorization": f"Bearer {token}"}
         status, _, payload = self.send("POST", BATCH_PATH, {"resources": paths}, auth)
@@ -188,7 +188,7 @@ class BrokerHttp:
 
     def resource(self, token: str, resource_path: str) -> Any:
         """``GET /kbs/v0/resource/<repo>/<type>/<tag>``: one resource as a JWE (any KBS)."""
-        from layerseal.broker.kbsforms import RESOURCE_PREFIX
+        from layerseal.kbs.kbsforms import RESOURCE_PREFIX
 
         return self.json("GET", RESOURCE_PREFIX + resource_path, None, {"Authorization": f"Bearer {token}"})
 

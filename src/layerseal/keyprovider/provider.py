@@ -7,7 +7,7 @@ ocicrypt hands a provider nothing else about the layer.
 
 keyunwrap: attest (RCAR) with a fresh P-256 enclave key, or reuse a cached token and
 the key it is bound to, fetch the KEK named by the packet's ``kid`` and open the packet.
-A Trustee KBS works too, as for the engine (``broker.kbsforms``): a kid outside
+A Trustee KBS works too, as for the engine (``kbs.kbsforms``): a kid outside
 layerseal's scheme (any ``kbs:///<repo>/<type>/<tag>``) is fetched with ``GET
 /kbs/v0/resource/...``, and so is every kid once the batch endpoint proves absent;
 packets made by CoCo's tools (A256GCM or A256CTR) are opened.
@@ -202,8 +202,8 @@ class Provider:
 
     def unwrap(self, request: protocol.UnwrapRequest) -> bytes:
         """The private options sealed in a CoCo key packet (layerseal's or CoCo tools')."""
-        from layerseal.broker.kbsforms import resource_path_of
-        from layerseal.broker.packets import KeyPacket, unwrap_key_packet
+        from layerseal.kbs.kbsforms import resource_path_of
+        from layerseal.kbs.packets import KeyPacket, unwrap_key_packet
 
         try:
             packet = KeyPacket.parse(request.annotation)
@@ -223,7 +223,7 @@ class Provider:
             raise _rewrap(exc, f"keyunwrap {packet.kid}") from exc
 
     def _release(self, http: BrokerHttp, settings: Settings, path: str) -> bytes:
-        from layerseal.broker.problems import UnauthenticatedError
+        from layerseal.kbs.problems import UnauthenticatedError
 
         refused: str | None = None
         for attempt in range(2):
@@ -240,7 +240,7 @@ class Provider:
     def _fetch(self, http: BrokerHttp, live: _Live, path: str) -> bytes:
         """The KEK at *path*: layerseal keys through the batch endpoint while the KBS has it,
         anything else (or everything, at a Trustee KBS) through the per-resource GET."""
-        from layerseal.broker.kbsforms import is_layer_key, released_keks
+        from layerseal.kbs.kbsforms import is_layer_key, released_keks
         from layerseal.keyprovider.enclavekey import open_jwe
 
         if is_layer_key(path) and http.batch is not False:

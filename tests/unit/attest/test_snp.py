@@ -440,9 +440,9 @@ def test_broker_routes_snp_evidence_to_the_snp_verifier(
     from starlette.testclient import TestClient
 
     from layerseal.broker.app import create_app
-    from layerseal.broker.client import tee_pubkey_jwk
     from layerseal.broker.server import open_broker
     from layerseal.crypto.keys import generate_key
+    from layerseal.kbs.client import tee_pubkey_jwk
 
     monkeypatch.delenv("LAYERSEAL_MASTER_KEY", raising=False)
     broker = open_broker(str(tmp_path / "b.db"), create_master_key=True)

@@ -13,11 +13,11 @@ from starlette.testclient import TestClient
 from layerseal.attest.binding import report_data
 from layerseal.attest.sample import SampleAttester
 from layerseal.attest.sim_platform import SimAttester
-from layerseal.broker.client import tee_pubkey_jwk
-from layerseal.broker.packets import unwrap_key_packet
 from layerseal.crypto.jwe import decrypt_from_jwk
 from layerseal.crypto.keys import generate_key
 from layerseal.errors import WrongKeyError
+from layerseal.kbs.client import tee_pubkey_jwk
+from layerseal.kbs.packets import unwrap_key_packet
 
 
 def rcar(client: TestClient, attester: Any, key: Any = None, *, tee: str = "sim") -> tuple[str, str, Any]:

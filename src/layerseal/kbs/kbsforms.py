@@ -1,6 +1,6 @@
 """How a KBS client reads what a broker or a Trustee KBS says, whatever its HTTP library (pure).
 
-Shared by the engine's client (``broker.client``, httpx) and the keyprovider's
+Shared by the engine's client (``kbs.client``, httpx) and the keyprovider's
 (``keyprovider.brokerhttp``, ``http.client``, which must not import httpx): which kids
 name layerseal layer keys (those go in one batch) and which are plain KBS resources
 (``GET /kbs/v0/resource/<repo>/<type>/<tag>``); whether an answer to the batch request
@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from layerseal.attest.binding import HASH_ALGORITHMS
-from layerseal.broker.packets import ResourcePath
-from layerseal.broker.problems import PROBLEM_TYPE
 from layerseal.errors import BadInputError, TransportError
+from layerseal.kbs.packets import ResourcePath
+from layerseal.kbs.problems import PROBLEM_TYPE
 
 BATCH_PATH = "/kbs/v0/resources"
 RESOURCE_PREFIX = "/kbs/v0/resource/"

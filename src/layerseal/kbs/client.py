@@ -24,18 +24,18 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from layerseal.attest.binding import report_data
 from layerseal.attest.claims import Attester
-from layerseal.broker.kbsforms import (
+from layerseal.crypto.jwe import decrypt_from_jwk
+from layerseal.crypto.keys import PrivateKey, public_key_to_jwk
+from layerseal.errors import BadInputError, LayersealError, TransportError
+from layerseal.kbs.kbsforms import (
     batch_absent,
     is_layer_key,
     released_keks,
     resource_path_of,
     selected_hash_algorithm,
 )
-from layerseal.broker.packets import unwrap_key_packet
-from layerseal.broker.problems import error_for
-from layerseal.crypto.jwe import decrypt_from_jwk
-from layerseal.crypto.keys import PrivateKey, public_key_to_jwk
-from layerseal.errors import BadInputError, LayersealError, TransportError
+from layerseal.kbs.packets import unwrap_key_packet
+from layerseal.kbs.problems import error_for
 from layerseal.netcause import classify_network_error
 
 __all__ = ["EnclaveClient", "PublisherClient", "resource_path_of", "tee_pubkey_jwk", "unwrap_key_packet"]
