@@ -29,11 +29,11 @@ from layerseal.broker.openapi import openapi_document
 from layerseal.broker.ratelimit import RateLimiter
 from layerseal.broker.service import Broker, KeyInfo, Principal, batch_payload
 from layerseal.errors import BadInputError, LayersealError
+from layerseal.kbs.constants import SESSION_COOKIE
 from layerseal.kbs.problems import RateLimitedError, problem, status_of
 
 log = logging.getLogger("layerseal.broker.http")
 
-SESSION_COOKIE = "kbs-session-id"
 MAX_BODY = 1 << 20
 PROBLEM_JSON = "application/problem+json"
 

@@ -55,6 +55,7 @@ from layerseal.errors import BadInputError, DeniedError, LayersealError, NotFoun
 from layerseal.image.digest import Digest
 from layerseal.image.encryption import PrivateOptions
 from layerseal.kbs import packets
+from layerseal.kbs.constants import PROTOCOL_VERSION
 from layerseal.kbs.problems import (
     ForbiddenError,
     PolicyDeniedError,
@@ -65,7 +66,6 @@ from layerseal.kbs.problems import (
 
 log = logging.getLogger("layerseal.broker")
 
-PROTOCOL_VERSION = "0.4.0"
 ADMIN_TENANT = "*"
 _REPO_RE = re.compile(
     r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"

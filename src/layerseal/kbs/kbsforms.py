@@ -1,7 +1,6 @@
 """How a KBS client reads what a broker or a Trustee KBS says, whatever its HTTP library (pure).
 
-Shared by the engine's client (``kbs.client``, httpx) and the keyprovider's
-(``keyprovider.brokerhttp``, ``http.client``, which must not import httpx): which kids
+Read by the one KBS client (:mod:`layerseal.kbs.rcarclient`), whatever its transport: which kids
 name layerseal layer keys (those go in one batch) and which are plain KBS resources
 (``GET /kbs/v0/resource/<repo>/<type>/<tag>``); whether an answer to the batch request
 means the KBS has no such endpoint (Trustee: 404 ``PluginNotFound``); which report-data
@@ -22,8 +21,6 @@ from layerseal.errors import BadInputError, TransportError
 from layerseal.kbs.packets import ResourcePath
 from layerseal.kbs.problems import PROBLEM_TYPE
 
-BATCH_PATH = "/kbs/v0/resources"
-RESOURCE_PREFIX = "/kbs/v0/resource/"
 DEFAULT_HASH = "sha384"
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
