@@ -27,8 +27,8 @@ from typing import Any
 
 from layerseal.attest import rcar
 from layerseal.attest.claims import Claims, Verifier
-from layerseal.attest.sim import certificate_fingerprint, load_certificate
 from layerseal.attest.verifiers import SUPPORTED_TEES, verifier_for
+from layerseal.attest.x509util import certificate_fingerprint, load_certificate
 from layerseal.broker import policy
 from layerseal.broker.auditlog import open_audit_committer
 from layerseal.broker.custody import KeyCustody, record_aad

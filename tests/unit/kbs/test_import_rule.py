@@ -61,3 +61,15 @@ def test_the_rule_sees_lazy_and_relative_imports() -> None:
     source = "def f():\n    from ..broker import service\n    import layerseal.broker.app\n"
     names = _imports_of(source, "layerseal.engine")
     assert {"layerseal.broker.service", "layerseal.broker.app"} <= names
+
+
+def test_the_production_broker_takes_no_helper_from_the_simulator() -> None:
+    files = sorted((SRC / "broker").rglob("*.py"))
+    bad = [
+        f"{p.relative_to(SRC)} imports {name}"
+        for p in files
+        for name in sorted(_imports(p))
+        if name.startswith(("layerseal.attest.sim.", "layerseal.attest.sim_platform"))
+        or name == "layerseal.attest.sim"
+    ]
+    assert bad == []
