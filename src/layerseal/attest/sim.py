@@ -14,7 +14,6 @@ The verifier trusts only certificates registered with it (compared by SHA-256 of
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import json
 import re
@@ -31,6 +30,7 @@ from layerseal.attest.binding import REPORT_DATA_SIZE
 from layerseal.attest.claims import Claims
 from layerseal.attest.x509util import certificate_fingerprint, load_certificate
 from layerseal.errors import BadInputError, DeniedError
+from layerseal.wire.b64 import b64decode
 
 __all__ = ["SimVerifier", "certificate_fingerprint", "encode_report", "load_certificate", "make_evidence"]
 from layerseal.image import jsonutil
@@ -41,12 +41,7 @@ _HEX_RE = re.compile(r"^[0-9a-f]{16,128}$")
 
 
 def _b64(value: Any, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise BadInputError(f"sim evidence {what}: expected a base64 string, seen {type(value).__name__}")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise BadInputError(f"sim evidence {what}: expected standard base64, seen invalid text") from exc
+    return b64decode(value, f"sim evidence {what}")
 
 
 def encode_report(measurement: str, report_data: bytes, svn: int, debug: bool) -> bytes:

@@ -31,6 +31,7 @@ from layerseal.kbs.kbsforms import resource_path_of
 from layerseal.kbs.packets import unwrap_key_packet
 from layerseal.kbs.rcarclient import KbsClient, Opener, Reply, attestation_body
 from layerseal.netcause import classify_network_error
+from layerseal.wire.b64 import b64decode
 
 __all__ = [
     "EnclaveClient",
@@ -140,7 +141,7 @@ class PublisherClient:
     ) -> bytes:
         """Create the KEK for a new layer; returns the CoCo key packet JSON bytes."""
         result = self.create_layer_key_detailed(repository, layer_digest, optsdata, tenant=tenant)
-        return base64.b64decode(result["packet"])
+        return b64decode(result["packet"], "broker POST /api/v1/keys packet")
 
     def list_keys(self, repository: str | None = None, *, tenant: str | None = None) -> list[dict[str, Any]]:
         keys: list[dict[str, Any]] = self._call(
@@ -166,7 +167,9 @@ class PublisherClient:
             body["optsdata"] = base64.b64encode(optsdata).decode()
         if packet is not None:
             body["packet"] = base64.b64encode(packet).decode()
-        return base64.b64decode(self._call("POST", f"/api/v1/keys/{key_id}/rotate", body)["packet"])
+        return b64decode(
+            self._call("POST", f"/api/v1/keys/{key_id}/rotate", body)["packet"], "broker rotate packet"
+        )
 
     def retire_key_version(self, key_id: str, version: int) -> dict[str, Any]:
         key: dict[str, Any] = self._call("POST", f"/api/v1/keys/{key_id}/versions/{version}/retire", {})[

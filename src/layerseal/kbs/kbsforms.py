@@ -9,8 +9,6 @@ hash the challenge selects; and the batch answer's KEKs.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from collections.abc import Sequence
@@ -20,6 +18,7 @@ from layerseal.attest.binding import HASH_ALGORITHMS
 from layerseal.errors import BadInputError, TransportError
 from layerseal.kbs.packets import ResourcePath
 from layerseal.kbs.problems import PROBLEM_TYPE
+from layerseal.wire.b64 import b64decode
 
 DEFAULT_HASH = "sha384"
 
@@ -82,8 +81,8 @@ def released_keks(plain: bytes, paths: Sequence[str]) -> dict[str, bytes]:
     """The KEKs of a batch answer's plaintext ``{"resources": {path: base64}}``; every path required."""
     try:
         released = json.loads(plain)["resources"]
-        keks = {path: base64.b64decode(value, validate=True) for path, value in released.items()}
-    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        keks = {path: b64decode(value, f"broker batch response {path}") for path, value in released.items()}
+    except (ValueError, KeyError, TypeError, AttributeError, BadInputError) as exc:
         raise TransportError(
             "broker batch response: expected {resources:{path:b64}}, seen another payload"
         ) from exc

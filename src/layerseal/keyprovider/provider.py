@@ -18,7 +18,6 @@ release decision, so revocation and policy changes apply at the next layer.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -35,6 +34,7 @@ from layerseal.keyprovider.brokerhttp import BrokerHttp
 from layerseal.keyprovider.params import CONFIG_ENV, TOKEN_ENV, Settings, parse_rest, settings_from_config
 from layerseal.keyprovider.params import settings_from_env as _settings_from_env
 from layerseal.keyprovider.tokencache import CachedToken, TokenCache, cache_key, token_exp
+from layerseal.wire.b64 import b64decode
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
@@ -197,7 +197,7 @@ class Provider:
         token = read_token(settings, self.env)
         try:
             doc = http.create_layer_key(token, settings.repo, digest, request.optsdata, settings.tenant)
-            return base64.b64decode(str(doc["packet"]))
+            return b64decode(doc["packet"], "broker POST /api/v1/keys packet")
         except LayersealError as exc:
             raise _rewrap(exc, f"keywrap of layer {digest}") from exc
 

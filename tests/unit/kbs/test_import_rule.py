@@ -73,3 +73,15 @@ def test_the_production_broker_takes_no_helper_from_the_simulator() -> None:
         or name == "layerseal.attest.sim"
     ]
     assert bad == []
+
+
+def test_the_wire_helpers_are_the_bottom_layer() -> None:
+    files = sorted((SRC / "wire").rglob("*.py"))
+    assert files
+    bad = [
+        f"{p.relative_to(SRC)} imports {name}"
+        for p in files
+        for name in sorted(_imports(p))
+        if name.startswith("layerseal.") and not name.startswith(("layerseal.errors", "layerseal.wire"))
+    ]
+    assert bad == []
