@@ -117,17 +117,7 @@ class PublisherClient:
         params: Mapping[str, Any] | None = None,
     ) -> Any:
         clean = {k: v for k, v in (params or {}).items() if v is not None}
-        reply = self._http.send(method, path, body, self._headers, params=clean or None)
-        if reply.status >= 400:
-            from layerseal.kbs.problems import error_for
-
-            raise error_for(method, path, reply.status, reply.body)
-        if reply.status == 204:
-            return None
-        try:
-            return json.loads(reply.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise TransportError(f"broker {method} {path}: expected JSON, seen {reply.body[:60]!r}") from exc
+        return self._kbs.json(method, path, body, self._headers, clean or None)
 
     # keys
     def create_layer_key_detailed(

@@ -50,7 +50,12 @@ class Transport(Protocol):
     """Sends one request to a KBS base URL; raises ``TransportError`` only when no answer came."""
 
     def send(
-        self, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> Reply: ...
 
 
@@ -104,19 +109,31 @@ class KbsClient:
         self.batch: bool | None = None
 
     def request(
-        self, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> Reply:
         """A 2xx answer; any other status raises the layerseal error it maps to."""
-        reply = self.transport.send(method, path, body, headers)
+        reply = self.transport.send(method, path, body, headers, params)
         if reply.status >= 400:
             from layerseal.kbs.problems import error_for
 
             raise error_for(method, path, reply.status, reply.body)
         return reply
 
-    def json(self, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None) -> Any:
+    def json(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Any:
         """The JSON of a 2xx answer (None for 204)."""
-        reply = self.request(method, path, body, headers)
+        reply = self.request(method, path, body, headers, params)
         return None if reply.status == 204 else _json(reply, method, path)
 
     # ---------------------------------------------------------------- publisher side

@@ -23,7 +23,12 @@ class Scripted:
         self.sent: list[tuple[str, str, Mapping[str, str]]] = []
 
     def send(
-        self, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> Reply:
         self.sent.append((method, path, dict(headers or {})))
         return self.replies.pop(0)
