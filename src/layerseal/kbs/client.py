@@ -29,7 +29,7 @@ from layerseal.crypto.keys import PrivateKey, public_key_to_jwk
 from layerseal.errors import BadInputError, TransportError
 from layerseal.kbs.kbsforms import resource_path_of
 from layerseal.kbs.packets import unwrap_key_packet
-from layerseal.kbs.rcarclient import KbsClient, Opener, Reply, attestation_body
+from layerseal.kbs.rcarclient import KbsClient, Opener, Reply, Request, attestation_body
 from layerseal.netcause import classify_network_error
 from layerseal.wire.b64 import b64decode
 
@@ -53,17 +53,15 @@ class HttpxTransport:
         self.base = url.rstrip("/")
         self._client = httpx.Client(base_url=self.base, transport=transport, timeout=timeout, verify=verify)
 
-    def send(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        headers: Mapping[str, str] | None = None,
-        params: Mapping[str, Any] | None = None,
-    ) -> Reply:
+    def send(self, request: Request) -> Reply:
+        method, path = request.method, request.path
         try:
             response = self._client.request(
-                method, path, json=body, headers=dict(headers or {}), params=dict(params) if params else None
+                method,
+                path,
+                json=request.body,
+                headers=dict(request.headers),
+                params=dict(request.params) if request.params else None,
             )
         except httpx.HTTPError as exc:
             failure = classify_network_error(
@@ -117,7 +115,7 @@ class PublisherClient:
         params: Mapping[str, Any] | None = None,
     ) -> Any:
         clean = {k: v for k, v in (params or {}).items() if v is not None}
-        return self._kbs.json(method, path, body, self._headers, clean or None)
+        return self._kbs.json(Request(method, path, body, self._headers, clean or None))
 
     # keys
     def create_layer_key_detailed(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from layerseal.errors import TransportError
@@ -46,17 +46,21 @@ class Reply:
     set_cookies: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request to a KBS, relative to its base URL; *body* is sent as JSON."""
+
+    method: str
+    path: str
+    body: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, Any] | None = None
+
+
 class Transport(Protocol):
     """Sends one request to a KBS base URL; raises ``TransportError`` only when no answer came."""
 
-    def send(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        headers: Mapping[str, str] | None = None,
-        params: Mapping[str, Any] | None = None,
-    ) -> Reply: ...
+    def send(self, request: Request) -> Reply: ...
 
 
 @dataclass(frozen=True)
@@ -108,33 +112,19 @@ class KbsClient:
         #: None until the first batch request tells whether the KBS has the endpoint
         self.batch: bool | None = None
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        headers: Mapping[str, str] | None = None,
-        params: Mapping[str, Any] | None = None,
-    ) -> Reply:
+    def request(self, request: Request) -> Reply:
         """A 2xx answer; any other status raises the layerseal error it maps to."""
-        reply = self.transport.send(method, path, body, headers, params)
+        reply = self.transport.send(request)
         if reply.status >= 400:
             from layerseal.kbs.problems import error_for
 
-            raise error_for(method, path, reply.status, reply.body)
+            raise error_for(request.method, request.path, reply.status, reply.body)
         return reply
 
-    def json(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        headers: Mapping[str, str] | None = None,
-        params: Mapping[str, Any] | None = None,
-    ) -> Any:
+    def json(self, request: Request) -> Any:
         """The JSON of a 2xx answer (None for 204)."""
-        reply = self.request(method, path, body, headers, params)
-        return None if reply.status == 204 else _json(reply, method, path)
+        reply = self.request(request)
+        return None if reply.status == 204 else _json(reply, request.method, request.path)
 
     # ---------------------------------------------------------------- publisher side
 
@@ -150,7 +140,7 @@ class KbsClient:
         }
         if tenant is not None:
             body["tenant"] = tenant
-        doc = self.json("POST", KEYS_PATH, body, {"Authorization": f"Bearer {token}"})
+        doc = self.json(Request("POST", KEYS_PATH, body, {"Authorization": f"Bearer {token}"}))
         if not isinstance(doc, dict) or not isinstance(doc.get("packet"), str):
             raise TransportError(f"broker POST {KEYS_PATH}: expected a 'packet' field, seen none")
         return doc
@@ -161,7 +151,9 @@ class KbsClient:
         """RCAR step 1: a fresh session's nonce, id and report-data hash algorithm."""
         from layerseal.kbs.kbsforms import selected_hash_algorithm
 
-        reply = self.request("POST", AUTH_PATH, {"version": PROTOCOL_VERSION, "tee": tee, "extra-params": ""})
+        reply = self.request(
+            Request("POST", AUTH_PATH, {"version": PROTOCOL_VERSION, "tee": tee, "extra-params": ""})
+        )
         session = session_cookie(reply.set_cookies)
         try:
             challenge = json.loads(reply.body)
@@ -176,7 +168,7 @@ class KbsClient:
 
     def attest(self, session: str, body: Mapping[str, Any]) -> str:
         """RCAR step 2: the attestation token."""
-        doc = self.json("POST", ATTEST_PATH, dict(body), {"Cookie": f"{SESSION_COOKIE}={session}"})
+        doc = self.json(Request("POST", ATTEST_PATH, dict(body), {"Cookie": f"{SESSION_COOKIE}={session}"}))
         token = doc.get("token") if isinstance(doc, dict) else None
         if not isinstance(token, str):
             raise TransportError(f"broker {ATTEST_PATH}: expected a token, seen none")
@@ -190,7 +182,7 @@ class KbsClient:
         refused: str | None = None
         for attempt in range(2):
             token, opener = credentials(refused)
-            reply = self.transport.send(method, path, body, {"Authorization": f"Bearer {token}"})
+            reply = self.transport.send(Request(method, path, body, {"Authorization": f"Bearer {token}"}))
             if reply.status != 401 or attempt:
                 return reply, opener
             refused = token

@@ -13,12 +13,10 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-from collections.abc import Mapping
-from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from layerseal.errors import BadInputError, TransportError
-from layerseal.kbs.rcarclient import KbsClient, Reply
+from layerseal.kbs.rcarclient import KbsClient, Reply, Request
 
 
 def _one_line(text: str, limit: int = 500) -> str:
@@ -52,19 +50,13 @@ class StdlibTransport:
             return http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout, context=context)
         return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
 
-    def send(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        headers: Mapping[str, str] | None = None,
-        params: Mapping[str, Any] | None = None,
-    ) -> Reply:
+    def send(self, request: Request) -> Reply:
         """Send; the answer whatever its status."""
-        if params:
-            path = f"{path}?{urlencode(params)}"
+        method, path, body = request.method, request.path, request.body
+        if request.params:
+            path = f"{path}?{urlencode(request.params)}"
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-        sent = {"Accept": "application/json", **(headers or {})}
+        sent = {"Accept": "application/json", **request.headers}
         if data is not None:
             sent["Content-Type"] = "application/json"
         for attempt in range(2):

@@ -5,12 +5,11 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import pytest
 
 from layerseal.kbs.problems import UnauthenticatedError
-from layerseal.kbs.rcarclient import KbsClient, Opener, Reply, session_cookie
+from layerseal.kbs.rcarclient import KbsClient, Opener, Reply, Request, session_cookie
 
 PATH = "acme/app/layer-1"  # not a layerseal key id: fetched with the per-resource GET
 
@@ -22,15 +21,8 @@ class Scripted:
         self.replies = replies
         self.sent: list[tuple[str, str, Mapping[str, str]]] = []
 
-    def send(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        headers: Mapping[str, str] | None = None,
-        params: Mapping[str, Any] | None = None,
-    ) -> Reply:
-        self.sent.append((method, path, dict(headers or {})))
+    def send(self, request: Request) -> Reply:
+        self.sent.append((request.method, request.path, dict(request.headers)))
         return self.replies.pop(0)
 
 
