@@ -42,12 +42,12 @@ sys.path.insert(0, str(ROOT / "tests" / "integration" / "broker"))
 from brokerproc import postgres_available, start_broker  # noqa: E402
 
 from layerseal.attest.sim_platform import SimAttester, init_platform  # noqa: E402
-from layerseal.broker.client import EnclaveClient, PublisherClient  # noqa: E402
 from layerseal.broker.masterkey import create_master_key_file  # noqa: E402
 from layerseal.crypto.jwe import decrypt_from_jwk  # noqa: E402
 from layerseal.crypto.keys import generate_key  # noqa: E402
 from layerseal.image.digest import Digest  # noqa: E402
 from layerseal.image.encryption import PrivateOptions  # noqa: E402
+from layerseal.kbs.client import EnclaveClient, PublisherClient  # noqa: E402
 
 N_KEYS = 200
 BATCH = 10

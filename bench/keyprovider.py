@@ -33,8 +33,8 @@ from brokerproc import start_broker  # noqa: E402
 
 from bench.common import save, table  # noqa: E402
 from layerseal.attest.sim_platform import SimAttester, init_platform  # noqa: E402
-from layerseal.broker.client import PublisherClient  # noqa: E402
 from layerseal.broker.masterkey import create_master_key_file  # noqa: E402
+from layerseal.kbs.client import PublisherClient  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "keyprovider"
 CLI = str(Path(sys.executable).parent / "layerseal")

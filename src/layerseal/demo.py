@@ -30,11 +30,11 @@ from pathlib import Path
 import httpx
 
 from layerseal.attest.sim_platform import SimAttester, init_platform
-from layerseal.broker.client import EnclaveClient, PublisherClient
 from layerseal.builder.scratch import LayerSpec, build_image
 from layerseal.builder.tarlayer import FileEntry
 from layerseal.crypto.keys import generate_key
 from layerseal.errors import DeniedError
+from layerseal.kbs.client import EnclaveClient, PublisherClient
 from layerseal.layout.oci import LayoutDestination, LayoutReference
 
 CLI = [sys.executable, "-m", "layerseal.cli.main"]

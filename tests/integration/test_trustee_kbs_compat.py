@@ -21,14 +21,14 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from layerseal.attest.sample import SampleAttester
-from layerseal.broker.client import EnclaveClient
-from layerseal.broker.packets import new_key_id, unwrap_key_packet
 from layerseal.builder.endpoints import open_source
 from layerseal.crypto.keys import generate_key
 from layerseal.engine.keys import BrokerUnwrapper
 from layerseal.engine.pull import pull_image
 from layerseal.engine.snapshot import SnapshotStore
 from layerseal.errors import IntegrityError, LayersealError
+from layerseal.kbs.client import EnclaveClient
+from layerseal.kbs.packets import new_key_id, unwrap_key_packet
 from layerseal.layout.blobstore import SharedBlobStore
 from support.oci_images import OCI_CONFIG, OCI_MANIFEST, descriptor, dumps, make_image, sha256
 from support.trustee_kbs import KbsState, TrusteeLikeKbs

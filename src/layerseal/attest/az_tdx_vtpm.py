@@ -23,7 +23,6 @@ import binascii
 import dataclasses
 import hashlib
 import hmac
-import json
 import struct
 from collections.abc import Callable
 from types import MappingProxyType
@@ -37,6 +36,7 @@ from layerseal.attest import az_snp_vtpm as az
 from layerseal.attest import tdx
 from layerseal.attest.claims import Claims, Verifier
 from layerseal.errors import BadInputError, DeniedError, LayersealError
+from layerseal.image.jsonutil import loads_object
 
 TEE = "az-tdx-vtpm"
 HCL_REPORT_TYPE_TDX = 4
@@ -83,12 +83,7 @@ class Evidence:
 def parse_evidence(evidence: bytes) -> Evidence:
     if len(evidence) > _MAX_EVIDENCE:
         raise BadInputError(f"{TEE} evidence: expected at most {_MAX_EVIDENCE} bytes, seen {len(evidence)}")
-    try:
-        obj = json.loads(evidence)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"{TEE} evidence: expected a JSON object, seen unparsable data") from exc
-    if not isinstance(obj, dict):
-        raise BadInputError(f"{TEE} evidence: expected a JSON object, seen {type(obj).__name__}")
+    obj = loads_object(evidence, f"{TEE} evidence")
     version = obj.get("version", 1)
     if version != 1 or isinstance(version, bool):
         raise BadInputError(f"{TEE} evidence version: expected 1, seen {str(version)[:20]!r}")
@@ -222,10 +217,4 @@ class AzTdxVtpmVerifier:
 
 
 def _var_data_json(raw: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"{TEE} hcl var data: expected JSON, seen unparsable data") from exc
-    if not isinstance(doc, dict):
-        raise BadInputError(f"{TEE} hcl var data: expected a JSON object, seen {type(doc).__name__}")
-    return doc
+    return loads_object(raw, f"{TEE} hcl var data")

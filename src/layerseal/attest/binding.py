@@ -14,8 +14,8 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from layerseal.attest.jcs import canonicalize
 from layerseal.errors import BadInputError
+from layerseal.wire.jcs import canonicalize
 
 REPORT_DATA_SIZE = 64
 

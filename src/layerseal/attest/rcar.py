@@ -27,6 +27,7 @@ from typing import Any
 from layerseal.attest import binding, initdata
 from layerseal.attest.claims import Claims, Verifier
 from layerseal.errors import BadInputError, LayersealError
+from layerseal.image.jsonutil import loads_object
 
 # kinds whose additional evidence is verified; "sample" is unsigned, so never vouched for
 VERIFIED_ADDITIONAL = ("snp", "tdx", "az-snp-vtpm", "azsnpvtpm", "az-tdx-vtpm", "aztdxvtpm", "sgx", "sim")
@@ -46,12 +47,7 @@ def parse_additional(text: str) -> dict[str, Any]:
     what = "attestation tee-evidence.additional_evidence"
     if not text.strip():
         return {}
-    try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        raise BadInputError(f"{what}: expected a JSON object of TEE evidence, seen invalid JSON") from exc
-    if not isinstance(obj, dict):
-        raise BadInputError(f"{what}: expected a JSON object of TEE evidence, seen {type(obj).__name__}")
+    obj = loads_object(text, what, expected="a JSON object of TEE evidence")
     if len(obj) > MAX_ADDITIONAL:
         raise BadInputError(f"{what}: expected at most {MAX_ADDITIONAL} pieces, seen {len(obj)}")
     return obj

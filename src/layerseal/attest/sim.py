@@ -14,8 +14,6 @@ The verifier trusts only certificates registered with it (compared by SHA-256 of
 from __future__ import annotations
 
 import base64
-import binascii
-import hashlib
 import hmac
 import json
 import re
@@ -25,12 +23,16 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from layerseal.attest.binding import REPORT_DATA_SIZE
 from layerseal.attest.claims import Claims
+from layerseal.attest.x509util import certificate_fingerprint, load_certificate
 from layerseal.errors import BadInputError, DeniedError
+from layerseal.wire.b64 import b64decode
+
+__all__ = ["SimVerifier", "certificate_fingerprint", "encode_report", "load_certificate", "make_evidence"]
 from layerseal.image import jsonutil
 
 TEE = "sim"
@@ -39,32 +41,7 @@ _HEX_RE = re.compile(r"^[0-9a-f]{16,128}$")
 
 
 def _b64(value: Any, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise BadInputError(f"sim evidence {what}: expected a base64 string, seen {type(value).__name__}")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise BadInputError(f"sim evidence {what}: expected standard base64, seen invalid text") from exc
-
-
-def certificate_fingerprint(cert_der: bytes) -> str:
-    """``sha256:<hex>`` of a DER certificate: how platforms are named and trusted."""
-    return "sha256:" + hashlib.sha256(cert_der).hexdigest()
-
-
-def load_certificate(data: bytes) -> bytes:
-    """Accept a PEM or DER platform certificate; return DER after checking it is P-384."""
-    try:
-        if b"-----BEGIN" in data:
-            cert = x509.load_pem_x509_certificate(data)
-        else:
-            cert = x509.load_der_x509_certificate(data)
-    except ValueError as exc:
-        raise BadInputError("sim platform certificate: expected PEM or DER X.509, seen garbage") from exc
-    key = cert.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
-        raise BadInputError("sim platform certificate: expected an EC P-384 public key, seen another")
-    return cert.public_bytes(serialization.Encoding.DER)
+    return b64decode(value, f"sim evidence {what}")
 
 
 def encode_report(measurement: str, report_data: bytes, svn: int, debug: bool) -> bytes:

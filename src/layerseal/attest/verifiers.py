@@ -1,8 +1,8 @@
 """Choosing the verifier for a TEE name.
 
 Real TEEs (``snp``, ``tdx``, ``az-snp-vtpm``) verify against the roots shipped in the
-package; an operator may add an offline VCEK cache and TDX collateral with
-:func:`configure_tee_trust` (the broker does this at start-up from its command line).
+package; an operator may add an offline VCEK cache, AMD CRLs and TDX/SGX collateral
+(:class:`TeeTrust`), held by one :class:`TeeVerifiers` per broker.
 ``az-snp-vtpm`` and ``az-tdx-vtpm`` (Azure confidential VMs) check their hardware report with
 the ``snp`` and ``tdx`` verifiers; ``sgx`` shares the Intel root with ``tdx``.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import cast
 
 from layerseal.attest.claims import Verifier
@@ -23,9 +24,78 @@ from layerseal.errors import BadInputError
 TEE_ALIASES = {"azsnpvtpm": "az-snp-vtpm", "aztdxvtpm": "az-tdx-vtpm"}
 SUPPORTED_TEES = ("sim", "sample", "snp", "tdx", "az-snp-vtpm", "az-tdx-vtpm", "sgx", *TEE_ALIASES)
 
-_lock = threading.Lock()
-_real: dict[str, Verifier] = {}
-_sources: dict[str, str | os.PathLike[str] | None] = {"snp": None, "snp_crl": None, "tdx": None, "sgx": None}
+
+@dataclass(frozen=True)
+class TeeTrust:
+    """Trust material beyond the roots shipped in the package (directories, all optional)."""
+
+    snp_vcek_cache: str | os.PathLike[str] | None = None
+    snp_crl: str | os.PathLike[str] | None = None
+    tdx_collateral: str | os.PathLike[str] | None = None
+    sgx_collateral: str | os.PathLike[str] | None = None
+
+
+class TeeVerifiers:
+    """The real-TEE verifiers of one broker, over its :class:`TeeTrust`.
+
+    Configured material is read at construction, so errors show at start; verifiers keep
+    caches of checked certificate chains, so each is made once per instance (lazily for
+    kinds nothing configured).  Thread-safe.
+    """
+
+    def __init__(self, trust: TeeTrust = TeeTrust()) -> None:
+        self.trust = trust
+        self._lock = threading.Lock()
+        self._made: dict[str, Verifier] = {}
+        if trust != TeeTrust():
+            for tee in ("snp", "tdx", "sgx"):
+                self._made[tee] = self._make(tee)
+
+    def _make(self, tee: str) -> Verifier:
+        from layerseal.attest import trust
+
+        if tee == "az-snp-vtpm":
+            from layerseal.attest.az_snp_vtpm import AzSnpVtpmVerifier
+            from layerseal.attest.snp import SnpVerifier
+
+            # shares this instance's SNP verifier (its offline VCEK cache and checked chains)
+            return AzSnpVtpmVerifier(cast(SnpVerifier, self.real("snp")))
+        if tee == "az-tdx-vtpm":
+            from layerseal.attest.az_tdx_vtpm import AzTdxVtpmVerifier
+            from layerseal.attest.tdx import TdxVerifier
+
+            return AzTdxVtpmVerifier(cast(TdxVerifier, self.real("tdx")))
+        if tee == "snp":
+            return trust.snp_verifier(self.trust.snp_vcek_cache, crl_dir=self.trust.snp_crl)
+        if tee == "sgx":
+            return trust.sgx_verifier(self.trust.sgx_collateral)
+        return trust.tdx_verifier(self.trust.tdx_collateral)
+
+    def real(self, tee: str) -> Verifier:
+        """The verifier of a real TEE kind (``snp``, ``tdx``, ``sgx``, ``az-*-vtpm``)."""
+        with self._lock:
+            made = self._made.get(tee)
+        if made is not None:
+            return made
+        made = self._make(tee)
+        with self._lock:
+            return self._made.setdefault(tee, made)
+
+    def verifier_for(self, tee: str, trusted_sim_platforms: Iterable[bytes] = ()) -> Verifier:
+        """The verifier of *tee*; sim trusts exactly the given DER platform certificates."""
+        tee = TEE_ALIASES.get(tee, tee)
+        if tee == "sim":
+            return SimVerifier(trusted_sim_platforms)
+        if tee == "sample":
+            return SampleVerifier()
+        if tee in ("snp", "tdx", "az-snp-vtpm", "az-tdx-vtpm", "sgx"):
+            return self.real(tee)
+        raise BadInputError(f"tee: expected one of {list(SUPPORTED_TEES)}, seen {tee[:40]!r}")
+
+
+# The broker's verifiers until it is handed a TeeVerifiers explicitly (server.py, service.py):
+# one reference, replaced whole, never mutated in place.
+_default = TeeVerifiers()
 
 
 def configure_tee_trust(
@@ -35,58 +105,15 @@ def configure_tee_trust(
     tdx_collateral: str | os.PathLike[str] | None = None,
     sgx_collateral: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Set the offline VCEK cache, AMD CRL, TDX and SGX collateral directories (read now, so
-    errors show at start)."""
-    from layerseal.attest import trust
-
-    verifiers: dict[str, Verifier] = {
-        "snp": trust.snp_verifier(snp_vcek_cache, crl_dir=snp_crl),
-        "tdx": trust.tdx_verifier(tdx_collateral),
-        "sgx": trust.sgx_verifier(sgx_collateral),
-    }
-    with _lock:
-        _sources.update(snp=snp_vcek_cache, snp_crl=snp_crl, tdx=tdx_collateral, sgx=sgx_collateral)
-        _real.clear()
-        _real.update(verifiers)
+    """Replace the default verifiers with ones over this trust material (read now, so errors
+    show at start).  Prefer building a :class:`TeeVerifiers` and passing it along."""
+    global _default
+    _default = TeeVerifiers(TeeTrust(snp_vcek_cache, snp_crl, tdx_collateral, sgx_collateral))
 
 
-def _real_verifier(tee: str) -> Verifier:
-    with _lock:
-        verifier = _real.get(tee)
-    if verifier is not None:
-        return verifier
-    from layerseal.attest import trust
-
-    made: Verifier
-    if tee == "az-snp-vtpm":
-        from layerseal.attest.az_snp_vtpm import AzSnpVtpmVerifier
-        from layerseal.attest.snp import SnpVerifier
-
-        # shares the process's SNP verifier (its offline VCEK cache and checked chains)
-        made = AzSnpVtpmVerifier(cast(SnpVerifier, _real_verifier("snp")))
-    elif tee == "az-tdx-vtpm":
-        from layerseal.attest.az_tdx_vtpm import AzTdxVtpmVerifier
-        from layerseal.attest.tdx import TdxVerifier
-
-        made = AzTdxVtpmVerifier(cast(TdxVerifier, _real_verifier("tdx")))
-    elif tee == "snp":
-        made = trust.snp_verifier(_sources["snp"], crl_dir=_sources["snp_crl"])
-    elif tee == "sgx":
-        made = trust.sgx_verifier(_sources.get("sgx"))
-    else:
-        made = trust.tdx_verifier(_sources["tdx"])
-    with _lock:
-        # verifiers keep caches of checked certificate chains, so one instance per process
-        return _real.setdefault(tee, made)
-
-
-def verifier_for(tee: str, trusted_sim_platforms: Iterable[bytes] = ()) -> Verifier:
-    """The verifier of *tee*; sim trusts exactly the given DER platform certificates."""
-    tee = TEE_ALIASES.get(tee, tee)
-    if tee == "sim":
-        return SimVerifier(trusted_sim_platforms)
-    if tee == "sample":
-        return SampleVerifier()
-    if tee in ("snp", "tdx", "az-snp-vtpm", "az-tdx-vtpm", "sgx"):
-        return _real_verifier(tee)
-    raise BadInputError(f"tee: expected one of {list(SUPPORTED_TEES)}, seen {tee[:40]!r}")
+def verifier_for(
+    tee: str, trusted_sim_platforms: Iterable[bytes] = (), verifiers: TeeVerifiers | None = None
+) -> Verifier:
+    """The verifier of *tee* from *verifiers* (default: the process's); sim trusts exactly
+    the given DER platform certificates."""
+    return (verifiers or _default).verifier_for(tee, trusted_sim_platforms)

@@ -28,9 +28,29 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from layerseal.errors import BadInputError, DeniedError
 
 
+def certificate_fingerprint(cert_der: bytes) -> str:
+    """``sha256:<hex>`` of a DER certificate: how platforms and trust anchors are named."""
+    return "sha256:" + hashlib.sha256(cert_der).hexdigest()
+
+
 def fingerprint(cert: x509.Certificate) -> str:
     """``sha256:<hex>`` of the certificate's DER."""
-    return "sha256:" + hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    return certificate_fingerprint(cert.public_bytes(serialization.Encoding.DER))
+
+
+def load_certificate(data: bytes) -> bytes:
+    """Accept a PEM or DER platform certificate; return DER after checking it is P-384."""
+    try:
+        if b"-----BEGIN" in data:
+            cert = x509.load_pem_x509_certificate(data)
+        else:
+            cert = x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        raise BadInputError("sim platform certificate: expected PEM or DER X.509, seen garbage") from exc
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
+        raise BadInputError("sim platform certificate: expected an EC P-384 public key, seen another")
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
 # what cryptography raises on certificate parts it cannot read or does not support

@@ -19,8 +19,8 @@ from layerseal.broker import refcheck
 from layerseal.broker import schema as S
 from layerseal.broker.database import READONLY_OPTION
 from layerseal.broker.policy import Policy
-from layerseal.broker.problems import UnauthenticatedError
 from layerseal.errors import BadInputError, NotFoundError
+from layerseal.kbs.problems import UnauthenticatedError
 
 if TYPE_CHECKING:
     from layerseal.broker.service import Broker, Principal

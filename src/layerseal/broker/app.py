@@ -38,14 +38,14 @@ from layerseal.broker.console import api_routes as console_api_routes
 from layerseal.broker.console import console_routes
 from layerseal.broker.metrics import Metrics
 from layerseal.broker.openapi import openapi_document
-from layerseal.broker.problems import RateLimitedError, problem, status_of
 from layerseal.broker.ratelimit import RateLimiter
 from layerseal.broker.service import Broker, KeyInfo, Principal, batch_payload
 from layerseal.errors import BadInputError, LayersealError
+from layerseal.kbs.constants import SESSION_COOKIE
+from layerseal.kbs.problems import RateLimitedError, problem, status_of
 
 log = logging.getLogger("layerseal.broker.http")
 
-SESSION_COOKIE = "kbs-session-id"
 MAX_BODY = 1 << 20
 PROBLEM_JSON = "application/problem+json"
 RETRY_AFTER_S = 5

@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from layerseal.attest.jcs import canonicalize
 from layerseal.errors import BadInputError
+from layerseal.wire.jcs import canonicalize
 
 GENESIS = "0" * 64
 CHECKPOINT_FORMAT = "layerseal-audit-checkpoint/1"

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
-from layerseal.broker.problems import UnavailableError
+from layerseal.kbs.problems import UnavailableError
 
 log = logging.getLogger("layerseal.broker.audit")
 

@@ -32,17 +32,11 @@ from typing import Any
 
 from layerseal.attest import rcar
 from layerseal.attest.claims import Claims, Verifier
-from layerseal.attest.sim import certificate_fingerprint, load_certificate
 from layerseal.attest.verifiers import SUPPORTED_TEES, verifier_for
-from layerseal.broker import admin, packets, policy
+from layerseal.attest.x509util import certificate_fingerprint, load_certificate
+from layerseal.broker import admin, policy
 from layerseal.broker.auditlog import open_audit_committer
 from layerseal.broker.custody import KeyCustody, record_aad
-from layerseal.broker.problems import (
-    ForbiddenError,
-    PolicyDeniedError,
-    UnauthenticatedError,
-    UnavailableError,
-)
 from layerseal.broker.store import (
     ApiTokenRow,
     KeyRow,
@@ -65,10 +59,17 @@ from layerseal.crypto.keys import public_key_from_jwk
 from layerseal.errors import BadInputError, DeniedError, LayersealError, NotFoundError
 from layerseal.image.digest import Digest
 from layerseal.image.encryption import PrivateOptions
+from layerseal.kbs import packets
+from layerseal.kbs.constants import PROTOCOL_VERSION
+from layerseal.kbs.problems import (
+    ForbiddenError,
+    PolicyDeniedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
 
 log = logging.getLogger("layerseal.broker")
 
-PROTOCOL_VERSION = "0.4.0"
 ADMIN_TENANT = "*"
 _REPO_RE = re.compile(
     r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"

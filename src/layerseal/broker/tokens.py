@@ -19,8 +19,8 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 
-from layerseal.broker.problems import UnauthenticatedError
 from layerseal.errors import BadInputError
+from layerseal.kbs.problems import UnauthenticatedError
 
 TOKEN_PREFIX = "lsk_"  # noqa: S105 -- a public prefix, not a secret
 SCOPES = ("keys:write", "keys:read", "policy:write", "policy:read", "audit:read", "admin")

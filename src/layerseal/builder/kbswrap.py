@@ -8,11 +8,10 @@ KEK.  The KEK never leaves the broker except to an attested enclave.
 
 from __future__ import annotations
 
-import base64
-
-from layerseal.broker.client import PublisherClient
 from layerseal.crypto.keywrap import PROVIDER_NAME, LayerContext
 from layerseal.image.encryption import PrivateOptions
+from layerseal.kbs.client import PublisherClient
+from layerseal.wire.b64 import b64decode
 
 #: the annotation suffix Confidential Containers guests look for
 SCHEME = f"provider.{PROVIDER_NAME}"
@@ -38,7 +37,7 @@ class KbsWrapper:
         key_id = key.get("key_id") if isinstance(key, dict) else None
         if isinstance(key_id, str):
             self.created.append(key_id)
-        return base64.b64decode(answer["packet"])
+        return b64decode(answer["packet"], "broker POST /api/v1/keys packet")
 
     def mark_unused(self) -> list[str]:
         """After a failed publish: flag every key this wrapper created as unused (cleanable)."""

@@ -21,8 +21,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from layerseal.broker.client import PublisherClient
-from layerseal.broker.packets import KeyPacket, ResourcePath
 from layerseal.builder.copy import (
     CopyOptions,
     Progress,
@@ -39,6 +37,8 @@ from layerseal.image.digest import Digest
 from layerseal.image.encryption import keys_annotation, wrapped_keys
 from layerseal.image.manifest import Manifest, parse_any
 from layerseal.image.transport import ImageDestination, ImageSource, resolve_manifest
+from layerseal.kbs.client import PublisherClient
+from layerseal.kbs.packets import KeyPacket, ResourcePath
 
 #: (key id, version): one KEK version at the broker
 KeyVersion = tuple[str, int]

@@ -197,7 +197,7 @@ def _with_master_key(p: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from layerseal.broker.adminclient import AdminClient
+    from layerseal.kbs.adminclient import AdminClient
 
     token = args.token or os.environ.get(TOKEN_ENV)
     if args.token_file:

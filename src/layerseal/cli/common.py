@@ -274,8 +274,8 @@ def parse_wrappers(args: argparse.Namespace, destination: str) -> tuple[KeyWrapp
                     f"--encryption-key {spec}: expected a broker token "
                     "(--kbs-token or LAYERSEAL_KBS_TOKEN), seen none"
                 )
-            from layerseal.broker.client import PublisherClient
             from layerseal.builder.kbswrap import KbsWrapper
+            from layerseal.kbs.client import PublisherClient
 
             client = PublisherClient(rest, token, verify=args.kbs_cacert or True)
             wrappers.append(KbsWrapper(client, args.kbs_repository or repository_of(destination)))

@@ -22,7 +22,7 @@ from layerseal.errors import BadInputError
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from layerseal.broker.client import PublisherClient
+    from layerseal.kbs.client import PublisherClient
 
     token = args.kbs_token or os.environ.get("LAYERSEAL_KBS_TOKEN")
     if not args.kbs or not token:

@@ -19,6 +19,7 @@ from typing import Any
 
 from layerseal.errors import BadInputError
 from layerseal.image.descriptor import Descriptor
+from layerseal.image.jsonutil import loads_object
 from layerseal.keyprovider.pbcodec import decode_varint
 from layerseal.keyprovider.protocol import byte_field
 
@@ -105,14 +106,7 @@ def parse_payload(data: bytes) -> Payload:
     type_url, value = _any_fields(data)
     if type_url.rsplit("/", 1)[-1] != PAYLOAD_URI:
         raise BadInputError(f"containerd payload type: expected {PAYLOAD_URI!r}, seen {type_url[:80]!r}")
-    try:
-        doc = json.loads(value) if value else {}
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"containerd payload {PAYLOAD_URI}: expected JSON, seen other bytes") from exc
-    if not isinstance(doc, dict):
-        raise BadInputError(
-            f"containerd payload {PAYLOAD_URI}: expected a JSON object, seen {type(doc).__name__}"
-        )
+    doc = loads_object(value, f"containerd payload {PAYLOAD_URI}") if value else {}
     desc_obj = doc.get("Descriptor")
     descriptor = None
     # Go marshals an unset ocispec.Descriptor as zero values: treat one without a digest as absent

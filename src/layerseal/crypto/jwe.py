@@ -20,7 +20,6 @@ and does not tell a wrong key from altered data.  go-jose's stray top-level
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import os
 import warnings
@@ -51,6 +50,7 @@ from joserfc.jwk import ECKey, RSAKey
 from layerseal.crypto.keys import PrivateKey, PublicKey, key_kind, public_key_from_jwk, public_key_to_jwk
 from layerseal.errors import BadInputError, IntegrityError, MisuseError, WrongKeyError
 from layerseal.image import jsonutil
+from layerseal.wire.b64 import b64url_decode
 
 __all__ = ["decrypt", "decrypt_from_jwk", "encrypt", "encrypt_to_jwk", "protected_header_json"]
 
@@ -85,15 +85,7 @@ def _b64url(data: bytes) -> str:
 
 
 def _b64url_decode(value: Any, what: str, field: str) -> bytes:
-    if not isinstance(value, str):
-        raise BadInputError(f"{what}: field '{field}': expected base64url text, seen {type(value).__name__}")
-    text = value.rstrip("=")
-    if not _B64URL_ALPHABET.issuperset(text):
-        raise BadInputError(f"{what}: field '{field}': expected base64url text, seen other characters")
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise BadInputError(f"{what}: field '{field}': expected base64url text, seen invalid length") from exc
+    return b64url_decode(value, f"{what}: field '{field}'")
 
 
 def _dumps(obj: Mapping[str, Any]) -> bytes:

@@ -9,7 +9,6 @@ JWK JSON.  Error messages name the key by ``what`` and never contain key materia
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 
 from layerseal.errors import BadInputError
 from layerseal.image import jsonutil
+from layerseal.wire.b64 import b64url_decode
 
 __all__ = [
     "KEY_KINDS",
@@ -73,18 +73,7 @@ def _b64url(data: bytes) -> str:
 
 
 def _b64url_decode(value: Any, what: str) -> bytes:
-    if not isinstance(value, str) or not value:
-        seen = "an empty string" if value == "" else type(value).__name__
-        raise BadInputError(f"{what}: expected base64url text, seen {seen}")
-    text = value.rstrip("=")
-    if any(c not in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_" for c in text):
-        raise BadInputError(
-            f"{what}: expected base64url text, seen characters outside the base64url alphabet"
-        )
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise BadInputError(f"{what}: expected base64url text, seen invalid text") from exc
+    return b64url_decode(value, what, empty=False)
 
 
 def _int_from_b64url(value: Any, what: str) -> int:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from layerseal.attest.attesters import detect_tee, make_attester
 from layerseal.attest.claims import Attester
-from layerseal.broker.client import EnclaveClient
 from layerseal.crypto.keys import generate_key
+from layerseal.kbs.client import EnclaveClient
 
 __all__ = ["detect_tee", "enclave_client", "make_attester"]
 

@@ -8,21 +8,21 @@ refuses is recorded per kid, so the pull can name every refused layer at once.
 
 Packets made by CoCo's tools open too (any ``kbs:///<repo>/<type>/<tag>`` kid, v1/v2
 packets, ``A256GCM`` or ``A256CTR``), and the client falls back to one
-``GET /kbs/v0/resource/...`` per key on a Trustee KBS (see :mod:`layerseal.broker.client`).
+``GET /kbs/v0/resource/...`` per key on a Trustee KBS (see :mod:`layerseal.kbs.client`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from layerseal.broker.client import EnclaveClient
-from layerseal.broker.packets import unwrap_key_packet
 from layerseal.crypto.keywrap import BROKER_SCHEMES, LayerContext
 from layerseal.errors import BadInputError, DeniedError, NotFoundError
 from layerseal.image import jsonutil
 from layerseal.image import mediatypes as mt
 from layerseal.image.descriptor import Descriptor
 from layerseal.image.encryption import wrapped_keys
+from layerseal.kbs.client import EnclaveClient
+from layerseal.kbs.packets import unwrap_key_packet
 
 SCHEMES = BROKER_SCHEMES
 

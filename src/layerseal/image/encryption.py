@@ -9,7 +9,6 @@ compact form match Go's encoder so the bytes are identical to ocicrypt's.
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -18,6 +17,7 @@ from typing import Any
 from layerseal.errors import BadInputError
 from layerseal.image import jsonutil as J
 from layerseal.image.digest import Digest
+from layerseal.wire.b64 import b64decode
 
 CIPHER_AES_CTR_HMAC = "AES_256_CTR_HMAC_SHA256"
 ANNOTATION_PUBOPTS = "org.opencontainers.image.enc.pubopts"
@@ -25,18 +25,6 @@ ANNOTATION_KEYS_PREFIX = "org.opencontainers.image.enc.keys."
 ANNOTATION_PREFIX = "org.opencontainers.image.enc."
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-
-
-def b64decode(text: Any, what: str, length: int | None = None) -> bytes:
-    if not isinstance(text, str):
-        raise BadInputError(f"{what}: expected a base64 string, seen {type(text).__name__}")
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise BadInputError(f"{what}: expected standard base64, seen invalid text") from exc
-    if length is not None and len(raw) != length:
-        raise BadInputError(f"{what}: expected {length} bytes, seen {len(raw)}")
-    return raw
 
 
 def b64encode(data: bytes) -> str:

@@ -110,11 +110,11 @@ def loads(data: bytes | str, what: str, *, expected: str = "JSON", max_depth: in
     return value
 
 
-def loads_object(data: bytes | str, what: str) -> dict[str, Any]:
-    """Parse *data* as a JSON object; *what* names it in the error."""
-    value = loads(data, what)
+def loads_object(data: bytes | str, what: str, *, expected: str = "a JSON object") -> dict[str, Any]:
+    """Parse *data* as a JSON object; *what* names it in the error, *expected* describes it."""
+    value = loads(data, what, expected="JSON" if expected == "a JSON object" else expected)
     if not isinstance(value, dict):
-        raise BadInputError(f"{what}: expected a JSON object, seen {type(value).__name__}")
+        raise BadInputError(f"{what}: expected {expected}, seen {type(value).__name__}")
     return value
 
 

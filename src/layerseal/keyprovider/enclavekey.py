@@ -11,7 +11,6 @@ can hold it beside the token it is bound to.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import struct
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
 from layerseal.errors import BadInputError, IntegrityError
+from layerseal.wire.b64 import b64url_decode
 
 ALG = "ECDH-ES+A256KW"
 ENC = "A256GCM"
@@ -33,15 +33,6 @@ _SIZE = 32  # P-256 coordinate bytes
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64url_decode(text: Any, what: str) -> bytes:
-    if not isinstance(text, str):
-        raise BadInputError(f"{what}: expected base64url text, seen {type(text).__name__}")
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise BadInputError(f"{what}: expected base64url text, seen invalid characters") from exc
 
 
 def generate() -> ec.EllipticCurvePrivateKey:

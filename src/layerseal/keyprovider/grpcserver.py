@@ -26,7 +26,7 @@ SERVICE = "keyprovider.KeyProviderService"
 
 
 def _status(exc: LayersealError) -> grpc.StatusCode:
-    from layerseal.broker.problems import UnauthenticatedError
+    from layerseal.kbs.problems import UnauthenticatedError
 
     if isinstance(exc, UnauthenticatedError):
         return grpc.StatusCode.UNAUTHENTICATED

@@ -7,7 +7,7 @@ ocicrypt hands a provider nothing else about the layer.
 
 keyunwrap: attest (RCAR) with a fresh P-256 enclave key, or reuse a cached token and
 the key it is bound to, fetch the KEK named by the packet's ``kid`` and open the packet.
-A Trustee KBS works too, as for the engine (``broker.kbsforms``): a kid outside
+A Trustee KBS works too, through the engine's client logic (``kbs.rcarclient``): a kid outside
 layerseal's scheme (any ``kbs:///<repo>/<type>/<tag>``) is fetched with ``GET
 /kbs/v0/resource/...``, and so is every kid once the batch endpoint proves absent;
 packets made by CoCo's tools (A256GCM or A256CTR) are opened.
@@ -28,17 +28,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from layerseal.errors import BadInputError, DeniedError, LayersealError, TransportError
+from layerseal.errors import BadInputError, DeniedError, LayersealError
 from layerseal.keyprovider import protocol
 from layerseal.keyprovider.brokerhttp import BrokerHttp
 from layerseal.keyprovider.params import CONFIG_ENV, TOKEN_ENV, Settings, parse_rest, settings_from_config
 from layerseal.keyprovider.params import settings_from_env as _settings_from_env
 from layerseal.keyprovider.tokencache import CachedToken, TokenCache, cache_key, token_exp
+from layerseal.wire.b64 import b64decode
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 
     from layerseal.attest.claims import Attester
+    from layerseal.kbs.rcarclient import Opener
 
 #: layerseal.crypto.keywrap.BROKER_PROVIDER_NAMES (not imported: the cmd tool must start fast)
 BROKER_PROVIDER_NAMES = ("attestation-agent", "layerseal")
@@ -194,7 +196,8 @@ class Provider:
         http = self.http(settings)
         token = read_token(settings, self.env)
         try:
-            return http.create_layer_key(token, settings.repo, digest, request.optsdata, settings.tenant)
+            doc = http.create_layer_key(token, settings.repo, digest, request.optsdata, settings.tenant)
+            return b64decode(doc["packet"], "broker POST /api/v1/keys packet")
         except LayersealError as exc:
             raise _rewrap(exc, f"keywrap of layer {digest}") from exc
 
@@ -202,8 +205,8 @@ class Provider:
 
     def unwrap(self, request: protocol.UnwrapRequest) -> bytes:
         """The private options sealed in a CoCo key packet (layerseal's or CoCo tools')."""
-        from layerseal.broker.kbsforms import resource_path_of
-        from layerseal.broker.packets import KeyPacket, unwrap_key_packet
+        from layerseal.kbs.kbsforms import resource_path_of
+        from layerseal.kbs.packets import KeyPacket, unwrap_key_packet
 
         try:
             packet = KeyPacket.parse(request.annotation)
@@ -223,40 +226,14 @@ class Provider:
             raise _rewrap(exc, f"keyunwrap {packet.kid}") from exc
 
     def _release(self, http: BrokerHttp, settings: Settings, path: str) -> bytes:
-        from layerseal.broker.problems import UnauthenticatedError
-
-        refused: str | None = None
-        for attempt in range(2):
-            ckey, live = self._session(http, settings, refused)
-            try:
-                return self._fetch(http, live, path)
-            except UnauthenticatedError:
-                if attempt:
-                    raise
-                refused = live.entry.token  # expired early, revoked or broker key changed
-                self._forget(ckey, refused)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _fetch(self, http: BrokerHttp, live: _Live, path: str) -> bytes:
-        """The KEK at *path*: layerseal keys through the batch endpoint while the KBS has it,
-        anything else (or everything, at a Trustee KBS) through the per-resource GET."""
-        from layerseal.broker.kbsforms import is_layer_key, released_keks
+        """The KEK at *path*, with the cached token, or a fresh one if the broker refuses it."""
         from layerseal.keyprovider.enclavekey import open_jwe
 
-        if is_layer_key(path) and http.batch is not False:
-            sealed = http.release(live.entry.token, [path])
-            if sealed is not None:
-                if not isinstance(sealed, dict):
-                    raise TransportError(
-                        "broker /kbs/v0/resources: expected a JWE object, seen another value"
-                    )
-                return released_keks(open_jwe(sealed, live.key), [path])[path]
-        doc = http.resource(live.entry.token, path)
-        if not isinstance(doc, dict):
-            raise TransportError(
-                f"broker GET /kbs/v0/resource/{path}: expected a JWE object, seen another value"
-            )
-        return open_jwe(doc, live.key)
+        def credentials(refused: str | None) -> tuple[str, Opener]:
+            live = self._session(http, settings, refused)
+            return live.entry.token, lambda doc: open_jwe(doc, live.key)
+
+        return http.keks(credentials, [path])[path]
 
     def _identity(self, settings: Settings) -> tuple[str, str]:
         tee = settings.tee or "sim"
@@ -265,7 +242,9 @@ class Provider:
             return tee, str(Path(platform).resolve()) if platform else ""
         return tee, ""
 
-    def _session(self, http: BrokerHttp, settings: Settings, refused: str | None) -> tuple[str, _Live]:
+    def _session(self, http: BrokerHttp, settings: Settings, refused: str | None) -> _Live:
+        """The live token of this broker and TEE, never *refused* (expired early, revoked or
+        the broker's key changed): from memory, the token cache or a new attestation."""
         from layerseal.keyprovider.enclavekey import key_from_d
 
         tee, identity = self._identity(settings)
@@ -273,7 +252,7 @@ class Provider:
         with self._lock:
             live = self._live.get(ckey)
             if live is not None and live.entry.usable(self.clock()) and live.entry.token != refused:
-                return ckey, live
+                return live
             if self.cache is None:
                 live = self._attest(http, settings)
             else:
@@ -285,13 +264,7 @@ class Provider:
                         live = self._attest(http, settings)
                         self.cache.store(ckey, live.entry)
             self._live[ckey] = live
-            return ckey, live
-
-    def _forget(self, ckey: str, token: str) -> None:
-        with self._lock:
-            live = self._live.get(ckey)
-            if live is not None and live.entry.token == token:
-                del self._live[ckey]
+            return live
 
     def _expiry(self, token: str) -> float:
         """When to attest again: the token's ``exp``; a token without one (KBS tokens are
@@ -303,21 +276,16 @@ class Provider:
 
     def _attest(self, http: BrokerHttp, settings: Settings) -> _Live:
         from layerseal.attest.binding import report_data
+        from layerseal.kbs.rcarclient import attestation_body
         from layerseal.keyprovider import enclavekey
 
         attester = self.attester_factory(settings)
         key = enclavekey.generate()
         pubkey = enclavekey.tee_pubkey(key)
-        nonce, session, algorithm = http.auth(attester.tee)
-        body = {
-            "runtime-data": {"nonce": nonce, "tee-pubkey": pubkey},
-            "tee-evidence": {
-                "primary_evidence": attester.evidence(report_data(nonce, pubkey, "", algorithm)),
-                "additional_evidence": "",
-            },
-        }
+        challenge = http.challenge(attester.tee)
+        evidence = attester.evidence(report_data(challenge.nonce, pubkey, "", challenge.hash_algorithm))
         try:
-            token = http.attest(session, body)
+            token = http.attest(challenge.session, attestation_body(challenge.nonce, pubkey, evidence))
         except DeniedError as exc:
             raise _rewrap(exc, f"attestation ({attester.tee})") from exc
         self.attestations += 1

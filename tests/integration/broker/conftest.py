@@ -12,8 +12,8 @@ import pytest
 from brokerproc import BrokerProcess, postgres_available, postgres_schema, start_broker
 
 from layerseal.attest.sim_platform import SimAttester, init_platform
-from layerseal.broker.client import PublisherClient
 from layerseal.broker.masterkey import create_master_key_file
+from layerseal.kbs.client import PublisherClient
 
 
 @dataclass

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerseal.attest.sim_platform import SimAttester
-from layerseal.broker.client import EnclaveClient, PublisherClient
 from layerseal.crypto.keys import generate_key
 from layerseal.errors import LayersealError
 from layerseal.image.digest import Digest
 from layerseal.image.encryption import PrivateOptions
+from layerseal.kbs.client import EnclaveClient, PublisherClient
 
 SCOPES = ["keys:write", "keys:read", "policy:write", "audit:read"]
 GLOBEX_MEASUREMENT = "cd" * 48

@@ -11,9 +11,9 @@ import pytest
 from brokerproc import start_broker
 
 from conftest import deploy, optsdata
-from layerseal.broker.client import EnclaveClient, PublisherClient
 from layerseal.crypto.keys import generate_key
 from layerseal.errors import LayersealError
+from layerseal.kbs.client import EnclaveClient, PublisherClient
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,7 @@ def test_sigkill_while_creating_keys_loses_no_acknowledged_key(
                 chunk = acked[i : i + 50]
                 keks = enclave.get_keys([json.loads(p)["kid"] for p, _ in chunk])
                 for packet, o in chunk:
-                    from layerseal.broker.client import unwrap_key_packet
+                    from layerseal.kbs.client import unwrap_key_packet
 
                     assert unwrap_key_packet(packet, keks[json.loads(packet)["kid"]]) == o
     finally:

@@ -20,9 +20,9 @@ from brokerproc import BrokerProcess, free_port, start_broker
 from conftest import deploy
 from layerseal.attest.binding import report_data
 from layerseal.attest.sim_platform import SimAttester
-from layerseal.broker.client import tee_pubkey_jwk
 from layerseal.broker.masterkey import create_master_key_file
 from layerseal.crypto.keys import generate_key
+from layerseal.kbs.client import tee_pubkey_jwk
 
 pytestmark = pytest.mark.integration
 

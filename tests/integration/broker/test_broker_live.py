@@ -12,11 +12,11 @@ import pytest
 from conftest import Deployment, deploy, optsdata
 from layerseal.attest.binding import report_data
 from layerseal.attest.sim_platform import SimAttester, init_platform
-from layerseal.broker.client import EnclaveClient, tee_pubkey_jwk, unwrap_key_packet
-from layerseal.broker.problems import ForbiddenError, PolicyDeniedError
 from layerseal.crypto.jwe import decrypt_from_jwk
 from layerseal.crypto.keys import generate_key
 from layerseal.errors import LayersealError, NotFoundError
+from layerseal.kbs.client import EnclaveClient, tee_pubkey_jwk, unwrap_key_packet
+from layerseal.kbs.problems import ForbiddenError, PolicyDeniedError
 
 pytestmark = pytest.mark.integration
 

@@ -18,9 +18,10 @@ from brokerproc import postgres_available, postgres_schema, start_broker
 
 from conftest import Deployment, deploy, optsdata
 from layerseal.broker import rekey
-from layerseal.broker.client import EnclaveClient, unwrap_key_packet
 from layerseal.broker.custody import MasterKeyCustody
 from layerseal.crypto.keys import generate_key
+from layerseal.kbs.client import EnclaveClient
+from layerseal.kbs.packets import unwrap_key_packet
 
 pytestmark = pytest.mark.integration
 

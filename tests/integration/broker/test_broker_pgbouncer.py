@@ -15,9 +15,9 @@ import pytest
 from brokerproc import free_port, postgres_available, postgres_schema
 
 from conftest import deploy, optsdata
-from layerseal.broker.client import EnclaveClient, unwrap_key_packet
 from layerseal.broker.server import audit_verify
 from layerseal.crypto.keys import generate_key
+from layerseal.kbs.client import EnclaveClient, unwrap_key_packet
 
 pytestmark = [
     pytest.mark.integration,

@@ -17,10 +17,10 @@ import pytest
 from brokerproc import BrokerProcess
 
 from conftest import deploy, optsdata
-from layerseal.broker.client import EnclaveClient, unwrap_key_packet
 from layerseal.broker.server import audit_verify
 from layerseal.crypto.keys import generate_key
 from layerseal.errors import LayersealError
+from layerseal.kbs.client import EnclaveClient, unwrap_key_packet
 
 pytestmark = pytest.mark.integration
 

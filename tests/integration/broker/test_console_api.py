@@ -14,9 +14,9 @@ import pytest
 
 from conftest import Deployment, deploy, optsdata
 from layerseal.attest.sim_platform import SimAttester
-from layerseal.broker.client import EnclaveClient
 from layerseal.crypto.keys import generate_key
 from layerseal.errors import LayersealError
+from layerseal.kbs.client import EnclaveClient
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,10 @@ import pytest
 from brokerproc import start_broker
 
 from conftest import deploy, optsdata
-from layerseal.broker.client import EnclaveClient, PublisherClient, unwrap_key_packet
 from layerseal.broker.server import open_broker
 from layerseal.crypto.keys import generate_key
 from layerseal.errors import IntegrityError
+from layerseal.kbs.client import EnclaveClient, PublisherClient, unwrap_key_packet
 
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 SO_PIN, PIN = "87654321", "123456"

@@ -31,9 +31,9 @@ from helpers.images import make_busybox_image, make_keys
 from helpers.registry import registry_manifest, skopeo_copy
 from integration.broker.brokerproc import BrokerProcess, start_broker
 from layerseal.attest.sim_platform import SimAttester, init_platform
-from layerseal.broker.client import PublisherClient
 from layerseal.broker.masterkey import create_master_key_file
-from layerseal.broker.packets import ResourcePath
+from layerseal.kbs.client import PublisherClient
+from layerseal.kbs.packets import ResourcePath
 from support.registry_server import RegistryServer
 
 pytestmark = pytest.mark.integration

@@ -17,10 +17,10 @@ import pytest
 
 from integration.broker.brokerproc import BrokerProcess, start_broker
 from layerseal.attest.sim_platform import SimAttester, init_platform
-from layerseal.broker.client import PublisherClient
 from layerseal.broker.masterkey import create_master_key_file
 from layerseal.image.digest import Digest
 from layerseal.image.encryption import PrivateOptions
+from layerseal.kbs.client import PublisherClient
 from layerseal.keyprovider.grpcserver import build_server, call
 from layerseal.keyprovider.params import Settings
 from layerseal.keyprovider.provider import Provider

@@ -17,8 +17,8 @@ import pytest
 
 from integration.test_trustee_kbs_compat import coco_packet
 from layerseal.attest.sample import SampleAttester
-from layerseal.broker.packets import new_key_id
 from layerseal.errors import LayersealError
+from layerseal.kbs.packets import new_key_id
 from layerseal.keyprovider import protocol
 from layerseal.keyprovider.params import Settings
 from layerseal.keyprovider.provider import Provider

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from layerseal.attest.binding import report_data, runtime_data
-from layerseal.attest.jcs import canonicalize
 from layerseal.errors import BadInputError
+from layerseal.wire.jcs import canonicalize
 
 
 def test_rfc8785_sorting_by_utf16_and_escapes() -> None:

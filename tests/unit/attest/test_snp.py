@@ -440,9 +440,9 @@ def test_broker_routes_snp_evidence_to_the_snp_verifier(
     from starlette.testclient import TestClient
 
     from layerseal.broker.app import create_app
-    from layerseal.broker.client import tee_pubkey_jwk
     from layerseal.broker.server import open_broker
     from layerseal.crypto.keys import generate_key
+    from layerseal.kbs.client import tee_pubkey_jwk
 
     monkeypatch.delenv("LAYERSEAL_MASTER_KEY", raising=False)
     broker = open_broker(str(tmp_path / "b.db"), create_master_key=True)
@@ -567,3 +567,17 @@ def test_crl_not_signed_by_the_pinned_ark_is_refused(fake_milan: FakeAmd, tmp_pa
         trust.read_amd_crls(tmp_path / "empty")
     with pytest.raises(BadInputError, match="expected a directory, seen none"):
         trust.read_amd_crls(tmp_path / "missing")
+
+
+def test_trust_material_is_held_per_verifier_set_not_per_process(tmp_path: Path) -> None:
+    from layerseal.attest.verifiers import TeeTrust, TeeVerifiers
+
+    (tmp_path / "vcek.der").write_bytes(VCEK)
+    with_cache = TeeVerifiers(TeeTrust(snp_vcek_cache=tmp_path))
+    assert with_cache.verifier_for("snp").verify(REPORT, rd_of(REPORT)).svn == 4
+    assert with_cache.verifier_for("snp") is with_cache.verifier_for("snp")
+    # another broker's set, and the process default, do not see this cache
+    with pytest.raises(BadInputError, match="offline VCEK cache"):
+        TeeVerifiers().verifier_for("snp").verify(REPORT, rd_of(REPORT))
+    with pytest.raises(BadInputError, match="offline VCEK cache"):
+        verifier_for("snp").verify(REPORT, rd_of(REPORT))

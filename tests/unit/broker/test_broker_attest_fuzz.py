@@ -14,8 +14,8 @@ from brokerenv import Env
 
 from layerseal.attest.claims import Claims
 from layerseal.broker import service
-from layerseal.broker.client import tee_pubkey_jwk
 from layerseal.crypto.keys import generate_key
+from layerseal.kbs.client import tee_pubkey_jwk
 from support.evidence_fuzz import CASES, Case
 
 CASES_PER_TEE = 40

@@ -10,8 +10,8 @@ from typing import Any
 from brokerenv import Env
 
 from layerseal.attest.binding import device_report_data, report_data
-from layerseal.broker.client import tee_pubkey_jwk
 from layerseal.crypto.keys import generate_key
+from layerseal.kbs.client import tee_pubkey_jwk
 
 COCO_SNP = json.loads(
     (Path(__file__).parents[2] / "data" / "tee" / "snp" / "coco-guest-evidence.json").read_text()

@@ -12,8 +12,8 @@ import pytest
 
 from layerseal.broker.custody import MasterKeyCustody, record_aad
 from layerseal.broker.masterkey import ENV_VAR, load_master_key
-from layerseal.broker.packets import ResourcePath, make_key_packet, unwrap_key_packet
 from layerseal.errors import BadInputError, DeniedError, IntegrityError
+from layerseal.kbs.packets import ResourcePath, make_key_packet, unwrap_key_packet
 
 
 def test_seal_unseal_binds_aad_and_master_key() -> None:

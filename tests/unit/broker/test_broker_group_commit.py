@@ -18,10 +18,10 @@ from test_broker_audit_chain import main
 from test_broker_rcar_api import rcar
 
 from layerseal.broker.groupcommit import AuditCommitter
-from layerseal.broker.packets import ResourcePath
-from layerseal.broker.problems import ForbiddenError, PolicyDeniedError, UnauthenticatedError
 from layerseal.broker.server import audit_verify, open_broker
 from layerseal.errors import LayersealError
+from layerseal.kbs.packets import ResourcePath
+from layerseal.kbs.problems import ForbiddenError, PolicyDeniedError, UnauthenticatedError
 
 
 class SlowLog:

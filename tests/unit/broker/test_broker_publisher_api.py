@@ -8,9 +8,9 @@ import json
 import pytest
 from brokerenv import Env, make_optsdata
 
-from layerseal.broker.client import PublisherClient
-from layerseal.broker.problems import ForbiddenError, UnauthenticatedError
 from layerseal.errors import BadInputError, NotFoundError
+from layerseal.kbs.client import PublisherClient
+from layerseal.kbs.problems import ForbiddenError, UnauthenticatedError
 
 
 def test_missing_or_bad_token_is_401_problem(env: Env) -> None:

@@ -14,14 +14,14 @@ from layerseal.attest.binding import report_data
 from layerseal.attest.sample import SampleAttester
 from layerseal.attest.sim_platform import SimAttester
 from layerseal.broker.app import create_app
-from layerseal.broker.client import tee_pubkey_jwk
-from layerseal.broker.packets import unwrap_key_packet
 from layerseal.broker.ratelimit import RateLimiter
 from layerseal.broker.server import open_broker
 from layerseal.broker.service import BrokerConfig
 from layerseal.crypto.jwe import decrypt_from_jwk
 from layerseal.crypto.keys import generate_key
 from layerseal.errors import WrongKeyError
+from layerseal.kbs.client import tee_pubkey_jwk
+from layerseal.kbs.packets import unwrap_key_packet
 
 
 def rcar(client: TestClient, attester: Any, key: Any = None, *, tee: str = "sim") -> tuple[str, str, Any]:

@@ -17,12 +17,12 @@ from starlette.testclient import TestClient
 
 from layerseal.attest.sim_platform import SimAttester
 from layerseal.broker.app import create_app
-from layerseal.broker.client import EnclaveClient
 from layerseal.broker.console.session import SessionSealer
 from layerseal.broker.console.views import failing_conditions
 from layerseal.broker.ratelimit import RateLimiter
 from layerseal.crypto.keys import generate_key
 from layerseal.errors import LayersealError
+from layerseal.kbs.client import EnclaveClient
 
 RELAXED = {
     "version": "1.0.0",

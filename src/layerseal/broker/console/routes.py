@@ -24,9 +24,9 @@ from starlette.routing import BaseRoute, Route
 from layerseal.broker.console import render, views
 from layerseal.broker.console.session import Session, SessionSealer, same_token
 from layerseal.broker.metrics import Metrics
-from layerseal.broker.problems import ForbiddenError, UnauthenticatedError, status_of
 from layerseal.broker.service import Broker, Principal
 from layerseal.errors import BadInputError, LayersealError
+from layerseal.kbs.problems import ForbiddenError, UnauthenticatedError, status_of
 
 log = logging.getLogger("layerseal.broker.console")
 

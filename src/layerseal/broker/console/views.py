@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from layerseal.broker import packets, policy
+from layerseal.broker import policy
 from layerseal.broker.console import queries
 from layerseal.broker.metrics import Metrics
-from layerseal.broker.problems import ForbiddenError
 from layerseal.broker.service import Broker, Principal, check_repository
 from layerseal.errors import BadInputError, NotFoundError
+from layerseal.kbs import packets
+from layerseal.kbs.problems import ForbiddenError
 
 DEFAULT_PAGE = 100
 OUTCOMES = {"ok": "ok", "release": "ok", "released": "ok", "deny": "deny", "denied": "deny"}

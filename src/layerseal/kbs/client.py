@@ -24,41 +24,45 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from layerseal.attest.binding import report_data
 from layerseal.attest.claims import Attester
-from layerseal.broker.kbsforms import (
-    batch_absent,
-    is_layer_key,
-    released_keks,
-    resource_path_of,
-    selected_hash_algorithm,
-)
-from layerseal.broker.packets import unwrap_key_packet
-from layerseal.broker.problems import error_for
 from layerseal.crypto.jwe import decrypt_from_jwk
 from layerseal.crypto.keys import PrivateKey, public_key_to_jwk
-from layerseal.errors import BadInputError, LayersealError, TransportError
+from layerseal.errors import BadInputError, TransportError
+from layerseal.kbs.kbsforms import resource_path_of
+from layerseal.kbs.packets import unwrap_key_packet
+from layerseal.kbs.rcarclient import KbsClient, Opener, Reply, Request, attestation_body
 from layerseal.netcause import classify_network_error
+from layerseal.wire.b64 import b64decode
 
-__all__ = ["EnclaveClient", "PublisherClient", "resource_path_of", "tee_pubkey_jwk", "unwrap_key_packet"]
+__all__ = [
+    "EnclaveClient",
+    "HttpxTransport",
+    "PublisherClient",
+    "resource_path_of",
+    "tee_pubkey_jwk",
+    "unwrap_key_packet",
+]
 
-SESSION_COOKIE = "kbs-session-id"
-PROTOCOL_VERSION = "0.4.0"
 
+class HttpxTransport:
+    """The KBS transport on httpx (engine, builder, CLI); sessions travel explicitly, never
+    in a cookie jar, so replicas behind a load balancer can be mixed."""
 
-def _error_for(method: str, path: str, response: httpx.Response) -> LayersealError:
-    return error_for(method, path, response.status_code, response.content)
-
-
-class _Http:
     def __init__(
         self, url: str, *, transport: httpx.BaseTransport | None, timeout: float, verify: bool | str
     ) -> None:
         self.base = url.rstrip("/")
         self._client = httpx.Client(base_url=self.base, transport=transport, timeout=timeout, verify=verify)
 
-    def raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """The response, whatever its status (transport failures still raise)."""
+    def send(self, request: Request) -> Reply:
+        method, path = request.method, request.path
         try:
-            return self._client.request(method, path, **kwargs)
+            response = self._client.request(
+                method,
+                path,
+                json=request.body,
+                headers=dict(request.headers),
+                params=dict(request.params) if request.params else None,
+            )
         except httpx.HTTPError as exc:
             failure = classify_network_error(
                 exc,
@@ -69,23 +73,9 @@ class _Http:
             raise TransportError(
                 f"broker {method} {self.base}{path}: expected a response, seen {failure.message()}"
             ) from exc
-
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = self.raw(method, path, **kwargs)
-        if response.status_code >= 400:
-            raise _error_for(method, path, response)
-        return response
-
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.request(method, path, **kwargs)
-        if response.status_code == 204:
-            return None
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise TransportError(
-                f"broker {method} {path}: expected JSON, seen {response.text[:80]!r}"
-            ) from exc
+        finally:
+            self._client.cookies.clear()
+        return Reply(response.status_code, response.content, tuple(response.headers.get_list("set-cookie")))
 
     def close(self) -> None:
         self._client.close()
@@ -103,7 +93,9 @@ class PublisherClient:
         timeout: float = 30.0,
         verify: bool | str = True,
     ) -> None:
-        self._http = _Http(url, transport=transport, timeout=timeout, verify=verify)
+        self._http = HttpxTransport(url, transport=transport, timeout=timeout, verify=verify)
+        self._kbs = KbsClient(self._http)
+        self._token = token
         self._headers = {"Authorization": f"Bearer {token}"}
 
     def __enter__(self) -> PublisherClient:
@@ -123,29 +115,21 @@ class PublisherClient:
         params: Mapping[str, Any] | None = None,
     ) -> Any:
         clean = {k: v for k, v in (params or {}).items() if v is not None}
-        return self._http.json(method, path, json=body, params=clean or None, headers=self._headers)
+        return self._kbs.json(Request(method, path, body, self._headers, clean or None))
 
     # keys
     def create_layer_key_detailed(
         self, repository: str, layer_digest: str, optsdata: bytes, *, tenant: str | None = None
     ) -> dict[str, Any]:
         """The full answer: ``{"key": {...}, "kid": ..., "packet": b64}``."""
-        body: dict[str, Any] = {
-            "repository": repository,
-            "layer_digest": layer_digest,
-            "optsdata": base64.b64encode(optsdata).decode(),
-        }
-        if tenant is not None:
-            body["tenant"] = tenant
-        result: dict[str, Any] = self._call("POST", "/api/v1/keys", body)
-        return result
+        return self._kbs.create_layer_key(self._token, repository, layer_digest, optsdata, tenant)
 
     def create_layer_key(
         self, repository: str, layer_digest: str, optsdata: bytes, *, tenant: str | None = None
     ) -> bytes:
         """Create the KEK for a new layer; returns the CoCo key packet JSON bytes."""
         result = self.create_layer_key_detailed(repository, layer_digest, optsdata, tenant=tenant)
-        return base64.b64decode(result["packet"])
+        return b64decode(result["packet"], "broker POST /api/v1/keys packet")
 
     def list_keys(self, repository: str | None = None, *, tenant: str | None = None) -> list[dict[str, Any]]:
         keys: list[dict[str, Any]] = self._call(
@@ -171,7 +155,9 @@ class PublisherClient:
             body["optsdata"] = base64.b64encode(optsdata).decode()
         if packet is not None:
             body["packet"] = base64.b64encode(packet).decode()
-        return base64.b64decode(self._call("POST", f"/api/v1/keys/{key_id}/rotate", body)["packet"])
+        return b64decode(
+            self._call("POST", f"/api/v1/keys/{key_id}/rotate", body)["packet"], "broker rotate packet"
+        )
 
     def retire_key_version(self, key_id: str, version: int) -> dict[str, Any]:
         key: dict[str, Any] = self._call("POST", f"/api/v1/keys/{key_id}/versions/{version}/retire", {})[
@@ -324,15 +310,19 @@ class EnclaveClient:
         timeout: float = 30.0,
         verify: bool | str = True,
     ) -> None:
-        self._http = _Http(url, transport=transport, timeout=timeout, verify=verify)
+        self._http = HttpxTransport(url, transport=transport, timeout=timeout, verify=verify)
+        self._kbs = KbsClient(self._http)
         self.attester = attester
         self.private_key = private_key
         self.tee_pubkey = tee_pubkey_jwk(private_key)
         self.token: str | None = None
         self.session_id: str | None = None
         self.hash_algorithm = "sha384"
-        # None until the first batch request tells whether the KBS has the endpoint
-        self.batch: bool | None = None
+
+    @property
+    def batch(self) -> bool | None:
+        """None until the first batch request tells whether the KBS has the endpoint."""
+        return self._kbs.batch
 
     def __enter__(self) -> EnclaveClient:
         return self
@@ -345,103 +335,40 @@ class EnclaveClient:
 
     def challenge(self) -> str:
         """RCAR step 1: a fresh session; returns the nonce."""
-        response = self._http.request(
-            "POST",
-            "/kbs/v0/auth",
-            json={"version": PROTOCOL_VERSION, "tee": self.attester.tee, "extra-params": ""},
-        )
-        self.session_id = response.cookies.get(SESSION_COOKIE)
-        self._http._client.cookies.clear()  # the session travels explicitly, so replicas can be mixed
-        challenge = response.json()
-        nonce = challenge.get("nonce")
-        if not isinstance(nonce, str) or self.session_id is None:
-            raise TransportError(
-                "broker /kbs/v0/auth: expected a nonce and a kbs-session-id cookie, seen neither"
-            )
-        self.hash_algorithm = selected_hash_algorithm(challenge)
-        return nonce
+        challenge = self._kbs.challenge(self.attester.tee)
+        self.session_id = challenge.session
+        self.hash_algorithm = challenge.hash_algorithm
+        return challenge.nonce
 
     def attestation_body(self, nonce: str) -> dict[str, Any]:
         """RCAR step 2 request body: evidence over SHA-384(JCS(nonce, tee-pubkey))."""
         evidence = self.attester.evidence(report_data(nonce, self.tee_pubkey, "", self.hash_algorithm))
-        return {
-            "runtime-data": {"nonce": nonce, "tee-pubkey": self.tee_pubkey},
-            "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
-        }
+        return attestation_body(nonce, self.tee_pubkey, evidence)
 
     def attest(self) -> str:
         """Run RCAR steps 1-2; returns (and keeps) the attestation token."""
         nonce = self.challenge()
-        response = self._http.request(
-            "POST",
-            "/kbs/v0/attest",
-            json=self.attestation_body(nonce),
-            headers={"Cookie": f"{SESSION_COOKIE}={self.session_id}"},
-        )
-        self._http._client.cookies.clear()
-        token = response.json().get("token")
-        if not isinstance(token, str):
-            raise TransportError("broker /kbs/v0/attest: expected a token, seen none")
-        self.token = token
-        return token
+        assert self.session_id is not None  # challenge() checked it
+        self.token = self._kbs.attest(self.session_id, self.attestation_body(nonce))
+        return self.token
 
-    def _auth_headers(self) -> dict[str, str]:
-        if self.token is None:
-            self.attest()
-        return {"Authorization": f"Bearer {self.token}"}
-
-    def _open(self, jwe_doc: Any) -> bytes:
-        if not isinstance(jwe_doc, dict):
-            raise TransportError("broker response: expected a JWE JSON object")
+    def _open(self, jwe_doc: dict[str, Any]) -> bytes:
         return decrypt_from_jwk(jwe_doc, self.private_key)
 
-    def _authorized(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """A request with the attestation token; an expired or revoked one is renewed once."""
-        for attempt in range(2):
-            response = self._http.raw(method, path, headers=self._auth_headers(), **kwargs)
-            if response.status_code != 401 or attempt:
-                return response
-            self.token = None  # expired or revoked: attest again once
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _batch(self, paths: list[str]) -> dict[str, bytes] | None:
-        """KEKs of layerseal keys in one request; None when the KBS has no batch endpoint."""
-        response = self._authorized("POST", "/kbs/v0/resources", json={"resources": paths})
-        if self.batch is None and batch_absent(response.status_code, response.content):
-            self.batch = False
-            return None
-        if response.status_code >= 400:
-            raise _error_for("POST", "/kbs/v0/resources", response)
-        self.batch = True
-        try:
-            doc = response.json()
-        except ValueError as exc:
-            raise TransportError("broker POST /kbs/v0/resources: expected JSON") from exc
-        return released_keks(self._open(doc), paths)
+    def _credentials(self, refused: str | None) -> tuple[str, Opener]:
+        if self.token is None or self.token == refused:
+            self.attest()  # first use, or expired or revoked: attest again
+        assert self.token is not None
+        return self.token, self._open
 
     def get_keys(self, resource_paths: Sequence[str]) -> dict[str, bytes]:
         """KEKs of many layers, keyed by the paths (or kids) given: layerseal keys in one
         batch, other resources (or all, on a KBS without the batch endpoint) one by one."""
-        parsed = {p: resource_path_of(p) for p in resource_paths}
-        keks: dict[str, bytes] = {}
-        ours = sorted({v for v in parsed.values() if is_layer_key(v)})
-        if ours and self.batch is not False:
-            keks.update(self._batch(ours) or {})
-        for path in sorted(set(parsed.values()) - keks.keys()):
-            keks[path] = self.get_resource(path)
-        return {given: keks[norm] for given, norm in parsed.items()}
+        return self._kbs.keks(self._credentials, resource_paths)
 
     def get_resource(self, resource_path: str) -> bytes:
         """One resource through the plain KBS ``GET /kbs/v0/resource/<repo>/<type>/<tag>``."""
-        path = f"/kbs/v0/resource/{resource_path_of(resource_path)}"
-        response = self._authorized("GET", path)
-        if response.status_code >= 400:
-            raise _error_for("GET", path, response)
-        try:
-            doc = response.json()
-        except ValueError as exc:
-            raise TransportError(f"broker GET {path}: expected a JWE JSON object") from exc
-        return self._open(doc)
+        return self._kbs.resource(self._credentials, resource_path)
 
     def unwrap(self, packet_json: bytes) -> bytes:
         """Fetch the KEK a key packet names and return the packet's optsdata."""

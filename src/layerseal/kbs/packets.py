@@ -16,7 +16,6 @@ the key's newest active version.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import os
 import re
@@ -28,6 +27,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from layerseal.errors import BadInputError, IntegrityError
+from layerseal.image.jsonutil import loads_object
+from layerseal.wire.b64 import b64decode
 
 RESOURCE_TYPE = "layer-key"
 TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -91,15 +92,7 @@ class ResourcePath:
 
 
 def _b64(value: Any, what: str, length: int | None = None) -> bytes:
-    if not isinstance(value, str):
-        raise BadInputError(f"key packet {what}: expected a base64 string, seen {type(value).__name__}")
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise BadInputError(f"key packet {what}: expected standard base64") from exc
-    if length is not None and len(raw) != length:
-        raise BadInputError(f"key packet {what}: expected {length} bytes, seen {len(raw)}")
-    return raw
+    return b64decode(value, f"key packet {what}", length)
 
 
 def make_key_packet(kid: str, kek: bytes, optsdata: bytes) -> bytes:
@@ -128,12 +121,7 @@ class KeyPacket:
 
     @classmethod
     def parse(cls, packet_json: bytes) -> KeyPacket:
-        try:
-            obj = json.loads(packet_json)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadInputError("key packet: expected JSON, seen invalid data") from exc
-        if not isinstance(obj, dict):
-            raise BadInputError("key packet: expected a JSON object")
+        obj = loads_object(packet_json, "key packet")
         # v2 packets (CDH AnnotationPacketV2) name a version and a provider; only the KBS one is ours
         version = obj.get("version", PACKET_VERSION)
         if version != PACKET_VERSION:

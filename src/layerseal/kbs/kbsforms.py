@@ -1,7 +1,6 @@
 """How a KBS client reads what a broker or a Trustee KBS says, whatever its HTTP library (pure).
 
-Shared by the engine's client (``broker.client``, httpx) and the keyprovider's
-(``keyprovider.brokerhttp``, ``http.client``, which must not import httpx): which kids
+Read by the one KBS client (:mod:`layerseal.kbs.rcarclient`), whatever its transport: which kids
 name layerseal layer keys (those go in one batch) and which are plain KBS resources
 (``GET /kbs/v0/resource/<repo>/<type>/<tag>``); whether an answer to the batch request
 means the KBS has no such endpoint (Trustee: 404 ``PluginNotFound``); which report-data
@@ -10,20 +9,17 @@ hash the challenge selects; and the batch answer's KEKs.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from collections.abc import Sequence
 from typing import Any
 
 from layerseal.attest.binding import HASH_ALGORITHMS
-from layerseal.broker.packets import ResourcePath
-from layerseal.broker.problems import PROBLEM_TYPE
 from layerseal.errors import BadInputError, TransportError
+from layerseal.kbs.packets import ResourcePath
+from layerseal.kbs.problems import PROBLEM_TYPE
+from layerseal.wire.b64 import b64decode
 
-BATCH_PATH = "/kbs/v0/resources"
-RESOURCE_PREFIX = "/kbs/v0/resource/"
 DEFAULT_HASH = "sha384"
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
@@ -85,8 +81,8 @@ def released_keks(plain: bytes, paths: Sequence[str]) -> dict[str, bytes]:
     """The KEKs of a batch answer's plaintext ``{"resources": {path: base64}}``; every path required."""
     try:
         released = json.loads(plain)["resources"]
-        keks = {path: base64.b64decode(value, validate=True) for path, value in released.items()}
-    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        keks = {path: b64decode(value, f"broker batch response {path}") for path, value in released.items()}
+    except (ValueError, KeyError, TypeError, AttributeError, BadInputError) as exc:
         raise TransportError(
             "broker batch response: expected {resources:{path:b64}}, seen another payload"
         ) from exc

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from layerseal.broker.client import PublisherClient
+from layerseal.kbs.client import PublisherClient
 
 
 class AdminClient(PublisherClient):
