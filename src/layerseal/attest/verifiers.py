@@ -93,27 +93,14 @@ class TeeVerifiers:
         raise BadInputError(f"tee: expected one of {list(SUPPORTED_TEES)}, seen {tee[:40]!r}")
 
 
-# The broker's verifiers until it is handed a TeeVerifiers explicitly (server.py, service.py):
-# one reference, replaced whole, never mutated in place.
-_default = TeeVerifiers()
-
-
-def configure_tee_trust(
-    *,
-    snp_vcek_cache: str | os.PathLike[str] | None = None,
-    snp_crl: str | os.PathLike[str] | None = None,
-    tdx_collateral: str | os.PathLike[str] | None = None,
-    sgx_collateral: str | os.PathLike[str] | None = None,
-) -> None:
-    """Replace the default verifiers with ones over this trust material (read now, so errors
-    show at start).  Prefer building a :class:`TeeVerifiers` and passing it along."""
-    global _default
-    _default = TeeVerifiers(TeeTrust(snp_vcek_cache, snp_crl, tdx_collateral, sgx_collateral))
+# Callers that hold no TeeVerifiers of their own (tools, tests) share this one: it has no
+# trust material beyond the packaged roots and is never reconfigured; a broker builds its own.
+_PACKAGED = TeeVerifiers()
 
 
 def verifier_for(
     tee: str, trusted_sim_platforms: Iterable[bytes] = (), verifiers: TeeVerifiers | None = None
 ) -> Verifier:
-    """The verifier of *tee* from *verifiers* (default: the process's); sim trusts exactly
-    the given DER platform certificates."""
-    return (verifiers or _default).verifier_for(tee, trusted_sim_platforms)
+    """The verifier of *tee* from *verifiers* (default: the packaged roots only); sim trusts
+    exactly the given DER platform certificates."""
+    return (verifiers or _PACKAGED).verifier_for(tee, trusted_sim_platforms)

@@ -20,6 +20,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from layerseal.attest.verifiers import TeeTrust, TeeVerifiers
 from layerseal.broker import database
 from layerseal.broker.app import create_app
 from layerseal.broker.audit import ChainReport
@@ -106,6 +107,7 @@ def open_broker(
     master_key_uri: str | None = None,
     migrate: bool = True,
     pool_size: int = database.DEFAULT_POOL_SIZE,
+    verifiers: TeeVerifiers | None = None,
 ) -> Broker:
     """A broker on *db_url* (schema migrated) with its master key loaded.
 
@@ -117,7 +119,7 @@ def open_broker(
     engine = database.create_db_engine(db_url, pool_size=pool_size)
     if migrate:
         database.migrate(engine)
-    return Broker(Store(engine, relaxed_audit_sync=relaxed_audit_sync), custody, config)
+    return Broker(Store(engine, relaxed_audit_sync=relaxed_audit_sync), custody, config, verifiers=verifiers)
 
 
 @dataclass(frozen=True)
@@ -180,16 +182,10 @@ def _options_from_json(text: str) -> ServeOptions:
 
 def _open_for_serving(options: ServeOptions, *, migrate: bool = True) -> Broker:
     configure_logging(options.log_level)
-    trust = (options.snp_vcek_cache, options.snp_crl, options.tdx_collateral, options.sgx_collateral)
-    if any(x is not None for x in trust):
-        from layerseal.attest.verifiers import configure_tee_trust
-
-        configure_tee_trust(
-            snp_vcek_cache=options.snp_vcek_cache,
-            snp_crl=options.snp_crl,
-            tdx_collateral=options.tdx_collateral,
-            sgx_collateral=options.sgx_collateral,
-        )
+    # trust material is read now, so a bad directory fails the start, not the first attestation
+    verifiers = TeeVerifiers(
+        TeeTrust(options.snp_vcek_cache, options.snp_crl, options.tdx_collateral, options.sgx_collateral)
+    )
     return open_broker(
         options.db_url,
         master_key_file=options.master_key_file,
@@ -198,6 +194,7 @@ def _open_for_serving(options: ServeOptions, *, migrate: bool = True) -> Broker:
         relaxed_audit_sync=options.relaxed_audit_sync,
         master_key_uri=options.master_key_uri,
         migrate=migrate,
+        verifiers=verifiers,
         pool_size=options.db_pool_size,
     )
 

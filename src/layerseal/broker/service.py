@@ -32,7 +32,7 @@ from typing import Any
 
 from layerseal.attest import rcar
 from layerseal.attest.claims import Claims, Verifier
-from layerseal.attest.verifiers import SUPPORTED_TEES, verifier_for
+from layerseal.attest.verifiers import SUPPORTED_TEES, TeeVerifiers
 from layerseal.attest.x509util import certificate_fingerprint, load_certificate
 from layerseal.broker import admin, policy
 from layerseal.broker.auditlog import open_audit_committer
@@ -405,11 +405,14 @@ class Broker:
         config: BrokerConfig | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        verifiers: TeeVerifiers | None = None,
     ) -> None:
         self.store = store
         self.custody = custody
         self.config = config or BrokerConfig()
         self.clock = clock
+        # this broker's TEE verifiers over its trust material (no process-wide registry)
+        self.verifiers = verifiers or TeeVerifiers()
         sealed = store.get_or_create_secret(
             _SIGNING_SECRET,
             lambda: custody.seal(TokenSigner.generate_pem(), record_aad("secret", _SIGNING_SECRET)),
@@ -1014,7 +1017,7 @@ class Broker:
                 additional_evidence=additional,
                 init_data=body.get("init-data"),
                 verifier_for=lambda tee: _Guarded(
-                    verifier_for(
+                    self.verifiers.verifier_for(
                         tee, [p.certificate for p in self.store.list_platforms("sim")] if tee == "sim" else []
                     )
                 ),

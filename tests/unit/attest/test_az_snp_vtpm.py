@@ -8,7 +8,7 @@ import json
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -17,7 +17,7 @@ from layerseal.attest import az_snp_vtpm, snp, trust
 from layerseal.attest.az_snp_vtpm import AzSnpVtpmVerifier, parse_attest, pcr_digest_of
 from layerseal.attest.binding import REPORT_DATA_SIZE
 from layerseal.attest.claims import Claims
-from layerseal.attest.verifiers import SUPPORTED_TEES, configure_tee_trust, verifier_for
+from layerseal.attest.verifiers import SUPPORTED_TEES, TeeVerifiers, verifier_for
 from layerseal.attest.x509util import load_pem_certs
 from layerseal.broker.policy import Policy, evaluate
 from layerseal.errors import BadInputError, DeniedError
@@ -167,12 +167,13 @@ def test_registered_as_rcar_tee() -> None:
     assert isinstance(v, AzSnpVtpmVerifier) and v.tee == "az-snp-vtpm"
     assert v is verifier_for("az-snp-vtpm")
     assert v.verify(V1, RD_V1).measurement == MEASUREMENT_V1
-    # new trust settings rebuild it over the new SNP verifier
-    configure_tee_trust()
-    try:
-        assert verifier_for("az-snp-vtpm") is not v
-    finally:
-        configure_tee_trust()
+    # another set of verifiers builds its own over its own SNP verifier
+    other = TeeVerifiers()
+    assert other.verifier_for("az-snp-vtpm") is not v
+    assert (
+        cast(AzSnpVtpmVerifier, other.verifier_for("az-snp-vtpm")).verify(V1, RD_V1).measurement
+        == MEASUREMENT_V1
+    )
 
 
 # ---------------------------------------------------------------------------- tampering

@@ -362,16 +362,14 @@ def test_qe_identity_of_intel_and_of_another_signer() -> None:
 
 
 def test_broker_trust_configuration_carries_the_sgx_collateral(tmp_path: Path) -> None:
-    from layerseal.attest.verifiers import configure_tee_trust
+    from layerseal.attest.verifiers import TeeTrust, TeeVerifiers
 
     shutil.copy(DATA / "processor_crl.der", tmp_path / "processor_crl.der")
-    try:
-        configure_tee_trust(sgx_collateral=tmp_path)
-        # the real clock is past the CRL's nextUpdate: the configured CRL refuses
-        with pytest.raises(DeniedError, match=r"^sgx CRL 'Intel SGX PCK Processor CA': expected one current"):
-            verifier_for("sgx").verify(QUOTE, RD)
-    finally:
-        configure_tee_trust()
+    configured = TeeVerifiers(TeeTrust(sgx_collateral=tmp_path))
+    # the real clock is past the CRL's nextUpdate: the configured CRL refuses
+    with pytest.raises(DeniedError, match=r"^sgx CRL 'Intel SGX PCK Processor CA': expected one current"):
+        configured.verifier_for("sgx").verify(QUOTE, RD)
+    # verifiers without that collateral (the packaged ones) are not affected
     assert verifier_for("sgx").verify(QUOTE, RD).tee == "sgx"
 
 

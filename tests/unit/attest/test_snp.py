@@ -479,14 +479,12 @@ def test_azure_hcl_report_embeds_a_verifiable_snp_report(verifier: snp.SnpVerifi
 
 
 def test_broker_trust_configuration_adds_the_vcek_cache(tmp_path: Path) -> None:
-    from layerseal.attest.verifiers import configure_tee_trust
+    from layerseal.attest.verifiers import TeeTrust, TeeVerifiers
 
     (tmp_path / "vcek.der").write_bytes(VCEK)
-    configure_tee_trust(snp_vcek_cache=tmp_path)
-    try:
-        assert verifier_for("snp").verify(REPORT, rd_of(REPORT)).svn == 4
-    finally:
-        configure_tee_trust()
+    configured = TeeVerifiers(TeeTrust(snp_vcek_cache=tmp_path))
+    assert configured.verifier_for("snp").verify(REPORT, rd_of(REPORT)).svn == 4
+    # another broker's (or the packaged) verifiers do not see that trust material
     with pytest.raises(BadInputError, match="offline VCEK cache"):
         verifier_for("snp").verify(REPORT, rd_of(REPORT))
 
@@ -581,3 +579,30 @@ def test_trust_material_is_held_per_verifier_set_not_per_process(tmp_path: Path)
         TeeVerifiers().verifier_for("snp").verify(REPORT, rd_of(REPORT))
     with pytest.raises(BadInputError, match="offline VCEK cache"):
         verifier_for("snp").verify(REPORT, rd_of(REPORT))
+
+
+def test_each_broker_holds_its_own_tee_trust(tmp_path: Path) -> None:
+    """Trust material is handed to the broker that serves with it, not set for the process."""
+    from layerseal.broker.server import ServeOptions, _open_for_serving
+    from layerseal.broker.service import Broker
+
+    cache = tmp_path / "vcek-cache"
+    cache.mkdir()
+    (cache / "vcek.der").write_bytes(VCEK)
+
+    def broker(name: str, vcek_cache: Path | None) -> Broker:
+        return _open_for_serving(
+            ServeOptions(
+                db_url=str(tmp_path / f"{name}.db"),
+                master_key_file=tmp_path / f"{name}.master-key",
+                snp_vcek_cache=vcek_cache,
+                log_level="warning",
+            )
+        )
+
+    with_cache, without = broker("a", cache), broker("b", None)
+    assert with_cache.verifiers.verifier_for("snp").verify(REPORT, rd_of(REPORT)).svn == 4
+    with pytest.raises(BadInputError, match="offline VCEK cache"):
+        without.verifiers.verifier_for("snp").verify(REPORT, rd_of(REPORT))
+    with pytest.raises(BadInputError, match="offline VCEK cache"):
+        verifier_for("snp").verify(REPORT, rd_of(REPORT))  # the packaged verifiers are untouched

@@ -13,7 +13,6 @@ import pytest
 from brokerenv import Env
 
 from layerseal.attest.claims import Claims
-from layerseal.broker import service
 from layerseal.crypto.keys import generate_key
 from layerseal.kbs.client import tee_pubkey_jwk
 from support.evidence_fuzz import CASES, Case
@@ -98,7 +97,7 @@ def test_a_verifier_bug_is_still_a_refusal_with_a_failed_session_and_an_audit_ro
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Defence in depth: an exception no check anticipated is the evidence's fault too."""
-    monkeypatch.setattr(service, "verifier_for", lambda tee, trusted=(): _BuggyVerifier())
+    monkeypatch.setattr(env.broker.verifiers, "verifier_for", lambda tee, trusted=(): _BuggyVerifier())
     evidence = json.dumps({"report": "AAAA"})
     sid, r = _attest(env, "snp", evidence)
     assert r.status_code == 400, r.text
