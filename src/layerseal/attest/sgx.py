@@ -25,7 +25,6 @@ import binascii
 import datetime
 import hashlib
 import hmac
-import itertools
 import json
 import struct
 import threading
@@ -49,9 +48,7 @@ from layerseal.attest.x509util import (
     common_name,
     fingerprint,
     load_cert,
-    load_pem_certs,
     utc_now,
-    verify_issued_by,
     verify_signature,
 )
 from layerseal.errors import BadInputError, DeniedError
@@ -454,22 +451,7 @@ class SgxVerifier:
             if hit is not None:
                 self._chains.move_to_end(key)
                 return hit
-        certs = load_pem_certs(chain_pem, "sgx PCK chain")
-        if len(certs) < 2 or len(certs) > 4:
-            raise DeniedError(
-                f"sgx PCK chain: expected PCK, intermediate CA(s) and root, seen {len(certs)} certs"
-            )
-        root = certs[-1]
-        if fingerprint(root) != self._root_fingerprint:
-            raise DeniedError(
-                f"sgx PCK chain root: expected the pinned {common_name(self._root.subject)!r} "
-                f"{self._root_fingerprint}, seen {common_name(root.subject)!r} {fingerprint(root)}"
-            )
-        for child, issuer in itertools.pairwise(certs):
-            verify_issued_by(child, issuer, f"sgx PCK chain link {common_name(child.subject)!r}")
-        public = certs[0].public_key()
-        if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
-            raise DeniedError(f"sgx PCK key: expected EC P-256, seen {type(public).__name__}")
+        certs, public = tdx.verified_pck_chain(chain_pem, self._root, self._root_fingerprint, "sgx")
         made = _Chain(tuple(certs), public, tdx.sgx_extension(certs[0]), Validity.of(certs))
         with self._lock:
             self._chains[key] = made

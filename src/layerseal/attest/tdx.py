@@ -641,29 +641,38 @@ class TdxVerifier:
             if hit is not None:
                 self._pcks.move_to_end(key)
                 return hit
-        certs = load_pem_certs(chain_pem, "tdx PCK chain")
-        if len(certs) < 2 or len(certs) > 4:
-            raise DeniedError(
-                f"tdx PCK chain: expected PCK, intermediate CA(s) and root, seen {len(certs)} certs"
-            )
-        root = certs[-1]
-        if fingerprint(root) != self._root_fingerprint:
-            raise DeniedError(
-                f"tdx PCK chain root: expected the pinned {common_name(self._root.subject)!r} "
-                f"{self._root_fingerprint}, seen {common_name(root.subject)!r} {fingerprint(root)}"
-            )
-        for child, issuer in itertools.pairwise(certs):
-            verify_issued_by(child, issuer, f"tdx PCK chain link {common_name(child.subject)!r}")
+        certs, public = verified_pck_chain(chain_pem, self._root, self._root_fingerprint, "tdx")
         leaf = certs[0]
-        public = leaf.public_key()
-        if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
-            raise DeniedError(f"tdx PCK key: expected EC P-256, seen {type(public).__name__}")
         pck = _Pck(leaf, public, sgx_extension(leaf), Validity.of(certs))
         with self._lock:
             self._pcks[key] = pck
             if len(self._pcks) > _CHAIN_CACHE_SIZE:
                 self._pcks.popitem(last=False)
         return pck
+
+
+def verified_pck_chain(
+    chain_pem: bytes, root: x509.Certificate, root_fingerprint: str, tee: str
+) -> tuple[list[x509.Certificate], ec.EllipticCurvePublicKey]:
+    """The certificates of a PCK chain (PCK, intermediate CA(s), root) and the PCK's P-256 key,
+    once the root is the pinned one and every link verifies (shared by tdx and sgx)."""
+    certs = load_pem_certs(chain_pem, f"{tee} PCK chain")
+    if len(certs) < 2 or len(certs) > 4:
+        raise DeniedError(
+            f"{tee} PCK chain: expected PCK, intermediate CA(s) and root, seen {len(certs)} certs"
+        )
+    pinned = certs[-1]
+    if fingerprint(pinned) != root_fingerprint:
+        raise DeniedError(
+            f"{tee} PCK chain root: expected the pinned {common_name(root.subject)!r} "
+            f"{root_fingerprint}, seen {common_name(pinned.subject)!r} {fingerprint(pinned)}"
+        )
+    for child, issuer in itertools.pairwise(certs):
+        verify_issued_by(child, issuer, f"{tee} PCK chain link {common_name(child.subject)!r}")
+    public = certs[0].public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
+        raise DeniedError(f"{tee} PCK key: expected EC P-256, seen {type(public).__name__}")
+    return certs, public
 
 
 def quote_bytes(evidence: bytes) -> bytes:

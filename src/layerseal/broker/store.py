@@ -236,20 +236,22 @@ class Store:
 
     # ------------------------------------------------------------------ API tokens
 
+    @staticmethod
+    def _api_token_insert(row: ApiTokenRow) -> Any:
+        return insert(S.api_tokens).values(
+            token_id=row.token_id,
+            tenant=row.tenant,
+            scopes=" ".join(row.scopes),
+            token_hash=row.token_hash,
+            description=row.description,
+            created_at=row.created_at,
+            revoked_at=None,
+            expires_at=row.expires_at,
+        )
+
     def insert_api_token(self, row: ApiTokenRow) -> None:
         with self.engine.begin() as conn:
-            conn.execute(
-                insert(S.api_tokens).values(
-                    token_id=row.token_id,
-                    tenant=row.tenant,
-                    scopes=" ".join(row.scopes),
-                    token_hash=row.token_hash,
-                    description=row.description,
-                    created_at=row.created_at,
-                    revoked_at=None,
-                    expires_at=row.expires_at,
-                )
-            )
+            conn.execute(self._api_token_insert(row))
 
     def get_api_token(self, token_id: str) -> ApiTokenRow | None:
         with self.engine.begin() as conn:
@@ -757,17 +759,7 @@ class Store:
                         name="admin-token", value=row.token_id, created_at=row.created_at
                     )
                 )
-                conn.execute(
-                    insert(S.api_tokens).values(
-                        token_id=row.token_id,
-                        tenant=row.tenant,
-                        scopes=" ".join(row.scopes),
-                        token_hash=row.token_hash,
-                        description=row.description,
-                        created_at=row.created_at,
-                        revoked_at=None,
-                    )
-                )
+                conn.execute(self._api_token_insert(row))
         except SAIntegrityError:
             return False
         return True

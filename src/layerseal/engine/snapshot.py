@@ -128,10 +128,11 @@ def _field(data: bytes) -> bytes:
     return b"%d:%s" % (len(data), data)
 
 
-def _xattrs(dir_fd: int, name: str) -> bytes:
-    path = f"/proc/self/fd/{dir_fd}/{name}"
+def _xattr_digest(target: int | str) -> bytes:
+    """Digest of the xattrs of an open file (fd) or of a path not followed; b"" when none."""
+    follow = isinstance(target, int)  # an fd cannot be combined with follow_symlinks=False
     try:
-        names = sorted(os.listxattr(path, follow_symlinks=False))
+        names = sorted(os.listxattr(target, follow_symlinks=follow))
     except OSError as e:
         if e.errno in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
             return b""
@@ -139,8 +140,12 @@ def _xattrs(dir_fd: int, name: str) -> bytes:
     h = hashlib.sha256()
     for n in names:
         h.update(_field(n.encode("utf-8", "surrogateescape")))
-        h.update(_field(os.getxattr(path, n, follow_symlinks=False)))
+        h.update(_field(os.getxattr(target, n, follow_symlinks=follow)))
     return h.digest() if names else b""
+
+
+def _xattrs(dir_fd: int, name: str) -> bytes:
+    return _xattr_digest(f"/proc/self/fd/{dir_fd}/{name}")
 
 
 def _raise_fd_limit(depth: int) -> None:
@@ -217,7 +222,7 @@ def tree_digest(root: Path) -> bytes:
                         record(path, st, b"unreadable", _xattrs(dir_fd, name), None)
                         continue
                     try:
-                        xattrs = _file_xattrs(fd)
+                        xattrs = _xattr_digest(fd)
                         content = _hash_small(fd, st.st_size)
                     finally:
                         os.close(fd)
@@ -262,21 +267,6 @@ def tree_digest(root: Path) -> bytes:
 
 def _xattrs_of_fd(fd: int) -> bytes:
     return _xattrs(fd, ".")
-
-
-def _file_xattrs(fd: int) -> bytes:
-    """:func:`_xattrs` of an open regular file (the same bytes)."""
-    try:
-        names = sorted(os.listxattr(fd))
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
-            return b""
-        raise
-    h = hashlib.sha256()
-    for n in names:
-        h.update(_field(n.encode("utf-8", "surrogateescape")))
-        h.update(_field(os.getxattr(fd, n)))
-    return h.digest() if names else b""
 
 
 def _hash_small(fd: int, size: int) -> bytes:
