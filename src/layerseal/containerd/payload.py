@@ -21,7 +21,7 @@ from layerseal.errors import BadInputError
 from layerseal.image.descriptor import Descriptor
 from layerseal.image.jsonutil import loads_object
 from layerseal.keyprovider.pbcodec import decode_varint
-from layerseal.keyprovider.protocol import byte_field
+from layerseal.keyprovider.protocol import config_parameters
 
 PAYLOAD_URI = "io.containerd.ocicrypt.v1.Payload"
 MAX_PAYLOAD = 1 << 20  # keys and one descriptor: kilobytes; refuse megabytes
@@ -71,32 +71,6 @@ def _any_fields(data: bytes) -> tuple[str, bytes]:
     return type_url, value
 
 
-def _parameters(obj: Any) -> dict[str, tuple[bytes, ...]]:
-    if obj is None:
-        return {}
-    if not isinstance(obj, dict):
-        raise BadInputError(
-            f"containerd payload DecryptConfig: expected an object, seen {type(obj).__name__}"
-        )
-    params = obj.get("Parameters")
-    if params is None:
-        return {}
-    if not isinstance(params, dict):
-        raise BadInputError(
-            f"containerd payload DecryptConfig.Parameters: expected an object, seen {type(params).__name__}"
-        )
-    out: dict[str, tuple[bytes, ...]] = {}
-    for name, values in params.items():
-        where = f"containerd payload DecryptConfig.Parameters.{str(name)[:40]}"
-        if values is None:
-            out[name] = ()
-        elif isinstance(values, list):
-            out[name] = tuple(byte_field(v, f"{where}[{i}]") for i, v in enumerate(values))
-        else:
-            raise BadInputError(f"{where}: expected an array of byte strings, seen {type(values).__name__}")
-    return out
-
-
 def parse_payload(data: bytes) -> Payload:
     """The payload read from fd 3 (empty input = an empty payload)."""
     if len(data) > MAX_PAYLOAD:
@@ -112,7 +86,14 @@ def parse_payload(data: bytes) -> Payload:
     # Go marshals an unset ocispec.Descriptor as zero values: treat one without a digest as absent
     if isinstance(desc_obj, dict) and desc_obj.get("digest"):
         descriptor = Descriptor.from_json(desc_obj, "containerd payload Descriptor")
-    return Payload(MappingProxyType(_parameters(doc.get("DecryptConfig"))), descriptor)
+    return Payload(
+        MappingProxyType(
+            {}
+            if (dc := doc.get("DecryptConfig")) is None
+            else config_parameters(dc, "containerd payload DecryptConfig")
+        ),
+        descriptor,
+    )
 
 
 def encode_payload(parameters: Mapping[str, list[bytes]], descriptor: Mapping[str, Any] | None) -> bytes:

@@ -90,7 +90,7 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def _parameters(config: Any, what: str) -> dict[str, tuple[bytes, ...]]:
+def config_parameters(config: Any, what: str) -> dict[str, tuple[bytes, ...]]:
     """``{"Parameters": {name: [bytes...]}}`` of an EncryptConfig or DecryptConfig."""
     obj = _object(config, what)
     params = obj.get("Parameters")
@@ -124,12 +124,12 @@ def parse_request(data: bytes) -> Request:
         if isinstance(optsdata, str) and optsdata.lstrip().startswith("{"):
             # ocicrypt-rs: the private options' JSON text itself ('{' is not base64)
             return WrapRequest(
-                parameters=_parameters(ec, "keywrapparams.ec") if ec is not None else {},
+                parameters=config_parameters(ec, "keywrapparams.ec") if ec is not None else {},
                 optsdata=optsdata.encode("utf-8"),
                 reply_form=FORM_ARRAY,
             )
         return WrapRequest(
-            parameters=_parameters(ec, "keywrapparams.ec") if ec is not None else {},
+            parameters=config_parameters(ec, "keywrapparams.ec") if ec is not None else {},
             optsdata=byte_field(optsdata, "keywrapparams.optsdata"),
             reply_form=FORM_ARRAY if isinstance(optsdata, list) else FORM_BASE64,
         )
@@ -139,7 +139,7 @@ def parse_request(data: bytes) -> Request:
             raise BadInputError("keyunwrapparams.annotation: expected the wrapped key, seen null")
         dc = params.get("dc")
         return UnwrapRequest(
-            parameters=_parameters(dc, "keyunwrapparams.dc") if dc is not None else {},
+            parameters=config_parameters(dc, "keyunwrapparams.dc") if dc is not None else {},
             annotation=byte_field(params["annotation"], "keyunwrapparams.annotation"),
         )
     shown = str(op)[:40] if isinstance(op, str) else _kind(op)

@@ -13,8 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:
+    from layerseal.kbs.client import PublisherClient
 
 PG_BASE = "postgresql://postgres@127.0.0.1:5432/test"
 # `layerseal broker ...` with only the broker subcommand registered, so these tests do not
@@ -117,3 +121,42 @@ def postgres_schema() -> Iterator[str]:
     finally:
         with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+@dataclass
+class SimTenantBroker:
+    """A broker process with one sim platform trusted and tenant ``acme`` allowed its measurement."""
+
+    broker: BrokerProcess
+    admin: PublisherClient
+    acme: PublisherClient
+    token: str
+    platform: Path
+
+    def close(self) -> None:
+        self.admin.close()
+        self.acme.close()
+        self.broker.kill()
+
+
+def start_sim_tenant_broker(workdir: Path, *, other_platforms: tuple[Path, ...] = ()) -> SimTenantBroker:
+    """Broker (SQLite, master key and admin token in *workdir*), the sim platform ``workdir/sim``
+    registered with any *other_platforms* (made by the caller), and an ``acme`` publisher token."""
+    from layerseal.attest.sim_platform import SimAttester, init_platform
+    from layerseal.broker.masterkey import create_master_key_file
+    from layerseal.kbs.client import PublisherClient
+
+    key_file, admin_token = workdir / "master.key", workdir / "admin.token"
+    create_master_key_file(key_file)
+    broker = start_broker(
+        str(workdir / "broker.db"), workdir, master_key_file=key_file, admin_token_file=admin_token
+    )
+    admin = PublisherClient(broker.url, admin_token.read_text().strip())
+    platform = workdir / "sim"
+    init_platform(platform)
+    for p in (platform, *other_platforms):
+        admin.register_platform((p / "platform-cert.pem").read_bytes(), description=p.name)
+    token = admin.create_token("acme", ["keys:write", "keys:read", "policy:write", "audit:read"])[1]
+    acme = PublisherClient(broker.url, token)
+    acme.add_refvalues("allowed-measurements", [SimAttester(platform).measurement])
+    return SimTenantBroker(broker, admin, acme, token, platform)

@@ -29,9 +29,7 @@ import pytest
 
 from helpers.images import make_busybox_image, make_keys
 from helpers.registry import registry_manifest, skopeo_copy
-from integration.broker.brokerproc import BrokerProcess, start_broker
-from layerseal.attest.sim_platform import SimAttester, init_platform
-from layerseal.broker.masterkey import create_master_key_file
+from integration.broker.brokerproc import BrokerProcess, start_sim_tenant_broker
 from layerseal.kbs.client import PublisherClient
 from layerseal.kbs.packets import ResourcePath
 from support.registry_server import RegistryServer
@@ -103,19 +101,14 @@ def world() -> Iterator[World]:
         pytest.skip("containerd runs as root here; a rootless containerd is not exercised")
     # short path: the socket path must fit in sun_path (108 bytes)
     workdir = Path(tempfile.mkdtemp(prefix="ls-ctd-"))
-    key_file = workdir / "master.key"
-    create_master_key_file(key_file)
-    admin_token = workdir / "admin.token"
-    broker = start_broker(
-        str(workdir / "broker.db"), workdir, master_key_file=key_file, admin_token_file=admin_token
+    tenant = start_sim_tenant_broker(workdir)
+    broker, admin, acme, token, platform = (
+        tenant.broker,
+        tenant.admin,
+        tenant.acme,
+        tenant.token,
+        tenant.platform,
     )
-    admin = PublisherClient(broker.url, admin_token.read_text().strip())
-    platform = workdir / "sim"
-    init_platform(platform)
-    admin.register_platform((platform / "platform-cert.pem").read_bytes(), description="node")
-    token = admin.create_token("acme", ["keys:write", "keys:read", "policy:write", "audit:read"])[1]
-    acme = PublisherClient(broker.url, token)
-    acme.add_refvalues("allowed-measurements", [SimAttester(platform).measurement])
     keys_dir = workdir / "keys"
     pair = make_keys(workdir / "jwe", "ec256")
     keys_dir.mkdir(mode=0o700)
@@ -179,9 +172,7 @@ def world() -> Iterator[World]:
             proc.kill()
             proc.wait(timeout=30)
         registry.stop()
-        admin.close()
-        acme.close()
-        broker.kill()
+        tenant.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

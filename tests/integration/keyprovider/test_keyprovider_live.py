@@ -15,9 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from integration.broker.brokerproc import BrokerProcess, start_broker
-from layerseal.attest.sim_platform import SimAttester, init_platform
-from layerseal.broker.masterkey import create_master_key_file
+from integration.broker.brokerproc import BrokerProcess, start_sim_tenant_broker
+from layerseal.attest.sim_platform import init_platform
 from layerseal.image.digest import Digest
 from layerseal.image.encryption import PrivateOptions
 from layerseal.kbs.client import PublisherClient
@@ -56,31 +55,16 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     workdir = tmp_path_factory.mktemp("kp")
-    key_file = workdir / "master.key"
-    create_master_key_file(key_file)
-    admin_token = workdir / "admin.token"
-    broker = start_broker(
-        str(workdir / "broker.db"), workdir, master_key_file=key_file, admin_token_file=admin_token
-    )
-    admin = PublisherClient(broker.url, admin_token.read_text().strip())
-    platform = workdir / "sim"
-    init_platform(platform)
     refused = workdir / "sim-refused"
     init_platform(refused, measurement="ab" * 48)
-    for p in (platform, refused):
-        admin.register_platform((p / "platform-cert.pem").read_bytes(), description=p.name)
-    token = admin.create_token("acme", ["keys:write", "keys:read", "policy:write", "audit:read"])[1]
-    acme = PublisherClient(broker.url, token)
-    acme.add_refvalues("allowed-measurements", [SimAttester(platform).measurement])
+    tenant = start_sim_tenant_broker(workdir, other_platforms=(refused,))
     token_file = workdir / "acme.token"
-    token_file.write_text(token + "\n")
+    token_file.write_text(tenant.token + "\n")
     token_file.chmod(0o600)
     try:
-        yield World(broker, admin, acme, token_file, platform, refused, workdir)
+        yield World(tenant.broker, tenant.admin, tenant.acme, token_file, tenant.platform, refused, workdir)
     finally:
-        admin.close()
-        acme.close()
-        broker.kill()
+        tenant.close()
 
 
 def run_kp(
