@@ -36,6 +36,7 @@ from layerseal.errors import BadInputError
 DEFAULT_DB = "layerseal-broker.db"
 WORKER_OPTIONS_ENV = "LAYERSEAL_BROKER_WORKER_OPTIONS"
 MAX_WORKERS = 64
+WORKER_HEALTHCHECK_SECONDS = 60
 MAX_HEADER_BYTES = 64 * 1024  # request line and headers of one request
 
 log = logging.getLogger("layerseal.broker")
@@ -271,7 +272,16 @@ def serve(options: ServeOptions) -> None:
         broker.close()
         broker.store.dispose()
         os.environ[WORKER_OPTIONS_ENV] = _options_to_json(options)
-        uvicorn.run("layerseal.broker.server:worker_app", factory=True, workers=options.workers, **common)
+        uvicorn.run(
+            "layerseal.broker.server:worker_app",
+            factory=True,
+            workers=options.workers,
+            # uvicorn kills a worker whose ping thread has not answered within this time; its
+            # 5 s default killed healthy workers (and their in-flight releases) on a loaded
+            # host, so only a worker hung for a minute is replaced
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
+            **common,
+        )
     sys.stdout.flush()
 
 

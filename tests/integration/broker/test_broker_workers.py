@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,30 @@ def test_two_workers_serve_the_same_clients(db_url: str, tmp_path: Path, sim_pla
         for b in d.brokers:
             b.kill()
         assert all(b.proc.returncode == 0 for b in d.brokers)  # SIGTERM stops the workers cleanly
+
+
+def test_a_worker_paused_past_uvicorns_default_healthcheck_is_kept(
+    tmp_path: Path, sim_platform_dir: Path
+) -> None:
+    """A loaded host can starve a worker for seconds; it must not be killed mid-request."""
+    d = deploy(str(tmp_path / "paused.db"), tmp_path, sim_platform_dir, extra=["--workers", "2"])
+    try:
+        workers = worker_pids(d.brokers[0])
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGSTOP)
+        try:
+            time.sleep(7)  # uvicorn's own default (5 s) would kill and replace it here
+        finally:
+            os.kill(workers[0], signal.SIGCONT)
+        time.sleep(1)
+        assert sorted(worker_pids(d.brokers[0])) == sorted(workers)
+        packet = d.acme.create_layer_key("registry.local/paused", f"sha256:{1:064x}", optsdata())
+        assert json.loads(packet)["kid"]
+    finally:
+        for c in d.clients:
+            c.close()
+        for b in d.brokers:
+            b.kill()
 
 
 def test_sigkill_during_release_load_loses_no_acknowledged_audit_row(
