@@ -6,8 +6,6 @@ import argparse
 import errno
 import json
 import os
-import socket
-import ssl
 import sys
 import time
 from datetime import UTC, datetime
@@ -33,6 +31,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 def _check_port(host: str, port: int) -> None:
     """Refuse a port another process listens on before anything is created (the server
     itself would only fail after opening the database and writing the admin token)."""
+    import socket
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -49,6 +49,8 @@ def _check_tls_files(cert: str | None, key: str | None) -> None:
     if bool(cert) != bool(key):
         raise BadInputError("--tls-cert/--tls-key: expected both or neither, seen one")
     if cert and key:
+        import ssl
+
         read_key_file(cert, "--tls-cert")
         read_key_file(key, "--tls-key")
         try:
@@ -197,6 +199,8 @@ def _with_master_key(p: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
+    import ssl
+
     from layerseal.kbs.adminclient import AdminClient
 
     token = args.token or os.environ.get(TOKEN_ENV)

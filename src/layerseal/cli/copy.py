@@ -1,14 +1,14 @@
-"""``layerseal copy`` and ``layerseal inspect`` (skopeo-style flags)."""
+"""``layerseal copy`` and ``layerseal inspect`` (skopeo-style flags).
+
+The image and crypto code is imported by the commands when they run, not with the parser.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from layerseal.builder.copy import CopyOptions, CopyReport, IndexCopyReport, copy_image, copy_index
-from layerseal.builder.endpoints import open_source
-from layerseal.builder.inspect import inspect_image
 from layerseal.cli.common import (
     RichProgress,
     abandon_broker_keys,
@@ -20,7 +20,9 @@ from layerseal.cli.common import (
     registry_options,
 )
 from layerseal.errors import BadInputError
-from layerseal.image.descriptor import Platform
+
+if TYPE_CHECKING:
+    from layerseal.builder.copy import CopyReport
 
 
 def register(sub: Any) -> None:
@@ -79,6 +81,9 @@ def _positive(text: str) -> int:
 
 
 def run_copy(args: argparse.Namespace) -> int:
+    from layerseal.builder.copy import CopyOptions, IndexCopyReport, copy_image, copy_index
+    from layerseal.image.descriptor import Platform
+
     options = CopyOptions(
         wrappers=parse_wrappers(args, args.destination),
         encrypt_layers=tuple(args.encrypt_layer) if args.encrypt_layer else None,
@@ -136,6 +141,10 @@ def _report_json(report: CopyReport) -> dict[str, Any]:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    from layerseal.builder.endpoints import open_source
+    from layerseal.builder.inspect import inspect_image
+    from layerseal.image.descriptor import Platform
+
     src = open_source(args.source, registry_options(args, "src", args.source))
     try:
         summary = inspect_image(src, Platform.parse(args.platform) if args.platform else None)

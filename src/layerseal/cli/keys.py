@@ -1,4 +1,7 @@
-"""``layerseal keys rotate|revoke|list``: the publisher's key operations at the broker."""
+"""``layerseal keys rotate|revoke|list``: the publisher's key operations at the broker.
+
+The image and broker client code is imported by the commands when they run, not with the parser.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from layerseal.builder.rotate import reencrypt, rotate_keys
 from layerseal.cli.common import (
     RichProgress,
     add_encryption_flags,
@@ -103,6 +105,8 @@ def _tag_stores(src: Any, dst: Any) -> tuple[list[Any], tuple[str, str] | None]:
 def run_rotate(args: argparse.Namespace) -> int:
     if args.reencrypt and (args.all_tags or args.force):
         raise BadInputError("keys rotate --reencrypt: expected no --all-tags/--force (broker keys only)")
+    from layerseal.builder.rotate import reencrypt, rotate_keys
+
     with open_endpoints(args) as (src, dst), RichProgress(not args.quiet and not args.json) as progress:
         if args.reencrypt:
             report = reencrypt(

@@ -6,9 +6,8 @@ import argparse
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from layerseal.builder.layeradd import add_layer
 from layerseal.cli.common import (
     RichProgress,
     abandon_broker_keys,
@@ -18,9 +17,10 @@ from layerseal.cli.common import (
     parse_wrappers,
     print_json,
 )
-from layerseal.crypto.keywrap import KeyWrapper
 from layerseal.errors import BadInputError
-from layerseal.image.descriptor import Platform
+
+if TYPE_CHECKING:
+    from layerseal.crypto.keywrap import KeyWrapper
 
 
 def register(sub: Any) -> None:
@@ -74,6 +74,9 @@ def parse_paths(specs: list[str]) -> dict[str, Path]:
 def run_add(args: argparse.Namespace) -> int:
     if len(args.items) < 3:
         raise BadInputError(f"layer add: expected SRC PATH... DST, seen {len(args.items)} argument(s)")
+    from layerseal.builder.layeradd import add_layer
+    from layerseal.image.descriptor import Platform
+
     args.source, args.destination = args.items[0], args.items[-1]
     sources = parse_paths(args.items[1:-1])
     wrappers = parse_wrappers(args, args.destination)

@@ -9,11 +9,14 @@ from typing import Any
 
 from layerseal.attest.attesters import TEE_CHOICES, detect, make_attester
 from layerseal.attest.binding import HASH_ALGORITHMS, report_data
-from layerseal.attest.sim_platform import DEFAULT_MEASUREMENT, init_platform
 
 
 def _init(args: argparse.Namespace) -> int:
-    info = init_platform(args.dir, measurement=args.measurement, svn=args.svn, debug=args.debug)
+    # the platform code (X.509, EC keys) loads only for init: not for --help or the other actions
+    from layerseal.attest.sim_platform import DEFAULT_MEASUREMENT, init_platform
+
+    measurement = DEFAULT_MEASUREMENT if args.measurement is None else args.measurement
+    info = init_platform(args.dir, measurement=measurement, svn=args.svn, debug=args.debug)
     out = {
         "directory": str(info.directory),
         "fingerprint": info.fingerprint,
@@ -70,9 +73,8 @@ def register(subparsers: Any) -> None:
         "init", help="create a sim platform: signing key (0600) and self-signed certificate"
     )
     init.add_argument("--dir", required=True, help="directory to create the platform in")
-    init.add_argument(
-        "--measurement", default=DEFAULT_MEASUREMENT, help="hex measurement the enclave reports"
-    )
+    # default None, meaning sim_platform.DEFAULT_MEASUREMENT (not imported with the parser)
+    init.add_argument("--measurement", help="hex measurement the enclave reports")
     init.add_argument("--svn", type=int, default=2, help="security version number the enclave reports")
     init.add_argument("--debug", action="store_true", help="simulate a debug enclave")
     init.add_argument("--json", action="store_true", help="print JSON")
