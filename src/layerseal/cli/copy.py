@@ -142,11 +142,13 @@ def _report_json(report: CopyReport) -> dict[str, Any]:
 
 def run_inspect(args: argparse.Namespace) -> int:
     from layerseal.builder.endpoints import open_source
-    from layerseal.builder.inspect import inspect_image
-    from layerseal.image.descriptor import Platform
 
     src = open_source(args.source, registry_options(args, "src", args.source))
     try:
+        # after the source opened: a missing image fails without loading the summary code
+        from layerseal.builder.inspect import inspect_image
+        from layerseal.image.descriptor import Platform
+
         summary = inspect_image(src, Platform.parse(args.platform) if args.platform else None)
     finally:
         src.close()

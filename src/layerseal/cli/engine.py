@@ -13,7 +13,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from layerseal.attest.attesters import TEE_CHOICES
+from layerseal.cli._constants import (
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_MAX_IMAGE_SIZE,
+    DEFAULT_MAX_LAYER_SIZE,
+    TEE_CHOICES,
+)
 from layerseal.cli.common import (
     add_registry_flags,
     parse_size,
@@ -22,7 +27,6 @@ from layerseal.cli.common import (
     registry_options,
     size_flag,
 )
-from layerseal.engine.limits import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MAX_LAYER_SIZE
 from layerseal.errors import BadInputError
 
 if TYPE_CHECKING:

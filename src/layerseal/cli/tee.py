@@ -7,8 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from layerseal.attest.attesters import TEE_CHOICES, detect, make_attester
-from layerseal.attest.binding import HASH_ALGORITHMS, report_data
+from layerseal.cli._constants import HASH_ALGORITHMS, TEE_CHOICES
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -36,6 +35,8 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from layerseal.attest.attesters import detect
+
     found = detect()
     if args.json:
         probes = [{"interface": p.interface, "present": p.present, "detail": p.detail} for p in found.probes]
@@ -50,6 +51,8 @@ def _info(args: argparse.Namespace) -> int:
 def _evidence(args: argparse.Namespace) -> int:
     # a throwaway key: the evidence binds its public half, as a real attestation would; the
     # private half is never printed nor kept
+    from layerseal.attest.attesters import make_attester
+    from layerseal.attest.binding import report_data
     from layerseal.keyprovider import enclavekey
 
     pubkey = enclavekey.tee_pubkey(enclavekey.generate())
