@@ -50,13 +50,7 @@ def add_registry_flags(p: argparse.ArgumentParser, *sides: str) -> None:
         p.add_argument(f"--{side}-creds", metavar="USER:PASS", help=f"credentials for the {side} registry")
         p.add_argument(f"--{side}-cert-dir", metavar="DIR", help="CA certificates (*.crt) to trust")
         if side == "dest":
-            p.add_argument(
-                "--dest-chunk-size",
-                metavar="SIZE",
-                help="upload blobs in requests of at most SIZE bytes (K, M, G suffixes: powers of 1024), "
-                "resuming a broken one where the registry stopped; for registries or proxies that cap "
-                "request bodies (default: one streamed request per blob)",
-            )
+            p.add_argument("--dest-chunk-size", metavar="SIZE", help=_CHUNK_SIZE_HELP)
     p.add_argument("--authfile", help="auth file (Docker config.json or containers auth.json format)")
     p.add_argument(
         "--retry-times",
@@ -77,6 +71,11 @@ def add_registry_flags(p: argparse.ArgumentParser, *sides: str) -> None:
 
 DEFAULT_RETRY_TIMES = 4
 DEFAULT_TIMEOUT = "1h"
+_CHUNK_SIZE_HELP = (
+    "upload blobs in requests of at most SIZE bytes (K, M, G suffixes: powers of 1024), resuming a "
+    "broken one where the registry stopped; for registries or proxies that cap request bodies "
+    "(default: one streamed request per blob)"
+)
 
 
 def _deadline(args: argparse.Namespace) -> Deadline:
@@ -140,6 +139,21 @@ def open_endpoints(args: argparse.Namespace) -> Iterator[tuple[ImageSource, Imag
             dst.close()
     finally:
         src.close()
+
+
+@contextlib.contextmanager
+def transfer(
+    args: argparse.Namespace, wrappers: tuple[KeyWrapper, ...] = ()
+) -> Iterator[tuple[ImageSource, ImageDestination, RichProgress]]:
+    """``args.source`` and ``args.destination`` opened (as :func:`open_endpoints`) with progress
+    bars unless ``--quiet`` or ``--json``; when the work inside fails, the keys the broker created
+    for *wrappers* are marked unused."""
+    with open_endpoints(args) as (src, dst), RichProgress(not args.quiet and not args.json) as progress:
+        try:
+            yield src, dst, progress
+        except BaseException:
+            abandon_broker_keys(wrappers)
+            raise
 
 
 _SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}

@@ -10,14 +10,12 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from layerseal.cli.common import (
-    RichProgress,
-    abandon_broker_keys,
     add_encryption_flags,
     add_registry_flags,
-    open_endpoints,
     parse_unwrappers,
     parse_wrappers,
     registry_options,
+    transfer,
 )
 from layerseal.errors import BadInputError
 
@@ -95,16 +93,10 @@ def run_copy(args: argparse.Namespace) -> int:
         raise BadInputError("--encrypt-layer: expected --encryption-key too, seen none")
     if args.all and args.platform:
         raise BadInputError("--all: expected no --platform (every platform is copied), seen one")
-    with open_endpoints(args) as (src, dst), RichProgress(not args.quiet and not args.json) as progress:
-        try:
-            result = (
-                copy_index(src, dst, options, progress)
-                if args.all
-                else copy_image(src, dst, options, progress)
-            )
-        except BaseException:
-            abandon_broker_keys(options.wrappers)
-            raise
+    with transfer(args, options.wrappers) as (src, dst, progress):
+        result = (
+            copy_index(src, dst, options, progress) if args.all else copy_image(src, dst, options, progress)
+        )
     reports = [r for r in result.images if r is not None] if isinstance(result, IndexCopyReport) else [result]
     top = result.index if isinstance(result, IndexCopyReport) else result.manifest
     if args.json:

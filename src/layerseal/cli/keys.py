@@ -11,14 +11,14 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from layerseal.cli._subcommands import command_group
 from layerseal.cli.common import (
-    RichProgress,
     add_encryption_flags,
     add_registry_flags,
-    open_endpoints,
     parse_unwrappers,
     parse_wrappers,
     print_json,
+    transfer,
 )
 from layerseal.errors import BadInputError
 
@@ -40,9 +40,7 @@ def _broker_flags(p: argparse.ArgumentParser, with_token: bool = True) -> None:
 
 
 def register(sub: Any) -> None:
-    keys = sub.add_parser("keys", help="rotate, revoke and list layer keys at the broker")
-    ksub = keys.add_subparsers(dest="keys_command", metavar="COMMAND")
-    ksub.required = True
+    ksub = command_group(sub, "keys", "rotate, revoke and list layer keys at the broker", metavar="COMMAND")
 
     r = ksub.add_parser("rotate", help="new key versions for every layer (annotations only, no re-upload)")
     r.add_argument("source", metavar="SRC")
@@ -107,7 +105,7 @@ def run_rotate(args: argparse.Namespace) -> int:
         raise BadInputError("keys rotate --reencrypt: expected no --all-tags/--force (broker keys only)")
     from layerseal.builder.rotate import reencrypt, rotate_keys
 
-    with open_endpoints(args) as (src, dst), RichProgress(not args.quiet and not args.json) as progress:
+    with transfer(args) as (src, dst, progress):
         if args.reencrypt:
             report = reencrypt(
                 src,

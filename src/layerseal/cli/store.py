@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from layerseal.cli._subcommands import command_group
 from layerseal.cli.engine import default_snapshots, open_snapshots
 from layerseal.errors import BadInputError
 
@@ -17,11 +18,9 @@ DEFAULT_MAX_IDLE_DAYS = 14.0
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "store", help="inspect or clean the shared encrypted blob store and the snapshot cache"
+    ssub = command_group(
+        sub, "store", "inspect or clean the shared encrypted blob store and the snapshot cache"
     )
-    ssub = p.add_subparsers(dest="store_command", metavar="ACTION")
-    ssub.required = True
 
     gc = ssub.add_parser(
         "gc",

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from layerseal.cli._constants import HASH_ALGORITHMS, TEE_CHOICES
+from layerseal.cli._subcommands import command_group
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -69,9 +70,7 @@ def _evidence(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("tee", help="TEE detection and evidence; the simulated TEE platform")
-    sub = parser.add_subparsers(dest="tee_command", metavar="ACTION")
-    sub.required = True
+    sub = command_group(subparsers, "tee", "TEE detection and evidence; the simulated TEE platform")
     init = sub.add_parser(
         "init", help="create a sim platform: signing key (0600) and self-signed certificate"
     )
