@@ -1,5 +1,6 @@
-"""``layerseal broker`` admin lifecycle commands: list/get/delete of tokens, policies,
-reference values and platforms, and ``audit list``.  Registered by ``cli.broker``."""
+"""``layerseal broker`` admin commands that are one request to the broker: list/get/delete of
+tokens, policies, reference values and platforms, adding reference values and platforms,
+``keys list`` and ``audit list``.  Registered by ``cli.broker``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from layerseal.cli.common import read_key_file
 from layerseal.errors import BadInputError, NotFoundError
 
 ClientFactory = Callable[[argparse.Namespace], Any]
@@ -44,9 +46,21 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], empty: str) -> 
     return "\n".join(lines)
 
 
-def _out(args: argparse.Namespace, data: Any, text: str) -> int:
-    print(json.dumps(data, indent=2) if args.json else text)
-    return 0
+# an action's reply: what --json prints, and the text printed otherwise
+Reply = tuple[Any, str]
+Action = Callable[[Any, argparse.Namespace], Reply]
+
+
+def command(action: Action, client: ClientFactory) -> Callable[[argparse.Namespace], int]:
+    """The command that runs *action* with a client of the broker and prints its reply."""
+
+    def run(args: argparse.Namespace) -> int:
+        with client(args) as c:
+            data, text = action(c, args)
+        print(json.dumps(data, indent=2) if args.json else text)
+        return 0
+
+    return run
 
 
 # ------------------------------------------------------------------ tokens
@@ -70,33 +84,21 @@ def _token_rows(tokens: Sequence[Mapping[str, Any]]) -> str:
     return table(headers, rows, "no tokens")
 
 
-def token_list(client: ClientFactory) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        with client(args) as c:
-            tokens = c.list_tokens()
-        if args.tenant:
-            tokens = [t for t in tokens if t["tenant"] == args.tenant]
-        return _out(args, tokens, _token_rows(tokens))
-
-    return run
+def token_list(c: Any, args: argparse.Namespace) -> Reply:
+    tokens = c.list_tokens()
+    if args.tenant:
+        tokens = [t for t in tokens if t["tenant"] == args.tenant]
+    return tokens, _token_rows(tokens)
 
 
-def token_get(client: ClientFactory) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        with client(args) as c:
-            tok = c.get_token(args.token_id)
-        return _out(args, tok, _token_rows([tok]))
-
-    return run
+def token_get(c: Any, args: argparse.Namespace) -> Reply:
+    tok = c.get_token(args.token_id)
+    return tok, _token_rows([tok])
 
 
-def token_revoke(client: ClientFactory) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        with client(args) as c:
-            c.delete_token(args.token_id)
-        return _out(args, {"revoked": args.token_id}, f"token {args.token_id} revoked")
-
-    return run
+def token_revoke(c: Any, args: argparse.Namespace) -> Reply:
+    c.delete_token(args.token_id)
+    return {"revoked": args.token_id}, f"token {args.token_id} revoked"
 
 
 # ------------------------------------------------------------------ policies
@@ -110,67 +112,51 @@ def _policy_matches(p: Mapping[str, Any], args: argparse.Namespace) -> bool:
     )
 
 
-def policy_list(client: ClientFactory) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        with client(args) as c:
-            policies = c.list_policies(tenant=args.tenant)
-        rows = [
-            (
-                p["tenant"],
-                p["scope"],
-                p["target"] or "-",
-                len(p["policy"].get("anyOf", [])),
-                iso(p.get("updated_at")),
-            )
-            for p in policies
-        ]
-        text = table(
-            ("tenant", "scope", "target", "groups", "updated"), rows, "no policies (the default applies)"
+def policy_list(c: Any, args: argparse.Namespace) -> Reply:
+    policies = c.list_policies(tenant=args.tenant)
+    rows = [
+        (
+            p["tenant"],
+            p["scope"],
+            p["target"] or "-",
+            len(p["policy"].get("anyOf", [])),
+            iso(p.get("updated_at")),
         )
-        return _out(args, policies, text)
-
-    return run
-
-
-def policy_get(client: ClientFactory) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        with client(args) as c:
-            policies = c.list_policies(tenant=args.tenant)
-        found = [p for p in policies if _policy_matches(p, args)]
-        if not found:
-            where = f"{args.tenant or 'own tenant'} {args.scope} {args.target or ''}".rstrip()
-            raise NotFoundError(f"policy {where}: expected to exist, seen none (the default policy applies)")
-        if len(found) > 1:
-            raise BadInputError(
-                f"policy {args.scope}: expected one, seen {len(found)} tenants (add --tenant)"
-            )
-        print(json.dumps(found[0] if args.json else found[0]["policy"], indent=2))
-        return 0
-
-    return run
+        for p in policies
+    ]
+    headers = ("tenant", "scope", "target", "groups", "updated")
+    return policies, table(headers, rows, "no policies (the default applies)")
 
 
-def policy_delete(client: ClientFactory) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        with client(args) as c:
-            c.delete_policy(scope=args.scope, target=args.target, tenant=args.tenant)
-        what = f"{args.scope} {args.target or ''}".rstrip()
-        return _out(args, {"deleted": what}, f"policy {what} deleted")
+def policy_get(c: Any, args: argparse.Namespace) -> Reply:
+    """The stored record with --json, else the policy document alone (JSON either way)."""
+    found = [p for p in c.list_policies(tenant=args.tenant) if _policy_matches(p, args)]
+    if not found:
+        where = f"{args.tenant or 'own tenant'} {args.scope} {args.target or ''}".rstrip()
+        raise NotFoundError(f"policy {where}: expected to exist, seen none (the default policy applies)")
+    if len(found) > 1:
+        raise BadInputError(f"policy {args.scope}: expected one, seen {len(found)} tenants (add --tenant)")
+    return found[0], json.dumps(found[0]["policy"], indent=2)
 
-    return run
+
+def policy_delete(c: Any, args: argparse.Namespace) -> Reply:
+    c.delete_policy(scope=args.scope, target=args.target, tenant=args.tenant)
+    what = f"{args.scope} {args.target or ''}".rstrip()
+    return {"deleted": what}, f"policy {what} deleted"
 
 
 # ------------------------------------------------------------------ reference values
 
 
-def refvalues_list(client: ClientFactory) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        with client(args) as c:
-            refs = c.list_refvalues(tenant=args.tenant)
-        rows = [(t, n, len(v)) for t, sets in sorted(refs.items()) for n, v in sorted(sets.items())]
-        return _out(args, refs, table(("tenant", "set", "values"), rows, "no reference values"))
+def refvalues_add(c: Any, args: argparse.Namespace) -> Reply:
+    n = c.add_refvalues(args.name, args.values, tenant=args.tenant)
+    return {"added": n}, f"{n} reference value(s) added to {args.name}"
 
-    return run
+
+def refvalues_list(c: Any, args: argparse.Namespace) -> Reply:
+    refs = c.list_refvalues(tenant=args.tenant)
+    rows = [(t, n, len(v)) for t, sets in sorted(refs.items()) for n, v in sorted(sets.items())]
+    return refs, table(("tenant", "set", "values"), rows, "no reference values")
 
 
 def _one_set(refs: Mapping[str, Mapping[str, list[str]]], name: str, tenant: str | None) -> list[str]:
@@ -184,29 +170,21 @@ def _one_set(refs: Mapping[str, Mapping[str, list[str]]], name: str, tenant: str
     return sets[0]
 
 
-def refvalues_get(client: ClientFactory) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        with client(args) as c:
-            values = _one_set(c.list_refvalues(tenant=args.tenant), args.name, args.tenant)
-        return _out(args, values, "\n".join(values))
-
-    return run
+def refvalues_get(c: Any, args: argparse.Namespace) -> Reply:
+    values = _one_set(c.list_refvalues(tenant=args.tenant), args.name, args.tenant)
+    return values, "\n".join(values)
 
 
-def refvalues_remove(client: ClientFactory) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        with client(args) as c:
-            values = args.values
-            if args.all:
-                if values:
-                    raise BadInputError("refvalues remove --all: expected no values beside it, seen some")
-                values = _one_set(c.list_refvalues(tenant=args.tenant), args.name, args.tenant)
-            elif not values:
-                raise BadInputError("refvalues remove: expected VALUE... or --all, seen neither")
-            n = c.remove_refvalues(args.name, values, tenant=args.tenant)
-        return _out(args, {"removed": n}, f"{n} reference value(s) removed from {args.name}")
-
-    return run
+def refvalues_remove(c: Any, args: argparse.Namespace) -> Reply:
+    values = args.values
+    if args.all:
+        if values:
+            raise BadInputError("refvalues remove --all: expected no values beside it, seen some")
+        values = _one_set(c.list_refvalues(tenant=args.tenant), args.name, args.tenant)
+    elif not values:
+        raise BadInputError("refvalues remove: expected VALUE... or --all, seen neither")
+    n = c.remove_refvalues(args.name, values, tenant=args.tenant)
+    return {"removed": n}, f"{n} reference value(s) removed from {args.name}"
 
 
 # ------------------------------------------------------------------ platforms
@@ -219,149 +197,142 @@ def _platform_rows(platforms: Sequence[Mapping[str, Any]]) -> str:
     return table(("fingerprint", "tee", "registered", "description"), rows, "no platforms")
 
 
-def platform_list(client: ClientFactory) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        with client(args) as c:
-            platforms = c.list_platforms()
-        return _out(args, platforms, _platform_rows(platforms))
-
-    return run
+def platform_register(c: Any, args: argparse.Namespace) -> Reply:
+    certificate = read_key_file(args.certificate, "platform certificate")
+    fingerprint = c.register_platform(certificate, description=args.description)
+    return {"fingerprint": fingerprint}, f"platform registered: {fingerprint}"
 
 
-def platform_get(client: ClientFactory) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        with client(args) as c:
-            found = [p for p in c.list_platforms() if p["fingerprint"] == args.fingerprint]
-        if not found:
-            raise NotFoundError(f"platform {args.fingerprint[:80]!r}: expected to be registered, seen none")
-        return _out(args, found[0], _platform_rows(found))
-
-    return run
+def platform_list(c: Any, args: argparse.Namespace) -> Reply:
+    platforms = c.list_platforms()
+    return platforms, _platform_rows(platforms)
 
 
-def platform_delete(client: ClientFactory) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        with client(args) as c:
-            c.delete_platform(args.fingerprint)
-        return _out(args, {"deleted": args.fingerprint}, f"platform {args.fingerprint} no longer trusted")
+def platform_get(c: Any, args: argparse.Namespace) -> Reply:
+    found = [p for p in c.list_platforms() if p["fingerprint"] == args.fingerprint]
+    if not found:
+        raise NotFoundError(f"platform {args.fingerprint[:80]!r}: expected to be registered, seen none")
+    return found[0], _platform_rows(found)
 
-    return run
+
+def platform_delete(c: Any, args: argparse.Namespace) -> Reply:
+    c.delete_platform(args.fingerprint)
+    return {"deleted": args.fingerprint}, f"platform {args.fingerprint} no longer trusted"
+
+
+# ------------------------------------------------------------------ keys
+
+
+def keys_list(c: Any, args: argparse.Namespace) -> Reply:
+    keys = c.list_keys(args.repository, tenant=args.tenant)
+    return keys, "\n".join(f"{k['kid']}  {k['repository']}  {k['layer_digest']}" for k in keys) or "no keys"
 
 
 # ------------------------------------------------------------------ audit
 
+_AUDIT_FILTERS = ("tenant", "key", "repository", "outcome", "action", "since", "until", "after", "limit")
 
-def audit_list(client: ClientFactory) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        filters = {
-            "tenant": args.tenant,
-            "key": args.key,
-            "repository": args.repository,
-            "outcome": args.outcome,
-            "action": args.action,
-            "since": args.since,
-            "until": args.until,
-            "after": args.after,
-            "limit": args.limit,
-        }
-        with client(args) as c:
-            entries = c.search_audit({k: v for k, v in filters.items() if v is not None})
-        rows = [
-            (
-                e["id"],
-                iso(int(e["at_ms"]) / 1000),
-                e.get("tenant") or "-",
-                e["action"],
-                e["decision"],
-                e.get("actor", ""),
-                " ".join(json.loads(e["keys"]) if isinstance(e.get("keys"), str) else e.get("keys") or [])
-                or "-",
-                (e.get("reason") or "")[:80],
-            )
-            for e in entries
-        ]
-        headers = ("id", "time", "tenant", "action", "outcome", "actor", "keys", "reason")
-        return _out(args, entries, table(headers, rows, "no matching audit entries"))
 
-    return run
+def audit_list(c: Any, args: argparse.Namespace) -> Reply:
+    filters = {name: getattr(args, name) for name in _AUDIT_FILTERS}
+    entries = c.search_audit({k: v for k, v in filters.items() if v is not None})
+    rows = [
+        (
+            e["id"],
+            iso(int(e["at_ms"]) / 1000),
+            e.get("tenant") or "-",
+            e["action"],
+            e["decision"],
+            e.get("actor", ""),
+            " ".join(json.loads(e["keys"]) if isinstance(e.get("keys"), str) else e.get("keys") or []) or "-",
+            (e.get("reason") or "")[:80],
+        )
+        for e in entries
+    ]
+    headers = ("id", "time", "tenant", "action", "outcome", "actor", "keys", "reason")
+    return entries, table(headers, rows, "no matching audit entries")
+
+
+# an action's own arguments: (name or flag, add_argument keywords)
+Arguments = tuple[tuple[str, dict[str, Any]], ...]
+_TENANT: Arguments = (("--tenant", {}),)
+_POLICY: Arguments = (
+    ("--scope", {"default": "tenant", "choices": ["tenant", "repository", "key"]}),
+    ("--target", {}),
+    *_TENANT,
+)
+_AUDIT: Arguments = (
+    *_TENANT,
+    ("--key", {"help": "key id (kXXXX...)"}),
+    ("--repository", {"help": "entries naming keys of this repository"}),
+    ("--outcome", {"choices": ["ok", "deny"]}),
+    ("--action", {"help": "release, attest, key-create, policy-set, token-create, ..."}),
+    ("--since", {"help": "ISO-8601 UTC (2026-11-30T05:00:00Z) or epoch seconds"}),
+    ("--until", {"help": "ISO-8601 UTC or epoch seconds (exclusive)"}),
+    ("--after", {"help": "entry id to continue after (paging)"}),
+    ("--limit", {"default": "100", "help": "at most this many entries (default 100)"}),
+)
+_REVOKE_HELP = "revoke an API token; it stays listed as revoked (admin)"
+# (group, action, help, what it runs, its own arguments), in the order --help lists them;
+# every action also takes the broker's HTTP flags
+ACTIONS: tuple[tuple[str, str, str, Action, Arguments], ...] = (
+    ("token", "list", "API tokens: status, scopes, expiry, last use (admin)", token_list, _TENANT),
+    ("token", "get", "one API token (admin)", token_get, (("token_id", {}),)),
+    ("token", "revoke", _REVOKE_HELP, token_revoke, (("token_id", {}),)),
+    ("token", "delete", _REVOKE_HELP, token_revoke, (("token_id", {}),)),
+    ("policy", "list", "stored release policies", policy_list, _TENANT),
+    ("policy", "get", "print one policy document", policy_get, _POLICY),
+    (
+        "policy",
+        "delete",
+        "delete a policy (the next broader one, or the default, applies)",
+        policy_delete,
+        _POLICY,
+    ),
+    (
+        "refvalues",
+        "add",
+        "add reference values",
+        refvalues_add,
+        (("name", {}), ("values", {"nargs": "+"}), *_TENANT),
+    ),
+    ("refvalues", "list", "reference-value sets and their sizes", refvalues_list, _TENANT),
+    ("refvalues", "get", "the values of one set", refvalues_get, (("name", {}), *_TENANT)),
+    (
+        "refvalues",
+        "remove",
+        "remove values from a set (--all: the whole set)",
+        refvalues_remove,
+        (("name", {}), ("values", {"nargs": "*"}), ("--all", {"action": "store_true"}), *_TENANT),
+    ),
+    (
+        "platform",
+        "register",
+        "trust a sim platform certificate (admin)",
+        platform_register,
+        (("certificate", {"help": "platform-cert.pem"}), ("--description", {"default": ""})),
+    ),
+    ("platform", "list", "trusted sim platforms (admin)", platform_list, ()),
+    ("platform", "get", "one trusted platform (admin)", platform_get, (("fingerprint", {}),)),
+    ("platform", "delete", "stop trusting a platform (admin)", platform_delete, (("fingerprint", {}),)),
+    ("keys", "list", "list keys", keys_list, (("--repository", {}), *_TENANT)),
+    (
+        "audit",
+        "list",
+        "browse the audit log over HTTP (filters combine; --json for scripts)",
+        audit_list,
+        _AUDIT,
+    ),
+)
 
 
 def register_admin(
     groups: Mapping[str, Any], client: ClientFactory, with_http: Callable[[Any], None]
 ) -> None:
-    """Add the lifecycle actions to the ``broker`` groups (token, policy, refvalues, platform, audit)."""
-    tok = groups["token"]
-    p = tok.add_parser("list", help="API tokens: status, scopes, expiry, last use (admin)")
-    p.add_argument("--tenant")
-    with_http(p)
-    p.set_defaults(func=token_list(client))
-    p = tok.add_parser("get", help="one API token (admin)")
-    p.add_argument("token_id")
-    with_http(p)
-    p.set_defaults(func=token_get(client))
-    for name in ("revoke", "delete"):
-        p = tok.add_parser(name, help="revoke an API token; it stays listed as revoked (admin)")
-        p.add_argument("token_id")
+    """Add :data:`ACTIONS` to the ``broker`` groups (token, policy, refvalues, platform, keys, audit)."""
+    for group, name, help_text, action, arguments in ACTIONS:
+        p = groups[group].add_parser(name, help=help_text)
+        for argument, options in arguments:
+            p.add_argument(argument, **options)
         with_http(p)
-        p.set_defaults(func=token_revoke(client))
-
-    pol = groups["policy"]
-    p = pol.add_parser("list", help="stored release policies")
-    p.add_argument("--tenant")
-    with_http(p)
-    p.set_defaults(func=policy_list(client))
-    for name, factory, help_text in (
-        ("get", policy_get, "print one policy document"),
-        ("delete", policy_delete, "delete a policy (the next broader one, or the default, applies)"),
-    ):
-        p = pol.add_parser(name, help=help_text)
-        p.add_argument("--scope", default="tenant", choices=["tenant", "repository", "key"])
-        p.add_argument("--target")
-        p.add_argument("--tenant")
-        with_http(p)
-        p.set_defaults(func=factory(client))
-
-    ref = groups["refvalues"]
-    p = ref.add_parser("list", help="reference-value sets and their sizes")
-    p.add_argument("--tenant")
-    with_http(p)
-    p.set_defaults(func=refvalues_list(client))
-    p = ref.add_parser("get", help="the values of one set")
-    p.add_argument("name")
-    p.add_argument("--tenant")
-    with_http(p)
-    p.set_defaults(func=refvalues_get(client))
-    p = ref.add_parser("remove", help="remove values from a set (--all: the whole set)")
-    p.add_argument("name")
-    p.add_argument("values", nargs="*")
-    p.add_argument("--all", action="store_true")
-    p.add_argument("--tenant")
-    with_http(p)
-    p.set_defaults(func=refvalues_remove(client))
-
-    plat = groups["platform"]
-    p = plat.add_parser("list", help="trusted sim platforms (admin)")
-    with_http(p)
-    p.set_defaults(func=platform_list(client))
-    p = plat.add_parser("get", help="one trusted platform (admin)")
-    p.add_argument("fingerprint")
-    with_http(p)
-    p.set_defaults(func=platform_get(client))
-    p = plat.add_parser("delete", help="stop trusting a platform (admin)")
-    p.add_argument("fingerprint")
-    with_http(p)
-    p.set_defaults(func=platform_delete(client))
-
-    aud = groups["audit"]
-    p = aud.add_parser("list", help="browse the audit log over HTTP (filters combine; --json for scripts)")
-    p.add_argument("--tenant")
-    p.add_argument("--key", help="key id (kXXXX...)")
-    p.add_argument("--repository", help="entries naming keys of this repository")
-    p.add_argument("--outcome", choices=["ok", "deny"])
-    p.add_argument("--action", help="release, attest, key-create, policy-set, token-create, ...")
-    p.add_argument("--since", help="ISO-8601 UTC (2026-11-30T05:00:00Z) or epoch seconds")
-    p.add_argument("--until", help="ISO-8601 UTC or epoch seconds (exclusive)")
-    p.add_argument("--after", help="entry id to continue after (paging)")
-    p.add_argument("--limit", default="100", help="at most this many entries (default 100)")
-    with_http(p)
-    p.set_defaults(func=audit_list(client))
+        p.set_defaults(func=command(action, client))

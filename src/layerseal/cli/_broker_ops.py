@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from layerseal.cli._subcommands import command_group
 from layerseal.errors import BadInputError
 
 
@@ -153,9 +154,7 @@ def register_ops(sub: Any) -> None:
     p.add_argument("backup", help="file written by 'broker backup'")
     p.set_defaults(func=_restore)
 
-    mk = sub.add_parser("master-key", help="master key operations")
-    actions = mk.add_subparsers(dest="master_key_command", metavar="ACTION")
-    actions.required = True
+    actions = command_group(sub, "master-key", "master key operations")
     p = actions.add_parser(
         "rotate",
         help="new master key; every sealed key and secret resealed in one transaction (crash-safe)",

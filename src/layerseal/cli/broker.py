@@ -6,8 +6,6 @@ import argparse
 import errno
 import json
 import os
-import socket
-import ssl
 import sys
 import time
 from datetime import UTC, datetime
@@ -16,6 +14,7 @@ from typing import Any
 
 from layerseal.cli import _broker_env as broker_env
 from layerseal.cli._broker_env import TOKEN_ENV
+from layerseal.cli._subcommands import command_group
 from layerseal.cli.common import read_key_file
 from layerseal.errors import BadInputError, NotFoundError
 
@@ -33,6 +32,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 def _check_port(host: str, port: int) -> None:
     """Refuse a port another process listens on before anything is created (the server
     itself would only fail after opening the database and writing the admin token)."""
+    import socket
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -49,6 +50,8 @@ def _check_tls_files(cert: str | None, key: str | None) -> None:
     if bool(cert) != bool(key):
         raise BadInputError("--tls-cert/--tls-key: expected both or neither, seen one")
     if cert and key:
+        import ssl
+
         read_key_file(cert, "--tls-cert")
         read_key_file(key, "--tls-key")
         try:
@@ -197,6 +200,8 @@ def _with_master_key(p: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
+    import ssl
+
     from layerseal.kbs.adminclient import AdminClient
 
     token = args.token or os.environ.get(TOKEN_ENV)
@@ -264,13 +269,7 @@ def _token_create(args: argparse.Namespace) -> int:
 
 
 def _policy_set(args: argparse.Namespace) -> int:
-    raw = read_key_file(args.file, "policy file") if args.file != "-" else sys.stdin.buffer.read()
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        raise BadInputError(f"policy file {args.file}: expected JSON, seen invalid data ({exc})") from exc
-    if not isinstance(doc, dict):
-        raise BadInputError(f"policy file {args.file}: expected a JSON object, seen {type(doc).__name__}")
+    doc = _json_file(args.file, "policy file")
     with _client(args) as c:
         result = c.set_policy(doc, scope=args.scope, target=args.target, tenant=args.tenant)
     return _print(
@@ -306,26 +305,6 @@ def _policy_dry_run(args: argparse.Namespace) -> int:
     return _print(args, result, "\n".join(lines))
 
 
-def _refvalues_add(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        n = c.add_refvalues(args.name, args.values, tenant=args.tenant)
-    return _print(args, {"added": n}, f"{n} reference value(s) added to {args.name}")
-
-
-def _platform_register(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        certificate = read_key_file(args.certificate, "platform certificate")
-        fingerprint = c.register_platform(certificate, description=args.description)
-    return _print(args, {"fingerprint": fingerprint}, f"platform registered: {fingerprint}")
-
-
-def _keys_list(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        keys = c.list_keys(args.repository, tenant=args.tenant)
-    text = "\n".join(f"{k['kid']}  {k['repository']}  {k['layer_digest']}" for k in keys) or "no keys"
-    return _print(args, keys, text)
-
-
 def _with_http(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--url",
@@ -339,18 +318,8 @@ def _with_http(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-def _group(sub: Any, name: str, help_text: str) -> Any:
-    """A ``broker NAME ACTION`` command group; its subparsers."""
-    group = sub.add_parser(name, help=help_text)
-    actions = group.add_subparsers(dest=f"{name}_command", metavar="ACTION")
-    actions.required = True
-    return actions
-
-
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("broker", help="the key broker (security service)")
-    sub = parser.add_subparsers(dest="broker_command", metavar="ACTION")
-    sub.required = True
+    sub = command_group(subparsers, "broker", "the key broker (security service)")
 
     serve = sub.add_parser(
         "serve",
@@ -437,7 +406,7 @@ def register(subparsers: Any) -> None:
     )
     serve.set_defaults(func=_serve)
 
-    audit_sub = _group(sub, "audit", "audit log tools")
+    audit_sub = command_group(sub, "audit", "audit log tools")
     verify = audit_sub.add_parser(
         "verify", help="check the audit chains, their keyed heads and checkpoints; exit 3 if broken"
     )
@@ -460,7 +429,7 @@ def register(subparsers: Any) -> None:
     )
     checkpoint.set_defaults(func=_audit_checkpoint)
 
-    token_sub = _group(sub, "token", "API tokens")
+    token_sub = command_group(sub, "token", "API tokens")
     create = token_sub.add_parser("create", help="create a publisher token (admin)")
     create.add_argument("--tenant", required=True)
     create.add_argument(
@@ -475,7 +444,7 @@ def register(subparsers: Any) -> None:
     _with_http(create)
     create.set_defaults(func=_token_create)
 
-    policy_sub = _group(sub, "policy", "release policies")
+    policy_sub = command_group(sub, "policy", "release policies")
     pset = policy_sub.add_parser("set", help="set a release policy from a JSON file ('-' = stdin)")
     pset.add_argument("file")
     pset.add_argument("--scope", default="tenant", choices=["tenant", "repository", "key"])
@@ -497,32 +466,12 @@ def register(subparsers: Any) -> None:
     _with_http(dry)
     dry.set_defaults(func=_policy_dry_run)
 
-    refv_sub = _group(sub, "refvalues", "reference values")
-    radd = refv_sub.add_parser("add", help="add reference values")
-    radd.add_argument("name")
-    radd.add_argument("values", nargs="+")
-    radd.add_argument("--tenant")
-    _with_http(radd)
-    radd.set_defaults(func=_refvalues_add)
-
-    plat_sub = _group(sub, "platform", "trusted sim platforms")
-    preg = plat_sub.add_parser("register", help="trust a sim platform certificate (admin)")
-    preg.add_argument("certificate", help="platform-cert.pem")
-    preg.add_argument("--description", default="")
-    _with_http(preg)
-    preg.set_defaults(func=_platform_register)
-
+    refv_sub = command_group(sub, "refvalues", "reference values")
+    plat_sub = command_group(sub, "platform", "trusted sim platforms")
     from layerseal.cli._broker_admin import register_admin
-
-    groups = {"token": token_sub, "policy": policy_sub, "refvalues": refv_sub, "platform": plat_sub}
-    register_admin({**groups, "audit": audit_sub}, _client, _with_http)
     from layerseal.cli._broker_ops import register_ops
 
     register_ops(sub)
-
-    keys_sub = _group(sub, "keys", "layer keys")
-    klist = keys_sub.add_parser("list", help="list keys")
-    klist.add_argument("--repository")
-    klist.add_argument("--tenant")
-    _with_http(klist)
-    klist.set_defaults(func=_keys_list)
+    keys_sub = command_group(sub, "keys", "layer keys")
+    groups = {"token": token_sub, "policy": policy_sub, "refvalues": refv_sub, "platform": plat_sub}
+    register_admin({**groups, "keys": keys_sub, "audit": audit_sub}, _client, _with_http)

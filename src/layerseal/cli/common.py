@@ -1,4 +1,9 @@
-"""Helpers shared by CLI commands: reading key files, registry flags, progress bars."""
+"""Helpers shared by CLI commands: reading key files, registry flags, progress bars.
+
+Every command's parser is built from here, so this module imports nothing heavy at its top
+(no cryptography, HTTP client, rich or image code): a ``--help`` or a usage error must not
+pay for them.  The functions that need them import them when called.
+"""
 
 from __future__ import annotations
 
@@ -13,22 +18,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from layerseal.crypto.keys import PrivateKey, load_private_key, load_public_key
-from layerseal.crypto.keyspec import KeySpec, parse_key_spec, password_bytes
-from layerseal.crypto.keywrap import (
-    JweUnwrapper,
-    JweWrapper,
-    KeyUnwrapper,
-    KeyWrapper,
-    Pkcs7Unwrapper,
-    Pkcs7Wrapper,
-)
 from layerseal.errors import BadInputError, LayersealError
 
 if TYPE_CHECKING:
     from cryptography.x509 import Certificate
     from rich.progress import Progress, TaskID
 
+    from layerseal.crypto.keys import PrivateKey
+    from layerseal.crypto.keyspec import KeySpec
+    from layerseal.crypto.keywrap import KeyUnwrapper, KeyWrapper
     from layerseal.image.transport import ImageDestination, ImageSource
     from layerseal.registry.retry import Deadline
     from layerseal.registry.transport import RegistryOptions
@@ -52,13 +50,7 @@ def add_registry_flags(p: argparse.ArgumentParser, *sides: str) -> None:
         p.add_argument(f"--{side}-creds", metavar="USER:PASS", help=f"credentials for the {side} registry")
         p.add_argument(f"--{side}-cert-dir", metavar="DIR", help="CA certificates (*.crt) to trust")
         if side == "dest":
-            p.add_argument(
-                "--dest-chunk-size",
-                metavar="SIZE",
-                help="upload blobs in requests of at most SIZE bytes (K, M, G suffixes: powers of 1024), "
-                "resuming a broken one where the registry stopped; for registries or proxies that cap "
-                "request bodies (default: one streamed request per blob)",
-            )
+            p.add_argument("--dest-chunk-size", metavar="SIZE", help=_CHUNK_SIZE_HELP)
     p.add_argument("--authfile", help="auth file (Docker config.json or containers auth.json format)")
     p.add_argument(
         "--retry-times",
@@ -79,6 +71,11 @@ def add_registry_flags(p: argparse.ArgumentParser, *sides: str) -> None:
 
 DEFAULT_RETRY_TIMES = 4
 DEFAULT_TIMEOUT = "1h"
+_CHUNK_SIZE_HELP = (
+    "upload blobs in requests of at most SIZE bytes (K, M, G suffixes: powers of 1024), resuming a "
+    "broken one where the registry stopped; for registries or proxies that cap request bodies "
+    "(default: one streamed request per blob)"
+)
 
 
 def _deadline(args: argparse.Namespace) -> Deadline:
@@ -142,6 +139,21 @@ def open_endpoints(args: argparse.Namespace) -> Iterator[tuple[ImageSource, Imag
             dst.close()
     finally:
         src.close()
+
+
+@contextlib.contextmanager
+def transfer(
+    args: argparse.Namespace, wrappers: tuple[KeyWrapper, ...] = ()
+) -> Iterator[tuple[ImageSource, ImageDestination, RichProgress]]:
+    """``args.source`` and ``args.destination`` opened (as :func:`open_endpoints`) with progress
+    bars unless ``--quiet`` or ``--json``; when the work inside fails, the keys the broker created
+    for *wrappers* are marked unused."""
+    with open_endpoints(args) as (src, dst), RichProgress(not args.quiet and not args.json) as progress:
+        try:
+            yield src, dst, progress
+        except BaseException:
+            abandon_broker_keys(wrappers)
+            raise
 
 
 _SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -260,6 +272,8 @@ def parse_wrappers(args: argparse.Namespace, destination: str) -> tuple[KeyWrapp
         if not sep or not rest:
             raise BadInputError(f"--encryption-key {spec!r}: expected jwe:PUBKEY, pkcs7:CERT or kbs:URL")
         if scheme == "jwe":
+            from layerseal.crypto.keys import load_public_key
+
             jwe_keys.append(load_public_key(read_key_file(rest, "encryption key"), f"encryption key {rest}"))
         elif scheme == "pkcs7":
             from layerseal.crypto.pkcs7 import certificate_recipient
@@ -284,14 +298,20 @@ def parse_wrappers(args: argparse.Namespace, destination: str) -> tuple[KeyWrapp
                 f"--encryption-key {spec!r}: expected scheme 'jwe', 'pkcs7' or 'kbs', seen {scheme!r}"
             )
     if certs:
+        from layerseal.crypto.keywrap import Pkcs7Wrapper
+
         wrappers.insert(0, Pkcs7Wrapper(certs))
     if jwe_keys:
+        from layerseal.crypto.keywrap import JweWrapper
+
         wrappers.insert(0, JweWrapper(jwe_keys))
     return tuple(wrappers)
 
 
 def abandon_broker_keys(wrappers: tuple[KeyWrapper, ...]) -> None:
     """After a failed publish, mark the keys the broker created for it as unused (best effort)."""
+    if not wrappers:
+        return
     from layerseal.builder.kbswrap import KbsWrapper
 
     for w in wrappers:
@@ -308,6 +328,8 @@ def abandon_broker_keys(wrappers: tuple[KeyWrapper, ...]) -> None:
 
 def _password_candidates(spec: KeySpec) -> list[bytes | None]:
     """The passwords to try for *spec*'s key, read from its source (never printed)."""
+    from layerseal.crypto.keyspec import password_bytes
+
     source = spec.password
     if source is None:
         return [None]
@@ -336,6 +358,8 @@ def _password_candidates(spec: KeySpec) -> list[bytes | None]:
 def load_decryption_key(spec_text: str) -> PrivateKey | None:
     """The private key of a ``--decryption-key`` value (see ``crypto.keyspec``); None for a
     certificate, which skopeo users pass beside a pkcs7 key and layerseal does not need."""
+    from layerseal.crypto.keyspec import parse_key_spec
+
     spec = parse_key_spec(spec_text, os.path.isfile)
     data = read_key_file(spec.path, "decryption key")
     if b"-----BEGIN CERTIFICATE-----" in data:
@@ -344,6 +368,8 @@ def load_decryption_key(spec_text: str) -> PrivateKey | None:
     if spec.password is not None:
         what += f" (with {spec.password.describe()})"
     candidates = _password_candidates(spec)
+    from layerseal.crypto.keys import load_private_key
+
     for i, password in enumerate(candidates):
         try:
             return load_private_key(data, what, password)
@@ -356,7 +382,11 @@ def load_decryption_key(spec_text: str) -> PrivateKey | None:
 def parse_unwrappers(specs: list[str]) -> tuple[KeyUnwrapper, ...]:
     """Unwrappers for ``--decryption-key`` values: the keys open ``jwe`` and ``pkcs7`` blobs."""
     keys = [k for k in (load_decryption_key(s) for s in specs) if k is not None]
-    return (JweUnwrapper(keys), Pkcs7Unwrapper(keys)) if keys else ()
+    if not keys:
+        return ()
+    from layerseal.crypto.keywrap import JweUnwrapper, Pkcs7Unwrapper
+
+    return (JweUnwrapper(keys), Pkcs7Unwrapper(keys))
 
 
 def load_certificate(path: str) -> Certificate:

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from layerseal.cli._subcommands import command_group
+
 PAYLOAD_FD = 3
 LINGER = 1.5
 DEFAULT_KEYS_PATH = "/etc/containerd/ocicrypt/keys"
@@ -48,9 +50,12 @@ def _add_decode_flags(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("containerd", help="containerd stream processor: decrypt layers as containerd unpacks")
-    actions = p.add_subparsers(dest="containerd_action", metavar="ACTION")
-    actions.required = True
+    actions = command_group(
+        sub,
+        "containerd",
+        "containerd stream processor: decrypt layers as containerd unpacks",
+        dest="containerd_action",
+    )
     d = actions.add_parser(
         "decode", help="(run by containerd) encrypted layer on stdin, plaintext layer on stdout"
     )

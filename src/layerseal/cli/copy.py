@@ -1,26 +1,26 @@
-"""``layerseal copy`` and ``layerseal inspect`` (skopeo-style flags)."""
+"""``layerseal copy`` and ``layerseal inspect`` (skopeo-style flags).
+
+The image and crypto code is imported by the commands when they run, not with the parser.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from layerseal.builder.copy import CopyOptions, CopyReport, IndexCopyReport, copy_image, copy_index
-from layerseal.builder.endpoints import open_source
-from layerseal.builder.inspect import inspect_image
 from layerseal.cli.common import (
-    RichProgress,
-    abandon_broker_keys,
     add_encryption_flags,
     add_registry_flags,
-    open_endpoints,
     parse_unwrappers,
     parse_wrappers,
     registry_options,
+    transfer,
 )
 from layerseal.errors import BadInputError
-from layerseal.image.descriptor import Platform
+
+if TYPE_CHECKING:
+    from layerseal.builder.copy import CopyReport
 
 
 def register(sub: Any) -> None:
@@ -79,6 +79,9 @@ def _positive(text: str) -> int:
 
 
 def run_copy(args: argparse.Namespace) -> int:
+    from layerseal.builder.copy import CopyOptions, IndexCopyReport, copy_image, copy_index
+    from layerseal.image.descriptor import Platform
+
     options = CopyOptions(
         wrappers=parse_wrappers(args, args.destination),
         encrypt_layers=tuple(args.encrypt_layer) if args.encrypt_layer else None,
@@ -90,16 +93,10 @@ def run_copy(args: argparse.Namespace) -> int:
         raise BadInputError("--encrypt-layer: expected --encryption-key too, seen none")
     if args.all and args.platform:
         raise BadInputError("--all: expected no --platform (every platform is copied), seen one")
-    with open_endpoints(args) as (src, dst), RichProgress(not args.quiet and not args.json) as progress:
-        try:
-            result = (
-                copy_index(src, dst, options, progress)
-                if args.all
-                else copy_image(src, dst, options, progress)
-            )
-        except BaseException:
-            abandon_broker_keys(options.wrappers)
-            raise
+    with transfer(args, options.wrappers) as (src, dst, progress):
+        result = (
+            copy_index(src, dst, options, progress) if args.all else copy_image(src, dst, options, progress)
+        )
     reports = [r for r in result.images if r is not None] if isinstance(result, IndexCopyReport) else [result]
     top = result.index if isinstance(result, IndexCopyReport) else result.manifest
     if args.json:
@@ -136,8 +133,14 @@ def _report_json(report: CopyReport) -> dict[str, Any]:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    from layerseal.builder.endpoints import open_source
+
     src = open_source(args.source, registry_options(args, "src", args.source))
     try:
+        # after the source opened: a missing image fails without loading the summary code
+        from layerseal.builder.inspect import inspect_image
+        from layerseal.image.descriptor import Platform
+
         summary = inspect_image(src, Platform.parse(args.platform) if args.platform else None)
     finally:
         src.close()

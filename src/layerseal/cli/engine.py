@@ -1,4 +1,8 @@
-"""``layerseal pull`` and ``layerseal run``: the enclave container engine."""
+"""``layerseal pull`` and ``layerseal run``: the enclave container engine.
+
+The engine (image, crypto, HTTP and unpacking code) is imported by the commands when they
+run, not with the parser.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,14 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from layerseal.attest.attesters import TEE_CHOICES
-from layerseal.builder.endpoints import open_source
+from layerseal.cli._constants import (
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_MAX_IMAGE_SIZE,
+    DEFAULT_MAX_LAYER_SIZE,
+    TEE_CHOICES,
+)
 from layerseal.cli.common import (
     add_registry_flags,
     parse_size,
@@ -19,20 +27,11 @@ from layerseal.cli.common import (
     registry_options,
     size_flag,
 )
-from layerseal.engine.enclave import enclave_client, make_attester
-from layerseal.engine.keys import BrokerUnwrapper
-from layerseal.engine.limits import (
-    DEFAULT_MAX_ENTRIES,
-    DEFAULT_MAX_IMAGE_SIZE,
-    DEFAULT_MAX_LAYER_SIZE,
-    UnpackLimits,
-)
-from layerseal.engine.pull import PullResult, pull_image
-from layerseal.engine.run import prepare_bundle, prepare_output, run_pulled
-from layerseal.engine.snapshot import SnapshotStore
 from layerseal.errors import BadInputError
-from layerseal.image.descriptor import Platform
-from layerseal.layout.blobstore import SharedBlobStore
+
+if TYPE_CHECKING:
+    from layerseal.engine.pull import PullResult
+    from layerseal.engine.snapshot import SnapshotStore
 
 RUN_FAILURE_STATUS = 125
 
@@ -128,6 +127,8 @@ def _snapshots(args: argparse.Namespace) -> SnapshotStore:
 
 def open_snapshots(path: Path) -> SnapshotStore:
     """The cache at *path*, or a one-line error saying why it cannot be used."""
+    from layerseal.engine.snapshot import SnapshotStore
+
     try:
         return SnapshotStore(path)
     except OSError as e:
@@ -138,12 +139,21 @@ def open_snapshots(path: Path) -> SnapshotStore:
 
 
 def _pull(args: argparse.Namespace, rootfs: Path, snapshots: SnapshotStore | None = None) -> PullResult:
+    from layerseal.builder.endpoints import open_source
+    from layerseal.engine.limits import UnpackLimits
+    from layerseal.engine.pull import pull_image
+    from layerseal.image.descriptor import Platform
+    from layerseal.layout.blobstore import SharedBlobStore
+
     unwrappers = parse_unwrappers(args.decryption_key)
     store_dir = Path(args.store or _default_store())
     store = SharedBlobStore(store_dir)
     snapshots = snapshots or _snapshots(args)
     broker = None
     if args.kbs:
+        from layerseal.engine.enclave import enclave_client, make_attester
+        from layerseal.engine.keys import BrokerUnwrapper
+
         broker = BrokerUnwrapper(
             enclave_client(args.kbs, make_attester(args.tee, args.sim_platform), args.kbs_cacert)
         )
@@ -166,6 +176,8 @@ def _pull(args: argparse.Namespace, rootfs: Path, snapshots: SnapshotStore | Non
 
 
 def run_pull(args: argparse.Namespace) -> int:
+    from layerseal.engine.run import prepare_bundle, prepare_output
+
     target = Path(args.bundle or args.rootfs)
     rootfs, created = prepare_output(target, bundle=bool(args.bundle))
     try:
@@ -221,6 +233,8 @@ def run_run(args: argparse.Namespace) -> int:
             raise BadInputError(
                 f"{result.image}: expected a command (image has no Entrypoint/Cmd), seen none"
             )
+        from layerseal.engine.run import run_pulled
+
         return run_pulled(
             result,
             bundle,

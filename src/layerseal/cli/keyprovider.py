@@ -16,6 +16,16 @@ from typing import Any
 #: layerseal.crypto.keywrap.PROVIDER_NAME (not imported: ocicrypt starts this once per layer)
 DEFAULT_NAME = "attestation-agent"
 _PATH_FLAGS = ("token_file", "cacert", "sim_platform", "cache_dir", "config")
+# the TLS of 'serve --grpc' and of the 'config --grpc' entry: (flag, metavar, help)
+_TLS_FLAGS = (
+    ("--tls-cert", "PEM", "serve --grpc: TLS certificate (chain) of the server"),
+    ("--tls-key", "PEM", "serve --grpc: TLS private key of the server"),
+    ("--tls-client-ca", "PEM", "serve --grpc: require client certificates issued by this CA"),
+    ("--grpc-root-ca", "PEM", "config --grpc: CA that ocicrypt verifies the server with"),
+    ("--grpc-client-cert", "PEM", "config --grpc: ocicrypt's client certificate"),
+    ("--grpc-client-key", "PEM", "config --grpc: ocicrypt's client key"),
+    ("--grpc-server-name", "NAME", "config --grpc: name to verify in the certificate"),
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,19 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--module", action="store_true", help="config: run as 'python -m layerseal.keyprovider' (faster)"
     )
-    p.add_argument("--tls-cert", metavar="PEM", help="serve --grpc: TLS certificate (chain) of the server")
-    p.add_argument("--tls-key", metavar="PEM", help="serve --grpc: TLS private key of the server")
-    p.add_argument(
-        "--tls-client-ca", metavar="PEM", help="serve --grpc: require client certificates issued by this CA"
-    )
-    p.add_argument(
-        "--grpc-root-ca", metavar="PEM", help="config --grpc: CA that ocicrypt verifies the server with"
-    )
-    p.add_argument("--grpc-client-cert", metavar="PEM", help="config --grpc: ocicrypt's client certificate")
-    p.add_argument("--grpc-client-key", metavar="PEM", help="config --grpc: ocicrypt's client key")
-    p.add_argument(
-        "--grpc-server-name", metavar="NAME", help="config --grpc: name to verify in the certificate"
-    )
+    for flag, metavar, help_text in _TLS_FLAGS:
+        p.add_argument(flag, metavar=metavar, help=help_text)
 
 
 def _provider(args: argparse.Namespace) -> Any:

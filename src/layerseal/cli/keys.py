@@ -1,4 +1,7 @@
-"""``layerseal keys rotate|revoke|list``: the publisher's key operations at the broker."""
+"""``layerseal keys rotate|revoke|list``: the publisher's key operations at the broker.
+
+The image and broker client code is imported by the commands when they run, not with the parser.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +11,14 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from layerseal.builder.rotate import reencrypt, rotate_keys
+from layerseal.cli._subcommands import command_group
 from layerseal.cli.common import (
-    RichProgress,
     add_encryption_flags,
     add_registry_flags,
-    open_endpoints,
     parse_unwrappers,
     parse_wrappers,
     print_json,
+    transfer,
 )
 from layerseal.errors import BadInputError
 
@@ -38,9 +40,7 @@ def _broker_flags(p: argparse.ArgumentParser, with_token: bool = True) -> None:
 
 
 def register(sub: Any) -> None:
-    keys = sub.add_parser("keys", help="rotate, revoke and list layer keys at the broker")
-    ksub = keys.add_subparsers(dest="keys_command", metavar="COMMAND")
-    ksub.required = True
+    ksub = command_group(sub, "keys", "rotate, revoke and list layer keys at the broker", metavar="COMMAND")
 
     r = ksub.add_parser("rotate", help="new key versions for every layer (annotations only, no re-upload)")
     r.add_argument("source", metavar="SRC")
@@ -103,7 +103,9 @@ def _tag_stores(src: Any, dst: Any) -> tuple[list[Any], tuple[str, str] | None]:
 def run_rotate(args: argparse.Namespace) -> int:
     if args.reencrypt and (args.all_tags or args.force):
         raise BadInputError("keys rotate --reencrypt: expected no --all-tags/--force (broker keys only)")
-    with open_endpoints(args) as (src, dst), RichProgress(not args.quiet and not args.json) as progress:
+    from layerseal.builder.rotate import reencrypt, rotate_keys
+
+    with transfer(args) as (src, dst, progress):
         if args.reencrypt:
             report = reencrypt(
                 src,

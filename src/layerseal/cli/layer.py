@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from layerseal.builder.layeradd import add_layer
+from layerseal.cli._subcommands import command_group
 from layerseal.cli.common import (
-    RichProgress,
-    abandon_broker_keys,
     add_encryption_flags,
     add_registry_flags,
-    open_endpoints,
     parse_wrappers,
     print_json,
+    transfer,
 )
-from layerseal.crypto.keywrap import KeyWrapper
 from layerseal.errors import BadInputError
-from layerseal.image.descriptor import Platform
 
 
 def register(sub: Any) -> None:
-    layer = sub.add_parser("layer", help="change the layers of an image")
-    lsub = layer.add_subparsers(dest="layer_command", metavar="COMMAND")
-    lsub.required = True
+    lsub = command_group(sub, "layer", "change the layers of an image", metavar="COMMAND")
     p = lsub.add_parser(
         "add",
         help="append a layer built from files, directories or a tar",
@@ -48,15 +40,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run_add, collect_positionals="items")
 
 
-@contextlib.contextmanager
-def _abandon_on_error(wrappers: tuple[KeyWrapper, ...]) -> Iterator[None]:
-    try:
-        yield
-    except BaseException:
-        abandon_broker_keys(wrappers)
-        raise
-
-
 def parse_paths(specs: list[str]) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for spec in specs:
@@ -74,15 +57,14 @@ def parse_paths(specs: list[str]) -> dict[str, Path]:
 def run_add(args: argparse.Namespace) -> int:
     if len(args.items) < 3:
         raise BadInputError(f"layer add: expected SRC PATH... DST, seen {len(args.items)} argument(s)")
+    from layerseal.builder.layeradd import add_layer
+    from layerseal.image.descriptor import Platform
+
     args.source, args.destination = args.items[0], args.items[-1]
     sources = parse_paths(args.items[1:-1])
     wrappers = parse_wrappers(args, args.destination)
     platform = Platform.parse(args.platform) if args.platform else None
-    with (
-        open_endpoints(args) as (src, dst),
-        RichProgress(not args.quiet and not args.json) as progress,
-        _abandon_on_error(wrappers),
-    ):
+    with transfer(args, wrappers) as (src, dst, progress):
         report = add_layer(
             src,
             dst,

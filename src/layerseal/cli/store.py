@@ -5,22 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from layerseal.cli._subcommands import command_group
 from layerseal.cli.engine import default_snapshots, open_snapshots
-from layerseal.engine.snapshot import SnapshotGcReport, SnapshotStore, user_of
 from layerseal.errors import BadInputError
-from layerseal.layout.blobstore import SharedBlobStore
+
+if TYPE_CHECKING:
+    from layerseal.engine.snapshot import SnapshotStore
 
 DEFAULT_MAX_IDLE_DAYS = 14.0
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "store", help="inspect or clean the shared encrypted blob store and the snapshot cache"
+    ssub = command_group(
+        sub, "store", "inspect or clean the shared encrypted blob store and the snapshot cache"
     )
-    ssub = p.add_subparsers(dest="store_command", metavar="ACTION")
-    ssub.required = True
 
     gc = ssub.add_parser(
         "gc",
@@ -65,6 +65,9 @@ def _snapshots(args: argparse.Namespace) -> SnapshotStore | None:
 def run_gc(args: argparse.Namespace) -> int:
     if args.max_idle < 0:
         raise BadInputError(f"--max-idle: expected a number of days >= 0, seen {args.max_idle:g}")
+    from layerseal.engine.snapshot import SnapshotGcReport, user_of
+    from layerseal.layout.blobstore import SharedBlobStore
+
     store = SharedBlobStore(Path(args.store))
     # snapshots first: a snapshot whose blob goes now would be unreferenced at the next gc anyway
     snapshots = _snapshots(args)
@@ -99,6 +102,8 @@ def run_gc(args: argparse.Namespace) -> int:
 
 
 def run_ls(args: argparse.Namespace) -> int:
+    from layerseal.layout.blobstore import SharedBlobStore
+
     stats = SharedBlobStore(Path(args.store)).stats()
     if args.json:
         print(json.dumps(stats.to_json(), indent=2))
@@ -111,6 +116,8 @@ def run_ls(args: argparse.Namespace) -> int:
 
 
 def run_release(args: argparse.Namespace) -> int:
+    from layerseal.layout.blobstore import SharedBlobStore
+
     store = SharedBlobStore(Path(args.store))
     if args.owner not in store.stats().owners:
         raise BadInputError(

@@ -7,13 +7,16 @@ import argparse
 import json
 from typing import Any
 
-from layerseal.attest.attesters import TEE_CHOICES, detect, make_attester
-from layerseal.attest.binding import HASH_ALGORITHMS, report_data
-from layerseal.attest.sim_platform import DEFAULT_MEASUREMENT, init_platform
+from layerseal.cli._constants import HASH_ALGORITHMS, TEE_CHOICES
+from layerseal.cli._subcommands import command_group
 
 
 def _init(args: argparse.Namespace) -> int:
-    info = init_platform(args.dir, measurement=args.measurement, svn=args.svn, debug=args.debug)
+    # the platform code (X.509, EC keys) loads only for init: not for --help or the other actions
+    from layerseal.attest.sim_platform import DEFAULT_MEASUREMENT, init_platform
+
+    measurement = DEFAULT_MEASUREMENT if args.measurement is None else args.measurement
+    info = init_platform(args.dir, measurement=measurement, svn=args.svn, debug=args.debug)
     out = {
         "directory": str(info.directory),
         "fingerprint": info.fingerprint,
@@ -33,6 +36,8 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from layerseal.attest.attesters import detect
+
     found = detect()
     if args.json:
         probes = [{"interface": p.interface, "present": p.present, "detail": p.detail} for p in found.probes]
@@ -47,6 +52,8 @@ def _info(args: argparse.Namespace) -> int:
 def _evidence(args: argparse.Namespace) -> int:
     # a throwaway key: the evidence binds its public half, as a real attestation would; the
     # private half is never printed nor kept
+    from layerseal.attest.attesters import make_attester
+    from layerseal.attest.binding import report_data
     from layerseal.keyprovider import enclavekey
 
     pubkey = enclavekey.tee_pubkey(enclavekey.generate())
@@ -63,16 +70,13 @@ def _evidence(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("tee", help="TEE detection and evidence; the simulated TEE platform")
-    sub = parser.add_subparsers(dest="tee_command", metavar="ACTION")
-    sub.required = True
+    sub = command_group(subparsers, "tee", "TEE detection and evidence; the simulated TEE platform")
     init = sub.add_parser(
         "init", help="create a sim platform: signing key (0600) and self-signed certificate"
     )
     init.add_argument("--dir", required=True, help="directory to create the platform in")
-    init.add_argument(
-        "--measurement", default=DEFAULT_MEASUREMENT, help="hex measurement the enclave reports"
-    )
+    # default None, meaning sim_platform.DEFAULT_MEASUREMENT (not imported with the parser)
+    init.add_argument("--measurement", help="hex measurement the enclave reports")
     init.add_argument("--svn", type=int, default=2, help="security version number the enclave reports")
     init.add_argument("--debug", action="store_true", help="simulate a debug enclave")
     init.add_argument("--json", action="store_true", help="print JSON")

@@ -14,6 +14,7 @@ packets, ``A256GCM`` or ``A256CTR``), and the client falls back to one
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from layerseal.crypto.keywrap import BROKER_SCHEMES, LayerContext
 from layerseal.errors import BadInputError, DeniedError, NotFoundError
@@ -21,8 +22,10 @@ from layerseal.image import jsonutil
 from layerseal.image import mediatypes as mt
 from layerseal.image.descriptor import Descriptor
 from layerseal.image.encryption import wrapped_keys
-from layerseal.kbs.client import EnclaveClient
-from layerseal.kbs.packets import unwrap_key_packet
+
+if TYPE_CHECKING:
+    # the HTTP client is the caller's to build: a pull of plain or jwe layers never imports it
+    from layerseal.kbs.client import EnclaveClient
 
 SCHEMES = BROKER_SCHEMES
 
@@ -89,4 +92,6 @@ class BrokerUnwrapper:
         if kek is None:
             kek = self.client.get_keys([kid])[kid]
             self.keks[kid] = kek
+        from layerseal.kbs.packets import unwrap_key_packet
+
         return unwrap_key_packet(blob, kek)

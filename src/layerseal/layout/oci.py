@@ -27,7 +27,6 @@ from layerseal.image.digest import Digest, DigestVerifier
 from layerseal.image.manifest import MAX_MANIFEST_BYTES, Index, detect_media_type
 from layerseal.image.transport import CHUNK_SIZE
 from layerseal.layout.atomic import fsync_dir, write_file_atomic
-from layerseal.streams import Background
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_FILE = "oci-layout"
@@ -267,6 +266,9 @@ class LayoutDestination:
         tmp = Path(tmp_name)
         trust = verified and expected is not None
         try:
+            # the thread pool (concurrent.futures, logging) loads on the first write, not for a read
+            from layerseal.streams import Background
+
             h = hashlib.sha256()
             hashing = Background(h.update)  # hashing overlaps with the write
             size = 0

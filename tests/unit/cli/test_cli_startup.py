@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +81,84 @@ def test_an_unknown_command_is_refused(capsys: pytest.CaptureFixture[str]) -> No
         cli_main.main(["nosuchcommand"])
     assert info.value.code == 2
     assert "invalid choice: 'nosuchcommand'" in capsys.readouterr().err
+
+
+# what a parser must not load: each costs tens of milliseconds of start-up (issue 20)
+HEAVY = (
+    "alembic",
+    "cryptography",
+    "grpc",
+    "httpx",
+    "jinja2",
+    "joserfc",
+    "rich",
+    "sqlalchemy",
+    "starlette",
+    "tarfile",
+    "uvicorn",
+)
+MISSING_LAYOUT = "oci:/nonexistent/layerseal-test:v1"
+
+
+def _imported_by_cli(args: list[str], cwd: Path) -> set[str]:
+    """Every module the real entry point imports for *args*, as ``-X importtime`` names them."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "layerseal.cli.main", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
+        check=False,
+    )
+    assert proc.returncode in (0, 1, 2), proc.stderr[-2000:]
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--version"],
+        ["--help"],
+        ["inspect", MISSING_LAYOUT],
+        *([name, "--help"] for name in sorted(cli_main._COMMANDS)),
+        ["keys", "rotate", "--help"],
+        ["broker", "serve", "--help"],
+        ["tee", "evidence", "--help"],
+    ],
+    ids=" ".join,
+)
+def test_help_and_first_errors_import_no_heavy_package(args: list[str], tmp_path: Path) -> None:
+    loaded = _imported_by_cli(args, tmp_path)
+    assert "layerseal.cli.main" in loaded or "layerseal.cli" in loaded  # the listing was read
+    heavy = sorted(m for m in loaded if m.split(".")[0] in HEAVY)
+    assert heavy == []
+
+
+def test_the_inspect_of_a_missing_layout_fails_as_before(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "layerseal.cli.main", "inspect", MISSING_LAYOUT],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "layerseal: error: OCI layout /nonexistent/layerseal-test: expected an 'oci-layout' file, seen none\n"
+    )
+
+
+def test_the_values_shown_in_help_equal_their_owners() -> None:
+    from layerseal.attest import attesters, binding
+    from layerseal.cli import _constants
+    from layerseal.engine import limits
+
+    assert _constants.TEE_CHOICES == attesters.TEE_CHOICES
+    assert _constants.HASH_ALGORITHMS == binding.HASH_ALGORITHMS
+    assert _constants.DEFAULT_MAX_LAYER_SIZE == limits.DEFAULT_MAX_LAYER_SIZE
+    assert _constants.DEFAULT_MAX_IMAGE_SIZE == limits.DEFAULT_MAX_IMAGE_SIZE
+    assert _constants.DEFAULT_MAX_ENTRIES == limits.DEFAULT_MAX_ENTRIES
