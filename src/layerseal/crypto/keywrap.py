@@ -9,10 +9,9 @@ elsewhere.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from layerseal.crypto.keys import PrivateKey, PublicKey
 
@@ -68,7 +67,13 @@ class _EnvelopeModule(Protocol):
 
 def _envelope(scheme: str) -> _EnvelopeModule:
     # imported on first use: joserfc (behind jwe) costs 40 ms of start-up
-    return cast(_EnvelopeModule, importlib.import_module(f"layerseal.crypto.{scheme}"))
+    if scheme == "jwe":
+        from layerseal.crypto import jwe
+
+        return jwe
+    from layerseal.crypto import pkcs7
+
+    return pkcs7
 
 
 class _EnvelopeWrapper(Generic[_Recipient]):
