@@ -5,7 +5,8 @@ that (for example) fetching, decrypting and hashing overlap with decompressing a
 unpacking on the caller's thread.  The libraries doing the heavy work release the GIL,
 so the two halves really run on two cores.  Memory stays bounded by ``depth`` chunks;
 errors from the upstream iterator are re-raised in the caller; a caller that stops
-early stops the helper thread too.
+early stops the helper thread too.  :class:`ChunkPipe` is that queue, for producers
+that push chunks (a writer handed to a tar or compression library) rather than yield them.
 
 ``Background`` runs the updates of one hash (HMAC, SHA-256) on a small shared pool, each
 overlapping with the caller's next piece of work.
@@ -26,45 +27,72 @@ class _Failure:
         self.exc = exc
 
 
-def threaded(chunks: Iterable[bytes], depth: int = 4) -> Iterator[bytes]:
-    q: queue.Queue[object] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+class ChunkPipe:
+    """A bounded queue of chunks from a producer thread to the consumer's :meth:`drain`.
 
-    def put(item: object) -> bool:
-        while not stop.is_set():
+    The producer calls :meth:`put` for each chunk, then :meth:`end`, or :meth:`fail` with
+    its error; ``put`` returns False once the consumer has stopped, and the producer
+    should then return.
+    """
+
+    def __init__(self, depth: int) -> None:
+        self._q: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+
+    @property
+    def stopped(self) -> bool:
+        """The consumer has stopped (finished, failed or closed the stream early)."""
+        return self._stop.is_set()
+
+    def put(self, item: object) -> bool:
+        while not self._stop.is_set():
             try:
-                q.put(item, timeout=0.1)
+                self._q.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
+    def end(self) -> None:
+        self.put(_END)
+
+    def fail(self, exc: BaseException) -> None:
+        """Hand *exc* to the consumer, which re-raises it after the chunks before it."""
+        self.put(_Failure(exc))
+
+    def drain(self, producer: threading.Thread) -> Iterator[bytes]:
+        """Start *producer* and yield what it puts; stops and joins it when the caller stops."""
+        producer.start()
+        try:
+            while True:
+                item = self._q.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.exc
+                yield item  # type: ignore[misc]
+        finally:
+            self._stop.set()
+            producer.join()
+
+
+def threaded(chunks: Iterable[bytes], depth: int = 4) -> Iterator[bytes]:
+    pipe = ChunkPipe(depth)
+
     def produce() -> None:
         try:
             for chunk in chunks:
-                if not put(chunk):
+                if not pipe.put(chunk):
                     return
-            put(_END)
+            pipe.end()
         except BaseException as exc:  # handed to the consumer, which re-raises it
-            put(_Failure(exc))
+            pipe.fail(exc)
         finally:
             close = getattr(chunks, "close", None)
-            if close is not None and stop.is_set():
+            if close is not None and pipe.stopped:
                 close()
 
-    thread = threading.Thread(target=produce, name="layerseal-stream", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _END:
-                return
-            if isinstance(item, _Failure):
-                raise item.exc
-            yield item  # type: ignore[misc]
-    finally:
-        stop.set()
-        thread.join()
+    return pipe.drain(threading.Thread(target=produce, name="layerseal-stream", daemon=True))
 
 
 # Chunks smaller than this are MAC'ed inline: a thread hop costs more than it saves.

@@ -51,8 +51,52 @@ def sealed_key_id(sealed: bytes) -> bytes:
     return bytes(sealed[1:9])
 
 
-class MasterKeyCustody:
+class _EnvelopeCustody:
+    """The envelope both custodies write: a fresh AES-256-GCM data key per record, wrapped by
+    the backend's master key (:meth:`_wrap`, 48 bytes), the record sealed under the data key."""
+
+    _format: bytes  # the first byte of what this backend seals
+    key_id: bytes
+
+    def _wrap(self, data_key: bytes, nonce: bytes, aad: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _unwrap(self, key_id: bytes, wrapped: bytes, nonce: bytes, aad: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _format_error(self, sealed: bytes) -> str:
+        raise NotImplementedError
+
+    def _wrong_key(self, key_id: bytes, which: str) -> IntegrityError:
+        return IntegrityError(
+            f"sealed key: expected master key id {self.key_id.hex()}, seen {key_id.hex()} "
+            f"(the broker runs with a different {which})"
+        )
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
+        data_key = AESGCM.generate_key(bit_length=256)
+        n1, n2 = os.urandom(12), os.urandom(12)
+        wrapped = self._wrap(data_key, n1, aad)
+        body = AESGCM(data_key).encrypt(n2, plaintext, aad)
+        return self._format + self.key_id + n1 + wrapped + n2 + body
+
+    def unseal(self, sealed: bytes, aad: bytes) -> bytes:
+        if len(sealed) < _HEADER + 16 or sealed[:1] != self._format:
+            raise IntegrityError(self._format_error(sealed))
+        n1, wrapped, n2, body = sealed[9:21], sealed[21:69], sealed[69:81], sealed[81:]
+        try:
+            data_key = self._unwrap(sealed[1:9], wrapped, n1, aad)
+            return AESGCM(data_key).decrypt(n2, body, aad)
+        except InvalidTag as exc:
+            raise IntegrityError(
+                "sealed key: expected authentic ciphertext for this record, seen a forgery"
+            ) from exc
+
+
+class MasterKeyCustody(_EnvelopeCustody):
     """Envelope encryption under a 32-byte master key held in memory only."""
+
+    _format = _VERSION
 
     def __init__(self, master_key: bytes, *, retired: Sequence[bytes] = ()) -> None:
         if len(master_key) != 32 or any(len(k) != 32 for k in retired):
@@ -65,44 +109,30 @@ class MasterKeyCustody:
     def __repr__(self) -> str:
         return f"MasterKeyCustody(key_id={self.key_id.hex()})"
 
-    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
-        data_key = AESGCM.generate_key(bit_length=256)
-        n1, n2 = os.urandom(12), os.urandom(12)
-        wrapped = self._master.encrypt(n1, data_key, aad)
-        body = AESGCM(data_key).encrypt(n2, plaintext, aad)
-        return _VERSION + self.key_id + n1 + wrapped + n2 + body
+    def _wrap(self, data_key: bytes, nonce: bytes, aad: bytes) -> bytes:
+        return self._master.encrypt(nonce, data_key, aad)
 
-    def unseal(self, sealed: bytes, aad: bytes) -> bytes:
-        if len(sealed) < _HEADER + 16 or sealed[:1] != _VERSION:
-            raise IntegrityError(
-                f"sealed key: expected format 1 and >= {_HEADER + 16} bytes, seen {len(sealed)} bytes"
-            )
-        key_id = sealed[1:9]
+    def _unwrap(self, key_id: bytes, wrapped: bytes, nonce: bytes, aad: bytes) -> bytes:
         master = self._master if key_id == self.key_id else self._retired.get(key_id)
         if master is None:
-            raise IntegrityError(
-                f"sealed key: expected master key id {self.key_id.hex()}, seen {key_id.hex()} "
-                "(the broker runs with a different master key)"
-            )
-        n1, wrapped, n2, body = sealed[9:21], sealed[21:69], sealed[69:81], sealed[81:]
-        try:
-            data_key = master.decrypt(n1, wrapped, aad)
-            return AESGCM(data_key).decrypt(n2, body, aad)
-        except InvalidTag as exc:
-            raise IntegrityError(
-                "sealed key: expected authentic ciphertext for this record, seen a forgery"
-            ) from exc
+            raise self._wrong_key(key_id, "master key")
+        return master.decrypt(nonce, wrapped, aad)
+
+    def _format_error(self, sealed: bytes) -> str:
+        return f"sealed key: expected format 1 and >= {_HEADER + 16} bytes, seen {len(sealed)} bytes"
 
 
 _PKCS11_VERSION = b"\x02"
 
 
-class Pkcs11Custody:
+class Pkcs11Custody(_EnvelopeCustody):
     """Envelope encryption whose master key is an AES key held (non-extractable) in a token.
 
     *key* is a python-pkcs11 ``SecretKey`` on a logged-in session the caller keeps open;
     *key_id* names it in sealed blobs so a wrong token is reported as such.
     """
+
+    _format = _PKCS11_VERSION
 
     def __init__(self, key: Any, key_id: bytes, description: str = "pkcs11", session: Any = None) -> None:
         if len(key_id) != 8:
@@ -144,34 +174,21 @@ class Pkcs11Custody:
                 f"pkcs11 token {self.description}: wrap failed ({type(exc).__name__})"
             ) from exc
 
-    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
-        data_key = AESGCM.generate_key(bit_length=256)
-        n1, n2 = os.urandom(12), os.urandom(12)
-        wrapped = self._token("wrap", data_key, n1, aad)
+    def _wrap(self, data_key: bytes, nonce: bytes, aad: bytes) -> bytes:
+        wrapped = self._token("wrap", data_key, nonce, aad)
         if len(wrapped) != 48:
             raise TransportError(
                 f"pkcs11 token {self.description}: expected 48 wrapped bytes, seen {len(wrapped)}"
             )
-        body = AESGCM(data_key).encrypt(n2, plaintext, aad)
-        return _PKCS11_VERSION + self.key_id + n1 + wrapped + n2 + body
+        return wrapped
 
-    def unseal(self, sealed: bytes, aad: bytes) -> bytes:
-        if len(sealed) < _HEADER + 16 or sealed[:1] != _PKCS11_VERSION:
-            raise IntegrityError(
-                f"sealed key: expected format 2 (PKCS#11) and >= {_HEADER + 16} bytes, "
-                f"seen format {sealed[:1].hex() or 'none'} and {len(sealed)} bytes"
-            )
-        key_id = sealed[1:9]
+    def _unwrap(self, key_id: bytes, wrapped: bytes, nonce: bytes, aad: bytes) -> bytes:
         if key_id != self.key_id:
-            raise IntegrityError(
-                f"sealed key: expected master key id {self.key_id.hex()}, seen {key_id.hex()} "
-                "(the broker runs with a different token key)"
-            )
-        n1, wrapped, n2, body = sealed[9:21], sealed[21:69], sealed[69:81], sealed[81:]
-        data_key = self._token("unwrap", wrapped, n1, aad)
-        try:
-            return AESGCM(data_key).decrypt(n2, body, aad)
-        except InvalidTag as exc:
-            raise IntegrityError(
-                "sealed key: expected authentic ciphertext for this record, seen a forgery"
-            ) from exc
+            raise self._wrong_key(key_id, "token key")
+        return self._token("unwrap", wrapped, nonce, aad)
+
+    def _format_error(self, sealed: bytes) -> str:
+        return (
+            f"sealed key: expected format 2 (PKCS#11) and >= {_HEADER + 16} bytes, "
+            f"seen format {sealed[:1].hex() or 'none'} and {len(sealed)} bytes"
+        )

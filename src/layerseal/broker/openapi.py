@@ -7,24 +7,22 @@ from typing import Any
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 
 
-def _path(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+def _parameter(where: str, name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": name,
-        "in": "path",
-        "required": True,
+        "in": where,
+        "required": where == "path",
         "description": description,
-        "schema": schema or {"type": "string", "maxLength": 200},
+        "schema": schema,
     }
+
+
+def _path(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return _parameter("path", name, description, schema or {"type": "string", "maxLength": 200})
 
 
 def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "description": description,
-        "schema": schema or {"type": "string"},
-    }
+    return _parameter("query", name, description, schema or {"type": "string"})
 
 
 _KEY_ID = _path(
@@ -70,6 +68,23 @@ def _plain(summary: str, media: str = "application/json") -> dict[str, Any]:
         "summary": summary,
         "responses": {"200": {"description": "ok", "content": {media: {}}}, "503": _PROBLEM},
     }
+
+
+# leaf schemas, copied into each property by _object
+_STRING: dict[str, Any] = {"type": "string"}
+_BOOLEAN: dict[str, Any] = {"type": "boolean"}
+_OBJECT: dict[str, Any] = {"type": "object"}
+_BASE64: dict[str, Any] = {"type": "string", "contentEncoding": "base64"}
+
+
+def _object(properties: dict[str, Any], *required: str) -> dict[str, Any]:
+    """A JSON object schema with *properties*, of which *required* must be present."""
+    schema: dict[str, Any] = {"type": "object"}
+    if required:
+        schema["required"] = list(required)
+    # each property gets its own copy, so a consumer editing one in place changes no other
+    schema["properties"] = {name: dict(prop) for name, prop in properties.items()}
+    return schema
 
 
 def openapi_document() -> dict[str, Any]:
@@ -323,68 +338,48 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             "schemas": {
-                "Problem": {
-                    "type": "object",
-                    "properties": {
-                        "type": {"type": "string"},
-                        "title": {"type": "string"},
+                "Problem": _object(
+                    {
+                        "type": _STRING,
+                        "title": _STRING,
                         "status": {"type": "integer"},
-                        "detail": {"type": "string"},
-                        "instance": {"type": "string"},
-                    },
-                },
-                "KbsRequest": {
-                    "type": "object",
-                    "required": ["version", "tee"],
-                    "properties": {
+                        "detail": _STRING,
+                        "instance": _STRING,
+                    }
+                ),
+                "KbsRequest": _object(
+                    {
                         "version": {"const": "0.4.0"},
                         "tee": {"enum": ["sim", "sample", "snp", "tdx", "az-snp-vtpm"]},
                         "extra-params": {},
                     },
-                },
-                "KbsAttestation": {
-                    "type": "object",
-                    "required": ["runtime-data", "tee-evidence"],
-                    "properties": {
-                        "runtime-data": {
-                            "type": "object",
-                            "properties": {"nonce": {"type": "string"}, "tee-pubkey": {"type": "object"}},
-                        },
-                        "tee-evidence": {"type": "object"},
+                    "version",
+                    "tee",
+                ),
+                "KbsAttestation": _object(
+                    {
+                        "runtime-data": _object({"nonce": _STRING, "tee-pubkey": _OBJECT}),
+                        "tee-evidence": _OBJECT,
                         "init-data": {},
                     },
-                },
-                "BatchRequest": {
-                    "type": "object",
-                    "required": ["resources"],
-                    "properties": {
-                        "resources": {"type": "array", "items": {"type": "string"}, "maxItems": 256}
-                    },
-                },
-                "CreateKey": {
-                    "type": "object",
-                    "required": ["repository", "layer_digest", "optsdata"],
-                    "properties": {
-                        "tenant": {"type": "string"},
-                        "repository": {"type": "string"},
-                        "layer_digest": {"type": "string"},
-                        "optsdata": {"type": "string", "contentEncoding": "base64"},
-                    },
-                },
-                "RotateKey": {
-                    "type": "object",
-                    "properties": {
-                        "optsdata": {"type": "string", "contentEncoding": "base64"},
-                        "packet": {"type": "string", "contentEncoding": "base64"},
-                        "retire_previous": {"type": "boolean"},
-                    },
-                },
-                "MarkUnused": {"type": "object", "properties": {"unused": {"type": "boolean"}}},
-                "RefValues": {
-                    "type": "object",
-                    "required": ["name", "values"],
-                    "properties": {
-                        "tenant": {"type": "string"},
+                    "runtime-data",
+                    "tee-evidence",
+                ),
+                "BatchRequest": _object(
+                    {"resources": {"type": "array", "items": {"type": "string"}, "maxItems": 256}},
+                    "resources",
+                ),
+                "CreateKey": _object(
+                    {"tenant": _STRING, "repository": _STRING, "layer_digest": _STRING, "optsdata": _BASE64},
+                    "repository",
+                    "layer_digest",
+                    "optsdata",
+                ),
+                "RotateKey": _object({"optsdata": _BASE64, "packet": _BASE64, "retire_previous": _BOOLEAN}),
+                "MarkUnused": _object({"unused": _BOOLEAN}),
+                "RefValues": _object(
+                    {
+                        "tenant": _STRING,
                         "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
                         "values": {
                             "type": "array",
@@ -393,21 +388,20 @@ def openapi_document() -> dict[str, Any]:
                             "maxItems": 1000,
                         },
                     },
-                },
-                "Platform": {
-                    "type": "object",
-                    "required": ["certificate"],
-                    "properties": {
+                    "name",
+                    "values",
+                ),
+                "Platform": _object(
+                    {
                         "tee": {"const": "sim"},
                         "certificate": {"type": "string", "description": "PEM"},
-                        "description": {"type": "string"},
+                        "description": _STRING,
                     },
-                },
-                "CreateToken": {
-                    "type": "object",
-                    "required": ["tenant", "scopes"],
-                    "properties": {
-                        "tenant": {"type": "string"},
+                    "certificate",
+                ),
+                "CreateToken": _object(
+                    {
+                        "tenant": _STRING,
                         "scopes": {
                             "type": "array",
                             "items": {
@@ -422,7 +416,7 @@ def openapi_document() -> dict[str, Any]:
                             },
                             "minItems": 1,
                         },
-                        "description": {"type": "string"},
+                        "description": _STRING,
                         "expires_at": {"type": "number", "description": "epoch seconds; absent: never"},
                         "expires_in": {
                             "type": "integer",
@@ -430,31 +424,28 @@ def openapi_document() -> dict[str, Any]:
                             "description": "lifetime in seconds (instead of expires_at)",
                         },
                     },
-                },
-                "DryRun": {
-                    "type": "object",
-                    "required": ["policy"],
-                    "properties": {
-                        "tenant": {"type": "string"},
-                        "policy": {"type": "object"},
+                    "tenant",
+                    "scopes",
+                ),
+                "DryRun": _object(
+                    {
+                        "tenant": _STRING,
+                        "policy": _OBJECT,
                         "audit_entry": {"type": "integer", "minimum": 0},
-                        "claims": {"type": "object"},
+                        "claims": _OBJECT,
                     },
-                },
-                "RevokeAttestation": {
-                    "type": "object",
-                    "properties": {"token": {"type": "string"}, "jti": {"type": "string"}},
-                },
-                "SetPolicy": {
-                    "type": "object",
-                    "required": ["policy"],
-                    "properties": {
-                        "tenant": {"type": "string"},
+                    "policy",
+                ),
+                "RevokeAttestation": _object({"token": _STRING, "jti": _STRING}),
+                "SetPolicy": _object(
+                    {
+                        "tenant": _STRING,
                         "scope": {"enum": ["tenant", "repository", "key"]},
-                        "target": {"type": "string"},
-                        "policy": {"type": "object"},
+                        "target": _STRING,
+                        "policy": _OBJECT,
                     },
-                },
+                    "policy",
+                ),
             },
         },
     }

@@ -47,6 +47,7 @@ from celpy.celtypes import BoolType
 from celpy.evaluation import Evaluator
 
 from layerseal.errors import BadInputError
+from layerseal.image.jsonutil import loads
 
 VERSION = "1.0.0"
 REFVALUES_PREFIX = "refvalues:"
@@ -197,10 +198,7 @@ class Policy:
     @classmethod
     def parse(cls, doc: Any) -> Policy:
         if isinstance(doc, str | bytes):
-            try:
-                doc = json.loads(doc)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise BadInputError("policy: expected JSON, seen invalid data") from exc
+            doc = loads(doc, "policy")
         if not isinstance(doc, dict):
             raise BadInputError(f"policy: expected a JSON object, seen {type(doc).__name__}")
         if doc.get("version") != VERSION:

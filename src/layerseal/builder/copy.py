@@ -8,6 +8,7 @@ is written last, so a failed copy never publishes a half-made image.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -124,6 +125,15 @@ class _TransferFailed(Exception):
         self.error = error
 
 
+@contextlib.contextmanager
+def _transfer() -> Iterator[None]:
+    """A blob moving to the destination: a network failure here is a :class:`_TransferFailed`."""
+    try:
+        yield
+    except TransportError as exc:
+        raise _TransferFailed(exc) from exc
+
+
 def put_blob_retrying(
     src: ImageSource,
     dst: ImageDestination,
@@ -209,19 +219,6 @@ class _LayerJob:
                 )
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _put_blob(
-        self,
-        chunks: Iterable[bytes],
-        media_type: str,
-        expected: Descriptor | None = None,
-        *,
-        verified: bool = False,
-    ) -> Descriptor:
-        try:
-            return self.dst.put_blob(chunks, media_type, expected, verified=verified)
-        except TransportError as exc:
-            raise _TransferFailed(exc) from exc
-
     def run(self, index: int, desc: Descriptor, encrypt: bool, convert_to_oci: bool) -> LayerReport:
         started = time.perf_counter()
         layer = LayerContext(index, desc, self.src.name)
@@ -237,12 +234,13 @@ class _LayerJob:
                 return LayerReport(index, reused, desc, result, time.perf_counter() - started)
             if self.progress:
                 self.progress.start(key, f"copy    {desc.digest.hex[:12]}", desc.size)
-            self._put_blob(
-                _metered(threaded(self.src.iter_blob(desc), depth=2), self.progress, key, self.abort),
-                media_type,
-                desc,
-                verified=True,
-            )
+            with _transfer():
+                self.dst.put_blob(
+                    _metered(threaded(self.src.iter_blob(desc), depth=2), self.progress, key, self.abort),
+                    media_type,
+                    desc,
+                    verified=True,
+                )
             self._finish(key)
             return LayerReport(index, "copied", desc, result, time.perf_counter() - started)
 
@@ -265,7 +263,8 @@ class _LayerJob:
             media_type = mt.decrypted_type(desc.media_type)
         if encrypt:
             enc = LayerEncryptor(plain_digest=None if decrypt else desc.digest)
-            stored = self._put_blob(encrypt_stream(stream, enc), mt.encrypted_type(media_type))
+            with _transfer():
+                stored = self.dst.put_blob(encrypt_stream(stream, enc), mt.encrypted_type(media_type))
             pub_out, priv_out = enc.finalize()
             if priv is not None:
                 note_recorded_digest(priv, priv_out.digest, str(layer))
@@ -280,7 +279,8 @@ class _LayerJob:
             result = stored.with_changes(annotations=annotations)
             action = "reencrypted" if decrypt else "encrypted"
         else:
-            stored = self._put_blob(stream, media_type)
+            with _transfer():
+                stored = self.dst.put_blob(stream, media_type)
             assert priv is not None  # neither encrypting nor decrypting returned above
             note_recorded_digest(priv, stored.digest, str(layer))
             result = stored.with_changes(annotations=annotations)

@@ -10,7 +10,6 @@ history entry; the manifest is written last, so a failure publishes nothing.
 from __future__ import annotations
 
 import datetime as _dt
-import queue
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
@@ -34,8 +33,7 @@ from layerseal.image.descriptor import Descriptor, Platform
 from layerseal.image.digest import Digest
 from layerseal.image.encryption import ANNOTATION_PUBOPTS, keys_annotation
 from layerseal.image.transport import CHUNK_SIZE, ImageDestination, ImageSource, read_config, resolve_manifest
-
-_DONE = object()
+from layerseal.streams import ChunkPipe
 
 
 @dataclass(frozen=True)
@@ -51,11 +49,11 @@ class _Cancelled(Exception):
     """The consuming side stopped (its own error is the one reported)."""
 
 
-class _QueueWriter:
-    """A write-only file object feeding a bounded queue, in CHUNK_SIZE pieces."""
+class _PipeWriter:
+    """A write-only file object feeding a :class:`ChunkPipe`, in CHUNK_SIZE pieces."""
 
-    def __init__(self, q: queue.Queue[object], cancelled: threading.Event) -> None:
-        self._q, self._cancelled = q, cancelled
+    def __init__(self, pipe: ChunkPipe) -> None:
+        self._pipe = pipe
         self._buf = bytearray()
 
     def write(self, data: bytes) -> int:
@@ -73,55 +71,31 @@ class _QueueWriter:
             self._put(bytes(self._buf))
             self._buf.clear()
 
-    def _put(self, item: object) -> None:
-        while True:
-            if self._cancelled.is_set():
-                raise _Cancelled()
-            try:
-                self._q.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
+    def _put(self, chunk: bytes) -> None:
+        if not self._pipe.put(chunk):
+            raise _Cancelled()
 
 
 def layer_stream(
     sources: Mapping[str, Path], compression: str, keep_mtime: bool
 ) -> tuple[Iterator[bytes], Future[Digest]]:
     """The compressed layer as chunks, and (once they are consumed) its diff_id."""
-    q: queue.Queue[object] = queue.Queue(maxsize=4)
-    cancelled = threading.Event()
+    pipe = ChunkPipe(depth=4)
     diff_id: Future[Digest] = Future()
 
     def produce() -> None:
-        writer = _QueueWriter(q, cancelled)
+        writer = _PipeWriter(pipe)
         try:
             d = write_layer_from_paths(cast(IO[bytes], writer), sources, compression, keep_mtime)
             writer.close_stream()
             diff_id.set_result(d)
-            writer._put(_DONE)
+            pipe.end()
         except BaseException as exc:
             if not diff_id.done():
                 diff_id.set_exception(exc)
-            if not cancelled.is_set():
-                q.put(exc)
+            pipe.fail(exc)  # dropped when the consumer has stopped (a _Cancelled, then)
 
-    thread = threading.Thread(target=produce, name="layerseal-tar", daemon=True)
-
-    def chunks() -> Iterator[bytes]:
-        thread.start()
-        try:
-            while True:
-                item = q.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield cast(bytes, item)
-        finally:
-            cancelled.set()
-            thread.join()
-
-    return chunks(), diff_id
+    return pipe.drain(threading.Thread(target=produce, name="layerseal-tar", daemon=True)), diff_id
 
 
 def _now() -> str:

@@ -70,16 +70,8 @@ class RegistryTags:
         self.client = client
         self.page_size = page_size
         self.repository = repository
-        self._name = f"docker://{registry}/{repository}"
-        self._writable = writable
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def writable(self) -> bool:
-        return self._writable
+        self.name = f"docker://{registry}/{repository}"
+        self.writable = writable
 
     def list_tags(self) -> list[str]:
         try:

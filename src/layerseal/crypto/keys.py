@@ -12,7 +12,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -92,22 +92,29 @@ def _curve_name(curve: ec.EllipticCurve, what: str) -> str:
     return name
 
 
-def _check_public(key: object, what: str) -> PublicKey:
-    if isinstance(key, RSAPublicKey):
-        return key
-    if isinstance(key, EllipticCurvePublicKey):
+_Key = TypeVar("_Key", bound=PublicKey | PrivateKey)
+
+
+def _supported_curve(key: _Key, what: str) -> _Key:
+    if isinstance(key, EllipticCurvePublicKey | EllipticCurvePrivateKey):
         _curve_name(key.curve, what)
-        return key
-    raise BadInputError(f"{what}: expected {_SUPPORTED}, seen {type(key).__name__}")
+    return key
+
+
+def _unsupported(key: object, what: str) -> BadInputError:
+    return BadInputError(f"{what}: expected {_SUPPORTED}, seen {type(key).__name__}")
+
+
+def _check_public(key: object, what: str) -> PublicKey:
+    if isinstance(key, RSAPublicKey | EllipticCurvePublicKey):
+        return _supported_curve(key, what)
+    raise _unsupported(key, what)
 
 
 def _check_private(key: object, what: str) -> PrivateKey:
-    if isinstance(key, RSAPrivateKey):
-        return key
-    if isinstance(key, EllipticCurvePrivateKey):
-        _curve_name(key.curve, what)
-        return key
-    raise BadInputError(f"{what}: expected {_SUPPORTED}, seen {type(key).__name__}")
+    if isinstance(key, RSAPrivateKey | EllipticCurvePrivateKey):
+        return _supported_curve(key, what)
+    raise _unsupported(key, what)
 
 
 def _looks_like_json(data: bytes) -> bool:

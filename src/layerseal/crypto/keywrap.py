@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from layerseal.crypto.keys import PrivateKey, PublicKey
 
-if TYPE_CHECKING:
-    from cryptography.x509 import Certificate
+if TYPE_CHECKING:  # x509 loads only when a PKCS#7 envelope is made or opened
+    from cryptography.x509 import Certificate  # noqa: F401 (Pkcs7Wrapper's base names it)
 from layerseal.errors import BadInputError, WrongKeyError
 from layerseal.image.descriptor import Descriptor
 from layerseal.image.encryption import ANNOTATION_PUBOPTS, PrivateOptions, PublicOptions, wrapped_keys
@@ -28,6 +28,8 @@ PROVIDER_NAME = "attestation-agent"
 #: keyprovider's default before one name was chosen; such images stay readable).
 BROKER_PROVIDER_NAMES = (PROVIDER_NAME, "layerseal")
 BROKER_SCHEMES = tuple(f"provider.{name}" for name in BROKER_PROVIDER_NAMES)
+
+_Recipient = TypeVar("_Recipient")
 
 
 @dataclass(frozen=True)
@@ -55,68 +57,78 @@ class KeyUnwrapper(Protocol):
     def unwrap(self, scheme: str, blob: bytes, layer: LayerContext) -> bytes | None: ...
 
 
-class JweWrapper:
+class _EnvelopeModule(Protocol):
+    """What ``layerseal.crypto.jwe`` and ``layerseal.crypto.pkcs7`` both offer."""
+
+    def encrypt(self, payload: bytes, recipients: Sequence[Any], /) -> bytes: ...
+
+    def decrypt(self, blob: bytes, keys: Sequence[PrivateKey], /, what: str) -> bytes: ...
+
+
+def _envelope(scheme: str) -> _EnvelopeModule:
+    # imported on first use: joserfc (behind jwe) costs 40 ms of start-up
+    if scheme == "jwe":
+        from layerseal.crypto import jwe
+
+        return jwe
+    from layerseal.crypto import pkcs7
+
+    return pkcs7
+
+
+class _EnvelopeWrapper(Generic[_Recipient]):
+    """Seals private options in one envelope of *scheme* (its module's name) for all recipients."""
+
+    scheme: ClassVar[str]
+
+    def __init__(self, recipients: Sequence[_Recipient]) -> None:
+        self.recipients = tuple(recipients)
+
+    def wrap(self, opts: PrivateOptions, layer: LayerContext) -> bytes:
+        return _envelope(self.scheme).encrypt(opts.to_json_bytes(), self.recipients)
+
+
+class _EnvelopeUnwrapper:
+    """Opens envelopes of *scheme* with any of the given private keys."""
+
+    scheme: ClassVar[str]
+    label: ClassVar[str]  # the envelope's name in errors
+
+    def __init__(self, keys: Sequence[PrivateKey]) -> None:
+        self.keys = tuple(keys)
+
+    def handles(self, scheme: str) -> bool:
+        return scheme == self.scheme and bool(self.keys)
+
+    def unwrap(self, scheme: str, blob: bytes, layer: LayerContext) -> bytes | None:
+        try:
+            return _envelope(self.scheme).decrypt(blob, self.keys, what=f"{self.label} of {layer}")
+        except WrongKeyError:
+            return None
+
+
+class JweWrapper(_EnvelopeWrapper[PublicKey]):
     """Seals private options in one JWE with a recipient per public key (ocicrypt ``jwe``)."""
 
     scheme = "jwe"
 
-    def __init__(self, keys: Sequence[PublicKey]) -> None:
-        self.keys = tuple(keys)
 
-    def wrap(self, opts: PrivateOptions, layer: LayerContext) -> bytes:
-        from layerseal.crypto import jwe  # joserfc costs 40 ms of start-up: only when wrapping
-
-        return jwe.encrypt(opts.to_json_bytes(), self.keys)
-
-
-class JweUnwrapper:
+class JweUnwrapper(_EnvelopeUnwrapper):
     """Opens ``jwe`` blobs with any of the given private keys."""
 
-    def __init__(self, keys: Sequence[PrivateKey]) -> None:
-        self.keys = tuple(keys)
-
-    def handles(self, scheme: str) -> bool:
-        return scheme == "jwe" and bool(self.keys)
-
-    def unwrap(self, scheme: str, blob: bytes, layer: LayerContext) -> bytes | None:
-        try:
-            from layerseal.crypto import jwe
-
-            return jwe.decrypt(blob, self.keys, what=f"JWE of {layer}")
-        except WrongKeyError:
-            return None
+    scheme, label = "jwe", "JWE"
 
 
-class Pkcs7Wrapper:
+class Pkcs7Wrapper(_EnvelopeWrapper["Certificate"]):
     """Seals private options in one PKCS#7 EnvelopedData for X.509 recipients (ocicrypt ``pkcs7``)."""
 
     scheme = "pkcs7"
 
-    def __init__(self, certs: Sequence[Certificate]) -> None:
-        self.certs = tuple(certs)
 
-    def wrap(self, opts: PrivateOptions, layer: LayerContext) -> bytes:
-        from layerseal.crypto import pkcs7
-
-        return pkcs7.encrypt(opts.to_json_bytes(), self.certs)
-
-
-class Pkcs7Unwrapper:
+class Pkcs7Unwrapper(_EnvelopeUnwrapper):
     """Opens ``pkcs7`` blobs with any of the given (RSA) private keys; certificates are not needed."""
 
-    def __init__(self, keys: Sequence[PrivateKey]) -> None:
-        self.keys = tuple(keys)
-
-    def handles(self, scheme: str) -> bool:
-        return scheme == "pkcs7" and bool(self.keys)
-
-    def unwrap(self, scheme: str, blob: bytes, layer: LayerContext) -> bytes | None:
-        from layerseal.crypto import pkcs7
-
-        try:
-            return pkcs7.decrypt(blob, self.keys, what=f"PKCS#7 of {layer}")
-        except WrongKeyError:
-            return None
+    scheme, label = "pkcs7", "PKCS#7"
 
 
 def open_private_options(

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as c_hmac
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from layerseal.errors import IntegrityError, MisuseError
 from layerseal.image.digest import Digest
@@ -36,7 +36,21 @@ KEY_SIZE = 32
 NONCE_SIZE = 16
 
 
-class LayerEncryptor:
+class _CtrHmacStream:
+    """The state both directions keep: AES-CTR, the HMAC of the ciphertext and (unless the
+    caller knows it) the SHA-256 of the plaintext, both hashes fed on helper threads."""
+
+    def __init__(self, ctr: CipherContext, key: bytes, hash_plaintext: bool) -> None:
+        self._ctr = ctr
+        self._mac = c_hmac.HMAC(key, hashes.SHA256())
+        self._mac_bg = Background(self._mac.update)
+        self._plain_digest = hashlib.sha256() if hash_plaintext else None
+        self._digest_bg = Background(self._plain_digest.update) if self._plain_digest is not None else None
+        self.size = 0
+        self._done = False
+
+
+class LayerEncryptor(_CtrHmacStream):
     """Encrypts one layer blob; ``finalize()`` gives the public and private options."""
 
     def __init__(
@@ -47,14 +61,9 @@ class LayerEncryptor:
         self._nonce = nonce if nonce is not None else os.urandom(NONCE_SIZE)
         if len(self._symkey) != KEY_SIZE or len(self._nonce) != NONCE_SIZE:
             raise MisuseError("LayerEncryptor: expected a 32-byte key and a 16-byte nonce")
-        self._ctr = Cipher(algorithms.AES(self._symkey), modes.CTR(self._nonce)).encryptor()
-        self._mac = c_hmac.HMAC(self._symkey, hashes.SHA256())
-        self._mac_bg = Background(self._mac.update)
+        ctr = Cipher(algorithms.AES(self._symkey), modes.CTR(self._nonce)).encryptor()
+        super().__init__(ctr, self._symkey, hash_plaintext=plain_digest is None)
         self._known_digest = plain_digest
-        self._plain_digest = None if plain_digest is not None else hashlib.sha256()
-        self._digest_bg = Background(self._plain_digest.update) if self._plain_digest is not None else None
-        self.size = 0
-        self._done = False
 
     def update(self, plaintext: bytes | memoryview) -> bytes:
         if self._done:
@@ -84,7 +93,7 @@ class LayerEncryptor:
         return pub, priv
 
 
-class LayerDecryptor:
+class LayerDecryptor(_CtrHmacStream):
     """Decrypts one layer blob and authenticates it when finalized.
 
     *what* names the layer in errors.  ``finalize()`` raises :class:`IntegrityError`
@@ -104,13 +113,8 @@ class LayerDecryptor:
         self._pub = pub
         self._priv = priv
         self._what = what
-        self._ctr = Cipher(algorithms.AES(priv.symkey), modes.CTR(priv.nonce)).decryptor()
-        self._mac = c_hmac.HMAC(priv.symkey, hashes.SHA256())
-        self._mac_bg = Background(self._mac.update)
-        self._plain_digest = hashlib.sha256() if compute_digest else None
-        self._digest_bg = Background(self._plain_digest.update) if self._plain_digest is not None else None
-        self.size = 0
-        self._done = False
+        ctr = Cipher(algorithms.AES(priv.symkey), modes.CTR(priv.nonce)).decryptor()
+        super().__init__(ctr, priv.symkey, hash_plaintext=compute_digest)
 
     def update(self, ciphertext: bytes | memoryview) -> bytes:
         if self._done:

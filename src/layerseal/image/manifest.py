@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from layerseal.errors import BadInputError
 from layerseal.image import jsonutil as J
@@ -24,15 +24,71 @@ def _check_size(data: bytes, what: str) -> None:
         raise BadInputError(f"{what}: expected at most {MAX_MANIFEST_BYTES} bytes, seen {len(data)}")
 
 
-def _schema_version(obj: Mapping[str, Any], what: str) -> int:
+def _load(data: bytes, what: str) -> dict[str, Any]:
+    _check_size(data, what)
+    return J.loads_object(data, what)
+
+
+def _common_fields(
+    obj: Mapping[str, Any], what: str, media_types: frozenset[str], known: tuple[str, ...]
+) -> dict[str, Any]:
+    """The checked fields manifests and indexes share (schema version 2, media type among
+    *media_types* or none, annotations), and the unknown ones (``extra``), by field name."""
     version = J.get_int(obj, "schemaVersion", what)
     if version != 2:
         raise BadInputError(f"{what}: field 'schemaVersion': expected 2, seen {version}")
-    return version
+    media_type = J.get_str(obj, "mediaType", what, required=False)
+    if media_type is not None and media_type not in media_types:
+        raise BadInputError(
+            f"{what}: field 'mediaType': expected one of {sorted(media_types)}, seen {media_type!r}"
+        )
+    return {
+        "media_type": media_type,
+        "annotations": MappingProxyType(J.get_str_map(obj, "annotations", what)),
+        "extra": MappingProxyType({k: v for k, v in obj.items() if k not in known}),
+    }
+
+
+class _Document:
+    """What manifests and indexes share: reading from and writing to bytes, the common fields."""
+
+    _WHAT: ClassVar[str]
+    media_type: str | None
+    annotations: Mapping[str, str]
+    extra: Mapping[str, Any]
+
+    @classmethod
+    def from_bytes(cls, data: bytes, what: str | None = None) -> Self:
+        what = what or cls._WHAT
+        return cls.from_json(_load(data, what), what)
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any], what: str) -> Self:
+        raise NotImplementedError
+
+    def to_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _document_json(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """*body* (the fields of this kind of document) between the common fields, in Go's order."""
+        out: dict[str, Any] = {"schemaVersion": 2}
+        if self.media_type is not None:
+            out["mediaType"] = self.media_type
+        out.update(body)
+        if self.annotations:
+            out["annotations"] = dict(sorted(self.annotations.items()))
+        out.update({k: v for k, v in self.extra.items() if k not in out})
+        return out
+
+    def to_bytes(self) -> bytes:
+        return J.go_dumps(self.to_json())
+
+    def with_changes(self, **changes: Any) -> Self:
+        return replace(self, **changes)  # type: ignore[type-var]
 
 
 @dataclass(frozen=True)
-class Manifest:
+class Manifest(_Document):
     """An image manifest: one config descriptor and an ordered list of layers."""
 
     config: Descriptor
@@ -44,6 +100,7 @@ class Manifest:
     extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False)
 
     _KNOWN = ("schemaVersion", "mediaType", "artifactType", "config", "layers", "subject", "annotations")
+    _WHAT = "manifest"
 
     @property
     def is_docker(self) -> bool:
@@ -54,18 +111,8 @@ class Manifest:
         return self.media_type or mt.OCI_MANIFEST
 
     @classmethod
-    def from_bytes(cls, data: bytes, what: str = "manifest") -> Manifest:
-        _check_size(data, what)
-        return cls.from_json(J.loads_object(data, what), what)
-
-    @classmethod
     def from_json(cls, obj: Mapping[str, Any], what: str = "manifest") -> Manifest:
-        _schema_version(obj, what)
-        media_type = J.get_str(obj, "mediaType", what, required=False)
-        if media_type is not None and media_type not in mt.MANIFEST_TYPES:
-            raise BadInputError(
-                f"{what}: field 'mediaType': expected one of {sorted(mt.MANIFEST_TYPES)}, seen {media_type!r}"
-            )
+        common = _common_fields(obj, what, mt.MANIFEST_TYPES, cls._KNOWN)
         if "manifests" in obj:
             raise BadInputError(f"{what}: expected an image manifest, seen an index (field 'manifests')")
         if "config" not in obj:
@@ -75,38 +122,25 @@ class Manifest:
         return cls(
             config=Descriptor.from_json(obj["config"], f"{what}.config"),
             layers=tuple(Descriptor.from_json(d, f"{what}.layers[{i}]") for i, d in enumerate(layers)),
-            media_type=media_type,
-            annotations=MappingProxyType(J.get_str_map(obj, "annotations", what)),
             subject=Descriptor.from_json(subject, f"{what}.subject") if subject is not None else None,
             artifact_type=J.get_str(obj, "artifactType", what, required=False),
-            extra=MappingProxyType({k: v for k, v in obj.items() if k not in cls._KNOWN}),
+            **common,
         )
 
     def to_json(self) -> dict[str, Any]:
         docker = self.is_docker
-        out: dict[str, Any] = {"schemaVersion": 2}
-        if self.media_type is not None:
-            out["mediaType"] = self.media_type
+        body: dict[str, Any] = {}
         if self.artifact_type is not None:
-            out["artifactType"] = self.artifact_type
-        out["config"] = self.config.to_json(docker)
-        out["layers"] = [d.to_json(docker) for d in self.layers]
+            body["artifactType"] = self.artifact_type
+        body["config"] = self.config.to_json(docker)
+        body["layers"] = [d.to_json(docker) for d in self.layers]
         if self.subject is not None:
-            out["subject"] = self.subject.to_json(docker)
-        if self.annotations:
-            out["annotations"] = dict(sorted(self.annotations.items()))
-        out.update({k: v for k, v in self.extra.items() if k not in out})
-        return out
-
-    def to_bytes(self) -> bytes:
-        return J.go_dumps(self.to_json())
-
-    def with_changes(self, **changes: Any) -> Manifest:
-        return replace(self, **changes)
+            body["subject"] = self.subject.to_json(docker)
+        return self._document_json(body)
 
 
 @dataclass(frozen=True)
-class Index:
+class Index(_Document):
     """An image index (or Docker manifest list): manifests for several platforms."""
 
     manifests: tuple[Descriptor, ...]
@@ -115,41 +149,20 @@ class Index:
     extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False)
 
     _KNOWN = ("schemaVersion", "mediaType", "manifests", "annotations")
-
-    @classmethod
-    def from_bytes(cls, data: bytes, what: str = "index") -> Index:
-        _check_size(data, what)
-        return cls.from_json(J.loads_object(data, what), what)
+    _WHAT = "index"
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any], what: str = "index") -> Index:
-        _schema_version(obj, what)
-        media_type = J.get_str(obj, "mediaType", what, required=False)
-        if media_type is not None and media_type not in mt.INDEX_TYPES:
-            raise BadInputError(
-                f"{what}: field 'mediaType': expected one of {sorted(mt.INDEX_TYPES)}, seen {media_type!r}"
-            )
+        common = _common_fields(obj, what, mt.INDEX_TYPES, cls._KNOWN)
         items = J.get_list(obj, "manifests", what)
         return cls(
             manifests=tuple(Descriptor.from_json(d, f"{what}.manifests[{i}]") for i, d in enumerate(items)),
-            media_type=media_type,
-            annotations=MappingProxyType(J.get_str_map(obj, "annotations", what)),
-            extra=MappingProxyType({k: v for k, v in obj.items() if k not in cls._KNOWN}),
+            **common,
         )
 
     def to_json(self) -> dict[str, Any]:
         docker = self.media_type == mt.DOCKER_MANIFEST_LIST
-        out: dict[str, Any] = {"schemaVersion": 2}
-        if self.media_type is not None:
-            out["mediaType"] = self.media_type
-        out["manifests"] = [d.to_json(docker) for d in self.manifests]
-        if self.annotations:
-            out["annotations"] = dict(sorted(self.annotations.items()))
-        out.update({k: v for k, v in self.extra.items() if k not in out})
-        return out
-
-    def to_bytes(self) -> bytes:
-        return J.go_dumps(self.to_json())
+        return self._document_json({"manifests": [d.to_json(docker) for d in self.manifests]})
 
     def select(self, platform: Platform) -> Descriptor:
         """The manifest for *platform* (variant matched when the request names one)."""
@@ -165,8 +178,7 @@ class Index:
 
 def detect_media_type(data: bytes, declared: str | None = None, what: str = "manifest") -> str:
     """The media type of manifest bytes: the declared one if any, else from its fields."""
-    _check_size(data, what)
-    obj = J.loads_object(data, what)
+    obj = _load(data, what)
     inner = obj.get("mediaType")
     if isinstance(inner, str) and inner:
         return inner

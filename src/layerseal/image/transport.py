@@ -1,14 +1,15 @@
 """The two seams every image copy goes through: where an image is read and where it is written.
 
-``oci:`` layouts and ``docker://`` registries implement these protocols; the copy
-pipeline only talks to them.  Blob streams are iterators of ``bytes`` chunks; a source
-verifies size and digest while streaming and raises :class:`IntegrityError` from the
-iterator (after the last chunk at the latest) when they do not match.  A destination
-commits a blob only when the chunk iterator ran to its end without raising.
+``oci:`` layouts and ``docker://`` registries implement them; the copy pipeline only
+talks to them.  Blob streams are iterators of ``bytes`` chunks; a source verifies size
+and digest while streaming and raises :class:`IntegrityError` from the iterator (after
+the last chunk at the latest) when they do not match.  A destination commits a blob only
+when the chunk iterator ran to its end without raising.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
@@ -41,15 +42,16 @@ class ImageSource(Protocol):
     def close(self) -> None: ...
 
 
-class ImageDestination(Protocol):
-    """Write side of an image reference."""
+class ImageDestination(ABC):
+    """Write side of an image reference; an implementation stores blobs in :meth:`_write_blob`."""
 
     @property
+    @abstractmethod
     def name(self) -> str: ...
 
+    @abstractmethod
     def has_blob(self, desc: Descriptor) -> bool:
         """True when the destination already holds this exact blob."""
-        ...
 
     def put_blob(
         self,
@@ -65,13 +67,23 @@ class ImageDestination(Protocol):
         ``verified=True`` says *chunks* is an ``ImageSource.iter_blob(expected)`` stream,
         which raises unless the bytes match *expected*: the destination may then skip
         hashing them again (it still commits only on a clean end of the stream).
+        Returns the stored blob's descriptor, of *media_type*.
         """
-        ...
+        digest, size = self._write_blob(chunks, expected, verified and expected is not None)
+        return Descriptor(media_type=media_type, digest=digest, size=size)
 
+    @abstractmethod
+    def _write_blob(
+        self, chunks: Iterable[bytes], expected: Descriptor | None, trusted: bool
+    ) -> tuple[Digest, int]:
+        """Store *chunks* as :meth:`put_blob` says; the digest and size stored.  *trusted*:
+        *chunks* is a verified stream of *expected* (its bytes need no hashing again)."""
+
+    @abstractmethod
     def put_manifest(self, data: bytes, media_type: str) -> Descriptor:
         """Store manifest bytes and point the destination's tag at them (the commit point)."""
-        ...
 
+    @abstractmethod
     def close(self) -> None: ...
 
 

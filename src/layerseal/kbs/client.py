@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Self, TypedDict, Unpack
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -34,6 +34,7 @@ from layerseal.netcause import classify_network_error
 from layerseal.wire.b64 import b64decode
 
 __all__ = [
+    "ConnectionOptions",
     "EnclaveClient",
     "HttpxTransport",
     "PublisherClient",
@@ -81,13 +82,20 @@ class HttpxTransport:
         self._client.close()
 
 
-class PublisherClient:
-    """The publisher/admin API, authenticated with an API token ``lsk_...``."""
+class ConnectionOptions(TypedDict, total=False):
+    """How a client reaches the broker (keyword arguments of both clients)."""
+
+    transport: httpx.BaseTransport | None  # tests: an ASGI or mock transport
+    timeout: float
+    verify: bool | str  # a CA bundle path, or False
+
+
+class _BrokerConnection:
+    """What both clients share: the KBS client logic over one httpx connection, closed with them."""
 
     def __init__(
         self,
         url: str,
-        token: str,
         *,
         transport: httpx.BaseTransport | None = None,
         timeout: float = 30.0,
@@ -95,10 +103,8 @@ class PublisherClient:
     ) -> None:
         self._http = HttpxTransport(url, transport=transport, timeout=timeout, verify=verify)
         self._kbs = KbsClient(self._http)
-        self._token = token
-        self._headers = {"Authorization": f"Bearer {token}"}
 
-    def __enter__(self) -> PublisherClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -106,6 +112,15 @@ class PublisherClient:
 
     def close(self) -> None:
         self._http.close()
+
+
+class PublisherClient(_BrokerConnection):
+    """The publisher/admin API, authenticated with an API token ``lsk_...``."""
+
+    def __init__(self, url: str, token: str, **connection: Unpack[ConnectionOptions]) -> None:
+        super().__init__(url, **connection)
+        self._token = token
+        self._headers = {"Authorization": f"Bearer {token}"}
 
     def _call(
         self,
@@ -297,21 +312,13 @@ def tee_pubkey_jwk(private_key: PrivateKey) -> dict[str, str]:
     return jwk
 
 
-class EnclaveClient:
+class EnclaveClient(_BrokerConnection):
     """RCAR from inside an enclave: attest once, then fetch layer KEKs in batches."""
 
     def __init__(
-        self,
-        url: str,
-        attester: Attester,
-        private_key: PrivateKey,
-        *,
-        transport: httpx.BaseTransport | None = None,
-        timeout: float = 30.0,
-        verify: bool | str = True,
+        self, url: str, attester: Attester, private_key: PrivateKey, **connection: Unpack[ConnectionOptions]
     ) -> None:
-        self._http = HttpxTransport(url, transport=transport, timeout=timeout, verify=verify)
-        self._kbs = KbsClient(self._http)
+        super().__init__(url, **connection)
         self.attester = attester
         self.private_key = private_key
         self.tee_pubkey = tee_pubkey_jwk(private_key)
@@ -323,15 +330,6 @@ class EnclaveClient:
     def batch(self) -> bool | None:
         """None until the first batch request tells whether the KBS has the endpoint."""
         return self._kbs.batch
-
-    def __enter__(self) -> EnclaveClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._http.close()
 
     def challenge(self) -> str:
         """RCAR step 1: a fresh session; returns the nonce."""

@@ -35,21 +35,22 @@ class UnavailableError(TransportError):
     """The broker cannot take the request now, e.g. the session store is full (HTTP 503)."""
 
 
+# the first family an error belongs to gives its status: subclasses before their bases
+_STATUSES: tuple[tuple[type[LayersealError], int, str], ...] = (
+    (UnauthenticatedError, 401, "unauthenticated"),
+    (RateLimitedError, 429, "rate-limited"),
+    (PolicyDeniedError, 403, "policy-denied"),
+    (DeniedError, 403, "forbidden"),
+    (NotFoundError, 404, "not-found"),
+    (BadInputError, 400, "bad-request"),
+    (TransportError, 503, "unavailable"),  # UnavailableError included
+)
+
+
 def status_of(exc: LayersealError) -> tuple[int, str]:
-    if isinstance(exc, UnauthenticatedError):
-        return 401, "unauthenticated"
-    if isinstance(exc, RateLimitedError):
-        return 429, "rate-limited"
-    if isinstance(exc, PolicyDeniedError):
-        return 403, "policy-denied"
-    if isinstance(exc, DeniedError):
-        return 403, "forbidden"
-    if isinstance(exc, NotFoundError):
-        return 404, "not-found"
-    if isinstance(exc, BadInputError):
-        return 400, "bad-request"
-    if isinstance(exc, UnavailableError | TransportError):
-        return 503, "unavailable"
+    for family, status, kind in _STATUSES:
+        if isinstance(exc, family):
+            return status, kind
     return 500, "internal"
 
 

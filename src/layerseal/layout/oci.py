@@ -25,7 +25,7 @@ from layerseal.image import mediatypes as mt
 from layerseal.image.descriptor import Descriptor
 from layerseal.image.digest import Digest, DigestVerifier
 from layerseal.image.manifest import MAX_MANIFEST_BYTES, Index, detect_media_type
-from layerseal.image.transport import CHUNK_SIZE
+from layerseal.image.transport import CHUNK_SIZE, ImageDestination
 from layerseal.layout.atomic import fsync_dir, write_file_atomic
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -219,7 +219,7 @@ class LayoutSource:
         pass
 
 
-class LayoutDestination:
+class LayoutDestination(ImageDestination):
     """An OCI layout written as an :class:`~layerseal.image.transport.ImageDestination`."""
 
     def __init__(self, ref: LayoutReference) -> None:
@@ -254,17 +254,11 @@ class LayoutDestination:
         except FileNotFoundError:
             return False
 
-    def put_blob(
-        self,
-        chunks: Iterable[bytes],
-        media_type: str,
-        expected: Descriptor | None = None,
-        *,
-        verified: bool = False,
-    ) -> Descriptor:
+    def _write_blob(
+        self, chunks: Iterable[bytes], expected: Descriptor | None, trusted: bool
+    ) -> tuple[Digest, int]:
         fd, tmp_name = tempfile.mkstemp(prefix="blob.", dir=self._tmpdir())
         tmp = Path(tmp_name)
-        trust = verified and expected is not None
         try:
             # the thread pool (concurrent.futures, logging) loads on the first write, not for a read
             from layerseal.streams import Background
@@ -274,7 +268,7 @@ class LayoutDestination:
             size = 0
             with os.fdopen(fd, "wb") as f:
                 for chunk in chunks:
-                    if not trust:
+                    if not trusted:
                         hashing.update(chunk)
                     size += len(chunk)
                     f.write(chunk)
@@ -282,7 +276,7 @@ class LayoutDestination:
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o666 & ~_umask())  # as if created with open(): honour the user's umask
-            digest = expected.digest if trust and expected is not None else Digest("sha256", h.hexdigest())
+            digest = expected.digest if trusted and expected is not None else Digest("sha256", h.hexdigest())
             if expected is not None and (digest != expected.digest or size != expected.size):
                 raise IntegrityError(
                     f"blob for {self.ref}: expected {expected.digest} ({expected.size} bytes), "
@@ -296,7 +290,7 @@ class LayoutDestination:
                 tmp.unlink()
             else:
                 self._pending[digest] = tmp
-        return Descriptor(media_type=media_type, digest=digest, size=size)
+        return digest, size
 
     def put_manifest(self, data: bytes, media_type: str) -> Descriptor:
         desc = self.put_blob([data], media_type)

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from layerseal.errors import BadInputError, DeniedError, IntegrityError, NotFoundError
 from layerseal.image.descriptor import Descriptor
 from layerseal.image.digest import Digest
+from layerseal.image.transport import ImageDestination
 from layerseal.registry.client import RegistryClient
 from layerseal.registry.options import RegistryOptions
 from layerseal.registry.reference import RegistryReference, parse_reference, validate_repository
@@ -70,7 +71,7 @@ class RegistrySource(_RegistryEnd):
         return self.client.referrers(self.repository, digest, artifact_type)
 
 
-class RegistryDestination(_RegistryEnd):
+class RegistryDestination(_RegistryEnd, ImageDestination):
     """Writes an image to a registry reference; the manifest PUT is the commit point."""
 
     def __enter__(self) -> RegistryDestination:
@@ -83,23 +84,15 @@ class RegistryDestination(_RegistryEnd):
         size = self.client.stat_blob(self.repository, desc.digest)
         return size is not None and size in (desc.size, -1)
 
-    def put_blob(
-        self,
-        chunks: Iterable[bytes],
-        media_type: str,
-        expected: Descriptor | None = None,
-        *,
-        verified: bool = False,
-    ) -> Descriptor:
+    def _write_blob(
+        self, chunks: Iterable[bytes], expected: Descriptor | None, trusted: bool
+    ) -> tuple[Digest, int]:
         if expected is not None and self.has_blob(expected):
             close = getattr(chunks, "close", None)
             if callable(close):  # release the source stream we are not going to read
                 close()
-            return expected
-        digest, size = self.client.upload_blob(self.repository, chunks, expected, verified=verified)
-        if expected is not None:
-            return expected
-        return Descriptor(media_type=media_type, digest=digest, size=size)
+            return expected.digest, expected.size
+        return self.client.upload_blob(self.repository, chunks, expected, verified=trusted)
 
     def mount_blob(self, desc: Descriptor, from_repo: str) -> bool:
         """Mount *desc* from repository *from_repo* of the same registry; False if not mounted."""
