@@ -11,15 +11,9 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
-
 from layerseal.broker import refcheck
-from layerseal.broker import schema as S
-from layerseal.broker.database import READONLY_OPTION
 from layerseal.broker.policy import Policy
 from layerseal.errors import BadInputError, NotFoundError
-from layerseal.kbs.problems import UnauthenticatedError
 
 if TYPE_CHECKING:
     from layerseal.broker.service import Broker, Principal
@@ -44,37 +38,12 @@ def parse_expires_in(value: Any) -> float | None:
     return float(value)
 
 
-def _meta(store: Store) -> dict[str, tuple[float | None, float | None]]:
-    t = S.api_token_meta
-    with store.engine.begin() as conn:
-        rows = conn.execute(select(t.c.token_id, t.c.expires_at, t.c.last_used_at)).all()
-    return {str(r.token_id): (r.expires_at, r.last_used_at) for r in rows}
-
-
 def check_token_use(store: Store, token_id: str, now: float) -> None:
-    """Refuse an expired token; note its use (at most once a minute, one short write)."""
-    t = S.api_token_meta
-    # the read takes no write lock (SQLite writers start with BEGIN IMMEDIATE)
-    with store.engine.connect() as conn:
-        conn = conn.execution_options(**{READONLY_OPTION: True})
-        with conn.begin():
-            row = conn.execute(
-                select(t.c.expires_at, t.c.last_used_at).where(t.c.token_id == token_id)
-            ).first()
-    if row is not None and row.expires_at is not None and row.expires_at <= now:
-        raise UnauthenticatedError(
-            f"API token {token_id}: expected unexpired, seen expired at {iso(row.expires_at)}"
-        )
-    if row is not None and row.last_used_at is not None and now - row.last_used_at < LAST_USE_RESOLUTION:
-        return
-    with store.engine.begin() as conn:
-        done = conn.execute(update(t).where(t.c.token_id == token_id).values(last_used_at=now))
-        if done.rowcount == 0:
-            try:
-                with conn.begin_nested():
-                    conn.execute(insert(t).values(token_id=token_id, expires_at=None, last_used_at=now))
-            except IntegrityError:
-                pass  # another request of the same token inserted it first: its time will do
+    """Note an authenticated token's use (at most once a minute, one short write).
+
+    Its expiry was checked with the token row (``api_tokens.expires_at``).
+    """
+    store.note_token_use(token_id, now, LAST_USE_RESOLUTION)
 
 
 def iso(epoch: float | None) -> str | None:
@@ -86,15 +55,13 @@ def iso(epoch: float | None) -> str | None:
 def token_views(broker: Broker, principal: Principal) -> list[dict[str, Any]]:
     """Every API token with status, expiry and last use (admin)."""
     tokens = broker.list_api_tokens(principal)
-    meta = _meta(broker.store)
+    last_uses = broker.store.token_last_uses()
     now = broker.clock()
     for tok in tokens:
-        # the expiry lives with the token (api_tokens.expires_at); meta holds its last use
-        meta_expiry, last_used_at = meta.get(tok["token_id"], (None, None))
-        expires_at = tok.get("expires_at") if tok.get("expires_at") is not None else meta_expiry
+        expires_at = tok.get("expires_at")
         tok["expires_at"] = expires_at
         tok["expired"] = expires_at is not None and expires_at <= now
-        tok["last_used_at"] = last_used_at
+        tok["last_used_at"] = last_uses.get(tok["token_id"])
         tok["status"] = (
             "revoked"
             if tok["revoked"]

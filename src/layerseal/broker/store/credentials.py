@@ -1,5 +1,5 @@
-"""Stored credentials: API tokens, the deployment's bootstrap admin token and the sealed
-secrets (such as the audit key) the first replica creates and the others read."""
+"""Stored credentials: API tokens and their last use, the deployment's bootstrap admin token,
+and the sealed secrets (such as the audit key) the first replica creates and the others read."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import Insert, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from layerseal.broker import schema as S
+from layerseal.broker.database import READONLY_OPTION
 from layerseal.broker.store.base import StoreBase
 
 
@@ -73,6 +75,33 @@ class CredentialStore(StoreBase):
                 select(func.count()).select_from(S.api_tokens).where(S.api_tokens.c.tenant == "*")
             ).scalar_one()
         return int(n)
+
+    def token_last_uses(self) -> dict[str, float | None]:
+        """When each token that has been used last authenticated (see ``note_token_use``)."""
+        t = S.api_token_meta
+        with self.engine.begin() as conn:
+            rows = conn.execute(select(t.c.token_id, t.c.last_used_at)).all()
+        return {str(r.token_id): r.last_used_at for r in rows}
+
+    def note_token_use(self, token_id: str, now: float, resolution: float) -> None:
+        """Record that *token_id* authenticated at *now*, unless it was recorded less than
+        *resolution* seconds before: a busy token does not turn every read into a write."""
+        t = S.api_token_meta
+        # the read takes no write lock (SQLite writers start with BEGIN IMMEDIATE)
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(**{READONLY_OPTION: True})
+            with conn.begin():
+                last = conn.execute(select(t.c.last_used_at).where(t.c.token_id == token_id)).scalar()
+        if last is not None and now - last < resolution:
+            return
+        with self.engine.begin() as conn:
+            done = conn.execute(update(t).where(t.c.token_id == token_id).values(last_used_at=now))
+            if done.rowcount == 0:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(t).values(token_id=token_id, last_used_at=now))
+                except IntegrityError:
+                    pass  # another request of the same token inserted it first: its time will do
 
     # ------------------------------------------------------------------ bootstrap
 
