@@ -8,19 +8,12 @@ takes the broker and the authenticated principal and raises layerseal errors.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
-
 from layerseal.broker import refcheck
-from layerseal.broker import schema as S
-from layerseal.broker.database import READONLY_OPTION
 from layerseal.broker.policy import Policy
 from layerseal.errors import BadInputError, NotFoundError
-from layerseal.kbs.problems import UnauthenticatedError
 
 if TYPE_CHECKING:
     from layerseal.broker.service import Broker, Principal
@@ -45,37 +38,12 @@ def parse_expires_in(value: Any) -> float | None:
     return float(value)
 
 
-def _meta(store: Store) -> dict[str, tuple[float | None, float | None]]:
-    t = S.api_token_meta
-    with store.engine.begin() as conn:
-        rows = conn.execute(select(t.c.token_id, t.c.expires_at, t.c.last_used_at)).all()
-    return {str(r.token_id): (r.expires_at, r.last_used_at) for r in rows}
-
-
 def check_token_use(store: Store, token_id: str, now: float) -> None:
-    """Refuse an expired token; note its use (at most once a minute, one short write)."""
-    t = S.api_token_meta
-    # the read takes no write lock (SQLite writers start with BEGIN IMMEDIATE)
-    with store.engine.connect() as conn:
-        conn = conn.execution_options(**{READONLY_OPTION: True})
-        with conn.begin():
-            row = conn.execute(
-                select(t.c.expires_at, t.c.last_used_at).where(t.c.token_id == token_id)
-            ).first()
-    if row is not None and row.expires_at is not None and row.expires_at <= now:
-        raise UnauthenticatedError(
-            f"API token {token_id}: expected unexpired, seen expired at {iso(row.expires_at)}"
-        )
-    if row is not None and row.last_used_at is not None and now - row.last_used_at < LAST_USE_RESOLUTION:
-        return
-    with store.engine.begin() as conn:
-        done = conn.execute(update(t).where(t.c.token_id == token_id).values(last_used_at=now))
-        if done.rowcount == 0:
-            try:
-                with conn.begin_nested():
-                    conn.execute(insert(t).values(token_id=token_id, expires_at=None, last_used_at=now))
-            except IntegrityError:
-                pass  # another request of the same token inserted it first: its time will do
+    """Note an authenticated token's use (at most once a minute, one short write).
+
+    Its expiry was checked with the token row (``api_tokens.expires_at``).
+    """
+    store.note_token_use(token_id, now, LAST_USE_RESOLUTION)
 
 
 def iso(epoch: float | None) -> str | None:
@@ -87,15 +55,13 @@ def iso(epoch: float | None) -> str | None:
 def token_views(broker: Broker, principal: Principal) -> list[dict[str, Any]]:
     """Every API token with status, expiry and last use (admin)."""
     tokens = broker.list_api_tokens(principal)
-    meta = _meta(broker.store)
+    last_uses = broker.store.token_last_uses()
     now = broker.clock()
     for tok in tokens:
-        # the expiry lives with the token (api_tokens.expires_at); meta holds its last use
-        meta_expiry, last_used_at = meta.get(tok["token_id"], (None, None))
-        expires_at = tok.get("expires_at") if tok.get("expires_at") is not None else meta_expiry
+        expires_at = tok.get("expires_at")
         tok["expires_at"] = expires_at
         tok["expired"] = expires_at is not None and expires_at <= now
-        tok["last_used_at"] = last_used_at
+        tok["last_used_at"] = last_uses.get(tok["token_id"])
         tok["status"] = (
             "revoked"
             if tok["revoked"]
@@ -154,8 +120,8 @@ def _time_param(value: str | None, name: str) -> int | None:
 def search_audit(broker: Broker, principal: Principal, params: Mapping[str, str]) -> list[dict[str, Any]]:
     """Audit entries after ``after``, filtered by tenant, key, repository, outcome, action and time.
 
-    Rows are scanned in id order in pages; at most ``limit`` matching entries come back, and
-    the last one's ``id`` is the ``after`` of the next page.
+    The filters run in SQL over rows in id order; at most ``limit`` matching entries come
+    back, and the last one's ``id`` is the ``after`` of the next page.
     """
     outcome = params.get("outcome") or params.get("decision")
     if outcome is not None and outcome not in AUDIT_OUTCOMES:
@@ -163,7 +129,6 @@ def search_audit(broker: Broker, principal: Principal, params: Mapping[str, str]
             f"audit filter 'outcome': expected one of {list(AUDIT_OUTCOMES)}, seen {outcome[:20]!r}"
         )
     since, until = _time_param(params.get("since"), "since"), _time_param(params.get("until"), "until")
-    action = params.get("action")
     key = params.get("key")
     limit = _int(params.get("limit"), "limit", 1000)
     after = _int(params.get("after"), "after", 0)
@@ -174,19 +139,21 @@ def search_audit(broker: Broker, principal: Principal, params: Mapping[str, str]
     if repository is not None:
         ids = {k.key_id for k in broker.list_keys(principal, params.get("tenant"), repository)}
         key_ids = ids if key_ids is None else key_ids & ids
-    out: list[dict[str, Any]] = []
-    limit = max(1, min(limit, 10000))
-    while len(out) < limit:
-        page = broker.audit_entries(principal, params.get("tenant"), after, 1000)
-        if not page:
-            break
-        after = int(page[-1]["id"])
-        for entry in page:
-            if _matches(entry, outcome, action, since, until, key_ids):
-                out.append(entry)
-                if len(out) == limit:
-                    break
-    return out
+    tenant = params.get("tenant")
+    # the same tenant choice and scope check as Broker.audit_entries
+    chosen = None if tenant is None and principal.is_admin else principal.tenant_for(tenant)
+    principal.require("audit:read", chosen)
+    rows = broker.store.iter_audit(
+        tenant=chosen,
+        after=after,
+        limit=max(1, min(limit, 10000)),
+        decision=outcome,
+        action=params.get("action"),
+        since_ms=since,
+        until_ms=until,
+        key_ids=key_ids,
+    )
+    return [dict(r.content, chain=r.chain, id=r.id, prev_hash=r.prev_hash, row_hash=r.row_hash) for r in rows]
 
 
 def _int(value: str | None, name: str, default: int) -> int:
@@ -195,30 +162,3 @@ def _int(value: str | None, name: str, default: int) -> int:
     if not value.isdigit() or len(value) > 12:
         raise BadInputError(f"query parameter {name!r}: expected a non-negative integer, seen {value[:20]!r}")
     return int(value)
-
-
-def _key_ids(entry: Mapping[str, Any]) -> set[str]:
-    raw = entry.get("keys") or "[]"
-    paths = json.loads(raw) if isinstance(raw, str) else raw
-    # "tenant/kID.version" or "tenant/kID"
-    return {str(p).split("/", 1)[-1].split(".", 1)[0] for p in paths}
-
-
-def _matches(
-    entry: Mapping[str, Any],
-    outcome: str | None,
-    action: str | None,
-    since: int | None,
-    until: int | None,
-    key_ids: set[str] | None,
-) -> bool:
-    if outcome is not None and entry.get("decision") != outcome:
-        return False
-    if action is not None and entry.get("action") != action:
-        return False
-    at = int(entry.get("at_ms") or 0)
-    if since is not None and at < since:
-        return False
-    if until is not None and at >= until:
-        return False
-    return key_ids is None or bool(_key_ids(entry) & key_ids)
