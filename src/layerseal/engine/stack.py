@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import stat
@@ -24,34 +23,11 @@ from pathlib import Path
 from typing import NoReturn
 
 from layerseal.engine import fdtree
+from layerseal.engine.filecopy import FileCopier, copy_xattrs
 from layerseal.errors import BadInputError, LayersealError, MisuseError, expected_seen
 
 log = logging.getLogger(__name__)
 _COPY_CHUNK = 256 * 1024
-
-
-def _copy_xattrs(src: int | str, dst: int | str, privileged: bool) -> None:
-    # an fd cannot be combined with follow_symlinks=False; a path here ends in a symlink
-    fs, fd_ = isinstance(src, int), isinstance(dst, int)
-    try:
-        names = os.listxattr(src, follow_symlinks=fs)
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EPERM):
-            return
-        raise
-    for name in names:
-        if not fdtree.xattr_allowed(name, privileged):
-            continue
-        try:
-            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=fs), follow_symlinks=fd_)
-        except OSError as e:
-            if e.errno not in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
-                raise
-
-
-_FICLONE = 0x40049409  # _IOW(0x94, 9, int): share the source's extents (XFS reflink=1, btrfs)
-# errnos meaning "no reflink here": fall back to copying
-_NO_REFLINK = {errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS, errno.EPERM}
 
 
 def _clear_xattrs(fd: int, privileged: bool) -> None:
@@ -66,55 +42,6 @@ def _clear_xattrs(fd: int, privileged: bool) -> None:
         if fdtree.xattr_allowed(name, privileged) and not name.startswith("security."):
             with contextlib.suppress(OSError):
                 os.removexattr(fd, name)
-
-
-def _copy_sparse(src: int, dst: int, size: int) -> None:
-    """Copy only the data extents of a file with holes, so the copy keeps its holes."""
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(src, pos, os.SEEK_DATA)
-        except OSError as e:
-            if e.errno != errno.ENXIO:  # ENXIO: only a hole remains
-                raise
-            break
-        end = os.lseek(src, start, os.SEEK_HOLE)
-        while start < end:
-            n = os.copy_file_range(src, dst, min(end - start, 1 << 30), start, start)
-            if n == 0:
-                break
-            start += n
-        pos = end
-    os.ftruncate(dst, size)
-
-
-def _copy_data(src: int, dst: int, st: os.stat_result | None = None) -> None:
-    # a reflinked rootfs costs no space beside its snapshot (holes included), and writes to it
-    # copy on write, so a container can never change the cached snapshot through it
-    try:
-        fcntl.ioctl(dst, _FICLONE, src)
-        return
-    except OSError as e:
-        if e.errno not in _NO_REFLINK:
-            raise
-    if st is not None and st.st_blocks * 512 < st.st_size:
-        try:
-            _copy_sparse(src, dst, st.st_size)
-            return
-        except OSError as e:
-            if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EOPNOTSUPP):
-                raise
-            os.lseek(src, 0, os.SEEK_SET)
-            os.ftruncate(dst, 0)
-            os.lseek(dst, 0, os.SEEK_SET)
-    try:
-        while os.sendfile(dst, src, None, 1 << 30):
-            pass
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOSYS):
-            raise
-        while chunk := os.read(src, _COPY_CHUNK):
-            fdtree.write_all(dst, chunk)
 
 
 def _open_for_copy(name: str, dir_fd: int, privileged: bool) -> int:
@@ -164,8 +91,9 @@ class _Stacker:
     one below, as it does when umoci unpacks the layers into one tree.
     """
 
-    def __init__(self, root_fd: int, what: str, privileged: bool) -> None:
+    def __init__(self, root_fd: int, what: str, privileged: bool, copier: FileCopier) -> None:
         self.root_fd = root_fd
+        self.copier = copier
         self.what = what
         self.privileged = privileged
         self.dirs: dict[tuple[str, ...], os.stat_result] = {}
@@ -182,6 +110,7 @@ class _Stacker:
             for parts, target in self._lower_links(src_root):
                 held.append((parts, self._lower_file(parts, target)))
             self._merge(src_root)
+            self.copier.wait()  # the links below, and the next layer, need the copies in place
             copies: dict[tuple[int, int], tuple[str, ...]] = {}
             for parts, fd in held:
                 self._link_lower(parts, fd, copies)
@@ -263,7 +192,7 @@ class _Stacker:
                     return
                 sfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
                 try:
-                    self._copy_file(sfd, parent, parts[-1], st)
+                    self.copier.copy(sfd, parent, parts[-1], st)
                 finally:
                     os.close(sfd)
                 copies[(st.st_dev, st.st_ino)] = parts
@@ -349,7 +278,7 @@ class _Stacker:
             self.dirs[parts] = st
             if existed:
                 _clear_xattrs(dst, self.privileged)
-            _copy_xattrs(src, dst, self.privileged)
+            copy_xattrs(src, dst, self.privileged)
         if fdtree.OPAQUE_MARKER in names:
             fdtree.empty_dir(dst)
         for name in names:
@@ -378,7 +307,7 @@ class _Stacker:
             os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
             if self.privileged:
                 os.chown(name, st.st_uid, st.st_gid, dir_fd=dst, follow_symlinks=False)
-                _copy_xattrs(f"/proc/self/fd/{src}/{name}", f"/proc/self/fd/{dst}/{name}", True)
+                copy_xattrs(f"/proc/self/fd/{src}/{name}", f"/proc/self/fd/{dst}/{name}", True)
             os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst, follow_symlinks=False)
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
             os.mknod(name, stat.S_IFMT(mode) | 0o600, st.st_rdev, dir_fd=dst)
@@ -407,26 +336,14 @@ class _Stacker:
                 finally:
                     os.close(first_parent)
         sfd = _open_for_copy(name, src, self.privileged)
-        try:
-            self._copy_file(sfd, dst, name, st)
+        if st.st_nlink == 1:
+            self.copier.submit(sfd, dst, parts[:-1], name, st)
+            return
+        try:  # now: the file's other names in this layer are linked to this copy
+            self.copier.copy(sfd, dst, name, st)
         finally:
             os.close(sfd)
-        if st.st_nlink > 1:
-            self._links[key] = parts
-
-    def _copy_file(self, sfd: int, dst: int, name: str, st: os.stat_result) -> None:
-        dfd = os.open(
-            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dst
-        )
-        try:
-            _copy_data(sfd, dfd, st)
-            if self.privileged:
-                os.fchown(dfd, st.st_uid, st.st_gid)
-            _copy_xattrs(sfd, dfd, self.privileged)
-            os.fchmod(dfd, stat.S_IMODE(st.st_mode))
-            os.utime(dfd, ns=(st.st_atime_ns, st.st_mtime_ns))
-        finally:
-            os.close(dfd)
+        self._links[key] = parts
 
     def finish(self) -> None:
         fdtree.dirs_post_order(self.root_fd, self.dirs, self._finish_dir)
@@ -458,14 +375,18 @@ def stack_snapshots(snapshots: Sequence[Path], rootfs: Path, *, what: str, privi
     try:
         root_fd = os.open(tmp, fdtree.DIR_FLAGS)
         try:
-            stacker = _Stacker(root_fd, what, privileged)
-            for snap in snapshots:
-                src_root = os.open(snap, fdtree.DIR_FLAGS)
-                try:
-                    stacker.layer(src_root, str(snap))
-                finally:
-                    os.close(src_root)
-            stacker.finish()
+            copier = FileCopier(privileged)
+            try:
+                stacker = _Stacker(root_fd, what, privileged, copier)
+                for snap in snapshots:
+                    src_root = os.open(snap, fdtree.DIR_FLAGS)
+                    try:
+                        stacker.layer(src_root, str(snap))
+                    finally:
+                        os.close(src_root)
+                stacker.finish()
+            finally:
+                copier.close()  # before the tree may be removed: no copy is still writing
         finally:
             os.close(root_fd)
         os.rename(tmp, rootfs)
