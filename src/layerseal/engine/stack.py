@@ -210,8 +210,10 @@ class _Stacker:
             raise
         parts: list[str] = []
         # per level: the names still to merge (reversed, popped in order); the snapshot
-        # directory's mode to put back, where it was lent to its unprivileged owner
+        # directory's mode to put back, where it was lent to its unprivileged owner; whether
+        # the rootfs directory was made for this layer (so holds nothing to replace)
         lent: list[int | None] = [None]
+        fresh = [False]
         try:
             todo = [self._enter(src, dst, (), () in self.dirs, os.fstat(src))]
             while todo:
@@ -220,9 +222,9 @@ class _Stacker:
                     here = (*parts, name)
                     st = os.stat(name, dir_fd=src, follow_symlinks=False)
                     if not stat.S_ISDIR(st.st_mode):
-                        self._entry(src, dst, here, st)
+                        self._entry(src, dst, here, st, fresh[-1])
                         continue
-                    existed = self._dst_dir(dst, name)
+                    existed = self._dst_dir(dst, name, fresh[-1])
                     mode = None
                     if not self.privileged and st.st_mode & 0o500 != 0o500:
                         mode = stat.S_IMODE(st.st_mode)
@@ -235,10 +237,12 @@ class _Stacker:
                     dst = dfd
                     parts.append(name)
                     lent.append(mode)
+                    fresh.append(not existed)
                     todo.append(self._enter(src, dst, here, existed, st))
                     continue
                 todo.pop()
                 mode = lent.pop()
+                fresh.pop()
                 if not parts:
                     break
                 up = os.open("..", fdtree.DIR_FLAGS, dir_fd=src)
@@ -256,8 +260,11 @@ class _Stacker:
             os.close(src)
             os.close(dst)
 
-    def _dst_dir(self, dst: int, name: str) -> bool:
+    def _dst_dir(self, dst: int, name: str, fresh: bool) -> bool:
         """Make ``name`` a directory in the rootfs; return whether one was there already."""
+        if fresh:
+            os.mkdir(name, 0o700, dir_fd=dst)
+            return False
         try:
             cur = os.stat(name, dir_fd=dst, follow_symlinks=False)
         except FileNotFoundError:
@@ -297,10 +304,11 @@ class _Stacker:
             fdtree.remove_at(dst, victim)
         return [n for n in reversed(names) if not n.startswith(fdtree.WHITEOUT_PREFIX)]
 
-    def _entry(self, src: int, dst: int, parts: tuple[str, ...], st: os.stat_result) -> None:
+    def _entry(self, src: int, dst: int, parts: tuple[str, ...], st: os.stat_result, fresh: bool) -> None:
         name = parts[-1]
         mode = st.st_mode
-        fdtree.remove_at(dst, name)
+        if not fresh:
+            fdtree.remove_at(dst, name)
         if stat.S_ISREG(mode):
             self._file(src, dst, parts, st)
         elif stat.S_ISLNK(mode):
