@@ -2,8 +2,8 @@
 
 The public entry; the work is done by :mod:`~layerseal.engine.tarread` (reading and
 hashing the tar, the only user of ``tarfile`` internals), :mod:`~layerseal.engine.extract`
-(writing members), :mod:`~layerseal.engine.stack` (building the rootfs) and
-:mod:`~layerseal.engine.fdtree` (descriptor-relative tree primitives).
+(writing members), :mod:`~layerseal.engine.stack` and :mod:`~layerseal.engine.filecopy`
+(building the rootfs) and :mod:`~layerseal.engine.fdtree` (descriptor-relative trees).
 
 ``tarfile`` is used only to parse headers: every path is created one component
 at a time, relative to directory file descriptors opened with ``O_NOFOLLOW``, so no
