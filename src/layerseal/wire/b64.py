@@ -48,3 +48,15 @@ def b64url_decode(value: Any, what: str, length: int | None = None, *, empty: bo
     except (binascii.Error, ValueError) as exc:
         raise BadInputError(f"{what}: expected base64url text, seen invalid length") from exc
     return _length(raw, what, length)
+
+
+def b64decode_either(text: str, what: str) -> bytes:
+    """Standard or URL-safe base64, padding optional: evidence fields, which attesters
+    (Rust ones among them) write in either alphabet."""
+    padded = text + "=" * (-len(text) % 4)
+    for altchars in (None, b"-_"):
+        try:
+            return base64.b64decode(padded, altchars=altchars, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+    raise BadInputError(f"{what}: expected base64, seen invalid text")
