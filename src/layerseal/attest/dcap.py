@@ -13,23 +13,28 @@ import datetime
 import hashlib
 import hmac
 import itertools
+import struct
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
+from layerseal.attest.binding import check_report_data
 from layerseal.attest.bytereader import ByteReader
 from layerseal.attest.x509util import (
+    Clock,
     Validity,
     common_name,
     fingerprint,
     load_cert,
     load_pem_certs,
+    utc_now,
     verify_issued_by,
 )
 from layerseal.errors import BadInputError, DeniedError
@@ -37,6 +42,7 @@ from layerseal.wire.b64 import b64decode_either
 from layerseal.wire.der import der_items
 from layerseal.wire.jsonload import loads
 
+HEADER_SIZE = 48
 ATT_KEY_ECDSA_P256 = 2
 INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
 QE_REPORT_SIZE = 384
@@ -68,9 +74,25 @@ class DcapQuote:
     pck_chain_pem: bytes
 
 
+def header(data: bytes, tee: str, versions: tuple[int, int]) -> tuple[dict[str, Any], ByteReader]:
+    """The :class:`DcapQuote` header fields, and a reader standing after the header."""
+    if len(data) < HEADER_SIZE:
+        raise BadInputError(f"{tee} quote size: expected at least {HEADER_SIZE} bytes, seen {len(data)}")
+    version, att_key_type, tee_type = struct.unpack_from("<HHI", data, 0)
+    if version not in versions:
+        raise BadInputError(f"{tee} quote version: expected {versions[0]} or {versions[1]}, seen {version}")
+    fields = {
+        "version": version,
+        "att_key_type": att_key_type,
+        "tee_type": tee_type,
+        "qe_vendor_id": data[12:28],
+    }
+    return fields, ByteReader(data, f"{tee} quote", offset=HEADER_SIZE)
+
+
 def signature_data(
     data: bytes, rd: ByteReader, signature_name: str, *, wrapped: bool, chain_limit: int | None = None
-) -> dict[str, bytes]:
+) -> dict[str, Any]:
     """Read the signature data after the body (``rd`` stands at its length field): the
     :class:`DcapQuote` fields from ``signed`` on.  *wrapped*: the QE report sits in
     certification data type 6; with *chain_limit*, the PCK chain is bounded and must end
@@ -460,3 +482,85 @@ def qe_tcb_status(identity: QeIdentity, qe_report: bytes, now: datetime.datetime
         if isvsvn >= svn:
             return status
     return "NotSupported"
+
+
+# ---------------------------------------------------------------------------- verifier
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What a quote that passed :meth:`QuoteVerifier.check_quote` leaves for TCB evaluation."""
+
+    chain: PckChain
+    now: datetime.datetime
+    qe_status: str
+
+    @property
+    def fmspc(self) -> str:
+        return self.chain.sgx.fmspc if self.chain.sgx is not None else ""
+
+
+class TcbCollateral(Protocol):
+    """Intel's TCB info for one FMSPC, as the verifiers keep it."""
+
+    @property
+    def fmspc(self) -> str: ...
+
+    @property
+    def next_update(self) -> str: ...
+
+
+TcbT = TypeVar("TcbT", bound=TcbCollateral)
+
+
+class QuoteVerifier(Generic[TcbT]):
+    """The checks every DCAP quote passes, whatever its TEE: header, PCK chain (and its
+    validity at the clock's time), QE report, QE identity, the QE's binding of the
+    attestation key, the quote's signature and its report data."""
+
+    tee: str
+
+    def __init__(
+        self,
+        root_ca: bytes,
+        tcb_infos: Iterable[TcbT] = (),
+        *,
+        qe_identity: QeIdentity | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        """*clock* gives the time at which every certificate of a quote's PCK chain must be
+        valid; with *qe_identity*, a QE other than Intel's is refused."""
+        self._clock = clock
+        self._qe_identity = qe_identity
+        self._chains = PckChains(root_ca, self.tee)
+        # signature-checked collateral by FMSPC; an FMSPC without one has status unknown
+        self._tcb = {info.fmspc: info for info in tcb_infos}
+
+    def collateral(self, checked: Checked) -> tuple[TcbT | None, bool]:
+        """The TCB info of the quote's FMSPC, and whether it is past its ``nextUpdate``: then
+        it vouches for nothing (status unknown, as without it, so a policy asking for
+        UpToDate refuses)."""
+        info = self._tcb.get(checked.fmspc)
+        return info, info is not None and past(info.next_update, checked.now)
+
+    @property
+    def root_fingerprint(self) -> str:
+        return self._chains.root_fingerprint
+
+    def _check_chain(self, chain: PckChain, now: datetime.datetime) -> None:
+        """More checks of a verified chain before the quote's (SGX: Intel's CRLs)."""
+
+    def check_quote(
+        self, quote: DcapQuote, tee_type: int, signature_name: str, report_data: bytes, expected: bytes
+    ) -> Checked:
+        check_header(quote, self.tee, tee_type)
+        chain = self._chains.get(quote.pck_chain_pem)
+        now = self._clock()
+        # checked on every quote, cached chain or not: certificates expire while a broker runs
+        chain.validity.check(now, f"{self.tee} PCK chain validity")
+        self._check_chain(chain, now)
+        qe_status = check_signatures(
+            quote, chain.public_key, self.tee, signature_name, self._qe_identity, now
+        )
+        check_report_data(f"{self.tee} report data", report_data, expected)
+        return Checked(chain, now, qe_status)

@@ -31,14 +31,11 @@ from typing import Any
 from cryptography import x509
 
 from layerseal.attest import dcap
-from layerseal.attest.binding import check_report_data
-from layerseal.attest.bytereader import ByteReader
 from layerseal.attest.claims import Claims
 from layerseal.attest.x509util import Clock, common_name, load_crl, utc_now, utc_stamp, verify_signature
 from layerseal.errors import BadInputError, DeniedError
 
 TEE = "sgx"
-HEADER_SIZE = 48
 REPORT_BODY_SIZE = 384
 SGX_TEE_TYPE = 0
 ATTRIBUTE_DEBUG = 0x02
@@ -106,25 +103,14 @@ class Quote(dcap.DcapQuote):
 
 def parse_quote(data: bytes) -> Quote:
     """Parse a version 3 quote, or a version 4 one (QE report wrapped in certification data 6)."""
-    if len(data) < HEADER_SIZE:
-        raise BadInputError(f"sgx quote size: expected at least {HEADER_SIZE} bytes, seen {len(data)}")
-    version, att_key_type, tee_type, qe_svn, pce_svn = struct.unpack_from("<HHIHH", data, 0)
-    if version not in (3, 4):
-        raise BadInputError(f"sgx quote version: expected 3 or 4, seen {version}")
-    rd = ByteReader(data, "sgx quote", offset=HEADER_SIZE)
-    body = rd.take(REPORT_BODY_SIZE, "ISV enclave report body")
-    return Quote(
-        version=version,
-        att_key_type=att_key_type,
-        tee_type=tee_type,
-        qe_vendor_id=data[12:28],
-        qe_svn=qe_svn,
-        pce_svn=pce_svn,
-        body=report_body(body),
-        **dcap.signature_data(
-            data, rd, "ISV report signature", wrapped=version == 4, chain_limit=MAX_CHAIN_PEM
-        ),
+    fields, rd = dcap.header(data, TEE, (3, 4))
+    qe_svn, pce_svn = struct.unpack_from("<HH", data, 8)
+    body = report_body(rd.take(REPORT_BODY_SIZE, "ISV enclave report body"))
+    wrapped = fields["version"] == 4
+    signature_data = dcap.signature_data(
+        data, rd, "ISV report signature", wrapped=wrapped, chain_limit=MAX_CHAIN_PEM
     )
+    return Quote(**fields, qe_svn=qe_svn, pce_svn=pce_svn, body=body, **signature_data)
 
 
 def quote_bytes(evidence: bytes) -> bytes:
@@ -215,8 +201,9 @@ def tcb_status(info: SgxTcbInfo, sgx: dcap.SgxExtension) -> str:
 # ---------------------------------------------------------------------------- verifier
 
 
-class SgxVerifier:
-    """Verifies SGX DCAP quotes whose PCK chain ends at the pinned Intel SGX Root CA."""
+class SgxVerifier(dcap.QuoteVerifier[SgxTcbInfo]):
+    """Verifies SGX DCAP quotes whose PCK chain ends at the pinned Intel SGX Root CA; the
+    CRLs given are checked against every chain."""
 
     tee = TEE
 
@@ -229,30 +216,24 @@ class SgxVerifier:
         qe_identity: dcap.QeIdentity | None = None,
         clock: Clock = utc_now,
     ) -> None:
-        self._chains = dcap.PckChains(root_ca, TEE)
+        super().__init__(root_ca, tcb_infos, qe_identity=qe_identity, clock=clock)
         self._crls = tuple(crls)
-        self._tcb = {info.fmspc: info for info in tcb_infos}
-        self._qe_identity = qe_identity
-        self._clock = clock
 
     def verify(self, evidence: bytes, expected_report_data: bytes) -> Claims:
         quote = parse_quote(quote_bytes(evidence))
-        dcap.check_header(quote, TEE, SGX_TEE_TYPE)
-        chain = self._chains.get(quote.pck_chain_pem)
-        now = self._clock()
-        chain.validity.check(now, "sgx PCK chain validity")
-        self._check_crls(chain, now)
-        qe_status = dcap.check_signatures(
-            quote, chain.public_key, TEE, "ISV report signature", self._qe_identity, now
+        checked = self.check_quote(
+            quote, SGX_TEE_TYPE, "ISV report signature", quote.body.report_data, expected_report_data
         )
-        check_report_data("sgx report data", quote.body.report_data, expected_report_data)
-        fmspc = chain.sgx.fmspc if chain.sgx is not None else ""
-        info = self._tcb.get(fmspc)
-        expired = info is not None and dcap.past(info.next_update, now)
+        info, expired = self.collateral(checked)
         status = "unknown"
-        if info is not None and not expired and chain.sgx is not None:
-            status = tcb_status(info, chain.sgx)
-        return claims_of(quote, fmspc, status, qe_status=qe_status, collateral_expired=expired)
+        if info is not None and not expired and checked.chain.sgx is not None:
+            status = tcb_status(info, checked.chain.sgx)
+        return claims_of(
+            quote, checked.fmspc, status, qe_status=checked.qe_status, collateral_expired=expired
+        )
+
+    def _check_chain(self, chain: dcap.PckChain, now: datetime.datetime) -> None:
+        self._check_crls(chain, now)
 
     def _check_crls(self, chain: dcap.PckChain, now: datetime.datetime) -> None:
         by_subject = {cert.subject: cert for cert in chain.certs}

@@ -21,21 +21,16 @@ from __future__ import annotations
 
 import datetime
 import hmac
-import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 from layerseal.attest import dcap
-from layerseal.attest.binding import check_report_data
 from layerseal.attest.bytereader import ByteReader
 from layerseal.attest.claims import Claims
-from layerseal.attest.x509util import Clock, utc_now
 from layerseal.errors import BadInputError, DeniedError
 
 TEE = "tdx"
-HEADER_SIZE = 48
 TDX_TEE_TYPE = 0x81
 _BODY_SIZES = {2: 584, 3: 648}  # v5 body types: TD 1.0 report, TD 1.5 report
 TD_ATTRIBUTES_DEBUG = 1
@@ -65,24 +60,23 @@ class TdReport:
         return bool(int.from_bytes(self.td_attributes, "little") & TD_ATTRIBUTES_DEBUG)
 
 
+# the TD report body of a quote, in order: (field, size); TD 1.5 bodies add _TD15_LAYOUT
+_TD_LAYOUT = (
+    ("tee_tcb_svn", 16), ("mr_seam", 48), ("mr_signer_seam", 48), ("seam_attributes", 8),
+    ("td_attributes", 8), ("xfam", 8), ("mr_td", 48), ("mr_config_id", 48), ("mr_owner", 48),
+    ("mr_owner_config", 48),
+)  # fmt: skip
+_TD15_LAYOUT = (("tee_tcb_svn2", 16), ("mr_servicetd", 48))
+
+
 def _td_report(body: bytes) -> TdReport:
-    r = body
-    return TdReport(
-        tee_tcb_svn=r[0:16],
-        mr_seam=r[16:64],
-        mr_signer_seam=r[64:112],
-        seam_attributes=r[112:120],
-        td_attributes=r[120:128],
-        xfam=r[128:136],
-        mr_td=r[136:184],
-        mr_config_id=r[184:232],
-        mr_owner=r[232:280],
-        mr_owner_config=r[280:328],
-        rtmrs=(r[328:376], r[376:424], r[424:472], r[472:520]),
-        report_data=r[520:584],
-        tee_tcb_svn2=r[584:600] if len(r) >= 648 else None,
-        mr_servicetd=r[600:648] if len(r) >= 648 else None,
-    )
+    rd = ByteReader(body, "tdx quote body")
+    fields = {name: rd.take(size, name) for name, size in _TD_LAYOUT}
+    rtmrs = (rd.take(48, "rtmr0"), rd.take(48, "rtmr1"), rd.take(48, "rtmr2"), rd.take(48, "rtmr3"))
+    report_data = rd.take(64, "report_data")
+    if len(body) >= 648:
+        fields.update((name, rd.take(size, name)) for name, size in _TD15_LAYOUT)
+    return TdReport(rtmrs=rtmrs, report_data=report_data, **fields)
 
 
 @dataclass(frozen=True)
@@ -95,13 +89,8 @@ class Quote(dcap.DcapQuote):
 
 def parse_quote(data: bytes) -> Quote:
     """Parse a version 4 or 5 TDX quote with QE-report certification data."""
-    if len(data) < HEADER_SIZE:
-        raise BadInputError(f"tdx quote size: expected at least {HEADER_SIZE} bytes, seen {len(data)}")
-    version, att_key_type, tee_type = struct.unpack_from("<HHI", data, 0)
-    if version not in (4, 5):
-        raise BadInputError(f"tdx quote version: expected 4 or 5, seen {version}")
-    rd = ByteReader(data, "tdx quote", offset=HEADER_SIZE)
-    if version == 4:
+    fields, rd = dcap.header(data, TEE, (4, 5))
+    if fields["version"] == 4:
         body_type = 2
         body = rd.take(_BODY_SIZES[2], "body")
     else:
@@ -113,15 +102,8 @@ def parse_quote(data: bytes) -> Quote:
                 f"({size} bytes)"
             )
         body = rd.take(size, "body")
-    return Quote(
-        version=version,
-        att_key_type=att_key_type,
-        tee_type=tee_type,
-        qe_vendor_id=data[12:28],
-        body_type=body_type,
-        td=_td_report(body),
-        **dcap.signature_data(data, rd, "quote signature", wrapped=True),
-    )
+    signature_data = dcap.signature_data(data, rd, "quote signature", wrapped=True)
+    return Quote(**fields, body_type=body_type, td=_td_report(body), **signature_data)
 
 
 # ---------------------------------------------------------------------------- TCB collateral
@@ -262,54 +244,30 @@ def tcb_status(info: TcbInfo, sgx: dcap.SgxExtension, tee_tcb_svn: bytes) -> str
     return "NotSupported"
 
 
-class TdxVerifier:
+class TdxVerifier(dcap.QuoteVerifier[TcbInfo]):
     """Verifies TDX quotes whose PCK chain ends at the pinned Intel SGX Root CA."""
 
     tee = TEE
 
-    def __init__(
-        self,
-        root_ca: bytes,
-        tcb_infos: Iterable[TcbInfo] = (),
-        *,
-        qe_identity: dcap.QeIdentity | None = None,
-        clock: Clock = utc_now,
-    ) -> None:
-        """*clock* gives the time at which every certificate of a quote's PCK chain must be
-        valid; with *qe_identity*, a QE other than Intel's is refused."""
-        self._clock = clock
-        self._qe_identity = qe_identity
-        self._pcks = dcap.PckChains(root_ca, TEE)
-        # signature-checked collateral by FMSPC; an FMSPC without one has status unknown
-        self._tcb = {info.fmspc: info for info in tcb_infos}
-
-    @property
-    def root_fingerprint(self) -> str:
-        return self._pcks.root_fingerprint
-
     def verify(self, evidence: bytes, expected_report_data: bytes) -> Claims:
         quote = parse_quote(quote_bytes(evidence))
-        dcap.check_header(quote, TEE, TDX_TEE_TYPE)
-        pck = self._pcks.get(quote.pck_chain_pem)
-        now = self._clock()
-        # checked on every quote, cached chain or not: certificates expire while a broker runs
-        pck.validity.check(now, "tdx PCK chain validity")
-        qe_status = dcap.check_signatures(
-            quote, pck.public_key, TEE, "quote signature", self._qe_identity, now
+        checked = self.check_quote(
+            quote, TDX_TEE_TYPE, "quote signature", quote.td.report_data, expected_report_data
         )
-        check_report_data("tdx report data", quote.td.report_data, expected_report_data)
-        fmspc = pck.sgx.fmspc if pck.sgx is not None else ""
-        info = self._tcb.get(fmspc)
-        # collateral past its nextUpdate no longer vouches for anything: status unknown, as
-        # without collateral, so that a policy asking for UpToDate refuses
-        expired = info is not None and collateral_expired(info, now)
-        usable = info is not None and not expired and pck.sgx is not None
-        status = tcb_status(info, pck.sgx, quote.td.tee_tcb_svn) if usable and info and pck.sgx else "unknown"
+        sgx = checked.chain.sgx
+        info, expired = self.collateral(checked)
+        usable = info is not None and not expired and sgx is not None
+        status = tcb_status(info, sgx, quote.td.tee_tcb_svn) if usable and info and sgx else "unknown"
         module_status = tdx_module_status(info, quote.td) if usable and info else "unknown"
         if status == "UpToDate" and module_status not in ("UpToDate", "unknown"):
             status = module_status  # an out-of-date module makes the whole TCB so, as Intel's QVL merges them
         return claims_of(
-            quote, fmspc, status, collateral_expired=expired, qe_status=qe_status, module_status=module_status
+            quote,
+            checked.fmspc,
+            status,
+            collateral_expired=expired,
+            qe_status=checked.qe_status,
+            module_status=module_status,
         )
 
 
