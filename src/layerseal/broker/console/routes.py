@@ -27,6 +27,7 @@ from layerseal.broker.metrics import Metrics
 from layerseal.broker.service import Broker, Principal
 from layerseal.errors import BadInputError, LayersealError
 from layerseal.kbs.problems import ForbiddenError, UnauthenticatedError, status_of
+from layerseal.wire.jsonload import loads, loads_object
 
 log = logging.getLogger("layerseal.broker.console")
 
@@ -141,13 +142,7 @@ def api_routes(broker: Broker, endpoint: Wrap, metrics: Metrics) -> list[BaseRou
         body = await request.body()
         if len(body) > MAX_FORM:
             raise BadInputError(f"policy dry-run: expected at most {MAX_FORM} bytes, seen {len(body)}")
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadInputError("policy dry-run: expected a JSON body") from exc
-        if not isinstance(doc, dict):
-            raise BadInputError(f"policy dry-run: expected a JSON object, seen {type(doc).__name__}")
-        return JSONResponse(views.dry_run(broker, principal, doc))
+        return JSONResponse(views.dry_run(broker, principal, loads_object(body, "policy dry-run")))
 
     return [
         Route("/api/v1/console/audit", audit, methods=["GET"]),
@@ -365,11 +360,7 @@ def _cookie_path(request: Request) -> str:
 
 
 def _dry_run_body(form: Mapping[str, str], who: Principal) -> dict[str, Any]:
-    try:
-        doc = json.loads(form.get("policy", ""))
-    except ValueError as exc:
-        raise BadInputError(f"policy: expected JSON, seen invalid data ({exc})") from exc
-    body: dict[str, Any] = {"policy": doc}
+    body: dict[str, Any] = {"policy": loads(form.get("policy", ""), "policy")}
     if form.get("tenant", "").strip():
         body["tenant"] = form["tenant"].strip()
     elif who.is_admin:
@@ -381,10 +372,7 @@ def _dry_run_body(form: Mapping[str, str], who: Principal) -> dict[str, Any]:
             raise BadInputError(f"audit entry: expected an entry id, seen {entry[:20]!r}")
         body["audit_entry"] = int(entry)
     elif claims:
-        try:
-            body["claims"] = json.loads(claims)
-        except ValueError as exc:
-            raise BadInputError(f"claims: expected JSON, seen invalid data ({exc})") from exc
+        body["claims"] = loads(claims, "claims")
     return body
 
 
