@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -374,18 +375,33 @@ def check_pcrs(attest: Attest, pcrs: tuple[bytes, ...], tee: str = TEE) -> None:
         )
 
 
-def vtpm_details(
-    details: dict[str, Any], hw: str, attest: Attest, tpm: TpmQuote, ak: rsa.RSAPublicKey
-) -> None:
-    """What both Azure verifiers add to the hardware's claims: report_data names what the
-    evidence binds (the quote's, as Trustee's claims do; the hardware's moves to
-    ``<hw>_report_data``), the PCRs and the attestation key."""
+def vtpm_claims(
+    tee: str,
+    hw_claims: Claims,
+    hw: str,
+    attest: Attest,
+    tpm: TpmQuote,
+    ak: rsa.RSAPublicKey,
+    extra: Mapping[str, Any] = MappingProxyType({}),
+) -> Claims:
+    """The hardware's claims under *tee*, with what both Azure verifiers add: report_data
+    names what the evidence binds (the quote's, as Trustee's claims do; the hardware's moves
+    to ``<hw>_report_data``), the PCRs, the attestation key, then *extra*."""
+    details = dict(hw_claims.details)
     details[f"{hw}_report_data"] = details["report_data"]
     details["report_data"] = attest.extra_data.hex()
     indices = attest.selections[0].indices
     # "pcr07", not "7": policy claim paths refuse segments starting with a digit
     details["pcrs"] = {f"pcr{i:02d}": value.hex() for i, value in zip(indices, tpm.pcrs, strict=True)}
     details["ak"] = _key_id(ak)
+    details.update(extra)
+    return Claims(
+        tee=tee,
+        measurement=hw_claims.measurement,
+        svn=hw_claims.svn,
+        debug=hw_claims.debug,
+        details=MappingProxyType(details),
+    )
 
 
 # ---------------------------------------------------------------------------- verifier
@@ -438,16 +454,16 @@ def _key_id(key: rsa.RSAPublicKey) -> str:
 def _claims(
     ev: Evidence, attest: Attest, var_data: dict[str, Any], ak: rsa.RSAPublicKey, snp_claims: Claims
 ) -> Claims:
-    details = dict(snp_claims.details)
-    vtpm_details(details, "snp", attest, ev.tpm, ak)
-    details["tpm_quote"] = {
-        "clock": attest.clock,
-        "reset_count": attest.reset_count,
-        "restart_count": attest.restart_count,
-        "safe": attest.safe,
-        # hex: a u64 may not fit the signed 64-bit integers of policies
-        "firmware_version": f"{attest.firmware_version:016x}",
-        "qualified_signer": attest.qualified_signer.hex(),
+    details: dict[str, Any] = {
+        "tpm_quote": {
+            "clock": attest.clock,
+            "reset_count": attest.reset_count,
+            "restart_count": attest.restart_count,
+            "safe": attest.safe,
+            # hex: a u64 may not fit the signed 64-bit integers of policies
+            "firmware_version": f"{attest.firmware_version:016x}",
+            "qualified_signer": attest.qualified_signer.hex(),
+        }
     }
     config = var_data.get("vm-configuration")
     if isinstance(config, dict):
@@ -455,10 +471,4 @@ def _claims(
             str(k): v for k, v in config.items() if isinstance(v, (bool, int, str)) and len(str(k)) <= 64
         }
     details["evidence_version"] = ev.version
-    return Claims(
-        tee=TEE,
-        measurement=snp_claims.measurement,
-        svn=snp_claims.svn,
-        debug=snp_claims.debug,
-        details=MappingProxyType(details),
-    )
+    return vtpm_claims(TEE, snp_claims, "snp", attest, ev.tpm, ak, details)

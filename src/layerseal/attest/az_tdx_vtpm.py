@@ -20,7 +20,6 @@ naming this TEE in their errors.
 from __future__ import annotations
 
 import hmac
-from types import MappingProxyType
 
 from layerseal.attest import az_snp_vtpm as az
 from layerseal.attest import tdx
@@ -96,12 +95,4 @@ class AzTdxVtpmVerifier:
         attest = az.check_tpm_quote(
             TEE, ak, ev.tpm, var_data, expected_report_data, user_data="user-data" in var_data
         )
-        details = dict(td_claims.details)
-        az.vtpm_details(details, "td", attest, ev.tpm, ak)
-        return Claims(
-            tee=TEE,
-            measurement=td_claims.measurement,
-            svn=td_claims.svn,
-            debug=td_claims.debug,
-            details=MappingProxyType(details),
-        )
+        return az.vtpm_claims(TEE, td_claims, "td", attest, ev.tpm, ak)
