@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from layerseal.attest import snp
+from layerseal.attest.binding import REPORT_DATA_SIZE  # 64 in SNP too; TPM2B_DATA holds at most 64
 from layerseal.attest.bytereader import ByteReader
 from layerseal.attest.claims import Claims
 from layerseal.attest.x509util import load_cert
@@ -61,8 +62,6 @@ PCR_SIZE = 32
 MAX_PCRS = 24
 MAX_QUOTE_MESSAGE = 1024
 MAX_SIGNATURE = 1024
-# report data is 64 bytes in layerseal's binding and in SNP; TPM2B_DATA holds at most 64
-REPORT_DATA_SIZE = 64
 _MAX_EVIDENCE = 64 * 1024
 
 

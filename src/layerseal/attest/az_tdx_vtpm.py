@@ -23,6 +23,7 @@ import hmac
 
 from layerseal.attest import az_snp_vtpm as az
 from layerseal.attest import tdx
+from layerseal.attest.binding import REPORT_DATA_SIZE
 from layerseal.attest.claims import Claims, Verifier
 from layerseal.errors import BadInputError, DeniedError, LayersealError
 from layerseal.wire.b64 import b64decode_either
@@ -68,8 +69,8 @@ class AzTdxVtpmVerifier:
         self._tdx = tdx_verifier
 
     def verify(self, evidence: bytes, expected_report_data: bytes) -> Claims:
-        if len(expected_report_data) > az.REPORT_DATA_SIZE:
-            raise BadInputError(f"{TEE} expected report data: expected at most {az.REPORT_DATA_SIZE} bytes")
+        if len(expected_report_data) > REPORT_DATA_SIZE:
+            raise BadInputError(f"{TEE} expected report data: expected at most {REPORT_DATA_SIZE} bytes")
         ev = parse_evidence(evidence)
         hcl = az.parse_hcl_report(ev.hcl_report, TEE, HCL_REPORT_TYPE_TDX, "TDX")
         td_report = hcl.hw_report[:TD_REPORT_SIZE]
