@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import datetime
 import hmac
+import itertools
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 from layerseal.attest import dcap
-from layerseal.attest.bytereader import ByteReader
 from layerseal.attest.claims import Claims
 from layerseal.errors import BadInputError, DeniedError
 
@@ -60,23 +60,25 @@ class TdReport:
         return bool(int.from_bytes(self.td_attributes, "little") & TD_ATTRIBUTES_DEBUG)
 
 
-# the TD report body of a quote, in order: (field, size); TD 1.5 bodies add _TD15_LAYOUT
+# the TD report body of a quote, in order: (field, size); TD 1.5 bodies (648 bytes) end
+# with the last two, TD 1.0 ones (584 bytes) stop before them
 _TD_LAYOUT = (
     ("tee_tcb_svn", 16), ("mr_seam", 48), ("mr_signer_seam", 48), ("seam_attributes", 8),
     ("td_attributes", 8), ("xfam", 8), ("mr_td", 48), ("mr_config_id", 48), ("mr_owner", 48),
-    ("mr_owner_config", 48),
+    ("mr_owner_config", 48), ("rtmr0", 48), ("rtmr1", 48), ("rtmr2", 48), ("rtmr3", 48),
+    ("report_data", 64), ("tee_tcb_svn2", 16), ("mr_servicetd", 48),
 )  # fmt: skip
-_TD15_LAYOUT = (("tee_tcb_svn2", 16), ("mr_servicetd", 48))
+_TD_SLICES = tuple(
+    slice(end - size, end)
+    for end, (_, size) in zip(itertools.accumulate(n for _, n in _TD_LAYOUT), _TD_LAYOUT, strict=True)
+)
 
 
 def _td_report(body: bytes) -> TdReport:
-    rd = ByteReader(body, "tdx quote body")
-    fields = {name: rd.take(size, name) for name, size in _TD_LAYOUT}
-    rtmrs = (rd.take(48, "rtmr0"), rd.take(48, "rtmr1"), rd.take(48, "rtmr2"), rd.take(48, "rtmr3"))
-    report_data = rd.take(64, "report_data")
-    if len(body) >= 648:
-        fields.update((name, rd.take(size, name)) for name, size in _TD15_LAYOUT)
-    return TdReport(rtmrs=rtmrs, report_data=report_data, **fields)
+    # positional, in TdReport's field order: ten fields, the four RTMRs, then the rest
+    values = [body[where] for where in _TD_SLICES if where.stop <= len(body)]
+    args: list[Any] = [*values[:10], tuple(values[10:14]), *values[14:]]
+    return TdReport(*args)
 
 
 @dataclass(frozen=True)
