@@ -27,12 +27,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from layerseal.attest.binding import REPORT_DATA_SIZE, check_report_data
 from layerseal.attest.claims import Claims
-from layerseal.attest.x509util import certificate_fingerprint, load_certificate
+from layerseal.attest.x509util import certificate_fingerprint
 from layerseal.errors import BadInputError, DeniedError
 from layerseal.wire.b64 import b64decode
 from layerseal.wire.jsonload import loads_object
 
-__all__ = ["SimVerifier", "certificate_fingerprint", "encode_report", "load_certificate", "make_evidence"]
+__all__ = ["SimVerifier", "encode_report", "make_evidence"]
 
 TEE = "sim"
 FORMAT = "layerseal-sim/1"
