@@ -81,7 +81,7 @@ def main() -> None:
 
     for version in (1, 2):
         evidence = (DATA / "az-snp-vtpm" / f"evidence-v{version}.json").read_bytes()
-        rd = az_snp_vtpm.parse_attest(az_snp_vtpm.parse_evidence(evidence).message).extra_data
+        rd = az_snp_vtpm.parse_attest(az_snp_vtpm.parse_evidence(evidence).tpm.message).extra_data
         name = f"az-snp-vtpm v{version} (milan)"
         warm, cold = _warm_cold(
             lambda: az_snp_vtpm.AzSnpVtpmVerifier(snp.SnpVerifier(chains, clock=clock)), evidence, rd

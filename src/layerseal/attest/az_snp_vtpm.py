@@ -21,11 +21,10 @@ the var data's user-data, carry the expected report data.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -35,11 +34,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from layerseal.attest import snp
+from layerseal.attest.binding import REPORT_DATA_SIZE  # 64 in SNP too; TPM2B_DATA holds at most 64
 from layerseal.attest.bytereader import ByteReader
 from layerseal.attest.claims import Claims
 from layerseal.attest.x509util import load_cert
 from layerseal.errors import BadInputError, DeniedError, LayersealError
-from layerseal.image import jsonutil
+from layerseal.wire.b64 import b64decode_either
+from layerseal.wire.jsonload import loads_object
 
 TEE = "az-snp-vtpm"
 VERSIONS = (1, 2)
@@ -61,8 +62,6 @@ PCR_SIZE = 32
 MAX_PCRS = 24
 MAX_QUOTE_MESSAGE = 1024
 MAX_SIGNATURE = 1024
-# report data is 64 bytes in layerseal's binding and in SNP; TPM2B_DATA holds at most 64
-REPORT_DATA_SIZE = 64
 _MAX_EVIDENCE = 64 * 1024
 
 
@@ -90,16 +89,16 @@ class Attest:
     pcr_digest: bytes
 
 
-def parse_attest(message: bytes) -> Attest:
+def parse_attest(message: bytes, tee: str = TEE) -> Attest:
     """Parse the quote's TPMS_ATTEST; every byte must belong to a field."""
-    r = ByteReader(message, f"{TEE} tpm quote", byteorder="big")
+    r = ByteReader(message, f"{tee} tpm quote", byteorder="big")
     magic = r.uint(4, "magic")
     if magic != TPM_GENERATED_VALUE:
-        raise BadInputError(f"{TEE} tpm quote magic: expected {TPM_GENERATED_VALUE:#x}, seen {magic:#x}")
+        raise BadInputError(f"{tee} tpm quote magic: expected {TPM_GENERATED_VALUE:#x}, seen {magic:#x}")
     kind = r.uint(2, "type")
     if kind != TPM_ST_ATTEST_QUOTE:
         raise BadInputError(
-            f"{TEE} tpm quote type: expected {TPM_ST_ATTEST_QUOTE:#x} (quote), seen {kind:#x}"
+            f"{tee} tpm quote type: expected {TPM_ST_ATTEST_QUOTE:#x} (quote), seen {kind:#x}"
         )
     signer = r.sized("qualifiedSigner", 2 + 64)
     extra = r.sized("extraData", REPORT_DATA_SIZE)
@@ -110,14 +109,14 @@ def parse_attest(message: bytes) -> Attest:
     firmware = r.uint(8, "firmwareVersion")
     count = r.uint(4, "pcrSelect.count")
     if count > 16:
-        raise BadInputError(f"{TEE} tpm quote pcrSelect.count: expected at most 16, seen {count}")
+        raise BadInputError(f"{tee} tpm quote pcrSelect.count: expected at most 16, seen {count}")
     selections = []
     for i in range(count):
         alg = r.uint(2, f"pcrSelect[{i}].hash")
         size = r.uint(1, f"pcrSelect[{i}].sizeofSelect")
         if size > 4:
             raise BadInputError(
-                f"{TEE} tpm quote pcrSelect[{i}].sizeofSelect: expected at most 4, seen {size}"
+                f"{tee} tpm quote pcrSelect[{i}].sizeofSelect: expected at most 4, seen {size}"
             )
         bitmap = r.take(size, f"pcrSelect[{i}].pcrSelect")
         # bit j of byte k selects PCR 8k+j; the TPM reports values in this order
@@ -126,7 +125,7 @@ def parse_attest(message: bytes) -> Attest:
     digest = r.sized("pcrDigest", 64)
     if r.pos != len(message):
         raise BadInputError(
-            f"{TEE} tpm quote message: expected {r.pos} bytes (one TPMS_ATTEST), seen {len(message)}"
+            f"{tee} tpm quote message: expected {r.pos} bytes (one TPMS_ATTEST), seen {len(message)}"
         )
     return Attest(
         qualified_signer=signer,
@@ -151,48 +150,44 @@ def pcr_digest_of(pcrs: tuple[bytes, ...]) -> bytes:
 
 @dataclass(frozen=True)
 class HclReport:
-    """The paravisor's report: the SNP report and the var data its report data binds."""
+    """The paravisor's report: the hardware report (SNP report, or TD report then padding)
+    and the var data its report data binds."""
 
     raw: bytes
-    snp_report: bytes
+    hw_report: bytes
     var_data: bytes
 
 
-def parse_hcl_report(raw: bytes) -> HclReport:
+def parse_hcl_report(
+    raw: bytes, tee: str = TEE, report_type: int = HCL_REPORT_TYPE_SNP, type_name: str = "SNP"
+) -> HclReport:
     if len(raw) < HCL_VAR_DATA_OFFSET:
         raise BadInputError(
-            f"{TEE} hcl report size: expected at least {HCL_VAR_DATA_OFFSET} bytes, seen {len(raw)}"
+            f"{tee} hcl report size: expected at least {HCL_VAR_DATA_OFFSET} bytes, seen {len(raw)}"
         )
     if raw[:4] != HCL_SIGNATURE:
-        raise BadInputError(f"{TEE} hcl report signature: expected {HCL_SIGNATURE!r}, seen {raw[:4]!r}")
-    _size, _version, report_type, hash_type, var_size = struct.unpack_from("<5I", raw, HCL_REQUEST_OFFSET)
-    if report_type != HCL_REPORT_TYPE_SNP:
-        raise BadInputError(
-            f"{TEE} hcl report type: expected {HCL_REPORT_TYPE_SNP} (SNP), seen {report_type}"
-        )
+        raise BadInputError(f"{tee} hcl report signature: expected {HCL_SIGNATURE!r}, seen {raw[:4]!r}")
+    _size, _version, seen_type, hash_type, var_size = struct.unpack_from("<5I", raw, HCL_REQUEST_OFFSET)
+    if seen_type != report_type:
+        raise BadInputError(f"{tee} hcl report type: expected {report_type} ({type_name}), seen {seen_type}")
     if hash_type != HCL_HASH_SHA256:
         raise BadInputError(
-            f"{TEE} hcl report hash type: expected {HCL_HASH_SHA256} (SHA-256), seen {hash_type}"
+            f"{tee} hcl report hash type: expected {HCL_HASH_SHA256} (SHA-256), seen {hash_type}"
         )
     end = HCL_VAR_DATA_OFFSET + var_size
     if end > len(raw):
         raise BadInputError(
-            f"{TEE} hcl var data size: expected at most {len(raw) - HCL_VAR_DATA_OFFSET}, seen {var_size}"
+            f"{tee} hcl var data size: expected at most {len(raw) - HCL_VAR_DATA_OFFSET}, seen {var_size}"
         )
     return HclReport(
-        raw=raw,
-        snp_report=raw[HCL_HEADER_SIZE:HCL_REQUEST_OFFSET],
-        var_data=raw[HCL_VAR_DATA_OFFSET:end],
+        raw=raw, hw_report=raw[HCL_HEADER_SIZE:HCL_REQUEST_OFFSET], var_data=raw[HCL_VAR_DATA_OFFSET:end]
     )
 
 
 def _b64url(value: object, what: str) -> bytes:
     if not isinstance(value, str):
         raise BadInputError(f"{what}: expected a base64url string, seen {type(value).__name__}")
-    try:
-        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise BadInputError(f"{what}: expected base64url, seen invalid text") from exc
+    return b64decode_either(value, what)
 
 
 def _hex(value: object, what: str, limit: int) -> bytes:
@@ -206,18 +201,23 @@ def _hex(value: object, what: str, limit: int) -> bytes:
         raise BadInputError(f"{what}: expected hex, seen invalid text") from exc
 
 
-def _var_data_json(hcl: HclReport) -> dict[str, Any]:
-    doc = jsonutil.loads(hcl.var_data, f"{TEE} hcl var data")
-    if not isinstance(doc, dict):
-        raise BadInputError(f"{TEE} hcl var data: expected a JSON object, seen {type(doc).__name__}")
-    return doc
+def bound_var_data(tee: str, hcl: HclReport, report_data: bytes, bound_by: str) -> dict[str, Any]:
+    """The var data's JSON, once *report_data* (the hardware report's, named *bound_by*)
+    starts with its SHA-256: this binds the attestation key in it."""
+    var_hash = hashlib.sha256(hcl.var_data).digest()
+    if not hmac.compare_digest(report_data[:32], var_hash):
+        raise DeniedError(
+            f"{tee} hcl var data binding: expected SHA-256 {report_data[:8].hex()}... "
+            f"({bound_by}), seen {var_hash[:8].hex()}..."
+        )
+    return loads_object(hcl.var_data, f"{tee} hcl var data")
 
 
-def _jwk_int(jwk: dict[str, Any], name: str) -> int:
-    return int.from_bytes(_b64url(jwk.get(name), f"{TEE} hcl {AK_KID} {name}"), "big")
+def _jwk_int(jwk: dict[str, Any], name: str, tee: str) -> int:
+    return int.from_bytes(_b64url(jwk.get(name), f"{tee} hcl {AK_KID} {name}"), "big")
 
 
-def attestation_key(var_data: dict[str, Any]) -> rsa.RSAPublicKey:
+def attestation_key(var_data: dict[str, Any], tee: str = TEE) -> rsa.RSAPublicKey:
     """The vTPM attestation key: the RSA JWK with kid ``HCLAkPub`` in the var data's ``keys``."""
     keys = var_data.get("keys")
     found = (
@@ -225,18 +225,18 @@ def attestation_key(var_data: dict[str, Any]) -> rsa.RSAPublicKey:
     )
     if len(found) != 1:
         raise BadInputError(
-            f"{TEE} hcl {AK_KID}: expected one key with kid {AK_KID!r} in 'keys', seen {len(found)}"
+            f"{tee} hcl {AK_KID}: expected one key with kid {AK_KID!r} in 'keys', seen {len(found)}"
         )
     jwk = found[0]
     if jwk.get("kty") != "RSA":
-        raise BadInputError(f"{TEE} hcl {AK_KID} kty: expected 'RSA', seen {str(jwk.get('kty'))[:20]!r}")
+        raise BadInputError(f"{tee} hcl {AK_KID} kty: expected 'RSA', seen {str(jwk.get('kty'))[:20]!r}")
     try:
-        key = rsa.RSAPublicNumbers(_jwk_int(jwk, "e"), _jwk_int(jwk, "n")).public_key()
+        key = rsa.RSAPublicNumbers(_jwk_int(jwk, "e", tee), _jwk_int(jwk, "n", tee)).public_key()
     except ValueError as exc:
-        raise BadInputError(f"{TEE} hcl {AK_KID}: expected an RSA public key, seen invalid numbers") from exc
+        raise BadInputError(f"{tee} hcl {AK_KID}: expected an RSA public key, seen invalid numbers") from exc
     if key.key_size < MIN_AK_BITS:
         raise DeniedError(
-            f"{TEE} hcl {AK_KID} size: expected at least {MIN_AK_BITS} bits, seen {key.key_size}"
+            f"{tee} hcl {AK_KID} size: expected at least {MIN_AK_BITS} bits, seen {key.key_size}"
         )
     return key
 
@@ -251,49 +251,155 @@ def _regularized(data: bytes) -> bytes:
 
 
 @dataclass(frozen=True)
-class Evidence:
-    version: int
+class TpmQuote:
+    """The evidence's ``tpm_quote``: the signed TPMS_ATTEST and the PCR values it digests."""
+
     signature: bytes
     message: bytes
     pcrs: tuple[bytes, ...]
+
+
+def parse_tpm_quote(obj: dict[str, Any], tee: str = TEE) -> TpmQuote:
+    quote = obj.get("tpm_quote")
+    if not isinstance(quote, dict):
+        raise BadInputError(
+            f"{tee} evidence tpm_quote: expected an object with signature/message/pcrs, seen none"
+        )
+    pcrs = quote.get("pcrs")
+    if not isinstance(pcrs, list) or len(pcrs) > MAX_PCRS:
+        raise BadInputError(
+            f"{tee} evidence tpm_quote.pcrs: expected an array of at most {MAX_PCRS} hex strings"
+        )
+    values = tuple(_hex(p, f"{tee} evidence tpm_quote.pcrs[{i}]", PCR_SIZE) for i, p in enumerate(pcrs))
+    for i, value in enumerate(values):
+        if len(value) != PCR_SIZE:
+            raise BadInputError(
+                f"{tee} evidence tpm_quote.pcrs[{i}]: expected {PCR_SIZE} bytes, seen {len(value)}"
+            )
+    return TpmQuote(
+        signature=_hex(quote.get("signature"), f"{tee} evidence tpm_quote.signature", MAX_SIGNATURE),
+        message=_hex(quote.get("message"), f"{tee} evidence tpm_quote.message", MAX_QUOTE_MESSAGE),
+        pcrs=values,
+    )
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Azure vTPM evidence; *hardware* is the hardware's own: the VCEK (DER) beside an SNP
+    report, the TD quote beside a TD report."""
+
+    version: int
+    tpm: TpmQuote
     hcl_report: bytes
-    vcek: bytes
+    hardware: bytes
+
+
+def evidence_object(evidence: bytes, tee: str = TEE) -> dict[str, Any]:
+    if len(evidence) > _MAX_EVIDENCE:
+        raise BadInputError(f"{tee} evidence: expected at most {_MAX_EVIDENCE} bytes, seen {len(evidence)}")
+    return loads_object(evidence, f"{tee} evidence")
 
 
 def parse_evidence(evidence: bytes) -> Evidence:
-    if len(evidence) > _MAX_EVIDENCE:
-        raise BadInputError(f"{TEE} evidence: expected at most {_MAX_EVIDENCE} bytes, seen {len(evidence)}")
-    obj = jsonutil.loads(evidence, f"{TEE} evidence")
-    if not isinstance(obj, dict):
-        raise BadInputError(f"{TEE} evidence: expected a JSON object, seen {type(obj).__name__}")
+    obj = evidence_object(evidence)
     version = obj.get("version")
     if isinstance(version, bool) or version not in VERSIONS:
         raise BadInputError(
             f"{TEE} evidence version: expected one of {list(VERSIONS)}, seen {str(version)[:20]!r}"
         )
-    quote = obj.get("tpm_quote")
-    if not isinstance(quote, dict):
-        raise BadInputError(
-            f"{TEE} evidence tpm_quote: expected an object with signature/message/pcrs, seen none"
-        )
-    pcrs = quote.get("pcrs")
-    if not isinstance(pcrs, list) or len(pcrs) > MAX_PCRS:
-        raise BadInputError(
-            f"{TEE} evidence tpm_quote.pcrs: expected an array of at most {MAX_PCRS} hex strings"
-        )
-    values = tuple(_hex(p, f"{TEE} evidence tpm_quote.pcrs[{i}]", PCR_SIZE) for i, p in enumerate(pcrs))
-    for i, value in enumerate(values):
-        if len(value) != PCR_SIZE:
-            raise BadInputError(
-                f"{TEE} evidence tpm_quote.pcrs[{i}]: expected {PCR_SIZE} bytes, seen {len(value)}"
-            )
     return Evidence(
         version=int(version),
-        signature=_hex(quote.get("signature"), f"{TEE} evidence tpm_quote.signature", MAX_SIGNATURE),
-        message=_hex(quote.get("message"), f"{TEE} evidence tpm_quote.message", MAX_QUOTE_MESSAGE),
-        pcrs=values,
+        tpm=parse_tpm_quote(obj),
         hcl_report=_b64url(obj.get("hcl_report"), f"{TEE} evidence hcl_report"),
-        vcek=_b64url(obj.get("vcek"), f"{TEE} evidence vcek"),
+        hardware=_b64url(obj.get("vcek"), f"{TEE} evidence vcek"),
+    )
+
+
+def check_tpm_quote(
+    tee: str,
+    ak: rsa.RSAPublicKey,
+    tpm: TpmQuote,
+    var_data: dict[str, Any],
+    expected_report_data: bytes,
+    *,
+    user_data: bool,
+) -> Attest:
+    """The attestation key signed the TPM quote, whose PCR digest is that of the PCR values
+    sent, and the quote (and with *user_data* the var data's ``user-data``) carries the
+    expected report data."""
+    # the signature before the parser: a forged message is refused as unsigned, not probed
+    try:
+        ak.verify(tpm.signature, tpm.message, padding.PKCS1v15(), hashes.SHA256())
+    except InvalidSignature as exc:
+        raise DeniedError(
+            f"{tee} tpm quote signature: expected RSASSA-PKCS1-v1_5 SHA-256 by {AK_KID} "
+            f"{_key_id(ak)[:23]}..., seen invalid"
+        ) from exc
+    attest = parse_attest(tpm.message, tee)
+    check_pcrs(attest, tpm.pcrs, tee)
+    expected = _regularized(expected_report_data)
+    if not hmac.compare_digest(_regularized(attest.extra_data), expected):
+        raise DeniedError(
+            f"{tee} tpm quote extraData: expected the report data {expected[:8].hex()}..., "
+            f"seen {attest.extra_data[:8].hex()}..."
+        )
+    if user_data:
+        seen = _hex(var_data.get("user-data"), f"{tee} hcl user-data", REPORT_DATA_SIZE)
+        if not hmac.compare_digest(_regularized(seen), expected):
+            raise DeniedError(
+                f"{tee} hcl user-data: expected the report data {expected[:8].hex()}..., "
+                f"seen {seen[:8].hex()}..."
+            )
+    return attest
+
+
+def check_pcrs(attest: Attest, pcrs: tuple[bytes, ...], tee: str = TEE) -> None:
+    # the evidence carries one bank (SHA-256); a quote over more banks digests values not sent
+    banks = [s.hash_alg for s in attest.selections]
+    if banks != [TPM_ALG_SHA256]:
+        raise DeniedError(
+            f"{tee} tpm quote pcr selection: expected one SHA-256 bank ({TPM_ALG_SHA256:#06x}), "
+            f"seen {[f'{b:#06x}' for b in banks]}"
+        )
+    selected = attest.selections[0].indices
+    if len(selected) != len(pcrs):
+        raise DeniedError(
+            f"{tee} tpm quote pcrs: expected {len(selected)} values (the PCRs selected), seen {len(pcrs)}"
+        )
+    digest = pcr_digest_of(pcrs)
+    if not hmac.compare_digest(digest, attest.pcr_digest):
+        raise DeniedError(
+            f"{tee} tpm quote pcr digest: expected {attest.pcr_digest[:8].hex()}... (signed), "
+            f"seen SHA-256 of the pcrs {digest[:8].hex()}..."
+        )
+
+
+def vtpm_claims(
+    tee: str,
+    hw_claims: Claims,
+    hw: str,
+    attest: Attest,
+    tpm: TpmQuote,
+    ak: rsa.RSAPublicKey,
+    extra: Mapping[str, Any] = MappingProxyType({}),
+) -> Claims:
+    """The hardware's claims under *tee*, with what both Azure verifiers add: report_data
+    names what the evidence binds (the quote's, as Trustee's claims do; the hardware's moves
+    to ``<hw>_report_data``), the PCRs, the attestation key, then *extra*."""
+    details = dict(hw_claims.details)
+    details[f"{hw}_report_data"] = details["report_data"]
+    details["report_data"] = attest.extra_data.hex()
+    indices = attest.selections[0].indices
+    # "pcr07", not "7": policy claim paths refuse segments starting with a digit
+    details["pcrs"] = {f"pcr{i:02d}": value.hex() for i, value in zip(indices, tpm.pcrs, strict=True)}
+    details["ak"] = _key_id(ak)
+    details.update(extra)
+    return Claims(
+        tee=tee,
+        measurement=hw_claims.measurement,
+        svn=hw_claims.svn,
+        debug=hw_claims.debug,
+        details=MappingProxyType(details),
     )
 
 
@@ -319,9 +425,9 @@ class AzSnpVtpmVerifier:
         hcl = parse_hcl_report(ev.hcl_report)
 
         # 1. the SNP report is genuine and came from the paravisor (VMPL 0)
-        vcek = load_cert(ev.vcek, f"{TEE} evidence vcek")
+        vcek = load_cert(ev.hardware, f"{TEE} evidence vcek")
         try:
-            report, vek = self._snp.verify_report(hcl.snp_report, (("VCEK", vcek),))
+            report, vek = self._snp.verify_report(hcl.hw_report, (("VCEK", vcek),))
         except LayersealError as exc:
             raise type(exc)(f"{TEE} {exc}") from exc
         if report.vmpl != HCL_VMPL:
@@ -330,65 +436,13 @@ class AzSnpVtpmVerifier:
             )
 
         # 2. the report data binds the var data, hence the attestation key in it
-        var_hash = hashlib.sha256(hcl.var_data).digest()
-        if not hmac.compare_digest(report.report_data[:32], var_hash):
-            raise DeniedError(
-                f"{TEE} hcl var data binding: expected SHA-256 {report.report_data[:8].hex()}... "
-                f"(snp report data), seen {var_hash[:8].hex()}..."
-            )
-        var_data = _var_data_json(hcl)
+        var_data = bound_var_data(TEE, hcl, report.report_data, "snp report data")
         ak = attestation_key(var_data)
 
-        # 3. the attestation key signed the quote (before parsing it: a forged message is
-        #    refused as unsigned, not probed by the parser)
-        try:
-            ak.verify(ev.signature, ev.message, padding.PKCS1v15(), hashes.SHA256())
-        except InvalidSignature as exc:
-            raise DeniedError(
-                f"{TEE} tpm quote signature: expected RSASSA-PKCS1-v1_5 SHA-256 by {AK_KID} "
-                f"{_key_id(ak)[:23]}..., seen invalid"
-            ) from exc
-        attest = parse_attest(ev.message)
-
-        # 4. the PCR values sent are those the quote digests
-        self._check_pcrs(attest, ev.pcrs)
-
-        # 5. the quote (and from version 2 the var data's user-data) carries the report data
-        expected = _regularized(expected_report_data)
-        if not hmac.compare_digest(_regularized(attest.extra_data), expected):
-            raise DeniedError(
-                f"{TEE} tpm quote extraData: expected the report data {expected[:8].hex()}..., "
-                f"seen {attest.extra_data[:8].hex()}..."
-            )
-        if ev.version >= 2:
-            user_data = _user_data(var_data)
-            if not hmac.compare_digest(_regularized(user_data), expected):
-                raise DeniedError(
-                    f"{TEE} hcl user-data: expected the report data {expected[:8].hex()}..., "
-                    f"seen {user_data[:8].hex()}..."
-                )
+        # 3. the attestation key signed the quote over the PCRs and (from version 2 also the
+        #    var data's user-data) the report data
+        attest = check_tpm_quote(TEE, ak, ev.tpm, var_data, expected_report_data, user_data=ev.version >= 2)
         return _claims(ev, attest, var_data, ak, snp.claims_of(report, vek))
-
-    @staticmethod
-    def _check_pcrs(attest: Attest, pcrs: tuple[bytes, ...]) -> None:
-        # the evidence carries one bank (SHA-256); a quote over more banks digests values not sent
-        banks = [s.hash_alg for s in attest.selections]
-        if banks != [TPM_ALG_SHA256]:
-            raise DeniedError(
-                f"{TEE} tpm quote pcr selection: expected one SHA-256 bank ({TPM_ALG_SHA256:#06x}), "
-                f"seen {[f'{b:#06x}' for b in banks]}"
-            )
-        selected = attest.selections[0].indices
-        if len(selected) != len(pcrs):
-            raise DeniedError(
-                f"{TEE} tpm quote pcrs: expected {len(selected)} values (the PCRs selected), seen {len(pcrs)}"
-            )
-        digest = pcr_digest_of(pcrs)
-        if not hmac.compare_digest(digest, attest.pcr_digest):
-            raise DeniedError(
-                f"{TEE} tpm quote pcr digest: expected {attest.pcr_digest[:8].hex()}... (signed), "
-                f"seen SHA-256 of the pcrs {digest[:8].hex()}..."
-            )
 
 
 def _key_id(key: rsa.RSAPublicKey) -> str:
@@ -396,40 +450,24 @@ def _key_id(key: rsa.RSAPublicKey) -> str:
     return "sha256:" + hashlib.sha256(der).hexdigest()
 
 
-def _user_data(var_data: dict[str, Any]) -> bytes:
-    return _hex(var_data.get("user-data"), f"{TEE} hcl user-data", REPORT_DATA_SIZE)
-
-
 def _claims(
     ev: Evidence, attest: Attest, var_data: dict[str, Any], ak: rsa.RSAPublicKey, snp_claims: Claims
 ) -> Claims:
-    details = dict(snp_claims.details)
-    # report_data names what the evidence binds (the quote's), as Trustee's claims do
-    details["snp_report_data"] = details["report_data"]
-    details["report_data"] = attest.extra_data.hex()
-    indices = attest.selections[0].indices
-    # "pcr07", not "7": policy claim paths refuse segments starting with a digit
-    details["pcrs"] = {f"pcr{i:02d}": value.hex() for i, value in zip(indices, ev.pcrs, strict=True)}
-    details["tpm_quote"] = {
-        "clock": attest.clock,
-        "reset_count": attest.reset_count,
-        "restart_count": attest.restart_count,
-        "safe": attest.safe,
-        # hex: a u64 may not fit the signed 64-bit integers of policies
-        "firmware_version": f"{attest.firmware_version:016x}",
-        "qualified_signer": attest.qualified_signer.hex(),
+    details: dict[str, Any] = {
+        "tpm_quote": {
+            "clock": attest.clock,
+            "reset_count": attest.reset_count,
+            "restart_count": attest.restart_count,
+            "safe": attest.safe,
+            # hex: a u64 may not fit the signed 64-bit integers of policies
+            "firmware_version": f"{attest.firmware_version:016x}",
+            "qualified_signer": attest.qualified_signer.hex(),
+        }
     }
     config = var_data.get("vm-configuration")
     if isinstance(config, dict):
         details["vm_configuration"] = {
             str(k): v for k, v in config.items() if isinstance(v, (bool, int, str)) and len(str(k)) <= 64
         }
-    details["ak"] = _key_id(ak)
     details["evidence_version"] = ev.version
-    return Claims(
-        tee=TEE,
-        measurement=snp_claims.measurement,
-        svn=snp_claims.svn,
-        debug=snp_claims.debug,
-        details=MappingProxyType(details),
-    )
+    return vtpm_claims(TEE, snp_claims, "snp", attest, ev.tpm, ak, details)

@@ -11,10 +11,11 @@ additional evidence itself.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Mapping
 from typing import Any
 
-from layerseal.errors import BadInputError
+from layerseal.errors import BadInputError, DeniedError
 from layerseal.wire.jcs import canonicalize
 
 REPORT_DATA_SIZE = 64
@@ -49,3 +50,13 @@ def device_report_data(nonce: str, tee_pubkey: Mapping[str, Any]) -> bytes:
     nonce and tee-pubkey (zero-padded to 64 bytes like the primary's)."""
     digest = hashlib.sha384(canonicalize({"nonce": nonce, "tee-pubkey": dict(tee_pubkey)})).digest()
     return digest.ljust(REPORT_DATA_SIZE, b"\0")
+
+
+def check_report_data(what: str, seen: bytes, expected: bytes) -> None:
+    """Refuse evidence whose report data is not the *expected* binding; *what* names the
+    field (``snp report data``)."""
+    if not hmac.compare_digest(seen, expected):
+        raise DeniedError(
+            f"{what}: expected SHA-384 of this session's nonce and tee-pubkey "
+            f"({expected[:8].hex()}...), seen {seen[:8].hex()}..."
+        )

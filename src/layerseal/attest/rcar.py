@@ -27,7 +27,7 @@ from typing import Any
 from layerseal.attest import binding, initdata
 from layerseal.attest.claims import Claims, Verifier
 from layerseal.errors import BadInputError, LayersealError
-from layerseal.image.jsonutil import loads_object
+from layerseal.wire.jsonload import loads_object
 
 # kinds whose additional evidence is verified; "sample" is unsigned, so never vouched for
 VERIFIED_ADDITIONAL = ("snp", "tdx", "az-snp-vtpm", "azsnpvtpm", "az-tdx-vtpm", "aztdxvtpm", "sgx", "sim")

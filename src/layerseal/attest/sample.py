@@ -7,14 +7,13 @@ produce it: its claims say ``debug: true`` and the default release policy refuse
 from __future__ import annotations
 
 import base64
-import hmac
 from types import MappingProxyType
 
-from layerseal.attest.binding import REPORT_DATA_SIZE
+from layerseal.attest.binding import REPORT_DATA_SIZE, check_report_data
 from layerseal.attest.claims import Claims
-from layerseal.errors import BadInputError, DeniedError
-from layerseal.image import jsonutil
+from layerseal.errors import BadInputError
 from layerseal.wire.b64 import b64decode
+from layerseal.wire.jsonload import loads_object
 
 TEE = "sample"
 
@@ -25,12 +24,7 @@ class SampleVerifier:
     tee = TEE
 
     def verify(self, evidence: bytes, expected_report_data: bytes) -> Claims:
-        try:
-            obj = jsonutil.loads(evidence, "sample evidence")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadInputError("sample evidence: expected a JSON object, seen invalid JSON") from exc
-        if not isinstance(obj, dict):
-            raise BadInputError(f"sample evidence: expected a JSON object, seen {type(obj).__name__}")
+        obj = loads_object(evidence, "sample evidence")
         svn_text = obj.get("svn", "0")
         try:
             svn = int(str(svn_text))
@@ -41,12 +35,9 @@ class SampleVerifier:
             raise BadInputError(f"sample evidence svn: expected 0..2**32-1, seen {svn}")
         seen = b64decode(obj.get("report_data"), "sample evidence report_data")
         # Trustee's sample attester sends the bare 48-byte digest or the padded 64 bytes.
-        padded = seen.ljust(REPORT_DATA_SIZE, b"\0")
-        if not hmac.compare_digest(padded, expected_report_data):
-            raise DeniedError(
-                "sample evidence report data: expected SHA-384 of this session's nonce and tee-pubkey "
-                f"({expected_report_data[:8].hex()}...), seen {seen[:8].hex()}..."
-            )
+        check_report_data(
+            "sample evidence report data", seen.ljust(REPORT_DATA_SIZE, b"\0"), expected_report_data
+        )
         details = {"svn": svn}
         return Claims(tee=TEE, measurement="", svn=svn, debug=True, details=MappingProxyType(details))
 

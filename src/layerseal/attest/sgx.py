@@ -21,46 +21,26 @@ also see ``sgx.mrsigner``, ``sgx.isv_prod_id``, ``sgx.mode64`` and the rest belo
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime
-import hashlib
-import hmac
-import json
 import struct
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from layerseal.attest import tdx
-from layerseal.attest.bytereader import ByteReader
+from layerseal.attest import dcap
 from layerseal.attest.claims import Claims
-from layerseal.attest.x509util import (
-    Clock,
-    Validity,
-    common_name,
-    fingerprint,
-    load_cert,
-    utc_now,
-    verify_signature,
-)
+from layerseal.attest.x509util import Clock, common_name, load_crl, utc_now, utc_stamp, verify_signature
 from layerseal.errors import BadInputError, DeniedError
 
 TEE = "sgx"
-HEADER_SIZE = 48
 REPORT_BODY_SIZE = 384
 SGX_TEE_TYPE = 0
 ATTRIBUTE_DEBUG = 0x02
 ATTRIBUTE_MODE64 = 0x04
 MAX_CHAIN_PEM = 16 * 1024
-_CHAIN_CACHE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -113,107 +93,31 @@ def report_body(raw: bytes) -> ReportBody:
 
 
 @dataclass(frozen=True)
-class Quote:
-    """A parsed SGX DCAP quote; ``signed`` is what the attestation key signs (header + body)."""
+class Quote(dcap.DcapQuote):
+    """A parsed SGX DCAP quote."""
 
-    version: int
-    att_key_type: int
-    tee_type: int
     qe_svn: int
     pce_svn: int
-    qe_vendor_id: bytes
     body: ReportBody
-    signed: bytes
-    signature: bytes
-    attestation_key: bytes
-    qe_report: bytes
-    qe_report_signature: bytes
-    qe_auth_data: bytes
-    pck_chain_pem: bytes
 
 
 def parse_quote(data: bytes) -> Quote:
     """Parse a version 3 quote, or a version 4 one (QE report wrapped in certification data 6)."""
-    if len(data) < HEADER_SIZE:
-        raise BadInputError(f"sgx quote size: expected at least {HEADER_SIZE} bytes, seen {len(data)}")
-    version, att_key_type, tee_type, qe_svn, pce_svn = struct.unpack_from("<HHIHH", data, 0)
-    if version not in (3, 4):
-        raise BadInputError(f"sgx quote version: expected 3 or 4, seen {version}")
-    rd = ByteReader(data, "sgx quote", offset=HEADER_SIZE)
-    body = rd.take(REPORT_BODY_SIZE, "ISV enclave report body")
-    signed = data[: rd.pos]
-    sig_len = rd.uint(4, "signature data length")
-    sig_end = rd.pos + sig_len
-    if sig_end > len(data) or any(data[sig_end:]):
-        raise BadInputError(
-            f"sgx quote signature data: expected {sig_len} bytes then zero padding, "
-            f"seen {len(data) - rd.pos} bytes"
-        )
-    rd = ByteReader(data[:sig_end], "sgx quote", offset=rd.pos)
-    signature = rd.take(64, "ISV report signature")
-    attestation_key = rd.take(64, "attestation key")
-    if version == 4:
-        cert_type = rd.uint(2, "certification data type")
-        if cert_type != tdx.CERT_DATA_QE_REPORT:
-            raise BadInputError(
-                f"sgx quote certification data type: expected {tdx.CERT_DATA_QE_REPORT} (QE report), "
-                f"seen {cert_type}"
-            )
-        rd.uint(4, "certification data size")
-    qe_report = rd.take(tdx.QE_REPORT_SIZE, "QE report")
-    qe_report_signature = rd.take(64, "QE report signature")
-    qe_auth_data = rd.take(rd.uint(2, "QE auth data size"), "QE auth data")
-    inner_type = rd.uint(2, "PCK certification data type")
-    if inner_type != tdx.CERT_DATA_PCK_CHAIN:
-        raise BadInputError(
-            f"sgx quote PCK certification data type: expected {tdx.CERT_DATA_PCK_CHAIN} (PEM chain), "
-            f"seen {inner_type}"
-        )
-    pck_chain = rd.sized("PCK chain", MAX_CHAIN_PEM, size_bytes=4)
-    if any(data[rd.pos : sig_end]):
-        # every byte of the signature data belongs to a field: a wrong size is not shrugged off
-        raise BadInputError(
-            f"sgx quote PCK chain: expected the signature data to end with it, "
-            f"seen {sig_end - rd.pos} more bytes"
-        )
-    return Quote(
-        version=version,
-        att_key_type=att_key_type,
-        tee_type=tee_type,
-        qe_svn=qe_svn,
-        pce_svn=pce_svn,
-        qe_vendor_id=data[12:28],
-        body=report_body(body),
-        signed=signed,
-        signature=signature,
-        attestation_key=attestation_key,
-        qe_report=qe_report,
-        qe_report_signature=qe_report_signature,
-        qe_auth_data=qe_auth_data,
-        pck_chain_pem=pck_chain.rstrip(b"\0"),
+    fields, rd = dcap.header(data, TEE, (3, 4))
+    qe_svn, pce_svn = struct.unpack_from("<HH", data, 8)
+    body = report_body(rd.take(REPORT_BODY_SIZE, "ISV enclave report body"))
+    wrapped = fields["version"] == 4
+    signature_data = dcap.signature_data(
+        data, rd, "ISV report signature", wrapped=wrapped, chain_limit=MAX_CHAIN_PEM
     )
+    return Quote(**fields, qe_svn=qe_svn, pce_svn=pce_svn, body=body, **signature_data)
 
 
 def quote_bytes(evidence: bytes) -> bytes:
     """The quote inside ``{"quote": b64}`` evidence, or the raw quote."""
-    if evidence.lstrip()[:1] != b"{":
-        return evidence
-    try:
-        obj = json.loads(evidence)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadInputError(
-            'sgx evidence: expected JSON {"quote": base64} or a raw quote, seen neither'
-        ) from exc
-    quote = obj.get("quote") if isinstance(obj, dict) else None
-    if not isinstance(quote, str):
-        raise BadInputError("sgx evidence: expected field 'quote' (base64 string), seen none")
-    padded = quote + "=" * (-len(quote) % 4)
-    for altchars in (None, b"-_"):
-        try:
-            return base64.b64decode(padded, altchars=altchars, validate=True)
-        except (binascii.Error, ValueError):
-            continue
-    raise BadInputError("sgx evidence quote: expected base64, seen invalid text")
+    return dcap.quote_bytes(
+        evidence, TEE, invalid_json='expected JSON {"quote": base64} or a raw quote, seen neither'
+    )
 
 
 def evidence_json(quote: bytes) -> dict[str, Any]:
@@ -238,13 +142,7 @@ class Crl:
 
 def parse_crl(data: bytes, what: str = "sgx CRL") -> Crl:
     """A DER or PEM CRL; its signature is checked against the quote's chain at verification."""
-    try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            crl = x509.load_pem_x509_crl(data)
-        else:
-            crl = x509.load_der_x509_crl(data)
-    except ValueError as exc:
-        raise BadInputError(f"{what}: expected a DER or PEM X.509 CRL, seen unparsable data") from exc
+    crl = load_crl(data, what)
     return Crl(crl.issuer, crl)
 
 
@@ -267,7 +165,7 @@ class SgxTcbInfo:
 def parse_tcb_info(raw: bytes, issuer_chain_pem: bytes, root_ca: bytes) -> SgxTcbInfo:
     """Check Intel's signed SGX TCB info (v2 or v3; chain to the pinned root) and parse its levels."""
     what = "sgx TCB info"
-    info = tdx._signed_collateral(raw, "tcbInfo", issuer_chain_pem, root_ca, what)
+    info = dcap.signed_collateral(raw, "tcbInfo", issuer_chain_pem, root_ca, what)
     try:
         if info.get("id", "SGX") != "SGX":
             raise BadInputError(f"{what} id: expected 'SGX', seen {str(info.get('id'))[:10]!r}")
@@ -286,31 +184,12 @@ def parse_tcb_info(raw: bytes, issuer_chain_pem: bytes, root_ca: bytes) -> SgxTc
         raise BadInputError(f"{what}: expected tcbInfo with fmspc and 16-component tcbLevels") from exc
 
 
-def parse_qe_identity(raw: bytes, issuer_chain_pem: bytes, root_ca: bytes) -> tdx.QeIdentity:
+def parse_qe_identity(raw: bytes, issuer_chain_pem: bytes, root_ca: bytes) -> dcap.QeIdentity:
     """Check Intel's signed SGX QE identity (id ``QE``) and parse it."""
-    what = "sgx QE identity"
-    body = tdx._signed_collateral(raw, "enclaveIdentity", issuer_chain_pem, root_ca, what)
-    try:
-        if body.get("id", "QE") != "QE":
-            raise BadInputError(f"{what} id: expected 'QE', seen {str(body.get('id'))[:10]!r}")
-        identity = tdx.QeIdentity(
-            miscselect=int(body["miscselect"], 16),
-            miscselect_mask=int(body["miscselectMask"], 16),
-            attributes=bytes.fromhex(body["attributes"]),
-            attributes_mask=bytes.fromhex(body["attributesMask"]),
-            mrsigner=bytes.fromhex(body["mrsigner"]),
-            isvprodid=int(body["isvprodid"]),
-            levels=tuple((int(lvl["tcb"]["isvsvn"]), str(lvl["tcbStatus"])) for lvl in body["tcbLevels"]),
-            next_update=str(body.get("nextUpdate", "")),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise BadInputError(f"{what}: expected enclaveIdentity with QE fields and tcbLevels") from exc
-    if (len(identity.mrsigner), len(identity.attributes), len(identity.attributes_mask)) != (32, 16, 16):
-        raise BadInputError(f"{what}: expected a 32-byte mrsigner and 16-byte attributes and mask")
-    return identity
+    return dcap.parse_qe_identity(raw, issuer_chain_pem, root_ca, TEE, "QE", id_required=False)
 
 
-def tcb_status(info: SgxTcbInfo, sgx: tdx.SgxExtension) -> str:
+def tcb_status(info: SgxTcbInfo, sgx: dcap.SgxExtension) -> str:
     """The status of the first level (newest first) the PCK's CPUSVN components and PCESVN meet."""
     for level in info.levels:
         meets = all(have >= need for have, need in zip(sgx.sgx_tcb_svns, level.sgx_svns, strict=True))
@@ -322,20 +201,9 @@ def tcb_status(info: SgxTcbInfo, sgx: tdx.SgxExtension) -> str:
 # ---------------------------------------------------------------------------- verifier
 
 
-@dataclass(frozen=True)
-class _Chain:
-    certs: tuple[x509.Certificate, ...]
-    public_key: ec.EllipticCurvePublicKey
-    sgx: tdx.SgxExtension | None
-    validity: Validity
-
-
-def _stamp(t: datetime.datetime) -> str:
-    return t.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class SgxVerifier:
-    """Verifies SGX DCAP quotes whose PCK chain ends at the pinned Intel SGX Root CA."""
+class SgxVerifier(dcap.QuoteVerifier[SgxTcbInfo]):
+    """Verifies SGX DCAP quotes whose PCK chain ends at the pinned Intel SGX Root CA; the
+    CRLs given are checked against every chain."""
 
     tee = TEE
 
@@ -345,76 +213,29 @@ class SgxVerifier:
         *,
         crls: Iterable[Crl] = (),
         tcb_infos: Iterable[SgxTcbInfo] = (),
-        qe_identity: tdx.QeIdentity | None = None,
+        qe_identity: dcap.QeIdentity | None = None,
         clock: Clock = utc_now,
     ) -> None:
-        self._root = load_cert(root_ca, "sgx pinned root")
-        self._root_fingerprint = fingerprint(self._root)
+        super().__init__(root_ca, tcb_infos, qe_identity=qe_identity, clock=clock)
         self._crls = tuple(crls)
-        self._tcb = {info.fmspc: info for info in tcb_infos}
-        self._qe_identity = qe_identity
-        self._clock = clock
-        self._chains: OrderedDict[bytes, _Chain] = OrderedDict()
-        self._lock = threading.Lock()
 
     def verify(self, evidence: bytes, expected_report_data: bytes) -> Claims:
         quote = parse_quote(quote_bytes(evidence))
-        if quote.att_key_type != tdx.ATT_KEY_ECDSA_P256:
-            raise DeniedError(
-                f"sgx quote attestation key type: expected 2 (ECDSA P-256), seen {quote.att_key_type}"
-            )
-        if quote.tee_type != SGX_TEE_TYPE:
-            raise DeniedError(f"sgx quote tee type: expected 0x0 (SGX), seen {quote.tee_type:#x}")
-        if quote.qe_vendor_id != tdx.INTEL_QE_VENDOR_ID:
-            raise DeniedError(
-                f"sgx quote QE vendor: expected Intel {tdx.INTEL_QE_VENDOR_ID.hex()}, "
-                f"seen {quote.qe_vendor_id.hex()}"
-            )
-        chain = self._chain(quote.pck_chain_pem)
-        now = self._clock()
-        chain.validity.check(now, "sgx PCK chain validity")
-        self._check_crls(chain, now)
-        try:
-            chain.public_key.verify(
-                tdx._raw_signature(quote.qe_report_signature), quote.qe_report, ec.ECDSA(hashes.SHA256())
-            )
-        except (InvalidSignature, ValueError) as exc:
-            raise DeniedError(
-                "sgx QE report signature: expected valid under the PCK key, seen invalid"
-            ) from exc
-        qe_status = "unknown"
-        if self._qe_identity is not None:
-            qe_status = _qe_status(self._qe_identity, quote.qe_report, now)
-        binding = hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest()
-        seen = quote.qe_report[320:384]
-        if not hmac.compare_digest(seen, binding + bytes(32)):
-            raise DeniedError(
-                f"sgx QE report data: expected SHA-256(attestation key || auth data) {binding[:8].hex()}..., "
-                f"seen {seen[:8].hex()}..."
-            )
-        try:
-            key = ec.EllipticCurvePublicKey.from_encoded_point(
-                ec.SECP256R1(), b"\x04" + quote.attestation_key
-            )
-            key.verify(tdx._raw_signature(quote.signature), quote.signed, ec.ECDSA(hashes.SHA256()))
-        except (InvalidSignature, ValueError) as exc:
-            raise DeniedError(
-                "sgx ISV report signature: expected valid under the attestation key, seen invalid"
-            ) from exc
-        if not hmac.compare_digest(quote.body.report_data, expected_report_data):
-            raise DeniedError(
-                "sgx report data: expected SHA-384 of this session's nonce and tee-pubkey "
-                f"({expected_report_data[:8].hex()}...), seen {quote.body.report_data[:8].hex()}..."
-            )
-        fmspc = chain.sgx.fmspc if chain.sgx is not None else ""
-        info = self._tcb.get(fmspc)
-        expired = info is not None and tdx._past(info.next_update, now)
+        checked = self.check_quote(
+            quote, SGX_TEE_TYPE, "ISV report signature", quote.body.report_data, expected_report_data
+        )
+        info, expired = self.collateral(checked)
         status = "unknown"
-        if info is not None and not expired and chain.sgx is not None:
-            status = tcb_status(info, chain.sgx)
-        return claims_of(quote, fmspc, status, qe_status=qe_status, collateral_expired=expired)
+        if info is not None and not expired and checked.chain.sgx is not None:
+            status = tcb_status(info, checked.chain.sgx)
+        return claims_of(
+            quote, checked.fmspc, status, qe_status=checked.qe_status, collateral_expired=expired
+        )
 
-    def _check_crls(self, chain: _Chain, now: datetime.datetime) -> None:
+    def _check_chain(self, chain: dcap.PckChain, now: datetime.datetime) -> None:
+        self._check_crls(chain, now)
+
+    def _check_crls(self, chain: dcap.PckChain, now: datetime.datetime) -> None:
         by_subject = {cert.subject: cert for cert in chain.certs}
         for crl in self._crls:
             issuer = by_subject.get(crl.issuer)
@@ -431,10 +252,11 @@ class SgxVerifier:
             )
             next_update = crl.crl.next_update_utc
             if now < crl.crl.last_update_utc or next_update is None or now > next_update:
-                window = (
-                    f"{_stamp(crl.crl.last_update_utc)}..{_stamp(next_update) if next_update else 'none'}"
+                until = utc_stamp(next_update) if next_update else "none"
+                window = f"{utc_stamp(crl.crl.last_update_utc)}..{until}"
+                raise DeniedError(
+                    f"{what}: expected one current at {utc_stamp(now)}, seen one valid {window}"
                 )
-                raise DeniedError(f"{what}: expected one current at {_stamp(now)}, seen one valid {window}")
             for cert in chain.certs:
                 if cert.issuer == crl.issuer and crl.crl.get_revoked_certificate_by_serial_number(
                     cert.serial_number
@@ -443,29 +265,6 @@ class SgxVerifier:
                         f"{what}: expected {common_name(cert.subject)!r} not revoked, "
                         f"seen serial {cert.serial_number:x} revoked"
                     )
-
-    def _chain(self, chain_pem: bytes) -> _Chain:
-        key = hashlib.sha256(chain_pem).digest()
-        with self._lock:
-            hit = self._chains.get(key)
-            if hit is not None:
-                self._chains.move_to_end(key)
-                return hit
-        certs, public = tdx.verified_pck_chain(chain_pem, self._root, self._root_fingerprint, "sgx")
-        made = _Chain(tuple(certs), public, tdx.sgx_extension(certs[0]), Validity.of(certs))
-        with self._lock:
-            self._chains[key] = made
-            if len(self._chains) > _CHAIN_CACHE_SIZE:
-                self._chains.popitem(last=False)
-        return made
-
-
-def _qe_status(identity: tdx.QeIdentity, qe_report: bytes, now: datetime.datetime) -> str:
-    # the TDX check is Intel's QE rule for both; its messages are renamed to this TEE
-    try:
-        return tdx.qe_tcb_status(identity, qe_report, now)
-    except DeniedError as exc:
-        raise DeniedError(str(exc).replace("tdx QE identity", "sgx QE identity", 1)) from exc
 
 
 def claims_of(

@@ -14,7 +14,6 @@ The verifier trusts only certificates registered with it (compared by SHA-256 of
 from __future__ import annotations
 
 import base64
-import hmac
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -26,14 +25,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from layerseal.attest.binding import REPORT_DATA_SIZE
+from layerseal.attest.binding import REPORT_DATA_SIZE, check_report_data
 from layerseal.attest.claims import Claims
-from layerseal.attest.x509util import certificate_fingerprint, load_certificate
+from layerseal.attest.x509util import certificate_fingerprint
 from layerseal.errors import BadInputError, DeniedError
 from layerseal.wire.b64 import b64decode
+from layerseal.wire.jsonload import loads_object
 
-__all__ = ["SimVerifier", "certificate_fingerprint", "encode_report", "load_certificate", "make_evidence"]
-from layerseal.image import jsonutil
+__all__ = ["SimVerifier", "encode_report", "make_evidence"]
 
 TEE = "sim"
 FORMAT = "layerseal-sim/1"
@@ -76,12 +75,7 @@ class SimVerifier:
             self._trusted[certificate_fingerprint(der)] = x509.load_der_x509_certificate(der)
 
     def verify(self, evidence: bytes, expected_report_data: bytes) -> Claims:
-        try:
-            obj = jsonutil.loads(evidence, "sim evidence")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadInputError("sim evidence: expected a JSON object, seen invalid JSON") from exc
-        if not isinstance(obj, dict):
-            raise BadInputError(f"sim evidence: expected a JSON object, seen {type(obj).__name__}")
+        obj = loads_object(evidence, "sim evidence")
         if obj.get("format") != FORMAT:
             seen_format = str(obj.get("format"))[:40]
             raise BadInputError(f"sim evidence format: expected {FORMAT!r}, seen {seen_format!r}")
@@ -105,11 +99,7 @@ class SimVerifier:
             ) from exc
         report = _parse_report(report_bytes)
         seen = _b64(report["report_data"], "report.report_data")
-        if not hmac.compare_digest(seen, expected_report_data):
-            raise DeniedError(
-                "sim evidence report data: expected SHA-384 of this session's nonce and tee-pubkey "
-                f"({expected_report_data[:8].hex()}...), seen {seen[:8].hex()}..."
-            )
+        check_report_data("sim evidence report data", seen, expected_report_data)
         details = {
             "measurement": report["measurement"],
             "svn": report["svn"],
@@ -126,12 +116,7 @@ class SimVerifier:
 
 
 def _parse_report(data: bytes) -> Mapping[str, Any]:
-    try:
-        report = jsonutil.loads(data, "sim report")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadInputError("sim report: expected JSON, seen invalid data") from exc
-    if not isinstance(report, dict):
-        raise BadInputError("sim report: expected a JSON object")
+    report = loads_object(data, "sim report")
     measurement = report.get("measurement")
     if not isinstance(measurement, str) or not _HEX_RE.match(measurement):
         raise BadInputError("sim report measurement: expected 16-128 lowercase hex digits")

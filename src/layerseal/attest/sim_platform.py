@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from layerseal.attest import sim
+from layerseal.attest.x509util import certificate_fingerprint, load_certificate
 from layerseal.errors import BadInputError, DeniedError, NotFoundError
 
 KEY_FILE = "platform-key.pem"
@@ -93,10 +94,10 @@ def load_platform_info(directory: str | os.PathLike[str]) -> PlatformInfo:
         raise NotFoundError(f"sim platform {root}: expected {CERT_FILE} and {ENCLAVE_FILE}") from exc
     except ValueError as exc:
         raise BadInputError(f"sim platform {root}/{ENCLAVE_FILE}: expected JSON") from exc
-    der = sim.load_certificate(cert_pem)
+    der = load_certificate(cert_pem)
     return PlatformInfo(
         directory=root,
-        fingerprint=sim.certificate_fingerprint(der),
+        fingerprint=certificate_fingerprint(der),
         certificate_pem=cert_pem,
         measurement=str(enclave.get("measurement", DEFAULT_MEASUREMENT)),
         svn=int(enclave.get("svn", 0)),
@@ -126,7 +127,7 @@ class SimAttester:
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise BadInputError(f"sim platform key {key_path}: expected an EC P-384 private key")
         self._key = key
-        self._cert_der = sim.load_certificate(info.certificate_pem)
+        self._cert_der = load_certificate(info.certificate_pem)
         self.measurement = info.measurement if measurement is None else measurement
         self.svn = info.svn if svn is None else svn
         self.debug = info.debug if debug is None else debug

@@ -23,7 +23,6 @@ Offsets are those of the SEV-SNP ABI specification (table "ATTESTATION_REPORT st
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime
 import hmac
 import struct
@@ -40,6 +39,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from layerseal.attest import snp_json
+from layerseal.attest.binding import check_report_data
 from layerseal.attest.claims import Claims
 from layerseal.attest.x509util import (
     Clock,
@@ -47,13 +47,15 @@ from layerseal.attest.x509util import (
     common_name,
     fingerprint,
     load_cert,
+    load_crl,
     load_pem_certs,
     utc_now,
     verify_issued_by,
     verify_signature,
 )
 from layerseal.errors import BadInputError, DeniedError
-from layerseal.image import jsonutil
+from layerseal.wire.b64 import b64decode_either
+from layerseal.wire.jsonload import loads_object
 
 TEE = "snp"
 REPORT_SIZE = 0x4A0
@@ -243,13 +245,7 @@ class AmdCrl:
 
 def parse_amd_crl(data: bytes, chains: Iterable[AmdChain], what: str = "snp CRL") -> AmdCrl:
     """A DER or PEM CRL issued and signed by one of *chains*' ARKs."""
-    try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            crl = x509.load_pem_x509_crl(data)
-        else:
-            crl = x509.load_der_x509_crl(data)
-    except ValueError as exc:
-        raise BadInputError(f"{what}: expected a DER or PEM X.509 CRL, seen unparsable data") from exc
+    crl = load_crl(data, what)
     by_subject = {c.ark.subject: c for c in chains}
     chain = by_subject.get(crl.issuer)
     if chain is None:
@@ -358,22 +354,11 @@ class Evidence:
     certs: tuple[tuple[str | None, x509.Certificate], ...]
 
 
-def _b64(value: str, what: str) -> bytes:
-    """Standard or URL-safe base64 (Rust attesters use both), padding optional."""
-    padded = value + "=" * (-len(value) % 4)
-    for altchars in (None, b"-_"):
-        try:
-            return base64.b64decode(padded, altchars=altchars, validate=True)
-        except (binascii.Error, ValueError):
-            continue
-    raise BadInputError(f"{what}: expected base64, seen invalid text")
-
-
 def _bytes_field(value: Any, what: str) -> bytes:
     if isinstance(value, str):
         if value.lstrip().startswith("-----BEGIN"):
             return value.encode()
-        return _b64(value, what)
+        return b64decode_either(value, what)
     if isinstance(value, list) and all(isinstance(b, int) and 0 <= b < 256 for b in value):
         return bytes(value)
     raise BadInputError(f"{what}: expected base64, PEM or a byte array, seen {type(value).__name__}")
@@ -388,9 +373,7 @@ def parse_evidence(evidence: bytes) -> Evidence:
             f"snp evidence: expected a JSON object or a raw report of {REPORT_SIZE} bytes, "
             f"seen neither ({len(evidence)} bytes)"
         )
-    obj = jsonutil.loads(evidence, "snp evidence")
-    if not isinstance(obj, dict):
-        raise BadInputError(f"snp evidence: expected a JSON object, seen {type(obj).__name__}")
+    obj = loads_object(evidence, "snp evidence")
     report_field = obj.get("report", obj.get("attestation_report"))
     if report_field is None:
         raise BadInputError("snp evidence: expected field 'report' (base64 of the report), seen none")
@@ -462,11 +445,7 @@ class SnpVerifier:
     def verify(self, evidence: bytes, expected_report_data: bytes) -> Claims:
         ev = parse_evidence(evidence)
         report, vek = self.verify_report(ev.report, ev.certs)
-        if not hmac.compare_digest(report.report_data, expected_report_data):
-            raise DeniedError(
-                "snp report data: expected SHA-384 of this session's nonce and tee-pubkey "
-                f"({expected_report_data[:8].hex()}...), seen {report.report_data[:8].hex()}..."
-            )
+        check_report_data("snp report data", report.report_data, expected_report_data)
         return claims_of(report, vek)
 
     def verify_report(

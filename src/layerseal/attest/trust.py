@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from layerseal.attest import sgx, snp, tdx
+from layerseal.attest import dcap, sgx, snp, tdx
 from layerseal.attest.x509util import Clock, fingerprint, load_cert, load_pem_certs, utc_now
 from layerseal.errors import BadInputError, IntegrityError, NotFoundError
 
@@ -107,7 +107,7 @@ def tdx_verifier(
     return tdx.TdxVerifier(root, tcb_infos, qe_identity=qe, clock=clock)
 
 
-def read_tdx_qe_identity(directory: str | os.PathLike[str], root_ca: bytes) -> tdx.QeIdentity | None:
+def read_tdx_qe_identity(directory: str | os.PathLike[str], root_ca: bytes) -> dcap.QeIdentity | None:
     """Intel's TDX QE identity (``qe_identity.json``, as PCS serves it), signed by the same
     chain as the TCB info; None when the directory holds none."""
     root = Path(directory)

@@ -35,6 +35,8 @@ from typing import Any
 from layerseal.attest import az_snp_vtpm
 from layerseal.attest.binding import REPORT_DATA_SIZE
 from layerseal.errors import BadInputError, NotFoundError, TransportError
+from layerseal.fileio import read_bytes
+from layerseal.wire.b64 import b64decode_either
 
 HCL_REPORT_INDEX = 0x01400001
 REPORT_DATA_INDEX = 0x01400002
@@ -156,12 +158,9 @@ def vcek_der() -> bytes:
 
     path = os.environ.get("LAYERSEAL_AZ_VCEK")
     if path:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise NotFoundError(
-                f"LAYERSEAL_AZ_VCEK {path}: expected a VCEK certificate file, seen {exc.strerror}"
-            ) from exc
+        data = read_bytes(
+            path, f"LAYERSEAL_AZ_VCEK {path}", expected="a VCEK certificate file", error=NotFoundError
+        )
         cert = (
             load_pem_certs(data, f"vtpm VCEK {path}")[0] if b"-----BEGIN" in data else load_cert(data, path)
         )
@@ -180,7 +179,7 @@ def td_quote(hcl: bytes) -> bytes:
     q = doc.get("quote") if isinstance(doc, dict) else None
     if not isinstance(q, str):
         raise TransportError("vtpm IMDS /acc/tdquote: expected 'quote' (base64url), seen none")
-    return base64.urlsafe_b64decode(q + "=" * (-len(q) % 4))
+    return b64decode_either(q, "vtpm IMDS /acc/tdquote quote")
 
 
 class VtpmAttester:

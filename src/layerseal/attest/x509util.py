@@ -158,6 +158,16 @@ def load_pem_certs(data: bytes, what: str) -> list[x509.Certificate]:
     return [checked_cert(c, f"{what} [{i}]") for i, c in enumerate(certs)]
 
 
+def load_crl(data: bytes, what: str) -> x509.CertificateRevocationList:
+    """A DER or PEM CRL (its signature is the caller's to check)."""
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except ValueError as exc:
+        raise BadInputError(f"{what}: expected a DER or PEM X.509 CRL, seen unparsable data") from exc
+
+
 def common_name(name: x509.Name) -> str:
     attrs = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     return str(attrs[0].value) if attrs else name.rfc4514_string()
@@ -219,7 +229,8 @@ def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _stamp(t: datetime.datetime) -> str:
+def utc_stamp(t: datetime.datetime) -> str:
+    """*t* in UTC, to the second, as messages show times."""
     return t.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -251,11 +262,11 @@ class Validity:
         """Raise ``DeniedError`` unless every certificate is valid at *at*."""
         if at < self.not_before:
             raise DeniedError(
-                f"{what}: expected certificates valid at {_stamp(at)}, seen {self.starts_with!r} "
-                f"valid only from {_stamp(self.not_before)}"
+                f"{what}: expected certificates valid at {utc_stamp(at)}, seen {self.starts_with!r} "
+                f"valid only from {utc_stamp(self.not_before)}"
             )
         if at > self.not_after:
             raise DeniedError(
-                f"{what}: expected certificates valid at {_stamp(at)}, seen {self.ends_with!r} "
-                f"expired at {_stamp(self.not_after)}"
+                f"{what}: expected certificates valid at {utc_stamp(at)}, seen {self.ends_with!r} "
+                f"expired at {utc_stamp(self.not_after)}"
             )

@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +32,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from layerseal.errors import BadInputError
+from layerseal.wire.b64 import b64decode, b64url_decode
 from layerseal.wire.jcs import canonicalize
+from layerseal.wire.jsonload import loads
 
 GENESIS = "0" * 64
 CHECKPOINT_FORMAT = "layerseal-audit-checkpoint/1"
@@ -197,16 +198,16 @@ def parse_checkpoint(text: str, keys: AuditKeys | None, where: str) -> Checkpoin
     Raises ``BadInputError`` naming *where* and the failing check.
     """
     try:
-        doc = json.loads(text)
+        doc = loads(text, where, expected="a layerseal audit checkpoint (JSON)")
         payload = doc["payload"]
-        sig = base64.urlsafe_b64decode(doc["signature"] + "=" * (-len(doc["signature"]) % 4))
+        sig = b64url_decode(doc["signature"], f"{where} signature")
         if payload["format"] != CHECKPOINT_FORMAT:
             raise BadInputError(
                 f"{where}: expected format {CHECKPOINT_FORMAT!r}, seen {str(payload['format'])[:40]!r}"
             )
         heads = tuple((int(c["chain"]), int(c["seq"]), str(c["head"])) for c in payload["chains"])
         number, prev, at_ms = int(payload["number"]), str(payload["prev"]), int(payload["at_ms"])
-        public = base64.b64decode(payload["public_key"], validate=True)
+        public = b64decode(payload["public_key"], f"{where} public_key")
         root = str(payload["root"])
     except BadInputError:
         raise

@@ -29,6 +29,7 @@ from layerseal.broker.custody import KeyCustody, record_aad
 from layerseal.broker.groupcommit import AuditCommitter
 from layerseal.broker.store import Store
 from layerseal.errors import BadInputError, NotFoundError
+from layerseal.fileio import read_bytes
 
 log = logging.getLogger("layerseal.broker.audit")
 
@@ -195,10 +196,7 @@ def verify_database(
         pinned.append((name, cp))
     for path in checkpoint_files:
         name = f"checkpoint file {path}"
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise NotFoundError(f"{name}: expected a readable file, seen {exc.strerror}") from exc
+        text = read_bytes(path, name, error=NotFoundError).decode()
         try:
             pinned.append((name, audit.parse_checkpoint(text, keys, name)))
         except BadInputError as exc:

@@ -9,7 +9,6 @@ A token key is used in place and never leaves the token (non-extractable, sensit
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import os
 import secrets
@@ -23,19 +22,14 @@ from typing import Any
 
 from layerseal.broker.custody import KeyCustody, MasterKeyCustody, Pkcs11Custody
 from layerseal.errors import BadInputError, DeniedError, NotFoundError, TransportError
+from layerseal.wire.b64 import b64decode
 
 ENV_VAR = "LAYERSEAL_MASTER_KEY"
 KEY_SIZE = 32
 
 
 def _decode(text: str, what: str) -> bytes:
-    try:
-        raw = base64.b64decode(text.strip(), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise BadInputError(f"{what}: expected base64 of {KEY_SIZE} bytes, seen invalid base64") from exc
-    if len(raw) != KEY_SIZE:
-        raise BadInputError(f"{what}: expected {KEY_SIZE} bytes, seen {len(raw)}")
-    return raw
+    return b64decode(text.strip(), what, KEY_SIZE, expected=f"base64 of {KEY_SIZE} bytes")
 
 
 def write_private_file_once(path: Path, text: str) -> bool:

@@ -19,9 +19,9 @@ from typing import Any
 
 from layerseal.errors import BadInputError
 from layerseal.image.descriptor import Descriptor
-from layerseal.image.jsonutil import loads_object
 from layerseal.keyprovider.pbcodec import decode_varint
 from layerseal.keyprovider.protocol import config_parameters
+from layerseal.wire.jsonload import loads_object
 
 PAYLOAD_URI = "io.containerd.ocicrypt.v1.Payload"
 MAX_PAYLOAD = 1 << 20  # keys and one descriptor: kilobytes; refuse megabytes

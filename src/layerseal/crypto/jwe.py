@@ -49,8 +49,8 @@ from joserfc.jwk import ECKey, RSAKey
 
 from layerseal.crypto.keys import PrivateKey, PublicKey, key_kind, public_key_from_jwk, public_key_to_jwk
 from layerseal.errors import BadInputError, IntegrityError, MisuseError, WrongKeyError
-from layerseal.image import jsonutil
 from layerseal.wire.b64 import b64url_decode
+from layerseal.wire.jsonload import loads
 
 __all__ = ["decrypt", "decrypt_from_jwk", "encrypt", "encrypt_to_jwk", "protected_header_json"]
 
@@ -261,7 +261,7 @@ def _decode_protected(segment: Any, what: str) -> dict[str, Any]:
     raw = _b64url_decode(segment, what, "protected")
     if not raw:
         return {}
-    header = jsonutil.loads(raw, f"{what}: field 'protected'", expected="base64url of a JSON object")
+    header = loads(raw, f"{what}: field 'protected'", expected="base64url of a JSON object")
     return _header_object(header, what, "protected")
 
 
@@ -347,7 +347,7 @@ def _parse(jwe: bytes, what: str) -> _Envelope:
     except UnicodeDecodeError as exc:
         raise BadInputError(f"{what}: expected UTF-8 JSON or compact text, seen binary data") from exc
     if text.startswith("{"):
-        return _parse_json(jsonutil.loads(text, what, expected="a JSON object"), what)
+        return _parse_json(loads(text, what, expected="a JSON object"), what)
     if not text:
         raise BadInputError(f"{what}: expected a JWE, seen empty input")
     return _parse_compact(text, what)

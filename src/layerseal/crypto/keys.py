@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from layerseal.errors import BadInputError
-from layerseal.image import jsonutil
 from layerseal.wire.b64 import b64url_decode
+from layerseal.wire.jsonload import loads
 
 __all__ = [
     "KEY_KINDS",
@@ -122,7 +122,7 @@ def _looks_like_json(data: bytes) -> bool:
 
 
 def _load_jwk_json(data: bytes, what: str) -> dict[str, Any]:
-    obj = jsonutil.loads(data, what, expected="a JWK JSON object")
+    obj = loads(data, what, expected="a JWK JSON object")
     if not isinstance(obj, dict):
         raise BadInputError(f"{what}: expected a JWK JSON object, seen {type(obj).__name__}")
     if "keys" in obj and "kty" not in obj:

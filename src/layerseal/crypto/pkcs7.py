@@ -30,6 +30,7 @@ from cryptography.x509 import Certificate
 
 from layerseal.crypto.keys import PrivateKey
 from layerseal.errors import BadInputError, WrongKeyError
+from layerseal.wire.der import DerReader
 
 _OID_ENVELOPED = "1.2.840.113549.1.7.3"
 _OID_DATA = "1.2.840.113549.1.7.1"
@@ -74,39 +75,6 @@ def der_oid(dotted: str) -> bytes:
 
 
 # --------------------------------------------------------------------------- DER reading
-
-
-class _Reader:
-    """Definite-length TLVs of one level."""
-
-    def __init__(self, data: bytes, what: str) -> None:
-        self.data, self.pos, self.what = data, 0, what
-
-    def more(self) -> bool:
-        return self.pos < len(self.data)
-
-    def next(self, expect: int | None = None) -> tuple[int, bytes]:
-        d, p = self.data, self.pos
-        if p + 2 > len(d):
-            raise BadInputError(f"{self.what}: expected a DER element at byte {p}, seen the end")
-        tag, first = d[p], d[p + 1]
-        p += 2
-        if first < 0x80:
-            length = first
-        else:
-            count = first & 0x7F
-            if count == 0 or count > 4 or p + count > len(d):
-                raise BadInputError(f"{self.what}: expected a definite DER length at byte {p - 1}")
-            length = int.from_bytes(d[p : p + count], "big")
-            p += count
-        if p + length > len(d):
-            raise BadInputError(f"{self.what}: element of {length} bytes at byte {p}, seen {len(d) - p} left")
-        if expect is not None and tag != expect:
-            raise BadInputError(
-                f"{self.what}: expected DER tag 0x{expect:02x} at byte {self.pos}, seen 0x{tag:02x}"
-            )
-        self.pos = p + length
-        return tag, d[p : p + length]
 
 
 def _oid_text(body: bytes) -> str:
@@ -160,12 +128,12 @@ def encrypt(data: bytes, certs: Sequence[Certificate]) -> bytes:
 
 
 def _gcm_nonce(params: bytes, what: str) -> bytes:
-    tag, body = _Reader(params, what).next()
+    tag, body = DerReader(params, what).next()
     if tag == 0x10:  # Go's wrapper around the real SEQUENCE
-        tag, body = _Reader(body, what).next()
+        tag, body = DerReader(body, what).next()
     if tag != SEQUENCE:
         raise BadInputError(f"{what}: expected GCM parameters (a SEQUENCE), seen DER tag 0x{tag:02x}")
-    ntag, nonce = _Reader(body, what).next()
+    ntag, nonce = DerReader(body, what).next()
     if ntag not in (0x84, OCTET_STRING):
         raise BadInputError(f"{what}: expected the GCM nonce, seen DER tag 0x{ntag:02x}")
     return nonce
@@ -174,7 +142,7 @@ def _gcm_nonce(params: bytes, what: str) -> bytes:
 def _ciphertext(tag: int, body: bytes, what: str) -> bytes:
     if tag == 0x80:
         return body
-    parts = _Reader(body, what)
+    parts = DerReader(body, what)
     out = b""
     while parts.more():
         out += parts.next(OCTET_STRING)[1]
@@ -190,7 +158,7 @@ def _content(oid: str, params: bytes, ciphertext: bytes, cek: bytes, what: str) 
         except (InvalidTag, ValueError):
             return None
     if oid in _CBC:
-        tag, iv = _Reader(params, what).next()
+        tag, iv = DerReader(params, what).next()
         if len(cek) != _CBC[oid] or tag != OCTET_STRING or len(iv) != 16 or len(ciphertext) % 16:
             return None
         dec = Cipher(algorithms.AES(cek), modes.CBC(iv)).decryptor()
@@ -207,16 +175,16 @@ def decrypt(blob: bytes, keys: Sequence[PrivateKey], what: str = "pkcs7") -> byt
 
     Raises :class:`WrongKeyError` when none of *keys* opens it.
     """
-    outer = _Reader(_Reader(blob, what).next(SEQUENCE)[1], what)
+    outer = DerReader(DerReader(blob, what).next(SEQUENCE)[1], what)
     oid = _oid_text(outer.next(OID)[1])
     if oid != _OID_ENVELOPED:
         raise BadInputError(f"{what}: expected a PKCS#7 EnvelopedData, seen content type {oid}")
-    env = _Reader(_Reader(outer.next(0xA0)[1], what).next(SEQUENCE)[1], what)
+    env = DerReader(DerReader(outer.next(0xA0)[1], what).next(SEQUENCE)[1], what)
     env.next(INTEGER)
-    recipients = _Reader(env.next(SET)[1], what)
-    eci = _Reader(env.next(SEQUENCE)[1], what)
+    recipients = DerReader(env.next(SET)[1], what)
+    eci = DerReader(env.next(SEQUENCE)[1], what)
     eci.next(OID)
-    alg = _Reader(eci.next(SEQUENCE)[1], what)
+    alg = DerReader(eci.next(SEQUENCE)[1], what)
     content_oid = _oid_text(alg.next(OID)[1])
     params = alg.data[alg.pos :]
     ciphertext = _ciphertext(*eci.next(), what) if eci.more() else b""
@@ -225,7 +193,7 @@ def decrypt(blob: bytes, keys: Sequence[PrivateKey], what: str = "pkcs7") -> byt
         tag, body = recipients.next()
         if tag != SEQUENCE:
             continue  # not a KeyTransRecipientInfo
-        ri = _Reader(body, what)
+        ri = DerReader(body, what)
         ri.next(INTEGER)
         ri.next()  # rid: the key is found by trying, so the certificate is not needed
         ri.next(SEQUENCE)

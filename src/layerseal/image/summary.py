@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +11,7 @@ from layerseal.image import mediatypes as mt
 from layerseal.image.config import ImageConfig
 from layerseal.image.encryption import ANNOTATION_PUBOPTS, PublicOptions, wrapped_keys
 from layerseal.image.manifest import Manifest
+from layerseal.wire.b64 import b64url_decode
 
 
 @dataclass(frozen=True)
@@ -97,10 +96,6 @@ class ImageSummary:
         }
 
 
-def _b64url(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def _describe(scheme: str, blob: bytes) -> tuple[str, ...]:
     """Best-effort description of a wrapped-key blob's recipients; never raises."""
     try:
@@ -113,14 +108,16 @@ def _describe(scheme: str, blob: bytes) -> tuple[str, ...]:
         if "kid" in obj:  # Confidential Containers key packet
             return (str(obj["kid"]),)
         protected: dict[str, Any] = (
-            J.loads(_b64url(obj.get("protected", "")), "protected") if obj.get("protected") else {}
+            J.loads(b64url_decode(obj.get("protected"), "protected"), "protected")
+            if obj.get("protected")
+            else {}
         )
         if "recipients" in obj:
             return tuple(
                 str({**protected, **(r.get("header") or {})}.get("alg", "?")) for r in obj["recipients"]
             )
         return (str({**protected, **(obj.get("header") or {})}.get("alg", "?")),)
-    except (ValueError, TypeError, AttributeError, binascii.Error, BadInputError):
+    except (ValueError, TypeError, AttributeError, BadInputError):
         return ("(unreadable)",)
 
 

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from layerseal.errors import BadInputError, IntegrityError
-from layerseal.image.jsonutil import loads_object
 from layerseal.wire.b64 import b64decode
+from layerseal.wire.jsonload import loads_object
 
 RESOURCE_TYPE = "layer-key"
 TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")

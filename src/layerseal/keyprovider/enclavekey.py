@@ -11,7 +11,6 @@ can hold it beside the token it is bound to.
 from __future__ import annotations
 
 import base64
-import json
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
 from layerseal.errors import BadInputError, IntegrityError
 from layerseal.wire.b64 import b64url_decode
+from layerseal.wire.jsonload import loads
 
 ALG = "ECDH-ES+A256KW"
 ENC = "A256GCM"
@@ -92,10 +92,8 @@ def open_jwe(doc: Mapping[str, Any], key: ec.EllipticCurvePrivateKey, what: str 
     segment = doc.get("protected")
     header: Any = None
     if isinstance(segment, str):
-        try:
-            header = json.loads(b64url_decode(segment, f"{what} protected"))
-        except ValueError as exc:
-            raise BadInputError(f"{what}: field 'protected': expected base64url of JSON") from exc
+        raw = b64url_decode(segment, f"{what} protected")
+        header = loads(raw, f"{what}: field 'protected'", expected="base64url of JSON")
     simple = (
         isinstance(header, dict)
         and header.get("alg") == ALG

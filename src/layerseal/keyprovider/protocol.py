@@ -20,14 +20,14 @@ the request: base64 for a Go request, an array for an ocicrypt-rs one.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from layerseal.errors import BadInputError
-from layerseal.image import jsonutil
+from layerseal.wire.b64 import b64decode
+from layerseal.wire.jsonload import loads
 
 OP_WRAP = "keywrap"
 OP_UNWRAP = "keyunwrap"
@@ -64,12 +64,7 @@ Request = WrapRequest | UnwrapRequest
 def byte_field(value: Any, what: str) -> bytes:
     """A JSON byte field: standard base64 text, or an array of numbers 0..255."""
     if isinstance(value, str):
-        try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise BadInputError(
-                f"{what}: expected standard base64 or an array of bytes, seen invalid base64"
-            ) from exc
+        return b64decode(value, what, expected="standard base64 or an array of bytes")
     if isinstance(value, list):
         if not all(type(v) is int and 0 <= v <= 255 for v in value):
             bad = next(v for v in value if not (type(v) is int and 0 <= v <= 255))
@@ -112,7 +107,7 @@ def parse_request(data: bytes) -> Request:
     """The request ocicrypt wrote to stdin (or carried in the gRPC message)."""
     if len(data) > MAX_REQUEST:
         raise BadInputError(f"keyprovider request: expected at most {MAX_REQUEST} bytes, seen {len(data)}")
-    doc = jsonutil.loads(data, f"keyprovider request ({len(data)} bytes)", expected="one JSON object")
+    doc = loads(data, f"keyprovider request ({len(data)} bytes)", expected="one JSON object")
     obj = _object(doc, "keyprovider request")
     op = obj.get("op")
     if op == OP_WRAP:
@@ -185,10 +180,7 @@ def unwrap_reply(optsdata: bytes, form: str = FORM_ARRAY) -> bytes:
 
 def parse_reply(data: bytes, op: str) -> bytes:
     """The byte payload of a reply (what ocicrypt reads back); used by tests and the benchmark."""
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadInputError("keyprovider reply: expected JSON, seen invalid data") from exc
+    doc = loads(data, "keyprovider reply")
     section, field = ("keywrapresults", "annotation") if op == OP_WRAP else ("keyunwrapresults", "optsdata")
     inner = _object(_object(doc, "keyprovider reply").get(section), section)
     return byte_field(inner.get(field), f"{section}.{field}")

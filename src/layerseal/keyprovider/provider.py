@@ -29,12 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from layerseal.errors import BadInputError, DeniedError, LayersealError
+from layerseal.fileio import read_bytes
 from layerseal.keyprovider import protocol
 from layerseal.keyprovider.brokerhttp import BrokerHttp
 from layerseal.keyprovider.params import CONFIG_ENV, TOKEN_ENV, Settings, parse_rest, settings_from_config
 from layerseal.keyprovider.params import settings_from_env as _settings_from_env
 from layerseal.keyprovider.tokencache import CachedToken, TokenCache, cache_key, token_exp
 from layerseal.wire.b64 import b64decode
+from layerseal.wire.jsonload import loads
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
@@ -56,29 +58,15 @@ def load_settings(flags: Settings, config_file: str | None, env: Mapping[str, st
     path = config_file or env.get(CONFIG_ENV)
     config = Settings()
     if path:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise BadInputError(
-                f"keyprovider config {path}: expected a readable file, seen {exc.strerror}"
-            ) from exc
-        try:
-            doc = json.loads(text)
-        except ValueError as exc:
-            raise BadInputError(f"keyprovider config {path}: expected JSON, seen invalid text") from exc
-        config = settings_from_config(doc, path)
+        text = read_bytes(path, f"keyprovider config {path}")
+        config = settings_from_config(loads(text, f"keyprovider config {path}"), path)
     return flags.over(_settings_from_env(env).over(config))
 
 
 def read_token(settings: Settings, env: Mapping[str, str]) -> str:
     """The publisher API token: ``token-file`` first, else $LAYERSEAL_KBS_TOKEN."""
     if settings.token_file:
-        try:
-            token = Path(settings.token_file).read_text().strip()
-        except OSError as exc:
-            raise BadInputError(
-                f"token-file {settings.token_file}: expected a readable file, seen {exc.strerror}"
-            ) from exc
+        token = read_bytes(settings.token_file, f"token-file {settings.token_file}").decode().strip()
         if not token:
             raise BadInputError(f"token-file {settings.token_file}: expected a token, seen an empty file")
         return token

@@ -12,8 +12,6 @@ token's ``exp`` and whenever the broker refuses the token.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import fcntl
 import hashlib
@@ -27,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from layerseal.errors import BadInputError, DeniedError
+from layerseal.wire.b64 import b64url_decode
+from layerseal.wire.jsonload import loads
 
 MARGIN = 30.0  # seconds before exp at which a cached token is no longer used
 _VERSION = 1
@@ -53,10 +53,7 @@ def token_exp(token: str) -> float:
     parts = token.split(".")
     if len(parts) != 3:
         raise BadInputError(f"attestation token: expected a JWT of 3 parts, seen {len(parts)}")
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, binascii.Error) as exc:
-        raise BadInputError("attestation token payload: expected base64url of JSON") from exc
+    claims = loads(b64url_decode(parts[1], "attestation token payload"), "attestation token payload")
     exp = claims.get("exp") if isinstance(claims, dict) else None
     if not isinstance(exp, int | float) or isinstance(exp, bool):
         raise BadInputError("attestation token: expected a numeric 'exp' claim, seen none")

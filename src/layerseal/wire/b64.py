@@ -22,14 +22,15 @@ def _length(raw: bytes, what: str, length: int | None) -> bytes:
     return raw
 
 
-def b64decode(text: Any, what: str, length: int | None = None) -> bytes:
-    """Standard base64 (padded, ``+/``) of exactly *length* bytes when given."""
+def b64decode(text: Any, what: str, length: int | None = None, *, expected: str = "standard base64") -> bytes:
+    """Standard base64 (padded, ``+/``) of exactly *length* bytes when given; *expected*
+    says what the field may hold in the error."""
     if not isinstance(text, str):
         raise BadInputError(f"{what}: expected a base64 string, seen {type(text).__name__}")
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise BadInputError(f"{what}: expected standard base64, seen invalid text") from exc
+        raise BadInputError(f"{what}: expected {expected}, seen invalid base64") from exc
     return _length(raw, what, length)
 
 
@@ -48,3 +49,15 @@ def b64url_decode(value: Any, what: str, length: int | None = None, *, empty: bo
     except (binascii.Error, ValueError) as exc:
         raise BadInputError(f"{what}: expected base64url text, seen invalid length") from exc
     return _length(raw, what, length)
+
+
+def b64decode_either(text: str, what: str) -> bytes:
+    """Standard or URL-safe base64, padding optional: evidence fields, which attesters
+    (Rust ones among them) write in either alphabet."""
+    padded = text + "=" * (-len(text) % 4)
+    for altchars in (None, b"-_"):
+        try:
+            return base64.b64decode(padded, altchars=altchars, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+    raise BadInputError(f"{what}: expected base64, seen invalid text")

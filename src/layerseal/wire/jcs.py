@@ -5,6 +5,11 @@ canonical form, so every byte matters.  Members are sorted by their UTF-16 code 
 strings use the minimal escapes of ECMAScript's ``JSON.stringify``.  Integers are written
 as ECMAScript does (exactly, within +-2**53); other numbers are refused rather than
 risk a different rendering than the peer's.
+
+Hand-written rather than the ``rfc8785`` package (0.1.4): that one renders fractional and
+large floats (``1.5``, ``1e+21``, ``2.0**54``), which RCAR's binding refuses here, refuses
+the integers +-2**53, which this accepts, has no nesting limit and raises its own errors;
+keys, strings, escapes, ``-0`` and integral floats come out the same.
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from layerseal.attest.sample import SampleAttester, SampleVerifier
-from layerseal.attest.sim import SimVerifier, load_certificate
+from layerseal.attest.sim import SimVerifier
 from layerseal.attest.sim_platform import SimAttester, init_platform
 from layerseal.attest.verifiers import verifier_for
+from layerseal.attest.x509util import load_certificate
 from layerseal.errors import BadInputError, DeniedError
 
 RD = bytes(range(64))

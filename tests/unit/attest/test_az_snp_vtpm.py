@@ -372,4 +372,4 @@ def test_quotes_over_other_or_several_banks_are_refused() -> None:
         with pytest.raises(
             DeniedError, match="az-snp-vtpm tpm quote pcr selection: expected one SHA-256 bank"
         ):
-            az_snp_vtpm.AzSnpVtpmVerifier._check_pcrs(attest, pcrs)
+            az_snp_vtpm.check_pcrs(attest, pcrs)

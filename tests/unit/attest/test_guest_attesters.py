@@ -381,8 +381,9 @@ def test_tee_evidence_of_the_sim_platform_passes_the_brokers_binding(
     sysroot: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The positive half of the binding: evidence whose signer takes our report data verifies."""
-    from layerseal.attest.sim import SimVerifier, load_certificate
+    from layerseal.attest.sim import SimVerifier
     from layerseal.attest.sim_platform import init_platform
+    from layerseal.attest.x509util import load_certificate
 
     platform = tmp_path / "sim"
     init_platform(platform)

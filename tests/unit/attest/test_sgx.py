@@ -14,8 +14,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from layerseal.attest import sgx, trust
+from layerseal.attest import dcap, sgx, trust
 from layerseal.attest.verifiers import SUPPORTED_TEES, verifier_for
+from layerseal.attest.x509util import Validity
 from layerseal.errors import BadInputError, DeniedError
 
 DATA = Path(__file__).parents[2] / "data" / "tee" / "sgx"
@@ -238,7 +239,7 @@ def test_revoked_pck_is_refused() -> None:
         )
         .sign(ca_key, hashes.SHA256())
     )
-    chain = sgx._Chain((leaf, ca), leaf_key.public_key(), None, sgx.Validity.of([leaf, ca]))
+    chain = dcap.PckChain((leaf, ca), leaf_key.public_key(), None, Validity.of([leaf, ca]))
     v = verifier(crls=[sgx.parse_crl(crl.public_bytes(serialization.Encoding.DER))])
     with pytest.raises(
         DeniedError, match=r"^sgx CRL 'Test PCK CA': expected 'Test PCK' not revoked, seen serial 4d"
@@ -274,7 +275,7 @@ class _TestIntel:
         return b'{"' + member.encode() + b'":' + raw + b',"signature":"' + sig.hex().encode() + b'"}'
 
 
-PCK_EXT = sgx.tdx.sgx_extension(x509.load_pem_x509_certificates(CHAIN)[0])
+PCK_EXT = dcap.sgx_extension(x509.load_pem_x509_certificates(CHAIN)[0])
 QE_BODY = sgx.parse_quote(QUOTE).qe_report
 
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import NameOID
 
-from layerseal.attest import tdx, trust
+from layerseal.attest import dcap, tdx, trust
 from layerseal.attest.verifiers import SUPPORTED_TEES, verifier_for
 from layerseal.errors import BadInputError, DeniedError, NotFoundError
 
@@ -274,7 +274,7 @@ def fake_intel() -> FakeIntel:
         return b.sign(signer, hashes.SHA256())
 
     root = cert(real[2].subject, root_key, root_key, real[2].subject)
-    sgx_ext = real[0].extensions.get_extension_for_oid(x509.ObjectIdentifier(tdx.SGX_EXTENSION_OID))
+    sgx_ext = real[0].extensions.get_extension_for_oid(x509.ObjectIdentifier(dcap.SGX_EXTENSION_OID))
     pck = cert(real[0].subject, pck_key, root_key, root.subject, (sgx_ext,))
     tcb_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Intel SGX TCB Signing")])
     tcb = cert(tcb_name, tcb_key, root_key, root.subject)
@@ -434,7 +434,7 @@ def test_forged_or_unpinned_collateral_is_refused(fake_intel: FakeIntel, tmp_pat
 
 def test_sgx_extension_of_the_real_pck() -> None:
     pck = x509.load_pem_x509_certificates(tdx.parse_quote(QUOTES[4]).pck_chain_pem)[0]
-    ext = tdx.sgx_extension(pck)
+    ext = dcap.sgx_extension(pck)
     assert ext is not None
     assert ext.fmspc == "50806f000000"
     assert ext.sgx_tcb_svns == tuple(_SGX_OK)

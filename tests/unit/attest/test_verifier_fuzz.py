@@ -19,7 +19,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from layerseal.attest import snp, tdx, trust
+from layerseal.attest import dcap, snp, trust
 from layerseal.attest.az_snp_vtpm import AzSnpVtpmVerifier
 from layerseal.attest.claims import Verifier
 from layerseal.attest.sample import SampleAttester, SampleVerifier
@@ -131,7 +131,7 @@ def test_certificate_field_parsers_only_raise_layerseal_errors() -> None:
             if kind == "vcek":
                 snp.parse_vek(cert, rng.choice(["vcek", "vlek"]))
             else:
-                tdx.sgx_extension(cert)
+                dcap.sgx_extension(cert)
         except (BadInputError, DeniedError):
             continue
         except Exception as exc:
@@ -150,7 +150,7 @@ def test_pck_sgx_extension_with_an_empty_component_oid_is_bad_input() -> None:
             next(n for n in inner.walk() if n.tag == 0x06 and n.content == tcb_component_1).content = b""
             node.content = inner.encode()
     with pytest.raises(BadInputError, match=r"^tdx PCK SGX extension: expected TCB components 1\.\.16"):
-        tdx.sgx_extension(load_cert(root.encode(), "pck"))
+        dcap.sgx_extension(load_cert(root.encode(), "pck"))
 
 
 def test_sim_and_sample_evidence_mutants_are_refused_naming_a_check(tmp_path: Path) -> None:

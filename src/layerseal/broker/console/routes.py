@@ -26,8 +26,8 @@ from layerseal.broker.console.session import Session, SessionSealer, same_token
 from layerseal.broker.metrics import Metrics
 from layerseal.broker.service import Broker, Principal
 from layerseal.errors import BadInputError, LayersealError
-from layerseal.image.jsonutil import loads, loads_object
 from layerseal.kbs.problems import ForbiddenError, UnauthenticatedError, status_of
+from layerseal.wire.jsonload import loads, loads_object
 
 log = logging.getLogger("layerseal.broker.console")
 
@@ -142,8 +142,7 @@ def api_routes(broker: Broker, endpoint: Wrap, metrics: Metrics) -> list[BaseRou
         body = await request.body()
         if len(body) > MAX_FORM:
             raise BadInputError(f"policy dry-run: expected at most {MAX_FORM} bytes, seen {len(body)}")
-        doc = loads_object(body, "policy dry-run")
-        return JSONResponse(views.dry_run(broker, principal, doc))
+        return JSONResponse(views.dry_run(broker, principal, loads_object(body, "policy dry-run")))
 
     return [
         Route("/api/v1/console/audit", audit, methods=["GET"]),

@@ -16,7 +16,6 @@ separate cookie), and a ``Sec-Fetch-Site``/``Origin`` naming another site is ref
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import json
 import os
@@ -30,6 +29,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from layerseal.broker.custody import KeyCustody, record_aad
 from layerseal.broker.store import Store
+from layerseal.errors import BadInputError
+from layerseal.wire.b64 import b64url_decode
 
 SESSION_TTL = 8 * 3600
 _SECRET_NAME = "console-session-key"  # noqa: S105 -- a row name, not a secret
@@ -45,10 +46,6 @@ class Session:
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 class SessionSealer:
@@ -78,10 +75,10 @@ class SessionSealer:
         if not cookie or len(cookie) > 4096:
             return None
         try:
-            raw = _unb64(cookie)
+            raw = b64url_decode(cookie, "console session cookie")
             body = json.loads(self._aead.decrypt(raw[:12], raw[12:], _AAD))
             session = Session(str(body["t"]), float(body["e"]), str(body["c"]))
-        except (InvalidTag, ValueError, KeyError, TypeError, binascii.Error):
+        except (InvalidTag, ValueError, KeyError, TypeError, BadInputError):
             return None
         return session if session.expires_at > self._now() else None
 
