@@ -17,8 +17,10 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 _END = object()
+_T = TypeVar("_T")
 
 
 class _Failure:
@@ -26,7 +28,7 @@ class _Failure:
         self.exc = exc
 
 
-def threaded(chunks: Iterable[bytes], depth: int = 4) -> Iterator[bytes]:
+def threaded(chunks: Iterable[_T], depth: int = 4) -> Iterator[_T]:
     q: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
