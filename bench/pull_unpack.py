@@ -17,11 +17,11 @@ so that load from other work on the machine hits every contender alike:
 * GNU ``tar -xzf`` of the plain (unencrypted) layers, one after the other.
 
 Each row gives wall time, CPU time (user + system of the process and its children, the
-registry's own excluded) and peak RSS.  The **ceiling** is the least CPU work a pull must
-do on this machine, spread over all cores: read the blob, SHA-256 of the ciphertext,
-HMAC-SHA256, AES-256-CTR, gunzip, SHA-256 of the tar, and one extraction (GNU ``tar -xf``
-of the uncompressed tar: parsing headers and writing the files once), each measured here
-on the case's own blobs.  ``share`` = ceiling time / layerseal time.
+registry's own excluded), that CPU time per GB of image, and peak RSS.  The **ceiling**
+is the least CPU work a pull must do on this machine, spread over all cores: read the
+blob, SHA-256 of the ciphertext, HMAC-SHA256, AES-256-CTR, gunzip, SHA-256 of the tar,
+and one extraction (GNU ``tar -xf`` of the uncompressed tar: parsing headers and writing
+the files once), each measured here on the case's own blobs.  ``share`` = ceiling time / layerseal time.
 
 Also reported: the time from starting ``layerseal run`` to the first byte the container
 prints (cold store, then warm).  Targets: total <= 0.5x the skopeo+umoci pipeline; peak
@@ -288,13 +288,15 @@ def measure_case(
                 files / t.seconds if files else "",
                 t.user_s,
                 t.sys_s,
+                t.cpu_s / size * 1e9,
                 t.peak_rss_mb,
                 f"{ceiling_s / t.seconds:.0%}",
             ]
         )
     rows.append(
         [f"{name}: ceiling ({cores} cores)", ceiling_s, size / ceiling_s / 1e6,
-         files / ceiling_s if files else "", sum(steps.values()), "", "", "100%"]
+         files / ceiling_s if files else "", sum(steps.values()), "", sum(steps.values()) / size * 1e9,
+         "", "100%"]
     )  # fmt: skip
     result = {
         "image_bytes": size,
@@ -302,6 +304,8 @@ def measure_case(
         "ceiling_s": ceiling_s,
         "ceiling_steps_cpu_s": steps,
         "share_of_ceiling": ceiling_s / ls.seconds,
+        "cpu_s_per_gb": {k: v.cpu_s / size * 1e9 for k, v in best.items()},
+        "ceiling_cpu_s_per_gb": sum(steps.values()) / size * 1e9,
         "ratio_vs_skopeo_umoci": ls.seconds / best["skopeo+umoci"].seconds,
         "runs": {k: [t.__dict__ for t in v] for k, v in runs.items()},
     }
@@ -319,6 +323,9 @@ def first_byte(cmd: list[str]) -> tuple[float, float]:
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd} failed with {proc.returncode}")
     return first, time.perf_counter() - start
+
+
+COLUMNS = ["what", "seconds", "MB/s", "files/s", "user s", "sys s", "CPU-s/GB", "peak RSS MB", "of ceiling"]
 
 
 def main() -> int:
@@ -364,15 +371,15 @@ def main() -> int:
                 warm = first_byte(run_cmd)
                 results.update({"run_first_byte_cold_s": cold[0], "run_first_byte_warm_s": warm[0]})
                 rows.append(
-                    ["layerseal run: first output byte (cold store)", cold[0], "", "", "", "", "", ""]
+                    ["layerseal run: first output byte (cold store)", cold[0], "", "", "", "", "", "", ""]
                 )
                 rows.append(
-                    ["layerseal run: first output byte (warm store)", warm[0], "", "", "", "", "", ""]
+                    ["layerseal run: first output byte (warm store)", warm[0], "", "", "", "", "", "", ""]
                 )
     print(
         table(
             f"pull + unpack, fastest of {RUNS} interleaved rounds",
-            ["what", "seconds", "MB/s", "files/s", "user s", "sys s", "peak RSS MB", "of ceiling"],
+            COLUMNS,
             rows,
         )
     )

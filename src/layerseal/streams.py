@@ -18,8 +18,10 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Generic, TypeVar
 
 _END = object()
+_T = TypeVar("_T")
 
 
 class _Failure:
@@ -27,7 +29,7 @@ class _Failure:
         self.exc = exc
 
 
-class ChunkPipe:
+class ChunkPipe(Generic[_T]):
     """A bounded queue of chunks from a producer thread to the consumer's :meth:`drain`.
 
     The producer calls :meth:`put` for each chunk, then :meth:`end`, or :meth:`fail` with
@@ -44,7 +46,7 @@ class ChunkPipe:
         """The consumer has stopped (finished, failed or closed the stream early)."""
         return self._stop.is_set()
 
-    def put(self, item: object) -> bool:
+    def put(self, item: _T | object) -> bool:
         while not self._stop.is_set():
             try:
                 self._q.put(item, timeout=0.1)
@@ -60,7 +62,7 @@ class ChunkPipe:
         """Hand *exc* to the consumer, which re-raises it after the chunks before it."""
         self.put(_Failure(exc))
 
-    def drain(self, producer: threading.Thread) -> Iterator[bytes]:
+    def drain(self, producer: threading.Thread) -> Iterator[_T]:
         """Start *producer* and yield what it puts; stops and joins it when the caller stops."""
         producer.start()
         try:
@@ -76,8 +78,8 @@ class ChunkPipe:
             producer.join()
 
 
-def threaded(chunks: Iterable[bytes], depth: int = 4) -> Iterator[bytes]:
-    pipe = ChunkPipe(depth)
+def threaded(chunks: Iterable[_T], depth: int = 4) -> Iterator[_T]:
+    pipe: ChunkPipe[_T] = ChunkPipe(depth)
 
     def produce() -> None:
         try:

@@ -52,7 +52,7 @@ class _Cancelled(Exception):
 class _PipeWriter:
     """A write-only file object feeding a :class:`ChunkPipe`, in CHUNK_SIZE pieces."""
 
-    def __init__(self, pipe: ChunkPipe) -> None:
+    def __init__(self, pipe: ChunkPipe[bytes]) -> None:
         self._pipe = pipe
         self._buf = bytearray()
 
@@ -80,7 +80,7 @@ def layer_stream(
     sources: Mapping[str, Path], compression: str, keep_mtime: bool
 ) -> tuple[Iterator[bytes], Future[Digest]]:
     """The compressed layer as chunks, and (once they are consumed) its diff_id."""
-    pipe = ChunkPipe(depth=4)
+    pipe: ChunkPipe[bytes] = ChunkPipe(depth=4)
     diff_id: Future[Digest] = Future()
 
     def produce() -> None:

@@ -4,6 +4,11 @@ Every decompressor bounds the size of each output chunk, so a small, highly
 compressible input (a "decompression bomb") never turns into one huge bytes object,
 and each refuses a stream that ends in the middle of a gzip member or zstd frame:
 both libraries would otherwise hand back a silently truncated layer.
+
+Input chunks may be memoryviews of buffers their producer reuses (see
+:func:`layerseal.crypto.layercipher.decrypt_views`): a decompressor reads each one
+before it asks for the next and keeps nothing of it but copies, and every output chunk
+is a ``bytes`` object of its own.
 """
 
 from __future__ import annotations
@@ -16,12 +21,16 @@ from isal import isal_zlib
 
 from layerseal.errors import BadInputError, expected_seen
 
-#: upper bound of one decompressed chunk handed to the caller
+#: upper bound of one decompressed chunk handed to the caller.  Measured on a 512 MiB layer:
+#: 1 MiB (with 1 MiB input slices) saves ~2.5% CPU (a quarter of the queue hand-offs and
+#: hash submissions) but raises the pull's peak RSS from ~72 to ~130 MB (glibc arenas keep
+#: the larger chunks), so 256 KiB stays
 OUT_CHUNK = 256 * 1024
 #: largest piece of compressed input handed to zlib at once
 IN_SLICE = 256 * 1024
 
-Decompressor = Callable[[Iterable[bytes]], Iterator[bytes]]
+Chunk = bytes | memoryview
+Decompressor = Callable[[Iterable[Chunk]], Iterator[bytes]]
 
 # the stub declares `error` as an instance; at runtime it is the exception class
 _GZIP_ERROR = cast(type[Exception], isal_zlib.error)
@@ -44,22 +53,23 @@ def decompressor(compression: str, *, what: str = "layer") -> Decompressor:
     raise BadInputError(expected_seen(f"{what} compression", " or ".join(COMPRESSIONS), repr(compression)))
 
 
-def _passthrough(chunks: Iterable[bytes]) -> Iterator[bytes]:
+def _passthrough(chunks: Iterable[Chunk]) -> Iterator[bytes]:
     for chunk in chunks:
         if chunk:
-            yield bytes(chunk)
+            yield bytes(chunk)  # a chunk of its own: the input's buffer may be reused
 
 
-def _slices(chunks: Iterable[bytes]) -> Iterator[bytes]:
+def _slices(chunks: Iterable[Chunk]) -> Iterator[memoryview]:
     # Feed zlib modest pieces: with a bounded output size, every call that stops early
     # copies the whole unconsumed input tail, which is quadratic in the input chunk size.
+    # Views, not copies: zlib reads them in place.
     for chunk in chunks:
         view = memoryview(chunk)
         for start in range(0, len(view), IN_SLICE):
-            yield bytes(view[start : start + IN_SLICE])
+            yield view[start : start + IN_SLICE]
 
 
-def _gunzip(chunks: Iterable[bytes], what: str) -> Iterator[bytes]:
+def _gunzip(chunks: Iterable[Chunk], what: str) -> Iterator[bytes]:
     # wbits=31: gzip wrapper only.  A layer may hold several gzip members back to back
     # (pigz, concatenated appends): each ends with eof and leaves the next in unused_data.
     d = isal_zlib.decompressobj(wbits=31)
@@ -68,7 +78,7 @@ def _gunzip(chunks: Iterable[bytes], what: str) -> Iterator[bytes]:
     total_in = 0
     try:
         for piece in _slices(chunks):
-            data = piece
+            data: Chunk = piece
             total_in += len(data)
             while data:
                 in_member = True
@@ -116,7 +126,7 @@ def _gunzip(chunks: Iterable[bytes], what: str) -> Iterator[bytes]:
 class _ChunkSource:
     """A ``read(n)`` file-like view of an iterator of chunks (what zstandard reads from)."""
 
-    def __init__(self, chunks: Iterable[bytes], tap: Callable[[bytes], None]) -> None:
+    def __init__(self, chunks: Iterable[Chunk], tap: Callable[[bytes], None]) -> None:
         self._it = iter(chunks)
         self._buf = memoryview(b"")
         self._tap = tap
@@ -126,8 +136,9 @@ class _ChunkSource:
             chunk = next(self._it, None)
             if chunk is None:
                 return b""
-            self._tap(bytes(chunk))
-            self._buf = memoryview(bytes(chunk))
+            data = bytes(chunk)  # one copy: the input's buffer may be reused, zstandard reads later
+            self._tap(data)
+            self._buf = memoryview(data)
         if n < 0 or n >= len(self._buf):
             out, self._buf = self._buf, memoryview(b"")
         else:
@@ -216,7 +227,7 @@ class _ZstdFrameTracker:
         )
 
 
-def _unzstd(chunks: Iterable[bytes], what: str) -> Iterator[bytes]:
+def _unzstd(chunks: Iterable[Chunk], what: str) -> Iterator[bytes]:
     tracker = _ZstdFrameTracker()
     total_in = 0
 

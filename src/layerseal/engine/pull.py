@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerseal.crypto.keywrap import KeyUnwrapper, LayerContext, open_private_options, public_options
-from layerseal.crypto.layercipher import LayerDecryptor, decrypt_stream
-from layerseal.engine.decompress import decompressor
+from layerseal.crypto.layercipher import LayerDecryptor, decrypt_views
+from layerseal.engine.decompress import Chunk, decompressor
 from layerseal.engine.keys import BrokerUnwrapper
 from layerseal.engine.limits import ImageBudget, UnpackLimits
 from layerseal.engine.snapshot import Lease, SnapshotKey, SnapshotStore, user_of
@@ -117,6 +117,8 @@ def _obtain_keys(
 
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+#: decrypted chunks queued between the fetch and the decompress thread
+_DEPTH = 4
 
 
 def _no_space(exc: BaseException) -> OSError | None:
@@ -161,18 +163,22 @@ class _Puller:
         def build(tree: Path) -> None:
             # one pass: download (into the shared store), decrypt, decompress and unpack together;
             # the blob and the snapshot are each committed only once everything verified
+            # the source verifies the blob's digest and size as it streams (ImageSource.iter_blob),
+            # and the store commits only after that stream ended cleanly: one SHA-256 pass
             fetched = self.store.stream_through(
-                desc, lambda: self.src.iter_blob(desc), lambda: downloads.append(True)
+                desc, lambda: self.src.iter_blob(desc), lambda: downloads.append(True), verified=True
             )
-            stream: Iterator[bytes] = iter(fetched)
+            stream: Iterator[Chunk] = iter(fetched)
             if key is not None:
                 # the HMAC authenticates the layer; the decrypted (compressed) blob's own digest
                 # is checked nowhere (ocicrypt's private options often name another blob), so it
                 # is not computed: a full SHA-256 pass of the blob saved
                 decryptor = LayerDecryptor(key[0], key[1], str(ctx), compute_digest=False)
-                stream = decrypt_stream(stream, decryptor)
+                # plaintext in a ring of reused buffers: the queue below holds _DEPTH chunks, the
+                # decompressor one more while it asks for the next, and one is being written
+                stream = decrypt_views(stream, decryptor, buffers=_DEPTH + 3)
             # three stages on three threads: fetch + decrypt + verify, decompress, unpack
-            inner = threaded(stream)
+            inner = threaded(stream, depth=_DEPTH)
             tar_stream = threaded(
                 decompressor(mt.compression(desc.media_type), what=str(ctx))(inner), depth=8
             )

@@ -291,6 +291,8 @@ class SharedBlobStore:
         desc: Descriptor,
         fetch: Callable[[], Iterable[bytes]],
         on_fetch: Callable[[], None] | None = None,
+        *,
+        verified: bool = False,
     ) -> Iterator[bytes]:
         """Like :meth:`iter_verified`, but a blob that is missing is streamed while it is stored.
 
@@ -299,17 +301,23 @@ class SharedBlobStore:
         stream), so the consumer's output is provisional until then, as with
         :meth:`iter_blob`.  Other processes wanting the same blob wait on its lock and then
         find it present.  *on_fetch* is called when this call is the one downloading.
+
+        ``verified=True`` says *fetch* returns an ``ImageSource.iter_blob(desc)`` stream,
+        which raises unless the bytes match *desc*'s digest and size: the download is then
+        not hashed a second time (it is still committed only on a clean end of that stream).
         """
         if not self.has(desc):
             with self._lock(desc.digest.hex, exclusive=True):
                 if not self.has(desc):
                     if on_fetch is not None:
                         on_fetch()
-                    yield from self._download_through(desc, fetch)
+                    yield from self._download_through(desc, fetch, verified=verified)
                     return
         yield from self.iter_verified(desc, fetch)
 
-    def _download_through(self, desc: Descriptor, fetch: Callable[[], Iterable[bytes]]) -> Iterator[bytes]:
+    def _download_through(
+        self, desc: Descriptor, fetch: Callable[[], Iterable[bytes]], *, verified: bool = False
+    ) -> Iterator[bytes]:
         final = self.path(desc.digest)
         _mkdir_private(final.parent)
         # the caller holds this digest's lock: other temporary files of it are a dead download's
@@ -323,14 +331,16 @@ class SharedBlobStore:
             )
             # the digest is computed on a helper thread (hashlib releases the GIL) while this
             # thread writes and hands on the chunk; it is checked before anything is committed
-            hashing = Background(verifier.update)
+            hashing = None if verified else Background(verifier.update)
             with os.fdopen(fd, "wb") as f:
                 for chunk in fetch():
-                    hashing.update(chunk)
+                    if hashing is not None:
+                        hashing.update(chunk)
                     f.write(chunk)
                     yield chunk
-                hashing.wait()
-                verifier.verify()
+                if hashing is not None:
+                    hashing.wait()
+                    verifier.verify()
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, _BLOB_MODE)

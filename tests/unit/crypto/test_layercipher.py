@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layerseal.crypto.layercipher import LayerDecryptor, LayerEncryptor
+from layerseal.crypto.layercipher import LayerDecryptor, LayerEncryptor, decrypt_views
 from layerseal.errors import IntegrityError, MisuseError
 from layerseal.image.digest import Digest
 from layerseal.image.encryption import PrivateOptions, PublicOptions
@@ -131,3 +131,61 @@ def test_state_machine_misuse() -> None:
         enc.finalize()
     with pytest.raises(MisuseError):
         LayerEncryptor(b"short")
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.binary(max_size=300_000), cuts=st.lists(st.integers(min_value=0), max_size=8))
+def test_update_into_matches_update(data: bytes, cuts: list[int]) -> None:
+    ct, pub, priv = _sealed(data)
+    dec = LayerDecryptor(pub, priv)
+    out = bytearray(len(ct) + 15)
+    pt = b"".join(bytes(dec.update_into(c, out)) for c in chunked(ct, cuts))
+    assert pt == data
+    assert dec.finalize() == Digest.of(data)
+
+
+def test_update_into_mixed_with_update_keeps_the_digest_in_order() -> None:
+    data = os.urandom(300_000)
+    ct, pub, priv = _sealed(data)
+    dec = LayerDecryptor(pub, priv)
+    pt = dec.update(ct[:100_000]) + bytes(dec.update_into(ct[100_000:], bytearray(200_015)))
+    assert pt == data
+    assert dec.finalize() == Digest.of(data)
+
+
+def test_decrypt_views_stream_and_authenticate_at_the_end() -> None:
+    data = os.urandom(1_000_000)
+    ct, pub, priv = _sealed(data)
+    pieces = chunked(ct, [70_000, 300_000, 300_001, 900_000])
+    views = decrypt_views(pieces, LayerDecryptor(pub, priv, compute_digest=False), buffers=3)
+    assert b"".join(bytes(v) for v in views) == data
+    bad = [*pieces[:-1], pieces[-1][:-1] + bytes([pieces[-1][-1] ^ 1])]
+    out = []
+    with pytest.raises(IntegrityError, match="layer 2: HMAC mismatch"):
+        for v in decrypt_views(bad, LayerDecryptor(pub, priv, "layer 2"), buffers=3):
+            out.append(bytes(v))
+    assert len(out) == len(bad)  # all the (unauthenticated) plaintext came before the error
+
+
+def test_decrypt_views_never_overwrite_a_view_still_held() -> None:
+    # a consumer keeping every view (more than the ring holds) still sees each chunk intact
+    data = os.urandom(2_000_000)
+    ct, pub, priv = _sealed(data)
+    pieces = [ct[i : i + 100_000] for i in range(0, len(ct), 100_000)]
+    held = list(decrypt_views(pieces, LayerDecryptor(pub, priv), buffers=2))
+    assert b"".join(bytes(v) for v in held) == data
+
+
+def test_decrypt_views_reuse_buffers_a_consumer_let_go() -> None:
+    data = os.urandom(1_000_000)
+    ct, pub, priv = _sealed(data)
+    pieces = [ct[i : i + 100_000] for i in range(0, len(ct), 100_000)]
+    bases: list[object] = []  # the buffers themselves, kept alive (unlike views, that does not pin them)
+    got = bytearray()
+    for v in decrypt_views(pieces, LayerDecryptor(pub, priv), buffers=2):
+        assert isinstance(v.obj, bytearray)
+        bases.append(v.obj)
+        got += v
+        v.release()
+    assert got == data
+    assert len({id(b) for b in bases}) == 2

@@ -16,7 +16,7 @@ import pytest
 from layerseal.cli.main import main as cli_main
 from layerseal.errors import BadInputError, IntegrityError, NotFoundError
 from layerseal.image.descriptor import Descriptor
-from layerseal.image.digest import Digest
+from layerseal.image.digest import Digest, DigestVerifier
 from layerseal.layout.blobstore import SharedBlobStore
 
 MT = "application/vnd.oci.image.layer.v1.tar+gzip+encrypted"
@@ -371,6 +371,40 @@ def test_stream_through_commits_only_a_verified_download(tmp_path: Path) -> None
             pass
     assert not store.has(bad)
     assert not [p for p in (tmp_path / "st" / "blobs" / "sha256").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_stream_through_a_verified_source_is_hashed_once_and_committed_only_on_its_clean_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SharedBlobStore(tmp_path / "st")
+    data = os.urandom(300_000)
+    desc = Descriptor("application/octet-stream", Digest.of(data), len(data))
+
+    def source(blob: bytes) -> Iterator[bytes]:
+        # what ImageSource.iter_blob does: verify while streaming, raise after the last chunk
+        verifier = DigestVerifier(desc.digest, desc.size)
+        for piece in (blob[:1000], blob[1000:]):
+            verifier.update(piece)
+            yield piece
+        verifier.verify()
+
+    hashed: list[int] = []
+    real_update = DigestVerifier.update
+
+    def counting_update(self: DigestVerifier, chunk: bytes | memoryview) -> None:
+        hashed.append(len(chunk))
+        real_update(self, chunk)
+
+    monkeypatch.setattr(DigestVerifier, "update", counting_update)
+    tampered = data[:-1] + bytes([data[-1] ^ 1])
+    with pytest.raises(IntegrityError):
+        for _ in store.stream_through(desc, lambda: source(tampered), verified=True):
+            pass
+    assert not store.has(desc)
+    assert not [p for p in (tmp_path / "st" / "blobs" / "sha256").iterdir() if p.name.endswith(".tmp")]
+    hashed.clear()
+    assert b"".join(store.stream_through(desc, lambda: source(data), verified=True)) == data
+    assert store.has(desc) and sum(hashed) == len(data)  # the source's pass only
 
 
 def test_a_download_removes_dead_downloads_of_the_same_blob(tmp_path: Path) -> None:
