@@ -39,6 +39,14 @@ from layerseal.broker.console import console_routes
 from layerseal.broker.metrics import Metrics
 from layerseal.broker.openapi import openapi_document
 from layerseal.broker.ratelimit import RateLimiter
+from layerseal.broker.requests import (
+    AuthRequest,
+    PlatformRequest,
+    RevokeAttestationRequest,
+    TokenRequest,
+    batch_resources,
+    unused_flag,
+)
 from layerseal.broker.service import Broker, KeyInfo, Principal, batch_payload
 from layerseal.errors import BadInputError, LayersealError
 from layerseal.kbs.constants import SESSION_COOKIE
@@ -249,7 +257,7 @@ def create_app(
         client = _client(request)
         if not limiter.allow(client):
             raise RateLimitedError(f"/kbs/v0/auth: expected at most {limiter.rate:g}/s per client, seen more")
-        challenge = broker.auth(client, await _json(request))
+        challenge = broker.auth(client, AuthRequest.from_json(await _json(request)))
         response = JSONResponse({"nonce": challenge.nonce, "extra-params": ""})
         max_age = max(1, int(challenge.expires_at - broker.clock()))
         response.set_cookie(
@@ -266,6 +274,7 @@ def create_app(
             )
         body = await _json(request)
         session_id = request.cookies.get(SESSION_COOKIE)
+        # parsed by the broker, once it has seen the cookie: without one the answer is 401
         token, exp, _ = broker.attest(session_id, body, client)
         response = JSONResponse({"token": token})
         assert session_id is not None
@@ -284,10 +293,7 @@ def create_app(
 
     @endpoint("kbs_resources")
     async def kbs_resources(request: Request) -> Response:
-        body = await _json(request)
-        resources = body.get("resources")
-        if not isinstance(resources, list):
-            raise BadInputError("batch request: field 'resources': expected an array of resource paths")
+        resources = batch_resources(await _json(request))
         attested, keks = await broker.release_request_async(
             request.cookies.get(SESSION_COOKIE), request.headers.get("authorization"), resources
         )
@@ -337,10 +343,7 @@ def create_app(
     @endpoint("keys_unused")
     async def keys_unused(request: Request) -> Response:
         who = principal(request)
-        body = await _json(request)
-        unused = body.get("unused", True)
-        if not isinstance(unused, bool):
-            raise BadInputError("mark unused: field 'unused': expected true or false")
+        unused = unused_flag(await _json(request))
         return key_response(broker.mark_unused(who, request.path_params["key_id"], unused))
 
     @endpoint("keys_version_status")
@@ -389,12 +392,7 @@ def create_app(
     @endpoint("platforms_register")
     async def platforms_register(request: Request) -> Response:
         who = principal(request)
-        body = await _json(request)
-        cert = body.get("certificate")
-        if not isinstance(cert, str) or len(cert) > 65536:
-            raise BadInputError("platform: field 'certificate': expected a PEM string")
-        desc = body.get("description", "")
-        fingerprint = broker.register_platform(who, body.get("tee", "sim"), cert.encode(), str(desc))
+        fingerprint = broker.register_platform(who, PlatformRequest.from_json(await _json(request)))
         return JSONResponse({"fingerprint": fingerprint}, status_code=201)
 
     @endpoint("platforms_list")
@@ -409,19 +407,8 @@ def create_app(
     @endpoint("tokens_create")
     async def tokens_create(request: Request) -> Response:
         who = principal(request)
-        body = await _json(request)
-        tenant = body.get("tenant")
-        if not isinstance(tenant, str):
-            raise BadInputError("token request: field 'tenant': expected a string")
-        # a lifetime (expires_in, seconds) or a moment (expires_at, epoch seconds), not both
-        expires_in = admin.parse_expires_in(body.get("expires_in"))
-        expires_at = body.get("expires_at")
-        if expires_in is not None:
-            if expires_at is not None:
-                raise BadInputError("token request: expected expires_in or expires_at, seen both")
-            expires_at = broker.clock() + expires_in
-        token_id, token = broker.create_api_token(
-            who, tenant, body.get("scopes"), str(body.get("description", "")), expires_at
+        token_id, token, expires_at = broker.create_api_token(
+            who, TokenRequest.from_json(await _json(request))
         )
         return JSONResponse({"token_id": token_id, "token": token, "expires_at": expires_at}, status_code=201)
 
@@ -447,13 +434,8 @@ def create_app(
     @endpoint("attestation_revoke")
     async def attestation_revoke(request: Request) -> Response:
         who = principal(request)
-        body = await _json(request)
-        token, jti = body.get("token"), body.get("jti")
-        if token is not None and not isinstance(token, str):
-            raise BadInputError("revoke: field 'token': expected a string")
-        if jti is not None and not isinstance(jti, str):
-            raise BadInputError("revoke: field 'jti': expected a string")
-        return JSONResponse({"revoked": broker.revoke_attestation(who, token, jti)})
+        body = RevokeAttestationRequest.from_json(await _json(request))
+        return JSONResponse({"revoked": broker.revoke_attestation(who, body)})
 
     @endpoint("audit_list")
     async def audit_list(request: Request) -> Response:
