@@ -143,11 +143,11 @@ class AuthRequest:
 class AttestRequest:
     """``POST /kbs/v0/attest``: the evidence and what it must bind (nonce, tee-pubkey)."""
 
-    nonce: str
-    tee_pubkey: dict[str, Any]
     evidence: bytes
     additional_evidence: str
     init_data: Any
+    nonce: str
+    tee_pubkey: dict[str, Any]
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> AttestRequest:
@@ -180,7 +180,7 @@ class AttestRequest:
             evidence = json.dumps(primary, separators=(",", ":")).encode()
         else:
             raise BadInputError("attestation: field 'tee-evidence': expected an object or string")
-        return cls(nonce, tee_pubkey, evidence, additional, body.get("init-data"))
+        return cls(evidence, additional, body.get("init-data"), nonce, tee_pubkey)
 
 
 @dataclass(frozen=True)
@@ -297,10 +297,10 @@ class PlatformRequest:
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> PlatformRequest:
-        cert = body.get("certificate")
+        cert, tee = body.get("certificate"), body.get("tee", "sim")
         if not isinstance(cert, str) or len(cert) > 65536:
             raise BadInputError("platform: field 'certificate': expected a PEM string")
-        return cls(body.get("tee", "sim"), cert, str(body.get("description", ""))[:200])
+        return cls(tee, cert, str(body.get("description", ""))[:200])
 
     def certificate(self) -> tuple[str, bytes]:
         """(TEE kind, DER certificate)."""

@@ -31,8 +31,8 @@ from layerseal.broker.requests import (
     coerce,
 )
 from layerseal.broker.service.apitokens import ApiTokens
-from layerseal.broker.service.attestation import Attestation, Challenge, OpenChallenge, open_token_signer
-from layerseal.broker.service.common import Attested, AuditTrail, BrokerConfig, Clock, Principal
+from layerseal.broker.service.attestation import Attestation, Challenge, open_token_signer
+from layerseal.broker.service.common import Attested, AuditTrail, BrokerConfig, Clock, Context, Principal
 from layerseal.broker.service.evaluation import PolicyRunner, start_policy_processes
 from layerseal.broker.service.keys import KeyInfo, LayerKeys
 from layerseal.broker.service.policyadmin import PolicyAdmin
@@ -66,15 +66,12 @@ class Broker:
         self.audit_log = self.audit.committer
         self.listeners = self.audit.listeners  # (action, decision, keys) for metrics
         self.policy_runner = PolicyRunner()
-        self.tokens = ApiTokens(store, self._clock, self.audit)
-        self.keys = LayerKeys(store, custody, self._clock, self.audit)
-        self.rules = PolicyAdmin(store, self._clock, self.audit)
-        self.attestation = Attestation(
-            store, custody, self.config, self._clock, self.audit, signer=self.signer, verifiers=self.verifiers
-        )
-        self.releases = Releases(
-            store, custody, self.config, self._clock, self.audit, self.attestation, self.policy_runner
-        )
+        ctx = Context(store, custody, self.config, self._clock, self.audit)
+        self.tokens = ApiTokens(ctx)
+        self.keys = LayerKeys(ctx)
+        self.rules = PolicyAdmin(ctx)
+        self.attestation = Attestation(ctx, signer=self.signer, verifiers=self.verifiers)
+        self.releases = Releases(ctx, self.attestation, self.policy_runner)
         # the parts' entry points, under the names callers have always used
         self.authenticate = self.tokens.authenticate
         self.list_api_tokens = self.tokens.list
@@ -156,7 +153,6 @@ __all__ = [
     "Challenge",
     "Claims",
     "KeyInfo",
-    "OpenChallenge",
     "PolicyRunner",
     "Principal",
     "batch_payload",

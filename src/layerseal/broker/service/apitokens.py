@@ -6,20 +6,15 @@ from typing import Any
 
 from layerseal.broker import admin
 from layerseal.broker.requests import ADMIN_TENANT, TokenRequest
-from layerseal.broker.service.common import AuditTrail, Clock, Principal, actor_of, utc
-from layerseal.broker.store import ApiTokenRow, Store
+from layerseal.broker.service.common import Part, Principal, actor_of, utc
+from layerseal.broker.store import ApiTokenRow
 from layerseal.broker.tokens import new_api_token, split_api_token, token_matches
 from layerseal.errors import NotFoundError
 from layerseal.kbs.problems import UnauthenticatedError
 
 
-class ApiTokens:
+class ApiTokens(Part):
     """The API tokens publishers and admins authenticate with."""
-
-    def __init__(self, store: Store, clock: Clock, audit: AuditTrail) -> None:
-        self.store = store
-        self.clock = clock
-        self.audit = audit
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization or not authorization.startswith("Bearer "):

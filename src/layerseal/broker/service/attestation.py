@@ -27,9 +27,8 @@ from layerseal.broker.custody import KeyCustody, record_aad
 from layerseal.broker.requests import AttestRequest, AuthRequest, RevokeAttestationRequest
 from layerseal.broker.service.common import (
     Attested,
-    AuditTrail,
-    BrokerConfig,
-    Clock,
+    Context,
+    Part,
     Principal,
     claims_digest,
 )
@@ -61,43 +60,25 @@ def open_token_signer(store: Store, custody: KeyCustody, issuer: str) -> TokenSi
 
 @dataclass(frozen=True)
 class Challenge:
-    """A fresh RCAR challenge: the cookie value that carries it, its nonce and expiry."""
+    """An RCAR challenge: the TEE kind asked for, the ``kbs-session-id`` cookie value that
+    carries it (MAC'd by this broker), its nonce (base64) and expiry."""
 
+    tee: str
     session_id: str
     nonce: str
     expires_at: float
 
 
-@dataclass(frozen=True)
-class OpenChallenge:
-    """A verified challenge cookie: the TEE kind asked for, the nonce and its expiry."""
-
-    tee: str
-    nonce: str
-    expires_at: float
-
-
-class Attestation:
+class Attestation(Part):
     """The RCAR handshake and what it proves to later resource requests."""
 
-    def __init__(
-        self,
-        store: Store,
-        custody: KeyCustody,
-        config: BrokerConfig,
-        clock: Clock,
-        audit: AuditTrail,
-        *,
-        signer: TokenSigner,
-        verifiers: TeeVerifiers,
-    ) -> None:
-        self.store = store
-        self.config = config
-        self.clock = clock
-        self.audit = audit
+    def __init__(self, ctx: Context, *, signer: TokenSigner, verifiers: TeeVerifiers) -> None:
+        super().__init__(ctx)
         self.signer = signer
         self.verifiers = verifiers
-        self._challenge_key = _stored_secret(store, custody, _CHALLENGE_SECRET, lambda: os.urandom(32))
+        self._challenge_key = _stored_secret(
+            ctx.store, ctx.custody, _CHALLENGE_SECRET, lambda: os.urandom(32)
+        )
         # verified token -> (claims, claims digest); revocation is still read per request
         self._tokens: OrderedDict[str, tuple[dict[str, Any], str]] = OrderedDict()
         self._lock = threading.Lock()
@@ -113,12 +94,12 @@ class Attestation:
         nonce = os.urandom(32)
         token = f"{tee}.{expires}.{_b64url(nonce)}"
         token += "." + _b64url(self._challenge_mac(token))
-        return Challenge(token, base64.b64encode(nonce).decode(), float(expires))
+        return Challenge(tee, token, base64.b64encode(nonce).decode(), float(expires))
 
     def _challenge_mac(self, text: str) -> bytes:
         return hmac.new(self._challenge_key, text.encode(), hashlib.sha256).digest()[:20]
 
-    def open_challenge(self, cookie: str, now: float) -> OpenChallenge:
+    def open_challenge(self, cookie: str, now: float) -> Challenge:
         """The challenge a ``kbs-session-id`` cookie carries, if this broker made it and it is live."""
         parts = cookie.split(".") if len(cookie) <= 200 else []
         if len(parts) != 4 or not parts[1].isdigit():
@@ -136,7 +117,7 @@ class Attestation:
                 f"attest: expected a live session, seen one expired {int(now - expires)} s ago"
             )
         nonce = base64.b64encode(base64.urlsafe_b64decode(parts[2] + "=" * (-len(parts[2]) % 4))).decode()
-        return OpenChallenge(parts[0], nonce, expires)
+        return Challenge(parts[0], cookie, nonce, expires)
 
     @staticmethod
     def session_key(cookie: str) -> str:
@@ -218,7 +199,7 @@ class Attestation:
         )
         return token, exp, Attested(tree, tee_pubkey, jti, evidence_digest, f"session:{session_id[:8]}")
 
-    def _verify(self, session: OpenChallenge, request: AttestRequest) -> Claims:
+    def _verify(self, session: Challenge, request: AttestRequest) -> Claims:
         if not secrets.compare_digest(request.nonce.encode(), session.nonce.encode()):
             raise DeniedError("attestation nonce: expected the nonce of this session, seen another")
         return rcar.verify(

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from layerseal.broker.custody import KeyCustody
 from layerseal.broker.groupcommit import AuditCommitter
 from layerseal.broker.requests import ADMIN_TENANT
 from layerseal.broker.store import Store, keys_json
@@ -185,3 +186,25 @@ class AuditTrail:
         return [
             dict(r.content, chain=r.chain, id=r.id, prev_hash=r.prev_hash, row_hash=r.row_hash) for r in rows
         ]
+
+
+@dataclass(frozen=True)
+class Context:
+    """The state the parts of one broker share, handed to each explicitly."""
+
+    store: Store
+    custody: KeyCustody
+    config: BrokerConfig
+    clock: Clock
+    audit: AuditTrail
+
+
+class Part:
+    """A part of the broker service, over its broker's shared state."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.store = ctx.store
+        self.custody = ctx.custody
+        self.config = ctx.config
+        self.clock = ctx.clock
+        self.audit = ctx.audit

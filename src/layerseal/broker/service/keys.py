@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from layerseal.broker.custody import KeyCustody, record_aad
+from layerseal.broker.custody import record_aad
 from layerseal.broker.requests import CreateKeyRequest, RotateKeyRequest, check_optsdata, check_repository
-from layerseal.broker.service.common import AuditTrail, Clock, Principal
-from layerseal.broker.store import KeyRow, Store
+from layerseal.broker.service.common import Part, Principal
+from layerseal.broker.store import KeyRow
 from layerseal.errors import BadInputError, NotFoundError
 from layerseal.kbs import packets
 from layerseal.kbs.problems import ForbiddenError, UnavailableError
@@ -80,14 +80,8 @@ class KeyInfo:
         }
 
 
-class LayerKeys:
+class LayerKeys(Part):
     """The key lifecycle of the publisher API."""
-
-    def __init__(self, store: Store, custody: KeyCustody, clock: Clock, audit: AuditTrail) -> None:
-        self.store = store
-        self.custody = custody
-        self.clock = clock
-        self.audit = audit
 
     def _load(self, principal: Principal, key_id: str, scope: str, *, secrets_too: bool = False) -> KeyRow:
         if not isinstance(key_id, str) or not packets.KEY_ID_RE.match(key_id):

@@ -9,18 +9,13 @@ from typing import Any
 from layerseal.attest.x509util import certificate_fingerprint
 from layerseal.broker import admin
 from layerseal.broker.requests import PlatformRequest, PolicyRequest, RefValuesRequest, policy_target
-from layerseal.broker.service.common import AuditTrail, Clock, Principal, actor_of
-from layerseal.broker.store import PlatformRow, Store
+from layerseal.broker.service.common import Part, Principal, actor_of
+from layerseal.broker.store import PlatformRow
 from layerseal.errors import NotFoundError
 
 
-class PolicyAdmin:
+class PolicyAdmin(Part):
     """Who may release what: policies and reference values per tenant, trusted platforms."""
-
-    def __init__(self, store: Store, clock: Clock, audit: AuditTrail) -> None:
-        self.store = store
-        self.clock = clock
-        self.audit = audit
 
     @staticmethod
     def _reading(principal: Principal, tenant: Any) -> str | None:

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from layerseal.broker import policy
-from layerseal.broker.custody import KeyCustody, record_aad
+from layerseal.broker.custody import record_aad
 from layerseal.broker.requests import parse_paths
 from layerseal.broker.service.attestation import Attestation
-from layerseal.broker.service.common import Attested, AuditTrail, BrokerConfig, Clock
+from layerseal.broker.service.common import Attested, Context, Part
 from layerseal.broker.service.evaluation import PolicyRunner
-from layerseal.broker.store import KeyRow, ReleaseSnapshot, Store, TenantRules
+from layerseal.broker.store import KeyRow, ReleaseSnapshot, TenantRules
 from layerseal.crypto import jwe
 from layerseal.errors import BadInputError, LayersealError, NotFoundError
 from layerseal.kbs import packets
@@ -89,24 +89,11 @@ def _key_version(p: packets.ResourcePath, row: KeyRow | None) -> tuple[KeyRow, i
     return row, ver.version, ver.sealed_kek
 
 
-class Releases:
+class Releases(Part):
     """Releases of KEKs to attested TEEs."""
 
-    def __init__(
-        self,
-        store: Store,
-        custody: KeyCustody,
-        config: BrokerConfig,
-        clock: Clock,
-        audit: AuditTrail,
-        attestation: Attestation,
-        policy_runner: PolicyRunner,
-    ) -> None:
-        self.store = store
-        self.custody = custody
-        self.config = config
-        self.clock = clock
-        self.audit = audit
+    def __init__(self, ctx: Context, attestation: Attestation, policy_runner: PolicyRunner) -> None:
+        super().__init__(ctx)
         self.attestation = attestation
         self.policy_runner = policy_runner
         self._policies: dict[str, policy.Policy] = {}
@@ -114,7 +101,7 @@ class Releases:
         # SQLite reads take microseconds in-process: a thread hop would cost more than it saves
         self._reads_off_loop = (
             None
-            if store.engine.dialect.name == "sqlite"
+            if ctx.store.engine.dialect.name == "sqlite"
             else ThreadPoolExecutor(8, thread_name_prefix="layerseal-read")
         )
 
