@@ -23,6 +23,7 @@ import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -321,24 +322,52 @@ def create_app(
         keys = broker.list_keys(who, q.get("tenant"), q.get("repository"))
         return JSONResponse({"keys": [k.to_json() for k in keys]})
 
-    @endpoint("keys_get")
-    async def keys_get(request: Request) -> Response:
-        return key_response(broker.get_key(principal(request), request.path_params["key_id"]))
+    # the endpoints that only name an object in their path, or only a tenant in their query
 
-    @endpoint("keys_delete")
-    async def keys_delete(request: Request) -> Response:
-        broker.delete_key(principal(request), request.path_params["key_id"])
-        return Response(status_code=204)
+    def of_key(name: str, call: Callable[[Principal, str], KeyInfo]) -> Handler:
+        async def handler(request: Request) -> Response:
+            return key_response(call(principal(request), request.path_params["key_id"]))
+
+        return endpoint(name)(handler)
+
+    def removal(name: str, call: Callable[[Principal, str], None], param: str) -> Handler:
+        async def handler(request: Request) -> Response:
+            call(principal(request), request.path_params[param])
+            return Response(status_code=204)
+
+        return endpoint(name)(handler)
+
+    def listing(name: str, field: str, call: Callable[[Principal, str | None], object]) -> Handler:
+        async def handler(request: Request) -> Response:
+            return JSONResponse({field: call(principal(request), request.query_params.get("tenant"))})
+
+        return endpoint(name)(handler)
+
+    def with_body(name: str, call: Callable[[Principal, dict[str, Any]], dict[str, Any]]) -> Handler:
+        async def handler(request: Request) -> Response:
+            who = principal(request)
+            return JSONResponse(call(who, await _json(request)))
+
+        return endpoint(name)(handler)
+
+    keys_get = of_key("keys_get", broker.get_key)
+    keys_revoke = of_key("keys_revoke", broker.revoke_key)
+    keys_delete = removal("keys_delete", broker.delete_key, "key_id")
+    policies_put = with_body("policies_put", broker.set_policy)
+    policies_list = listing("policies_list", "policies", broker.list_policies)
+    refvalues_add = with_body("refvalues_add", broker.change_refvalues)
+    refvalues_remove = with_body("refvalues_remove", partial(broker.change_refvalues, remove=True))
+    refvalues_list = listing("refvalues_list", "refvalues", broker.list_refvalues)
+    platforms_delete = removal("platforms_delete", broker.delete_platform, "fingerprint")
+    # tokens are revoked, never erased: the audit log keeps naming them
+    tokens_delete = removal("tokens_delete", broker.revoke_api_token, "token_id")
+    tokens_revoke = removal("tokens_revoke", broker.revoke_api_token, "token_id")
 
     @endpoint("keys_rotate")
     async def keys_rotate(request: Request) -> Response:
         who = principal(request)
         info, packet = broker.rotate_key(who, request.path_params["key_id"], await _json(request))
         return key_response(info, packet, 201)
-
-    @endpoint("keys_revoke")
-    async def keys_revoke(request: Request) -> Response:
-        return key_response(broker.revoke_key(principal(request), request.path_params["key_id"]))
 
     @endpoint("keys_unused")
     async def keys_unused(request: Request) -> Response:
@@ -357,37 +386,11 @@ def create_app(
             )
         return key_response(broker.set_version_status(who, p["key_id"], int(p["version"]), status))
 
-    @endpoint("policies_put")
-    async def policies_put(request: Request) -> Response:
-        who = principal(request)
-        return JSONResponse(broker.set_policy(who, await _json(request)))
-
-    @endpoint("policies_list")
-    async def policies_list(request: Request) -> Response:
-        return JSONResponse(
-            {"policies": broker.list_policies(principal(request), request.query_params.get("tenant"))}
-        )
-
     @endpoint("policies_delete")
     async def policies_delete(request: Request) -> Response:
         q = request.query_params
         broker.delete_policy(principal(request), q.get("tenant"), q.get("scope"), q.get("target"))
         return Response(status_code=204)
-
-    @endpoint("refvalues_add")
-    async def refvalues_add(request: Request) -> Response:
-        who = principal(request)
-        return JSONResponse(broker.change_refvalues(who, await _json(request)))
-
-    @endpoint("refvalues_remove")
-    async def refvalues_remove(request: Request) -> Response:
-        who = principal(request)
-        return JSONResponse(broker.change_refvalues(who, await _json(request), remove=True))
-
-    @endpoint("refvalues_list")
-    async def refvalues_list(request: Request) -> Response:
-        refs = broker.list_refvalues(principal(request), request.query_params.get("tenant"))
-        return JSONResponse({"refvalues": refs})
 
     @endpoint("platforms_register")
     async def platforms_register(request: Request) -> Response:
@@ -398,11 +401,6 @@ def create_app(
     @endpoint("platforms_list")
     async def platforms_list(request: Request) -> Response:
         return JSONResponse({"platforms": broker.list_platforms(principal(request))})
-
-    @endpoint("platforms_delete")
-    async def platforms_delete(request: Request) -> Response:
-        broker.delete_platform(principal(request), request.path_params["fingerprint"])
-        return Response(status_code=204)
 
     @endpoint("tokens_create")
     async def tokens_create(request: Request) -> Response:
@@ -419,17 +417,6 @@ def create_app(
     @endpoint("tokens_get")
     async def tokens_get(request: Request) -> Response:
         return JSONResponse(admin.token_view(broker, principal(request), request.path_params["token_id"]))
-
-    @endpoint("tokens_delete")
-    async def tokens_delete(request: Request) -> Response:
-        # tokens are revoked, never erased: the audit log keeps naming them
-        broker.revoke_api_token(principal(request), request.path_params["token_id"])
-        return Response(status_code=204)
-
-    @endpoint("tokens_revoke")
-    async def tokens_revoke(request: Request) -> Response:
-        broker.revoke_api_token(principal(request), request.path_params["token_id"])
-        return Response(status_code=204)
 
     @endpoint("attestation_revoke")
     async def attestation_revoke(request: Request) -> Response:
