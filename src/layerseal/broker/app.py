@@ -23,7 +23,6 @@ import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -350,18 +349,23 @@ def create_app(
 
         return endpoint(name)(handler)
 
-    keys_get = of_key("keys_get", broker.get_key)
-    keys_revoke = of_key("keys_revoke", broker.revoke_key)
-    keys_delete = removal("keys_delete", broker.delete_key, "key_id")
-    policies_put = with_body("policies_put", broker.set_policy)
-    policies_list = listing("policies_list", "policies", broker.list_policies)
-    refvalues_add = with_body("refvalues_add", broker.change_refvalues)
-    refvalues_remove = with_body("refvalues_remove", partial(broker.change_refvalues, remove=True))
-    refvalues_list = listing("refvalues_list", "refvalues", broker.list_refvalues)
-    platforms_delete = removal("platforms_delete", broker.delete_platform, "fingerprint")
+    # the broker's methods are looked up per request: building the app touches no broker
+    keys_get = of_key("keys_get", lambda who, key_id: broker.get_key(who, key_id))
+    keys_revoke = of_key("keys_revoke", lambda who, key_id: broker.revoke_key(who, key_id))
+    keys_delete = removal("keys_delete", lambda who, key_id: broker.delete_key(who, key_id), "key_id")
+    policies_put = with_body("policies_put", lambda who, body: broker.set_policy(who, body))
+    policies_list = listing("policies_list", "policies", lambda who, t: broker.list_policies(who, t))
+    refvalues_add = with_body("refvalues_add", lambda who, body: broker.change_refvalues(who, body))
+    refvalues_remove = with_body(
+        "refvalues_remove", lambda who, body: broker.change_refvalues(who, body, remove=True)
+    )
+    refvalues_list = listing("refvalues_list", "refvalues", lambda who, t: broker.list_refvalues(who, t))
+    platforms_delete = removal(
+        "platforms_delete", lambda who, fp: broker.delete_platform(who, fp), "fingerprint"
+    )
     # tokens are revoked, never erased: the audit log keeps naming them
-    tokens_delete = removal("tokens_delete", broker.revoke_api_token, "token_id")
-    tokens_revoke = removal("tokens_revoke", broker.revoke_api_token, "token_id")
+    tokens_delete = removal("tokens_delete", lambda who, tid: broker.revoke_api_token(who, tid), "token_id")
+    tokens_revoke = removal("tokens_revoke", lambda who, tid: broker.revoke_api_token(who, tid), "token_id")
 
     @endpoint("keys_rotate")
     async def keys_rotate(request: Request) -> Response:
