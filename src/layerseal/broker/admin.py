@@ -20,22 +20,10 @@ if TYPE_CHECKING:
     from layerseal.broker.store import Store
 
 LAST_USE_RESOLUTION = 60.0  # seconds: last use is recorded at most this often per token
-MAX_TOKEN_LIFETIME = 10 * 365 * 86400.0
 AUDIT_OUTCOMES = ("ok", "deny")
 
 
 # ------------------------------------------------------------------ token expiry and last use
-
-
-def parse_expires_in(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value <= MAX_TOKEN_LIFETIME:
-        raise BadInputError(
-            f"token request: field 'expires_in': expected 1..{int(MAX_TOKEN_LIFETIME)} seconds, "
-            f"seen {str(value)[:20]!r}"
-        )
-    return float(value)
 
 
 def check_token_use(store: Store, token_id: str, now: float) -> None:
@@ -82,16 +70,16 @@ def token_view(broker: Broker, principal: Principal, token_id: str) -> dict[str,
 # ------------------------------------------------------------------ validation hooks
 
 
-def check_policy_for(broker: Broker, tenant: str, parsed: Policy) -> None:
+def check_policy_for(store: Store, tenant: str, parsed: Policy) -> None:
     """Called by ``Broker.set_policy`` before storing: see :func:`refcheck.check_policy`."""
-    refvalues = broker.store.list_refvalues(tenant).get(tenant, {})
+    refvalues = store.list_refvalues(tenant).get(tenant, {})
     refcheck.check_policy(parsed, refvalues)
 
 
-def check_refvalues_for(broker: Broker, tenant: str, name: str, values: list[str]) -> None:
+def check_refvalues_for(store: Store, tenant: str, name: str, values: list[str]) -> None:
     """Called by ``Broker.change_refvalues`` before adding values to a set."""
-    policies = [Policy.parse(r.document) for r in broker.store.list_policies(tenant)]
-    existing = broker.store.list_refvalues(tenant).get(tenant, {}).get(name, [])
+    policies = [Policy.parse(r.document) for r in store.list_policies(tenant)]
+    existing = store.list_refvalues(tenant).get(tenant, {}).get(name, [])
     refcheck.check_refvalues(name, [*existing, *values], refcheck.digest_sets(policies))
 
 

@@ -39,6 +39,14 @@ from layerseal.broker.console import console_routes
 from layerseal.broker.metrics import Metrics
 from layerseal.broker.openapi import openapi_document
 from layerseal.broker.ratelimit import RateLimiter
+from layerseal.broker.requests import (
+    AuthRequest,
+    PlatformRequest,
+    RevokeAttestationRequest,
+    TokenRequest,
+    batch_resources,
+    unused_flag,
+)
 from layerseal.broker.service import Broker, KeyInfo, Principal, batch_payload
 from layerseal.errors import BadInputError, LayersealError
 from layerseal.kbs.constants import SESSION_COOKIE
@@ -249,7 +257,7 @@ def create_app(
         client = _client(request)
         if not limiter.allow(client):
             raise RateLimitedError(f"/kbs/v0/auth: expected at most {limiter.rate:g}/s per client, seen more")
-        challenge = broker.auth(client, await _json(request))
+        challenge = broker.auth(client, AuthRequest.from_json(await _json(request)))
         response = JSONResponse({"nonce": challenge.nonce, "extra-params": ""})
         max_age = max(1, int(challenge.expires_at - broker.clock()))
         response.set_cookie(
@@ -266,6 +274,7 @@ def create_app(
             )
         body = await _json(request)
         session_id = request.cookies.get(SESSION_COOKIE)
+        # parsed by the broker, once it has seen the cookie: without one the answer is 401
         token, exp, _ = broker.attest(session_id, body, client)
         response = JSONResponse({"token": token})
         assert session_id is not None
@@ -284,10 +293,7 @@ def create_app(
 
     @endpoint("kbs_resources")
     async def kbs_resources(request: Request) -> Response:
-        body = await _json(request)
-        resources = body.get("resources")
-        if not isinstance(resources, list):
-            raise BadInputError("batch request: field 'resources': expected an array of resource paths")
+        resources = batch_resources(await _json(request))
         attested, keks = await broker.release_request_async(
             request.cookies.get(SESSION_COOKIE), request.headers.get("authorization"), resources
         )
@@ -315,14 +321,51 @@ def create_app(
         keys = broker.list_keys(who, q.get("tenant"), q.get("repository"))
         return JSONResponse({"keys": [k.to_json() for k in keys]})
 
-    @endpoint("keys_get")
-    async def keys_get(request: Request) -> Response:
-        return key_response(broker.get_key(principal(request), request.path_params["key_id"]))
+    # the endpoints that only name an object in their path, or only a tenant in their query
 
-    @endpoint("keys_delete")
-    async def keys_delete(request: Request) -> Response:
-        broker.delete_key(principal(request), request.path_params["key_id"])
-        return Response(status_code=204)
+    def of_key(name: str, call: Callable[[Principal, str], KeyInfo]) -> Handler:
+        async def handler(request: Request) -> Response:
+            return key_response(call(principal(request), request.path_params["key_id"]))
+
+        return endpoint(name)(handler)
+
+    def removal(name: str, call: Callable[[Principal, str], None], param: str) -> Handler:
+        async def handler(request: Request) -> Response:
+            call(principal(request), request.path_params[param])
+            return Response(status_code=204)
+
+        return endpoint(name)(handler)
+
+    def listing(name: str, field: str, call: Callable[[Principal, str | None], object]) -> Handler:
+        async def handler(request: Request) -> Response:
+            return JSONResponse({field: call(principal(request), request.query_params.get("tenant"))})
+
+        return endpoint(name)(handler)
+
+    def with_body(name: str, call: Callable[[Principal, dict[str, Any]], dict[str, Any]]) -> Handler:
+        async def handler(request: Request) -> Response:
+            who = principal(request)
+            return JSONResponse(call(who, await _json(request)))
+
+        return endpoint(name)(handler)
+
+    # the broker's methods are looked up per request: building the app touches no broker
+    keys_get = of_key("keys_get", lambda who, key_id: broker.get_key(who, key_id))
+    keys_revoke = of_key("keys_revoke", lambda who, key_id: broker.revoke_key(who, key_id))
+    keys_delete = removal("keys_delete", lambda who, key_id: broker.delete_key(who, key_id), "key_id")
+    policies_put = with_body("policies_put", lambda who, body: broker.set_policy(who, body))
+    policies_list = listing("policies_list", "policies", lambda who, t: broker.list_policies(who, t))
+    refvalues_add = with_body("refvalues_add", lambda who, body: broker.change_refvalues(who, body))
+    refvalues_remove = with_body(
+        "refvalues_remove", lambda who, body: broker.change_refvalues(who, body, remove=True)
+    )
+    refvalues_list = listing("refvalues_list", "refvalues", lambda who, t: broker.list_refvalues(who, t))
+    platforms_delete = removal(
+        "platforms_delete", lambda who, fp: broker.delete_platform(who, fp), "fingerprint"
+    )
+    # tokens are revoked, never erased: the audit log keeps naming them
+    tokens_delete = removal("tokens_delete", lambda who, tid: broker.revoke_api_token(who, tid), "token_id")
+    tokens_revoke = removal("tokens_revoke", lambda who, tid: broker.revoke_api_token(who, tid), "token_id")
 
     @endpoint("keys_rotate")
     async def keys_rotate(request: Request) -> Response:
@@ -330,17 +373,10 @@ def create_app(
         info, packet = broker.rotate_key(who, request.path_params["key_id"], await _json(request))
         return key_response(info, packet, 201)
 
-    @endpoint("keys_revoke")
-    async def keys_revoke(request: Request) -> Response:
-        return key_response(broker.revoke_key(principal(request), request.path_params["key_id"]))
-
     @endpoint("keys_unused")
     async def keys_unused(request: Request) -> Response:
         who = principal(request)
-        body = await _json(request)
-        unused = body.get("unused", True)
-        if not isinstance(unused, bool):
-            raise BadInputError("mark unused: field 'unused': expected true or false")
+        unused = unused_flag(await _json(request))
         return key_response(broker.mark_unused(who, request.path_params["key_id"], unused))
 
     @endpoint("keys_version_status")
@@ -354,74 +390,27 @@ def create_app(
             )
         return key_response(broker.set_version_status(who, p["key_id"], int(p["version"]), status))
 
-    @endpoint("policies_put")
-    async def policies_put(request: Request) -> Response:
-        who = principal(request)
-        return JSONResponse(broker.set_policy(who, await _json(request)))
-
-    @endpoint("policies_list")
-    async def policies_list(request: Request) -> Response:
-        return JSONResponse(
-            {"policies": broker.list_policies(principal(request), request.query_params.get("tenant"))}
-        )
-
     @endpoint("policies_delete")
     async def policies_delete(request: Request) -> Response:
         q = request.query_params
         broker.delete_policy(principal(request), q.get("tenant"), q.get("scope"), q.get("target"))
         return Response(status_code=204)
 
-    @endpoint("refvalues_add")
-    async def refvalues_add(request: Request) -> Response:
-        who = principal(request)
-        return JSONResponse(broker.change_refvalues(who, await _json(request)))
-
-    @endpoint("refvalues_remove")
-    async def refvalues_remove(request: Request) -> Response:
-        who = principal(request)
-        return JSONResponse(broker.change_refvalues(who, await _json(request), remove=True))
-
-    @endpoint("refvalues_list")
-    async def refvalues_list(request: Request) -> Response:
-        refs = broker.list_refvalues(principal(request), request.query_params.get("tenant"))
-        return JSONResponse({"refvalues": refs})
-
     @endpoint("platforms_register")
     async def platforms_register(request: Request) -> Response:
         who = principal(request)
-        body = await _json(request)
-        cert = body.get("certificate")
-        if not isinstance(cert, str) or len(cert) > 65536:
-            raise BadInputError("platform: field 'certificate': expected a PEM string")
-        desc = body.get("description", "")
-        fingerprint = broker.register_platform(who, body.get("tee", "sim"), cert.encode(), str(desc))
+        fingerprint = broker.register_platform(who, PlatformRequest.from_json(await _json(request)))
         return JSONResponse({"fingerprint": fingerprint}, status_code=201)
 
     @endpoint("platforms_list")
     async def platforms_list(request: Request) -> Response:
         return JSONResponse({"platforms": broker.list_platforms(principal(request))})
 
-    @endpoint("platforms_delete")
-    async def platforms_delete(request: Request) -> Response:
-        broker.delete_platform(principal(request), request.path_params["fingerprint"])
-        return Response(status_code=204)
-
     @endpoint("tokens_create")
     async def tokens_create(request: Request) -> Response:
         who = principal(request)
-        body = await _json(request)
-        tenant = body.get("tenant")
-        if not isinstance(tenant, str):
-            raise BadInputError("token request: field 'tenant': expected a string")
-        # a lifetime (expires_in, seconds) or a moment (expires_at, epoch seconds), not both
-        expires_in = admin.parse_expires_in(body.get("expires_in"))
-        expires_at = body.get("expires_at")
-        if expires_in is not None:
-            if expires_at is not None:
-                raise BadInputError("token request: expected expires_in or expires_at, seen both")
-            expires_at = broker.clock() + expires_in
-        token_id, token = broker.create_api_token(
-            who, tenant, body.get("scopes"), str(body.get("description", "")), expires_at
+        token_id, token, expires_at = broker.create_api_token(
+            who, TokenRequest.from_json(await _json(request))
         )
         return JSONResponse({"token_id": token_id, "token": token, "expires_at": expires_at}, status_code=201)
 
@@ -433,27 +422,11 @@ def create_app(
     async def tokens_get(request: Request) -> Response:
         return JSONResponse(admin.token_view(broker, principal(request), request.path_params["token_id"]))
 
-    @endpoint("tokens_delete")
-    async def tokens_delete(request: Request) -> Response:
-        # tokens are revoked, never erased: the audit log keeps naming them
-        broker.revoke_api_token(principal(request), request.path_params["token_id"])
-        return Response(status_code=204)
-
-    @endpoint("tokens_revoke")
-    async def tokens_revoke(request: Request) -> Response:
-        broker.revoke_api_token(principal(request), request.path_params["token_id"])
-        return Response(status_code=204)
-
     @endpoint("attestation_revoke")
     async def attestation_revoke(request: Request) -> Response:
         who = principal(request)
-        body = await _json(request)
-        token, jti = body.get("token"), body.get("jti")
-        if token is not None and not isinstance(token, str):
-            raise BadInputError("revoke: field 'token': expected a string")
-        if jti is not None and not isinstance(jti, str):
-            raise BadInputError("revoke: field 'jti': expected a string")
-        return JSONResponse({"revoked": broker.revoke_attestation(who, token, jti)})
+        body = RevokeAttestationRequest.from_json(await _json(request))
+        return JSONResponse({"revoked": broker.revoke_attestation(who, body)})
 
     @endpoint("audit_list")
     async def audit_list(request: Request) -> Response:

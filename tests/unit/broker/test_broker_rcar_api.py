@@ -216,7 +216,7 @@ def test_policies_are_evaluated_in_the_evaluation_processes_not_on_the_loop(env:
     import os
     import signal
 
-    from layerseal.broker import service
+    from layerseal.broker.service import evaluation as service
 
     a = env.create_key()
     _, r, _ = rcar(env.client, env.attester)
