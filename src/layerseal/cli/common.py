@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from layerseal.crypto.keys import PrivateKey
     from layerseal.crypto.keyspec import KeySpec
     from layerseal.crypto.keywrap import KeyUnwrapper, KeyWrapper
+    from layerseal.image.descriptor import Platform
     from layerseal.image.transport import ImageDestination, ImageSource
     from layerseal.registry.retry import Deadline
     from layerseal.registry.transport import RegistryOptions
@@ -401,6 +402,15 @@ def load_certificate(path: str) -> Certificate:
         raise BadInputError(
             f"--encryption-key pkcs7:{path}: expected an X.509 certificate (PEM or DER), seen other data"
         ) from exc
+
+
+def parse_platform(text: str | None) -> Platform | None:
+    """``--platform OS/ARCH[/VARIANT]``, or None when not given (the image model loads only then)."""
+    if not text:
+        return None
+    from layerseal.image.descriptor import Platform
+
+    return Platform.parse(text)
 
 
 def print_json(data: object) -> None:

@@ -24,11 +24,12 @@ from layerseal.errors import BadInputError
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from layerseal.kbs.client import PublisherClient
-
     token = args.kbs_token or os.environ.get("LAYERSEAL_KBS_TOKEN")
     if not args.kbs or not token:
         raise BadInputError("keys: expected --kbs URL and a token (--kbs-token or LAYERSEAL_KBS_TOKEN)")
+    # httpx loads only for a request that can be made
+    from layerseal.kbs.client import PublisherClient
+
     return PublisherClient(args.kbs, token, verify=args.kbs_cacert or True)
 
 
@@ -103,9 +104,10 @@ def _tag_stores(src: Any, dst: Any) -> tuple[list[Any], tuple[str, str] | None]:
 def run_rotate(args: argparse.Namespace) -> int:
     if args.reencrypt and (args.all_tags or args.force):
         raise BadInputError("keys rotate --reencrypt: expected no --all-tags/--force (broker keys only)")
-    from layerseal.builder.rotate import reencrypt, rotate_keys
-
     with transfer(args) as (src, dst, progress):
+        # after both ends opened: a missing image fails without loading the rotation code
+        from layerseal.builder.rotate import reencrypt, rotate_keys
+
         if args.reencrypt:
             report = reencrypt(
                 src,

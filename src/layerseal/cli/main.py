@@ -159,10 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         getattr(args, collect).extend(extras)
     elif extras:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
-    # only a command that runs moves data: --help and usage errors skip loading ctypes
-    from layerseal.cli._allocator import tune_allocator
+    # only a command that runs moves data: --help and usage errors skip loading ctypes, and so
+    # do commands that move no bulk data (the keyprovider, started once per layer: 2-3 ms)
+    if getattr(args, "moves_data", True):
+        from layerseal.cli._allocator import tune_allocator
 
-    tune_allocator()
+        tune_allocator()
     try:
         status = args.func(args)
         sys.stdout.flush()  # a reader that went away is noticed here, not at interpreter exit
