@@ -123,6 +123,15 @@ def registry_options(args: argparse.Namespace, side: str, ref: str) -> RegistryO
     )
 
 
+def tune_allocator_now() -> None:
+    """Tune glibc's allocator for streaming (``cli._allocator``) in a command registered with
+    ``tune_allocator_first=False``, once its image opened: one that fails on a missing image
+    or a bad reference does not load ctypes for it."""
+    from layerseal.cli._allocator import tune_allocator
+
+    tune_allocator()
+
+
 @contextlib.contextmanager
 def open_endpoints(args: argparse.Namespace) -> Iterator[tuple[ImageSource, ImageDestination]]:
     """``args.source`` and ``args.destination`` opened, both closed afterwards; every
@@ -135,6 +144,7 @@ def open_endpoints(args: argparse.Namespace) -> Iterator[tuple[ImageSource, Imag
     try:
         dst = open_destination(args.destination, dst_options)
         try:
+            tune_allocator_now()
             yield src, dst
         finally:
             dst.close()

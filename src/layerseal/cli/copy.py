@@ -59,7 +59,7 @@ def register(sub: Any) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_registry_flags(p, "src", "dest")
-    p.set_defaults(func=run_copy)
+    p.set_defaults(func=run_copy, tune_allocator_first=False)  # tuned by transfer()
 
     i = sub.add_parser("inspect", help="show an image's layers and how they are encrypted")
     i.add_argument("source", metavar="SRC")
@@ -70,7 +70,7 @@ def register(sub: Any) -> None:
     i.add_argument("--tls-verify", dest="src_tls_verify", choices=["true", "false"], help=argparse.SUPPRESS)
     i.add_argument("--creds", dest="src_creds", help=argparse.SUPPRESS)
     i.add_argument("--cert-dir", dest="src_cert_dir", help=argparse.SUPPRESS)
-    i.set_defaults(func=run_inspect)
+    i.set_defaults(func=run_inspect, tune_allocator_first=False)  # it reads manifests and a config
 
 
 def _positive(text: str) -> int:

@@ -28,6 +28,7 @@ from layerseal.cli.common import (
     print_json,
     registry_options,
     size_flag,
+    tune_allocator_now,
 )
 from layerseal.errors import BadInputError
 
@@ -110,7 +111,7 @@ def register(sub: Any) -> None:
     out.add_argument("--rootfs", help="unpack the image here (a new directory)")
     out.add_argument("--bundle", help="write an OCI runtime bundle here (rootfs/ + config.json)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=run_pull)
+    p.set_defaults(func=run_pull, tune_allocator_first=False)  # tuned by _opened_source()
 
     r = sub.add_parser("run", help="pull an image and run it with runc (or crun, or bwrap)")
     _common(r)
@@ -122,7 +123,7 @@ def register(sub: Any) -> None:
     r.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 512M or 2G (default: none)")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS... to replace the image's Cmd")
     # layerseal's own failures: podman's 125, so they never pass for the container's status
-    r.set_defaults(func=run_run, failure_status=RUN_FAILURE_STATUS)
+    r.set_defaults(func=run_run, failure_status=RUN_FAILURE_STATUS, tune_allocator_first=False)
 
 
 def _snapshots(args: argparse.Namespace) -> SnapshotStore:
@@ -149,7 +150,9 @@ def _opened_source(args: argparse.Namespace) -> tuple[ImageSource, tuple[KeyUnwr
     from layerseal.builder.endpoints import open_source
 
     unwrappers = parse_unwrappers(args.decryption_key)
-    return open_source(args.source, registry_options(args, "src", args.source)), unwrappers
+    src = open_source(args.source, registry_options(args, "src", args.source))
+    tune_allocator_now()
+    return src, unwrappers
 
 
 def _pull(

@@ -233,7 +233,7 @@ def register(subparsers: Any) -> None:
     )
     add_arguments(parser)
     # key-sized requests: the allocator tuning for streaming buffers would only cost start-up
-    parser.set_defaults(func=run, moves_data=False)
+    parser.set_defaults(func=run, tune_allocator_first=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

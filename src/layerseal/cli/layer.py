@@ -38,7 +38,7 @@ def register(sub: Any) -> None:
     p.add_argument("--quiet", "-q", action="store_true")
     p.add_argument("--json", action="store_true")
     add_registry_flags(p, "src", "dest")
-    p.set_defaults(func=run_add, collect_positionals="items")
+    p.set_defaults(func=run_add, collect_positionals="items", tune_allocator_first=False)  # by transfer()
 
 
 def parse_paths(specs: list[str]) -> dict[str, Path]:
