@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from layerseal.crypto.keys import PrivateKey
     from layerseal.crypto.keyspec import KeySpec
     from layerseal.crypto.keywrap import KeyUnwrapper, KeyWrapper
+    from layerseal.image.descriptor import Platform
     from layerseal.image.transport import ImageDestination, ImageSource
     from layerseal.registry.retry import Deadline
     from layerseal.registry.transport import RegistryOptions
@@ -122,6 +123,15 @@ def registry_options(args: argparse.Namespace, side: str, ref: str) -> RegistryO
     )
 
 
+def tune_allocator_now() -> None:
+    """Tune glibc's allocator for streaming (``cli._allocator``) in a command registered with
+    ``tune_allocator_first=False``, once its image opened: one that fails on a missing image
+    or a bad reference does not load ctypes for it."""
+    from layerseal.cli._allocator import tune_allocator
+
+    tune_allocator()
+
+
 @contextlib.contextmanager
 def open_endpoints(args: argparse.Namespace) -> Iterator[tuple[ImageSource, ImageDestination]]:
     """``args.source`` and ``args.destination`` opened, both closed afterwards; every
@@ -134,6 +144,7 @@ def open_endpoints(args: argparse.Namespace) -> Iterator[tuple[ImageSource, Imag
     try:
         dst = open_destination(args.destination, dst_options)
         try:
+            tune_allocator_now()
             yield src, dst
         finally:
             dst.close()
@@ -401,6 +412,15 @@ def load_certificate(path: str) -> Certificate:
         raise BadInputError(
             f"--encryption-key pkcs7:{path}: expected an X.509 certificate (PEM or DER), seen other data"
         ) from exc
+
+
+def parse_platform(text: str | None) -> Platform | None:
+    """``--platform OS/ARCH[/VARIANT]``, or None when not given (the image model loads only then)."""
+    if not text:
+        return None
+    from layerseal.image.descriptor import Platform
+
+    return Platform.parse(text)
 
 
 def print_json(data: object) -> None:

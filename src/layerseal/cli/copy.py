@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from layerseal.cli.common import (
     add_encryption_flags,
     add_registry_flags,
+    parse_platform,
     parse_unwrappers,
     parse_wrappers,
     registry_options,
@@ -58,7 +59,7 @@ def register(sub: Any) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_registry_flags(p, "src", "dest")
-    p.set_defaults(func=run_copy)
+    p.set_defaults(func=run_copy, tune_allocator_first=False)  # tuned by transfer()
 
     i = sub.add_parser("inspect", help="show an image's layers and how they are encrypted")
     i.add_argument("source", metavar="SRC")
@@ -69,7 +70,7 @@ def register(sub: Any) -> None:
     i.add_argument("--tls-verify", dest="src_tls_verify", choices=["true", "false"], help=argparse.SUPPRESS)
     i.add_argument("--creds", dest="src_creds", help=argparse.SUPPRESS)
     i.add_argument("--cert-dir", dest="src_cert_dir", help=argparse.SUPPRESS)
-    i.set_defaults(func=run_inspect)
+    i.set_defaults(func=run_inspect, tune_allocator_first=False)  # it reads manifests and a config
 
 
 def _positive(text: str) -> int:
@@ -79,21 +80,25 @@ def _positive(text: str) -> int:
 
 
 def run_copy(args: argparse.Namespace) -> int:
-    from layerseal.builder.copy import CopyOptions, IndexCopyReport, copy_image, copy_index
-    from layerseal.image.descriptor import Platform
-
-    options = CopyOptions(
-        wrappers=parse_wrappers(args, args.destination),
-        encrypt_layers=tuple(args.encrypt_layer) if args.encrypt_layer else None,
-        unwrappers=parse_unwrappers(args.decryption_key),
-        platform=Platform.parse(args.platform) if args.platform else None,
-        **({"workers": args.jobs} if args.jobs else {}),
-    )
-    if args.encrypt_layer and not options.wrappers:
+    wrappers = parse_wrappers(args, args.destination)
+    encrypt_layers = tuple(args.encrypt_layer) if args.encrypt_layer else None
+    unwrappers = parse_unwrappers(args.decryption_key)
+    platform = parse_platform(args.platform)
+    if args.encrypt_layer and not wrappers:
         raise BadInputError("--encrypt-layer: expected --encryption-key too, seen none")
     if args.all and args.platform:
         raise BadInputError("--all: expected no --platform (every platform is copied), seen one")
-    with transfer(args, options.wrappers) as (src, dst, progress):
+    with transfer(args, wrappers) as (src, dst, progress):
+        # after both ends opened: a missing image fails without loading the copy pipeline
+        from layerseal.builder.copy import CopyOptions, IndexCopyReport, copy_image, copy_index
+
+        options = CopyOptions(
+            wrappers=wrappers,
+            encrypt_layers=encrypt_layers,
+            unwrappers=unwrappers,
+            platform=platform,
+            **({"workers": args.jobs} if args.jobs else {}),
+        )
         result = (
             copy_index(src, dst, options, progress) if args.all else copy_image(src, dst, options, progress)
         )
@@ -139,9 +144,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     try:
         # after the source opened: a missing image fails without loading the summary code
         from layerseal.builder.inspect import inspect_image
-        from layerseal.image.descriptor import Platform
 
-        summary = inspect_image(src, Platform.parse(args.platform) if args.platform else None)
+        summary = inspect_image(src, parse_platform(args.platform))
     finally:
         src.close()
     if args.json:

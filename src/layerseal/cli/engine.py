@@ -7,6 +7,7 @@ run, not with the parser.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -21,17 +22,21 @@ from layerseal.cli._constants import (
 )
 from layerseal.cli.common import (
     add_registry_flags,
+    parse_platform,
     parse_size,
     parse_unwrappers,
     print_json,
     registry_options,
     size_flag,
+    tune_allocator_now,
 )
 from layerseal.errors import BadInputError
 
 if TYPE_CHECKING:
+    from layerseal.crypto.keywrap import KeyUnwrapper
     from layerseal.engine.pull import PullResult
     from layerseal.engine.snapshot import SnapshotStore
+    from layerseal.image.transport import ImageSource
 
 RUN_FAILURE_STATUS = 125
 
@@ -106,7 +111,7 @@ def register(sub: Any) -> None:
     out.add_argument("--rootfs", help="unpack the image here (a new directory)")
     out.add_argument("--bundle", help="write an OCI runtime bundle here (rootfs/ + config.json)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=run_pull)
+    p.set_defaults(func=run_pull, tune_allocator_first=False)  # tuned by _opened_source()
 
     r = sub.add_parser("run", help="pull an image and run it with runc (or crun, or bwrap)")
     _common(r)
@@ -118,7 +123,7 @@ def register(sub: Any) -> None:
     r.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 512M or 2G (default: none)")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS... to replace the image's Cmd")
     # layerseal's own failures: podman's 125, so they never pass for the container's status
-    r.set_defaults(func=run_run, failure_status=RUN_FAILURE_STATUS)
+    r.set_defaults(func=run_run, failure_status=RUN_FAILURE_STATUS, tune_allocator_first=False)
 
 
 def _snapshots(args: argparse.Namespace) -> SnapshotStore:
@@ -138,14 +143,30 @@ def open_snapshots(path: Path) -> SnapshotStore:
         ) from e
 
 
-def _pull(args: argparse.Namespace, rootfs: Path, snapshots: SnapshotStore | None = None) -> PullResult:
+def _opened_source(args: argparse.Namespace) -> tuple[ImageSource, tuple[KeyUnwrapper, ...]]:
+    """The image's source, opened before the blob store and the decrypted-layer cache: a
+    missing layout or a bad reference fails without loading them (issue 20); and the
+    ``--decryption-key`` unwrappers, read before it as always."""
     from layerseal.builder.endpoints import open_source
-    from layerseal.engine.limits import UnpackLimits
-    from layerseal.engine.pull import pull_image
-    from layerseal.image.descriptor import Platform
-    from layerseal.layout.blobstore import SharedBlobStore
 
     unwrappers = parse_unwrappers(args.decryption_key)
+    src = open_source(args.source, registry_options(args, "src", args.source))
+    tune_allocator_now()
+    return src, unwrappers
+
+
+def _pull(
+    args: argparse.Namespace,
+    src: ImageSource,
+    unwrappers: tuple[KeyUnwrapper, ...],
+    rootfs: Path,
+    snapshots: SnapshotStore | None = None,
+) -> PullResult:
+    """Pull from *src* (the caller closes it) into *rootfs*."""
+    from layerseal.engine.limits import UnpackLimits
+    from layerseal.engine.pull import pull_image
+    from layerseal.layout.blobstore import SharedBlobStore
+
     store_dir = Path(args.store or _default_store())
     store = SharedBlobStore(store_dir)
     snapshots = snapshots or _snapshots(args)
@@ -157,7 +178,6 @@ def _pull(args: argparse.Namespace, rootfs: Path, snapshots: SnapshotStore | Non
         broker = BrokerUnwrapper(
             enclave_client(args.kbs, make_attester(args.tee, args.sim_platform), args.kbs_cacert)
         )
-    src = open_source(args.source, registry_options(args, "src", args.source))
     try:
         return pull_image(
             src,
@@ -166,11 +186,10 @@ def _pull(args: argparse.Namespace, rootfs: Path, snapshots: SnapshotStore | Non
             rootfs,
             unwrappers=unwrappers,
             broker=broker,
-            platform=Platform.parse(args.platform) if args.platform else None,
+            platform=parse_platform(args.platform),
             limits=UnpackLimits(args.max_layer_size, args.max_image_size, args.max_entries),
         )
     finally:
-        src.close()
         if broker is not None:
             broker.client.close()
 
@@ -181,7 +200,9 @@ def run_pull(args: argparse.Namespace) -> int:
     target = Path(args.bundle or args.rootfs)
     rootfs, created = prepare_output(target, bundle=bool(args.bundle))
     try:
-        result = _pull(args, rootfs)
+        src, unwrappers = _opened_source(args)
+        with contextlib.closing(src):
+            result = _pull(args, src, unwrappers, rootfs)
         if args.bundle:
             prepare_bundle(result, target, None)
     except BaseException:
@@ -218,15 +239,18 @@ def run_run(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
-    snapshots = _snapshots(args)
-    # the run's rootfs is plaintext too: it lives in the cache's private storage (where it
-    # can also share the snapshots' extents), marked live while this process runs it
-    with snapshots.bundle_dir() as bundle:
-        try:
-            result = _pull(args, bundle / "rootfs", snapshots)
-        except BaseException:
-            shutil.rmtree(bundle, ignore_errors=True)
-            raise
+    src, unwrappers = _opened_source(args)
+    with contextlib.ExitStack() as running:
+        with contextlib.closing(src):  # closed once pulled, before the container runs
+            snapshots = _snapshots(args)
+            # the run's rootfs is plaintext too: it lives in the cache's private storage (where it
+            # can also share the snapshots' extents), marked live while this process runs it
+            bundle = running.enter_context(snapshots.bundle_dir())
+            try:
+                result = _pull(args, src, unwrappers, bundle / "rootfs", snapshots)
+            except BaseException:
+                shutil.rmtree(bundle, ignore_errors=True)
+                raise
         sys.stdout.flush()
         if not command and not (result.config.runtime.get("Cmd") or result.config.runtime.get("Entrypoint")):
             shutil.rmtree(bundle, ignore_errors=True)

@@ -92,10 +92,13 @@ def _provider(args: argparse.Namespace) -> Any:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    request = sys.stdin.buffer.read()
+    from layerseal.keyprovider.protocol import parse_request
+
+    # a request that is not one fails before the settings, token cache and broker client load
+    request = parse_request(sys.stdin.buffer.read())
     provider = _provider(args)
     try:
-        reply = provider.handle(request)
+        reply = provider.answer(request)
     finally:
         provider.close()
     sys.stdout.buffer.write(reply)
@@ -229,7 +232,8 @@ def register(subparsers: Any) -> None:
         "layer keys via the broker",
     )
     add_arguments(parser)
-    parser.set_defaults(func=run)
+    # key-sized requests: the allocator tuning for streaming buffers would only cost start-up
+    parser.set_defaults(func=run, tune_allocator_first=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,11 +24,12 @@ from layerseal.errors import BadInputError
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from layerseal.kbs.client import PublisherClient
-
     token = args.kbs_token or os.environ.get("LAYERSEAL_KBS_TOKEN")
     if not args.kbs or not token:
         raise BadInputError("keys: expected --kbs URL and a token (--kbs-token or LAYERSEAL_KBS_TOKEN)")
+    # httpx loads only for a request that can be made
+    from layerseal.kbs.client import PublisherClient
+
     return PublisherClient(args.kbs, token, verify=args.kbs_cacert or True)
 
 
@@ -63,20 +64,20 @@ def register(sub: Any) -> None:
     r.add_argument("--quiet", "-q", action="store_true")
     r.add_argument("--json", action="store_true")
     add_registry_flags(r, "src", "dest")
-    r.set_defaults(func=run_rotate)
+    r.set_defaults(func=run_rotate, tune_allocator_first=False)  # tuned by transfer()
 
     v = ksub.add_parser("revoke", help="revoke a key (all versions) or one version")
     v.add_argument("key_id", metavar="KEY_ID")
     v.add_argument("--version", type=int)
     _broker_flags(v)
-    v.set_defaults(func=run_revoke)
+    v.set_defaults(func=run_revoke, tune_allocator_first=False)  # one broker request
 
     ls = ksub.add_parser("list", help="list the keys the broker holds for this token's tenant")
     ls.add_argument("--repository")
     ls.add_argument("--unused", action="store_true", help="only keys of failed publishes (cleanable)")
     ls.add_argument("--json", action="store_true")
     _broker_flags(ls)
-    ls.set_defaults(func=run_list)
+    ls.set_defaults(func=run_list, tune_allocator_first=False)
 
 
 def _tag_stores(src: Any, dst: Any) -> tuple[list[Any], tuple[str, str] | None]:
@@ -103,9 +104,10 @@ def _tag_stores(src: Any, dst: Any) -> tuple[list[Any], tuple[str, str] | None]:
 def run_rotate(args: argparse.Namespace) -> int:
     if args.reencrypt and (args.all_tags or args.force):
         raise BadInputError("keys rotate --reencrypt: expected no --all-tags/--force (broker keys only)")
-    from layerseal.builder.rotate import reencrypt, rotate_keys
-
     with transfer(args) as (src, dst, progress):
+        # after both ends opened: a missing image fails without loading the rotation code
+        from layerseal.builder.rotate import reencrypt, rotate_keys
+
         if args.reencrypt:
             report = reencrypt(
                 src,

@@ -10,6 +10,7 @@ from layerseal.cli._subcommands import command_group
 from layerseal.cli.common import (
     add_encryption_flags,
     add_registry_flags,
+    parse_platform,
     parse_wrappers,
     print_json,
     transfer,
@@ -37,7 +38,7 @@ def register(sub: Any) -> None:
     p.add_argument("--quiet", "-q", action="store_true")
     p.add_argument("--json", action="store_true")
     add_registry_flags(p, "src", "dest")
-    p.set_defaults(func=run_add, collect_positionals="items")
+    p.set_defaults(func=run_add, collect_positionals="items", tune_allocator_first=False)  # by transfer()
 
 
 def parse_paths(specs: list[str]) -> dict[str, Path]:
@@ -57,14 +58,14 @@ def parse_paths(specs: list[str]) -> dict[str, Path]:
 def run_add(args: argparse.Namespace) -> int:
     if len(args.items) < 3:
         raise BadInputError(f"layer add: expected SRC PATH... DST, seen {len(args.items)} argument(s)")
-    from layerseal.builder.layeradd import add_layer
-    from layerseal.image.descriptor import Platform
-
     args.source, args.destination = args.items[0], args.items[-1]
     sources = parse_paths(args.items[1:-1])
     wrappers = parse_wrappers(args, args.destination)
-    platform = Platform.parse(args.platform) if args.platform else None
+    platform = parse_platform(args.platform)
     with transfer(args, wrappers) as (src, dst, progress):
+        # after both ends opened: a missing image fails without loading the layer builder
+        from layerseal.builder.layeradd import add_layer
+
         report = add_layer(
             src,
             dst,

@@ -159,10 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         getattr(args, collect).extend(extras)
     elif extras:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
-    # only a command that runs moves data: --help and usage errors skip loading ctypes
-    from layerseal.cli._allocator import tune_allocator
+    # only a command that runs moves data: --help and usage errors skip loading ctypes (2-3 ms);
+    # commands registered with tune_allocator_first=False tune it once their image opened (so
+    # a missing one fails without it: cli.common.tune_allocator_now) or move no bulk data
+    if getattr(args, "tune_allocator_first", True):
+        from layerseal.cli._allocator import tune_allocator
 
-    tune_allocator()
+        tune_allocator()
     try:
         status = args.func(args)
         sys.stdout.flush()  # a reader that went away is noticed here, not at interpreter exit

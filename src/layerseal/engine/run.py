@@ -5,15 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from layerseal.engine.bundle import runtime_spec
-from layerseal.engine.pull import PullResult
-from layerseal.engine.runtime import read_user_db, run_bundle, write_bundle
 from layerseal.errors import BadInputError, expected_seen
+
+# the pull and runtime code load when a pulled image is made a bundle: 'pull' prepares its
+# output with this module before it opens the image, and a missing image must fail fast (issue 20)
+if TYPE_CHECKING:
+    from layerseal.engine.pull import PullResult
 
 
 def prepare_bundle(
@@ -25,6 +26,9 @@ def prepare_bundle(
     memory_limit: int | None = None,
 ) -> dict[str, Any]:
     """Write ``config.json`` next to the pulled ``rootfs`` (which must be ``bundle/rootfs``)."""
+    from layerseal.engine.bundle import runtime_spec
+    from layerseal.engine.runtime import read_user_db, write_bundle
+
     passwd, group = read_user_db(result.rootfs)
     spec = runtime_spec(
         result.config,
@@ -101,6 +105,8 @@ def prepare_output(target: Path, *, bundle: bool) -> tuple[Path, Path | None]:
 
 
 def new_bundle_dir(parent: Path | None = None) -> Path:
+    import tempfile
+
     # the decrypted rootfs lives here: private to this user
     return Path(tempfile.mkdtemp(prefix="layerseal-bundle-", dir=parent))
 
@@ -117,6 +123,8 @@ def run_pulled(
     pids_limit: int | None = None,
     memory_limit: int | None = None,
 ) -> int:
+    from layerseal.engine.runtime import run_bundle
+
     try:
         prepare_bundle(result, bundle, args, pids_limit=pids_limit, memory_limit=memory_limit)
         return run_bundle(bundle, runtime=runtime, stdout=stdout, stderr=stderr)

@@ -57,18 +57,21 @@ import stat
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-from layerseal.engine.unpack import remove_tree
+# the unpack code (tarfile) is not needed to remove a tree: fdtree's is the one unpack exports
+from layerseal.engine.fdtree import remove_tree
 from layerseal.errors import BadInputError
 from layerseal.image.digest import Digest
-from layerseal.image.encryption import PrivateOptions
+
+# cryptography and the thread pool load when a key is derived or a tree sealed: opening the
+# cache (before the image's source is opened) must not cost a pull that fails on it (issue 20)
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from layerseal.image.encryption import PrivateOptions
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,9 @@ _HASH_INLINE = 64 * 1024  # smaller files are hashed on the walking thread (a ho
 
 
 def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
 
 
@@ -163,6 +169,8 @@ def tree_digest(root: Path) -> bytes:
     Content is hashed on a small thread pool (hashlib releases the GIL) while the walk
     goes on; memory is bounded by the directory depth and ``_HASH_AHEAD`` records.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     out = hashlib.sha256()
     pending: deque[tuple[bytes, Future[bytes] | bytes | None, bytes]] = deque()
     links: dict[tuple[int, int], bytes] = {}

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from layerseal.errors import BadInputError
-from layerseal.image.config import ImageConfig
-from layerseal.image.descriptor import Descriptor, Platform
-from layerseal.image.digest import Digest
-from layerseal.image.manifest import Index, Manifest, parse_any
+
+# the image model loads when an image is read or written, not with these seams: a command
+# that fails on its reference or a missing layout never needs it (issue 20)
+if TYPE_CHECKING:
+    from layerseal.image.config import ImageConfig
+    from layerseal.image.descriptor import Descriptor, Platform
+    from layerseal.image.digest import Digest
+    from layerseal.image.manifest import Index, Manifest
 
 #: chunk size used for streaming blobs everywhere
 CHUNK_SIZE = 2 * 1024 * 1024
@@ -69,6 +73,8 @@ class ImageDestination(ABC):
         hashing them again (it still commits only on a clean end of the stream).
         Returns the stored blob's descriptor, of *media_type*.
         """
+        from layerseal.image.descriptor import Descriptor
+
         digest, size = self._write_blob(chunks, expected, verified and expected is not None)
         return Descriptor(media_type=media_type, digest=digest, size=size)
 
@@ -93,6 +99,8 @@ MAX_CONFIG_BYTES = 8 * 1024 * 1024
 
 def resolve_manifest(src: ImageSource, platform: Platform | None = None) -> tuple[bytes, str, Manifest]:
     """The image manifest of *src*, choosing *platform*'s entry (default: this host) from an index."""
+    from layerseal.image.manifest import parse_any
+
     data, media_type = src.get_manifest()
     return select_manifest(
         src, data, media_type, parse_any(data, media_type, f"manifest of {src.name}"), platform
@@ -103,6 +111,9 @@ def select_manifest(
     src: ImageSource, data: bytes, media_type: str, parsed: Manifest | Index, platform: Platform | None = None
 ) -> tuple[bytes, str, Manifest]:
     """:func:`resolve_manifest` for a top-level manifest the caller already fetched and parsed."""
+    from layerseal.image.descriptor import Platform
+    from layerseal.image.manifest import Index, parse_any
+
     if isinstance(parsed, Index):
         entry = parsed.select(platform or Platform.host())
         data, media_type = src.get_manifest(entry.digest)
@@ -113,6 +124,8 @@ def select_manifest(
 
 
 def read_config(src: ImageSource, manifest: Manifest) -> ImageConfig:
+    from layerseal.image.config import ImageConfig
+
     if manifest.config.size > MAX_CONFIG_BYTES:
         raise BadInputError(
             f"config of {src.name}: expected at most {MAX_CONFIG_BYTES} bytes, seen {manifest.config.size}"

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING
 from layerseal.errors import BadInputError, DeniedError, LayersealError
 from layerseal.fileio import read_bytes
 from layerseal.keyprovider import protocol
-from layerseal.keyprovider.brokerhttp import BrokerHttp
 from layerseal.keyprovider.params import CONFIG_ENV, TOKEN_ENV, Settings, parse_rest, settings_from_config
 from layerseal.keyprovider.params import settings_from_env as _settings_from_env
 from layerseal.keyprovider.tokencache import CachedToken, TokenCache, cache_key, token_exp
@@ -43,6 +42,7 @@ if TYPE_CHECKING:
 
     from layerseal.attest.claims import Attester
     from layerseal.kbs.rcarclient import Opener
+    from layerseal.keyprovider.brokerhttp import BrokerHttp
 
 #: layerseal.crypto.keywrap.BROKER_PROVIDER_NAMES (not imported: the cmd tool must start fast)
 BROKER_PROVIDER_NAMES = ("attestation-agent", "layerseal")
@@ -155,6 +155,9 @@ class Provider:
                 f"keyprovider: expected the broker URL (kbs=URL in provider:{self.name}:..., --kbs, "
                 "$LAYERSEAL_KBS_URL or the config file), seen none"
             )
+        # http.client and ssl load for the first request, not to read one and fail on bad input
+        from layerseal.keyprovider.brokerhttp import BrokerHttp
+
         with self._lock:
             client = self._http.get((url, settings.cacert))
             if client is None:
@@ -165,7 +168,10 @@ class Provider:
 
     def handle(self, request: bytes) -> bytes:
         """One request in, one reply out (both the keyprovider JSON)."""
-        parsed = protocol.parse_request(request)
+        return self.answer(protocol.parse_request(request))
+
+    def answer(self, parsed: protocol.Request) -> bytes:
+        """The reply to a request :func:`protocol.parse_request` read."""
         if isinstance(parsed, protocol.WrapRequest):
             return protocol.wrap_reply(self.wrap(parsed), parsed.reply_form)
         return protocol.unwrap_reply(self.unwrap(parsed))

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import stat
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +60,8 @@ def token_exp(token: str) -> float:
 
 def cache_key(url: str, tee: str, identity: str) -> str:
     """One entry per broker, TEE kind and attester identity (e.g. the sim platform directory)."""
+    import hashlib  # OpenSSL's start-up (2-4 ms) is paid by a request that reaches the broker only
+
     return hashlib.sha256(f"{url}\0{tee}\0{identity}".encode()).hexdigest()[:32]
 
 
@@ -69,6 +69,8 @@ def default_directory(env: Mapping[str, str]) -> Path:
     runtime = env.get("XDG_RUNTIME_DIR")
     if runtime:
         return Path(runtime) / "layerseal"
+    import tempfile  # random, math, bisect...: only without $XDG_RUNTIME_DIR or to store a token
+
     return Path(tempfile.gettempdir()) / f"layerseal-{os.getuid()}"
 
 
@@ -135,6 +137,8 @@ class TokenCache:
 
     def store(self, key: str, entry: CachedToken) -> None:
         """Write the entry atomically, mode 0600 from creation on."""
+        import tempfile
+
         self._ensure_dir()
         doc = {
             "version": _VERSION,

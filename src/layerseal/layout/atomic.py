@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 
@@ -18,6 +17,8 @@ def fsync_dir(path: Path) -> None:
 
 def write_file_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace *path* with *data* so readers see either the old or the new content."""
+    import tempfile  # random, bisect, math...: not for commands that fail before writing
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -29,19 +29,21 @@ import io
 import json
 import os
 import stat
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from layerseal.errors import BadInputError, IntegrityError, NotFoundError
 from layerseal.image import jsonutil
-from layerseal.image.descriptor import Descriptor
 from layerseal.image.digest import Digest, DigestVerifier
 from layerseal.image.transport import CHUNK_SIZE
 from layerseal.layout.atomic import fsync_dir, write_file_atomic
-from layerseal.streams import Background
+
+# tempfile and the hashing thread (concurrent.futures, logging) load with the first download:
+# a pull opens the store before its image, and one whose image is missing fails without them
+if TYPE_CHECKING:
+    from layerseal.image.descriptor import Descriptor
 
 _REFS_LOCK = ".refs"
 _BLOB_MODE = 0o444
@@ -318,6 +320,10 @@ class SharedBlobStore:
     def _download_through(
         self, desc: Descriptor, fetch: Callable[[], Iterable[bytes]], *, verified: bool = False
     ) -> Iterator[bytes]:
+        import tempfile
+
+        from layerseal.streams import Background
+
         final = self.path(desc.digest)
         _mkdir_private(final.parent)
         # the caller holds this digest's lock: other temporary files of it are a dead download's

@@ -10,23 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from layerseal.errors import BadInputError, IntegrityError, NotFoundError
-from layerseal.image import jsonutil
 from layerseal.image import mediatypes as mt
-from layerseal.image.descriptor import Descriptor
-from layerseal.image.digest import Digest, DigestVerifier
-from layerseal.image.manifest import MAX_MANIFEST_BYTES, Index, detect_media_type
 from layerseal.image.transport import CHUNK_SIZE, ImageDestination
 from layerseal.layout.atomic import fsync_dir, write_file_atomic
+
+# the image model, hashlib and tempfile load when a layout is read or written: opening a
+# missing layout fails without them (issue 20)
+if TYPE_CHECKING:
+    from layerseal.image.descriptor import Descriptor
+    from layerseal.image.digest import Digest
+    from layerseal.image.manifest import Index
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_FILE = "oci-layout"
@@ -46,9 +47,12 @@ def _umask() -> int:
 _UMASK: int | None = None
 
 
-@dataclass(frozen=True)
-class LayoutReference:
-    """``oci:DIR[:TAG]`` (the first ``:`` after the directory separates the tag, as in skopeo)."""
+class LayoutReference(NamedTuple):
+    """``oci:DIR[:TAG]`` (the first ``:`` after the directory separates the tag, as in skopeo).
+
+    A named tuple, not a dataclass: ``dataclasses`` (with ``inspect``) costs a command that
+    fails on a missing layout 5-8 ms of start-up (issue 20).
+    """
 
     path: Path
     tag: str | None
@@ -82,6 +86,8 @@ class OciLayout:
         marker = path / LAYOUT_FILE
         if not marker.is_file():
             raise NotFoundError(f"OCI layout {path}: expected an '{LAYOUT_FILE}' file, seen none")
+        from layerseal.image import jsonutil
+
         obj = jsonutil.loads(marker.read_bytes(), f"OCI layout {path}/{LAYOUT_FILE}")
         version = obj.get("imageLayoutVersion") if isinstance(obj, dict) else None
         if version != "1.0.0":
@@ -93,6 +99,8 @@ class OciLayout:
         """Open the layout at *path*, creating an empty one if the directory has none."""
         if (path / LAYOUT_FILE).exists():
             return cls.open(path)
+        from layerseal.image.manifest import Index
+
         path.mkdir(parents=True, exist_ok=True)
         (path / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         if not (path / "index.json").exists():
@@ -114,6 +122,8 @@ class OciLayout:
         return b"".join(self.iter_blob(desc))
 
     def iter_blob(self, desc: Descriptor) -> Iterator[bytes]:
+        from layerseal.image.digest import DigestVerifier
+
         path = self.blob_path(desc.digest)
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed in finally of this generator
@@ -136,6 +146,8 @@ class OciLayout:
             data = path.read_bytes()
         except FileNotFoundError as exc:
             raise NotFoundError(f"OCI layout {self.path}: index.json is missing") from exc
+        from layerseal.image.manifest import Index
+
         return Index.from_bytes(data, f"{path}")
 
     def resolve(self, tag: str | None) -> Descriptor:
@@ -166,6 +178,8 @@ class OciLayout:
 
     def set_tag(self, desc: Descriptor, tag: str | None) -> None:
         """Point *tag* at *desc* in index.json, keeping every other entry."""
+        from layerseal.image.manifest import Index
+
         with self._locked():
             index = self.read_index()
             entry = desc
@@ -196,6 +210,9 @@ class LayoutSource:
         return str(self.ref)
 
     def get_manifest(self, digest: Digest | None = None) -> tuple[bytes, str]:
+        from layerseal.image.descriptor import Descriptor
+        from layerseal.image.manifest import MAX_MANIFEST_BYTES, detect_media_type
+
         if digest is None:
             desc = self.layout.resolve(self.ref.tag)
         else:
@@ -240,6 +257,8 @@ class LayoutDestination(ImageDestination):
     def _tmpdir(self) -> Path:
         with self._lock:
             if self._tmp is None:
+                import tempfile
+
                 self.ref.path.mkdir(parents=True, exist_ok=True)
                 self._tmp = Path(tempfile.mkdtemp(prefix=_TMP_DIR + ".", dir=self.ref.path))
             return self._tmp
@@ -257,12 +276,17 @@ class LayoutDestination(ImageDestination):
     def _write_blob(
         self, chunks: Iterable[bytes], expected: Descriptor | None, trusted: bool
     ) -> tuple[Digest, int]:
+        import hashlib
+        import tempfile
+
+        from layerseal.image.digest import Digest
+
+        # the thread pool (concurrent.futures, logging) loads on the first write, not for a read
+        from layerseal.streams import Background
+
         fd, tmp_name = tempfile.mkstemp(prefix="blob.", dir=self._tmpdir())
         tmp = Path(tmp_name)
         try:
-            # the thread pool (concurrent.futures, logging) loads on the first write, not for a read
-            from layerseal.streams import Background
-
             h = hashlib.sha256()
             hashing = Background(h.update)  # hashing overlaps with the write
             size = 0
