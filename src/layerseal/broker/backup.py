@@ -9,7 +9,9 @@ deployment can be restored into PostgreSQL and back.
 
 Restore goes into an empty database only: the schema is created at the backup's revision,
 every row inserted in one transaction, then migrated to the newest revision.  Before
-anything is written the master key is checked to open the backup's sealed secrets.
+anything is written the master key is checked to open the backup's sealed secrets, and every
+line is checked to be a JSON object and every binary column base64 (:mod:`layerseal.wire`):
+a bad one is refused as bad input naming its line, table and field.
 The file holds the master key unless ``--without-master-key``: it is written 0600 and is
 exactly as sensitive as the key file.
 """
@@ -38,8 +40,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from layerseal.broker import database
 from layerseal.broker import schema as S
 from layerseal.broker.custody import KeyCustody, MasterKeyCustody, record_aad
-from layerseal.broker.masterkey import KEY_SIZE, write_private_file_once
+from layerseal.broker.masterkey import decode_master_key, write_private_file_once
 from layerseal.errors import BadInputError, IntegrityError, NotFoundError, TransportError
+from layerseal.wire.b64 import b64decode
+from layerseal.wire.jsonload import loads_object
 
 FORMAT = "layerseal-broker-backup"
 VERSION = 1
@@ -84,15 +88,14 @@ def _encode(table: Any, row: Any) -> dict[str, Any]:
     return out
 
 
-def _decode(table: Any, row: dict[str, Any]) -> dict[str, Any]:
+def _decode(table: Any, row: dict[str, Any], where: str) -> dict[str, Any]:
+    """A row's columns for insertion; *where* names its line in the backup."""
     out: dict[str, Any] = {}
     for name, value in row.items():
         if name not in table.columns:
             raise IntegrityError(f"backup row of {table.name}: expected known columns, seen {name!r}")
-        col = table.columns[name]
-        out[name] = (
-            base64.b64decode(value) if isinstance(col.type, LargeBinary) and value is not None else value
-        )
+        binary = isinstance(table.columns[name].type, LargeBinary) and value is not None
+        out[name] = b64decode(value, f"{where}: table {table.name} field {name!r}") if binary else value
     return out
 
 
@@ -205,19 +208,34 @@ def backup(
     return BackupReport(out, revision, rows, key_note)
 
 
-def _read(path: Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]], dict[str, int]]:
+def _row(path: Path, tables: dict[str, Any], obj: dict[str, Any], where: str) -> tuple[Any, dict[str, Any]]:
+    """A row line's table and decoded columns, so nothing is written before every row decodes."""
+    name, columns = obj.get("t"), obj.get("r")
+    if not isinstance(name, str) or not isinstance(columns, dict):
+        shown = {k: type(v).__name__ for k, v in list(obj.items())[:4]}
+        raise BadInputError(f"{where}: expected a row {{t: table, r: {{column: value}}}}, seen {shown}")
+    table = tables.get(name)
+    if table is None:
+        raise IntegrityError(f"backup {path}: expected known tables, seen {name!r}")
+    return table, _decode(table, columns, where)
+
+
+def _read(path: Path) -> tuple[dict[str, Any], list[tuple[Any, dict[str, Any]]], dict[str, int]]:
+    """A backup's header, its rows (table, decoded columns) and the trailer's row counts."""
     if not path.is_file():
         raise NotFoundError(f"backup {path}: expected a file, seen none")
+    tables = {t.name: t for t in _tables()}
     digest = hashlib.sha256()
     header: dict[str, Any] | None = None
-    rows: list[tuple[str, dict[str, Any]]] = []
+    rows: list[tuple[Any, dict[str, Any]]] = []
     trailer: dict[str, Any] | None = None
     try:
         with gzip.open(path, "rb") as fh:
-            for raw in fh:
+            for number, raw in enumerate(fh, 1):
                 if trailer is not None:
                     raise IntegrityError(f"backup {path}: expected nothing after the trailer, seen more")
-                obj = json.loads(raw)
+                # a line that is no JSON object is refused here, naming it (BadInputError)
+                obj = loads_object(raw, f"backup {path} line {number}")
                 if header is None:
                     header = obj
                     if obj.get("format") != FORMAT or obj.get("version") != VERSION:
@@ -229,7 +247,7 @@ def _read(path: Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]],
                     trailer = obj
                     continue
                 else:
-                    rows.append((str(obj["t"]), dict(obj["r"])))
+                    rows.append(_row(path, tables, obj, f"backup {path} line {number}"))
                 digest.update(raw)
     except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
         if isinstance(exc, FileNotFoundError):
@@ -244,30 +262,30 @@ def _read(path: Path) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]],
     return header, rows, dict(trailer.get("rows", {}))
 
 
-def backup_master_key(path: Path) -> bytes | None:
-    """The master key a backup holds (None if it was kept elsewhere)."""
-    header, _, _ = _read(path)
+def _master_key(path: Path, header: dict[str, Any]) -> tuple[str, bytes] | None:
+    """The master key a backup's header holds, as written and decoded (None if kept elsewhere)."""
     entry = header.get("master_key", {})
     if entry.get("kind") != "file":
         return None
-    key = base64.b64decode(entry["key"])
-    if len(key) != KEY_SIZE:
-        raise IntegrityError(f"backup {path}: expected a {KEY_SIZE}-byte master key, seen {len(key)} bytes")
-    return key
+    line = str(entry.get("key") or "").strip()
+    return line, decode_master_key(line, f"backup {path}: header field 'master_key.key'")
+
+
+def backup_master_key(path: Path) -> bytes | None:
+    """The master key a backup holds (None if it was kept elsewhere)."""
+    header, _, _ = _read(path)
+    held = _master_key(path, header)
+    return None if held is None else held[1]
 
 
 def restore(db_url: str, path: Path, *, key_file: Path | None, custody: KeyCustody | None) -> BackupReport:
     """Restore *path* into the empty database *db_url*; write the backup's master key to
     *key_file* when it holds one (an existing different key file is refused)."""
     header, rows, counts = _read(path)
-    tables = {t.name: t for t in _tables()}
-    entry = header.get("master_key", {})
+    held = _master_key(path, header)
     key_line: str | None = None
-    if entry.get("kind") == "file":
-        key_line = str(entry["key"]).strip()
-        key = base64.b64decode(key_line)
-        if len(key) != KEY_SIZE:
-            raise IntegrityError(f"backup {path}: expected a {KEY_SIZE}-byte master key, seen {len(key)}")
+    if held is not None:
+        key_line, key = held
         custody = MasterKeyCustody(key)
         if key_file is None:
             raise BadInputError(
@@ -278,13 +296,14 @@ def restore(db_url: str, path: Path, *, key_file: Path | None, custody: KeyCusto
                 f"--master-key-file {key_file}: expected none or the backup's key, seen another key"
             )
     elif custody is None:
+        kind = header.get("master_key", {}).get("kind")
         raise BadInputError(
-            f"backup {path}: holds no master key ({entry.get('kind')}): expected --master-key-file or "
+            f"backup {path}: holds no master key ({kind}): expected --master-key-file or "
             "--master-key naming the key it was made with"
         )
-    probe = next((r for t, r in rows if t == "secrets" and r.get("name") == _PROBE_SECRET), None)
+    probe = next((r for t, r in rows if t.name == "secrets" and r.get("name") == _PROBE_SECRET), None)
     if probe is not None:
-        custody.unseal(base64.b64decode(probe["sealed"]), record_aad("secret", _PROBE_SECRET))
+        custody.unseal(bytes(probe.get("sealed") or b""), record_aad("secret", _PROBE_SECRET))
     engine = database.create_db_engine(db_url, pool_size=1)
     try:
         with engine.connect() as conn:
@@ -295,7 +314,7 @@ def restore(db_url: str, path: Path, *, key_file: Path | None, custody: KeyCusto
                 present = set(inspect(conn).get_table_names())
                 non_empty = [
                     t.name
-                    for t in tables.values()
+                    for t in _tables()
                     if t.name in present
                     and t.name not in _SEEDED
                     and conn.execute(select(func.count()).select_from(t)).scalar_one()
@@ -309,11 +328,8 @@ def restore(db_url: str, path: Path, *, key_file: Path | None, custody: KeyCusto
             for table in reversed(S.metadata.sorted_tables):
                 if table.name in _SEEDED and table.name in header["tables"]:
                     conn.execute(delete(table))  # rows migrations seed; the backup has their state
-            for name, row in rows:
-                table = tables.get(name)
-                if table is None:
-                    raise IntegrityError(f"backup {path}: expected known tables, seen {name!r}")
-                conn.execute(insert(table).values(**_decode(table, row)))
+            for table, values in rows:
+                conn.execute(insert(table).values(**values))
             if engine.dialect.name == "postgresql":
                 conn.execute(
                     text(

@@ -28,7 +28,8 @@ ENV_VAR = "LAYERSEAL_MASTER_KEY"
 KEY_SIZE = 32
 
 
-def _decode(text: str, what: str) -> bytes:
+def decode_master_key(text: str, what: str) -> bytes:
+    """A master key written as base64 (a key file's line, the env variable, a backup)."""
     return b64decode(text.strip(), what, KEY_SIZE, expected=f"base64 of {KEY_SIZE} bytes")
 
 
@@ -92,7 +93,7 @@ def key_file_lines(path: Path, what: str) -> list[bytes]:
     lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not lines:
         raise BadInputError(f"{what}: expected base64 of {KEY_SIZE} bytes, seen an empty file")
-    return [_decode(line, what) for line in lines]
+    return [decode_master_key(line, what) for line in lines]
 
 
 def load_master_key(
@@ -102,7 +103,7 @@ def load_master_key(
     env = os.environ if environ is None else environ
     text = env.get(ENV_VAR)
     if text:
-        return _decode(text, f"environment variable {ENV_VAR}")
+        return decode_master_key(text, f"environment variable {ENV_VAR}")
     if path is None:
         raise BadInputError(f"master key: expected ${ENV_VAR} or a master key file, seen neither")
     if create:

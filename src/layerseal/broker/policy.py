@@ -47,7 +47,7 @@ from celpy.celtypes import BoolType
 from celpy.evaluation import Evaluator
 
 from layerseal.errors import BadInputError
-from layerseal.image.jsonutil import loads
+from layerseal.wire.jsonload import loads
 
 VERSION = "1.0.0"
 REFVALUES_PREFIX = "refvalues:"

@@ -17,6 +17,7 @@ from layerseal.cli._broker_env import TOKEN_ENV
 from layerseal.cli._subcommands import command_group
 from layerseal.cli.common import read_key_file
 from layerseal.errors import BadInputError, NotFoundError
+from layerseal.wire.jsonload import loads_object
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -279,13 +280,7 @@ def _policy_set(args: argparse.Namespace) -> int:
 
 def _json_file(path: str, what: str) -> dict[str, Any]:
     raw = read_key_file(path, what) if path != "-" else sys.stdin.buffer.read()
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        raise BadInputError(f"{what} {path}: expected JSON, seen invalid data ({exc})") from exc
-    if not isinstance(doc, dict):
-        raise BadInputError(f"{what} {path}: expected a JSON object, seen {type(doc).__name__}")
-    return doc
+    return loads_object(raw, f"{what} {path}")
 
 
 def _policy_dry_run(args: argparse.Namespace) -> int:

@@ -15,7 +15,6 @@ open or fail the HMAC, and containerd checks the result against the pulled image
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from layerseal.errors import BadInputError
 from layerseal.image import mediatypes as mt
 from layerseal.image.descriptor import Descriptor
 from layerseal.image.digest import Digest
+from layerseal.wire.jsonload import object_or_none
 
 CONTENT_PLUGIN = "io.containerd.content.v1.content"
 MAX_MANIFEST = 4 << 20
@@ -63,11 +63,8 @@ def find_layer_descriptors(root: Path, digest: Digest, media_type: str) -> list[
             continue  # removed by containerd's garbage collector meanwhile
         if needle not in data:
             continue
-        try:
-            doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            continue
-        layers = doc.get("layers") if isinstance(doc, dict) else None
+        doc = object_or_none(data)  # other blobs that happen to hold the digest are skipped
+        layers = doc.get("layers") if doc is not None else None
         if not isinstance(layers, list):
             continue
         for i, obj in enumerate(layers):

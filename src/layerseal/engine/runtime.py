@@ -28,6 +28,7 @@ from typing import IO, Any
 
 from layerseal.errors import BadInputError, NotFoundError, TransportError, expected_seen
 from layerseal.layout.atomic import write_file_atomic
+from layerseal.wire.jsonload import loads, loads_object, object_or_none
 
 RUNTIMES = ("runc", "crun", "bwrap")
 _OCI_RUNTIMES = ("runc", "crun")
@@ -243,11 +244,8 @@ def _runtime_errors(log_path: Path) -> list[str]:
         return []
     errors = []
     for line in lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
+        entry = object_or_none(line)
+        if entry is not None and entry.get("level") in ("error", "fatal"):
             errors.append(str(entry.get("msg", "")))
     return errors
 
@@ -330,11 +328,10 @@ def run_bundle(
     bundle_dir = Path(bundle_dir).resolve()
     config_path = bundle_dir / "config.json"
     try:
-        spec = json.loads(config_path.read_bytes())
+        raw = config_path.read_bytes()
     except FileNotFoundError as exc:
         raise NotFoundError(f"bundle {bundle_dir}: expected config.json, seen none") from exc
-    except ValueError as exc:
-        raise BadInputError(f"bundle {config_path}: expected JSON, seen invalid data ({exc})") from exc
+    spec = loads_object(raw, f"bundle {config_path}")
     rt = find_runtime(runtime)
     cid = _container_id(container_id)
     out = _Sink(stdout if stdout is not None else sys.stdout)
@@ -400,5 +397,5 @@ def list_containers(runtime: str | None = None) -> Sequence[str]:
         raise TransportError(
             expected_seen(f"{rt.kind} list", "status 0", f"{result.returncode}: {result.stderr.decode()!r}")
         )
-    entries = json.loads(result.stdout or b"null") or []
+    entries = loads(result.stdout or b"null", f"{rt.kind} list --format json") or []
     return tuple(str(e.get("id")) for e in entries if isinstance(e, dict))

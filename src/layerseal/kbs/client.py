@@ -15,7 +15,6 @@ on.  The challenge's ``selected-hash-algorithm`` (kbs-types) picks the report-da
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Self, TypedDict, Unpack
 
@@ -26,9 +25,9 @@ from layerseal.attest.binding import report_data
 from layerseal.attest.claims import Attester
 from layerseal.crypto.jwe import decrypt_from_jwk
 from layerseal.crypto.keys import PrivateKey, public_key_to_jwk
-from layerseal.errors import BadInputError, TransportError
+from layerseal.errors import TransportError
 from layerseal.kbs.kbsforms import resource_path_of
-from layerseal.kbs.packets import unwrap_key_packet
+from layerseal.kbs.packets import KeyPacket, unwrap_key_packet
 from layerseal.kbs.rcarclient import KbsClient, Opener, Reply, Request, attestation_body
 from layerseal.netcause import classify_network_error
 from layerseal.wire.b64 import b64decode
@@ -370,7 +369,5 @@ class EnclaveClient(_BrokerConnection):
 
     def unwrap(self, packet_json: bytes) -> bytes:
         """Fetch the KEK a key packet names and return the packet's optsdata."""
-        kid = json.loads(packet_json).get("kid")
-        if not isinstance(kid, str):
-            raise BadInputError("key packet: expected a 'kid' string")
+        kid = KeyPacket.parse(packet_json).kid  # a bad packet fails before any attestation
         return unwrap_key_packet(packet_json, self.get_keys([kid])[kid])

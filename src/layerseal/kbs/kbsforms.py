@@ -9,7 +9,6 @@ hash the challenge selects; and the batch answer's KEKs.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +18,7 @@ from layerseal.errors import BadInputError, TransportError
 from layerseal.kbs.packets import ResourcePath
 from layerseal.kbs.problems import PROBLEM_TYPE
 from layerseal.wire.b64 import b64decode
+from layerseal.wire.jsonload import loads_object, object_or_none
 
 DEFAULT_HASH = "sha384"
 
@@ -56,12 +56,9 @@ def batch_absent(status: int, body: bytes) -> bool:
     """An answer to the batch request from a KBS without the endpoint (Trustee: 404 PluginNotFound)."""
     if status not in (404, 405, 501):
         return False
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return True
+    doc = object_or_none(body)
     # layerseal's own 404 names an unknown key: that is an answer, not a missing endpoint
-    return not (isinstance(doc, dict) and str(doc.get("type", "")).startswith(PROBLEM_TYPE))
+    return not (doc is not None and str(doc.get("type", "")).startswith(PROBLEM_TYPE))
 
 
 def selected_hash_algorithm(challenge: Any, what: str = "broker /kbs/v0/auth") -> str:
@@ -80,7 +77,7 @@ def selected_hash_algorithm(challenge: Any, what: str = "broker /kbs/v0/auth") -
 def released_keks(plain: bytes, paths: Sequence[str]) -> dict[str, bytes]:
     """The KEKs of a batch answer's plaintext ``{"resources": {path: base64}}``; every path required."""
     try:
-        released = json.loads(plain)["resources"]
+        released = loads_object(plain, "broker batch response")["resources"]
         keks = {path: b64decode(value, f"broker batch response {path}") for path, value in released.items()}
     except (ValueError, KeyError, TypeError, AttributeError, BadInputError) as exc:
         raise TransportError(

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from layerseal.errors import BadInputError, IntegrityError
 from layerseal.wire.b64 import b64decode
-from layerseal.wire.jsonload import loads_object
+from layerseal.wire.jsonload import loads_object, object_or_none
 
 RESOURCE_TYPE = "layer-key"
 TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -157,14 +157,11 @@ def unwrap_key_packet(packet_json: bytes, kek: bytes) -> bytes:
         decryptor = Cipher(algorithms.AES(kek), modes.CTR(packet.iv)).decryptor()
         plain = decryptor.update(packet.wrapped_data) + decryptor.finalize()
         # CTR has no tag: a wrong KEK shows only as bytes that are not the JSON optsdata
-        try:
-            if not isinstance(json.loads(plain), dict):
-                raise ValueError("not an object")
-        except (ValueError, UnicodeDecodeError) as exc:
+        if object_or_none(plain) is None:
             raise IntegrityError(
                 f"key packet {packet.kid}: expected A256CTR to open to JSON optsdata with its KEK, "
                 "seen other bytes"
-            ) from exc
+            )
         return plain
     try:
         return AESGCM(kek).decrypt(packet.iv, packet.wrapped_data, None)

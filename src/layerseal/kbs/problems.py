@@ -7,10 +7,10 @@ store 503.  Anything else is a bug and becomes a bare 500 without details.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from layerseal.errors import BadInputError, DeniedError, LayersealError, NotFoundError, TransportError
+from layerseal.wire.jsonload import object_or_none
 
 PROBLEM_TYPE = "https://layerseal.dev/problems/"
 
@@ -85,15 +85,9 @@ def _one_line(text: str, limit: int = 500) -> str:
 
 def error_for(method: str, path: str, status: int, body: bytes) -> LayersealError:
     """The layerseal error for a broker error response (RFC 7807 document or text)."""
-    detail = body.decode("utf-8", "replace")
-    kind = ""
-    try:
-        doc = json.loads(body)
-        if isinstance(doc, dict):
-            detail = str(doc.get("detail", detail))
-            kind = str(doc.get("type", ""))
-    except ValueError:
-        pass
+    doc = object_or_none(body) or {}
+    detail = str(doc.get("detail", body.decode("utf-8", "replace")))
+    kind = str(doc.get("type", ""))
     message = f"broker {method} {path}: HTTP {status}: {_one_line(detail)}"
     if status == 400:
         return BadInputError(message)

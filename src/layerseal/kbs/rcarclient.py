@@ -7,19 +7,19 @@ of every answer.  Two transports carry the bytes: httpx for the engine and the b
 (:mod:`layerseal.kbs.client`) and ``http.client`` for the keyprovider, which ocicrypt starts
 once per layer and so must not import httpx (:mod:`layerseal.keyprovider.brokerhttp`).
 
-Only the errors and the constants are imported at the top: the keyprovider's start-up
-pays for the rest when a request needs it.
+Only the errors, the constants and :mod:`layerseal.wire.jsonload` (which the keyprovider's
+protocol imports anyway) are imported at the top: the keyprovider's start-up pays for the
+rest when a request needs it.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from layerseal.errors import TransportError
+from layerseal.errors import BadInputError, TransportError
 from layerseal.kbs.constants import (
     ATTEST_PATH,
     AUTH_PATH,
@@ -29,6 +29,7 @@ from layerseal.kbs.constants import (
     RESOURCE_PREFIX,
     SESSION_COOKIE,
 )
+from layerseal.wire.jsonload import loads, object_or_none
 
 #: opens a JWE the KBS sealed to the enclave key of one attestation token
 Opener = Callable[[dict[str, Any]], bytes]
@@ -92,9 +93,9 @@ def attestation_body(nonce: str, tee_pubkey: Mapping[str, Any], evidence: Any) -
 
 def _json(reply: Reply, method: str, path: str) -> Any:
     try:
-        return json.loads(reply.body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise TransportError(f"broker {method} {path}: expected JSON, seen {reply.body[:60]!r}") from exc
+        return loads(reply.body, f"broker {method} {path}")
+    except BadInputError as exc:  # a broker's answer that is no JSON: the exchange failed
+        raise TransportError(f"{exc}; seen {reply.body[:60]!r}") from exc
 
 
 def _jwe(reply: Reply, method: str, path: str) -> dict[str, Any]:
@@ -155,11 +156,8 @@ class KbsClient:
             Request("POST", AUTH_PATH, {"version": PROTOCOL_VERSION, "tee": tee, "extra-params": ""})
         )
         session = session_cookie(reply.set_cookies)
-        try:
-            challenge = json.loads(reply.body)
-        except (ValueError, UnicodeDecodeError):
-            challenge = None
-        nonce = challenge.get("nonce") if isinstance(challenge, dict) else None
+        challenge = object_or_none(reply.body)
+        nonce = challenge.get("nonce") if challenge is not None else None
         if not isinstance(nonce, str) or not session:
             raise TransportError(
                 f"broker {AUTH_PATH}: expected a nonce and a {SESSION_COOKIE} cookie, seen neither"

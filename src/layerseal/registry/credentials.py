@@ -10,9 +10,6 @@ message or a log line.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import os
 import subprocess
@@ -22,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from layerseal.errors import BadInputError, DeniedError
+from layerseal.wire.b64 import b64decode
+from layerseal.wire.jsonload import loads_object
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +92,11 @@ def _decode_entry(entry: Any, where: str) -> Credentials | None:
     identity = entry.get("identitytoken") or None
     auth = entry.get("auth")
     if isinstance(auth, str) and auth:
+        expected = "base64 of 'user:password'"
         try:
-            decoded = base64.b64decode(auth, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError) as exc:
-            raise BadInputError(f"{where}: field 'auth': expected base64 of 'user:password'") from exc
+            decoded = b64decode(auth, f"{where}: field 'auth'", expected=expected).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadInputError(f"{where}: field 'auth': expected {expected}, seen bytes not UTF-8") from exc
         user, sep, password = decoded.partition(":")
         if not sep:
             raise BadInputError(f"{where}: field 'auth': expected base64 of 'user:password', seen no ':'")
@@ -136,16 +136,12 @@ def run_credential_helper(name: str, server: str) -> Credentials | None:
             f"credential helper {program} for {server}: "
             f"expected exit status 0, seen {proc.returncode} ({message})"
         )
-    try:
-        data = json.loads(proc.stdout)
-        user: object = data["Username"]
-        secret: object = data["Secret"]
-        if not isinstance(user, str) or not isinstance(secret, str):
-            raise TypeError("Username and Secret must be strings")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BadInputError(
-            f"credential helper {program}: expected JSON with 'Username' and 'Secret', seen something else"
-        ) from exc
+    # the answer holds the secret: errors name its shape, never its text
+    expected = "JSON with 'Username' and 'Secret'"
+    data = loads_object(proc.stdout, f"credential helper {program}", expected=expected)
+    user, secret = data.get("Username"), data.get("Secret")
+    if not isinstance(user, str) or not isinstance(secret, str):
+        raise BadInputError(f"credential helper {program}: expected {expected} strings, seen something else")
     if user == "<token>":
         return Credentials(user, "", secret)
     return Credentials(user, secret)
@@ -158,13 +154,12 @@ def _helper_server(registry: str) -> str:
 def credentials_from_file(path: Path, registry: str, repository: str | None = None) -> Credentials | None:
     """Credentials for *registry* (and optionally *repository*) from one auth file."""
     try:
-        data = json.loads(path.read_bytes())
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"auth file {path}: expected readable JSON, seen {type(exc).__name__}") from exc
-    if not isinstance(data, dict):
-        raise BadInputError(f"auth file {path}: expected a JSON object, seen {type(data).__name__}")
+    except OSError as exc:
+        raise BadInputError(f"auth file {path}: expected a readable file, seen {type(exc).__name__}") from exc
+    data = loads_object(raw, f"auth file {path}")
     key = _registry_key(registry)
     helpers = data.get("credHelpers") or {}
     if isinstance(helpers, dict):

@@ -9,7 +9,6 @@ threads.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -32,6 +31,7 @@ from layerseal.registry.credentials import Credentials, resolve_credentials
 from layerseal.registry.options import RegistryOptions
 from layerseal.registry.reference import DOCKER_HUB, DOCKER_HUB_API
 from layerseal.registry.retry import NetworkFailure, classify_network_error
+from layerseal.wire.jsonload import object_or_none
 
 log = logging.getLogger(__name__)
 
@@ -202,13 +202,13 @@ class RegistrySession:
         detail = ""
         try:
             body = self.read_limited(response, _MAX_ERROR_BODY, what, truncate=True)
-            errors = json.loads(body).get("errors") if body else None
+            errors = (object_or_none(body) or {}).get("errors")
             if isinstance(errors, list):
                 parts = [
                     f"{e.get('code', '?')}: {e.get('message', '')}" for e in errors[:3] if isinstance(e, dict)
                 ]
                 detail = "; ".join(parts)
-        except (ValueError, AttributeError, httpx.HTTPError, LayersealError):
+        except (httpx.HTTPError, LayersealError):
             pass
         finally:
             response.close()

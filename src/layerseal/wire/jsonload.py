@@ -4,7 +4,8 @@ Every JSON document layerseal reads from outside (image layouts, manifests, inde
 configs, annotations, evidence, request bodies) goes through :func:`loads`: nesting
 deeper than :data:`MAX_DEPTH` and strings holding a lone UTF-16 surrogate (``"\\ud800"``,
 which no UTF-8 encoder can write back) are bad input, not a ``RecursionError`` or a
-``UnicodeEncodeError`` later.  :func:`loads_object` adds "must be an object".
+``UnicodeEncodeError`` later.  :func:`loads_object` adds "must be an object";
+:func:`object_or_none` reads text that may hold an object (error bodies, log lines).
 """
 
 from __future__ import annotations
@@ -102,3 +103,13 @@ def loads_object(data: bytes | str, what: str, *, expected: str = "a JSON object
     if not isinstance(value, dict):
         raise BadInputError(f"{what}: expected {expected}, seen {type(value).__name__}")
     return value
+
+
+def object_or_none(data: bytes | str) -> dict[str, Any] | None:
+    """The JSON object *data* holds, or None for anything else: for text read only for its
+    details (an error body, a log line), where other text is no error of its own."""
+    try:
+        value = loads(data, "JSON text")
+    except BadInputError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -4,6 +4,7 @@ PostgreSQL), and ``master-key rotate`` surviving a failure midway."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import subprocess
@@ -168,7 +169,21 @@ def test_damaged_or_truncated_backup_is_refused(tmp_path: Path, sim_platform_dir
         "restore", "--db", str(tmp_path / "y.db"), "--master-key-file", str(tmp_path / "y.key"), str(edited)
     )
     assert r.returncode == 3 and "sha256" in r.stderr, r.stderr
+    # a row whose binary column is no base64 (the trailer rewritten to match) is bad input
+    rows = [json.loads(x) for x in lines[1:-1]]
+    at = next(i for i, x in enumerate(rows) if x["t"] == "secrets")
+    rows[at]["r"]["sealed"] = "not base64!"
+    body = [lines[0], *(json.dumps(x, separators=(",", ":"), sort_keys=True).encode() for x in rows)]
+    trailer = dict(
+        json.loads(lines[-1]), sha256=hashlib.sha256(b"".join(x + b"\n" for x in body)).hexdigest()
+    )
+    bad = tmp_path / "bad.backup"
+    bad.write_bytes(gzip.compress(b"\n".join([*body, json.dumps(trailer).encode()]) + b"\n"))
+    r = cli("restore", "--db", str(tmp_path / "z.db"), "--master-key-file", str(tmp_path / "z.key"), str(bad))
+    assert r.returncode == 2, r.stderr
+    assert f"line {at + 2}: table secrets field 'sealed': expected standard base64" in r.stderr
     assert not (tmp_path / "x.key").exists() and not (tmp_path / "y.key").exists()
+    assert not (tmp_path / "z.key").exists() and not (tmp_path / "z.db").exists()
     again = cli(
         "backup",
         "--db",

@@ -1,5 +1,5 @@
 """The audit search's filters run in SQL (``Store.iter_audit``) on SQLite and PostgreSQL and
-select exactly the rows the former in-Python filter selected."""
+select exactly the rows the former in-Python filter selected; the console's timeline the same."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from layerseal.broker import audit, database
+from layerseal.broker.console import queries
 from layerseal.broker.store import Store, keys_json
 
 pytestmark = pytest.mark.integration
@@ -115,3 +116,52 @@ def test_many_key_ids_in_one_search(store: Store) -> None:
     found = [r.content["keys"] for r in store.iter_audit(key_ids=[*others, KC])]
     assert found and all(KC in keys for keys in found)
     assert list(store.iter_audit(key_ids=others)) == []
+
+
+@pytest.mark.parametrize("f", FILTERS, ids=[json.dumps(f) for f in FILTERS])
+def test_console_timeline_selects_what_the_admin_search_selects(store: Store, f: dict[str, Any]) -> None:
+    # the console's filter is the store's: the same rows, newest first
+    wanted = queries.AuditFilter(
+        tenant=f.get("tenant"),
+        key_ids=None if f.get("key_ids") is None else tuple(f["key_ids"]),
+        outcome=f.get("decision"),
+        action=f.get("action"),
+        since_ms=f.get("since_ms"),
+        until_ms=f.get("until_ms"),
+    )
+    admin = [r.id for r in store.iter_audit(**f)]
+    console = [r.position for r in queries.search_audit(store.engine, wanted, queries.MAX_PAGE)]
+    assert console == admin[::-1]
+
+
+def test_a_key_filter_names_that_key_only(db_url: str) -> None:
+    # "k1" is a prefix of "k10": neither search may return the rows of k10 for k1
+    engine = database.create_db_engine(db_url)
+    database.migrate(engine)
+    s = Store(engine)
+    keys = audit.AuditKeys(b"\x02" * 32)
+    chain = s.claim_audit_chain("test", keys, 60.0)
+    entries = [
+        {
+            "at_ms": i,
+            "actor": "a",
+            "action": "release",
+            "decision": "ok",
+            "tenant": "acme",
+            "keys": keys_json(paths),
+            "evidence_digest": None,
+            "measurement": None,
+            "reason": "",
+        }
+        for i, paths in enumerate([["acme/k1.1"], ["acme/k10.1"], ["acme/k10"], ["acme/k1"]])
+    ]
+    s.append_audit_batch(entries, chain=chain, owner="test", keys=keys, lease=60.0)
+    try:
+        admin = [r.content["keys"] for r in s.iter_audit(key_ids=["k1"])]
+        timeline = queries.search_audit(engine, queries.AuditFilter(key_ids=("k1",)), 100)
+        assert admin == ['["acme/k1.1"]', '["acme/k1"]']
+        assert [r.content["keys"] for r in timeline] == admin[::-1]
+        ten = queries.search_audit(engine, queries.AuditFilter(key_ids=("k10",)), 100)
+        assert [r.content["keys"] for r in ten] == ['["acme/k10"]', '["acme/k10.1"]']
+    finally:
+        s.dispose()

@@ -11,6 +11,7 @@ import pytest
 from layerseal.engine.bundle import DEFAULT_PATH, User, resolve_user, runtime_spec
 from layerseal.engine.runtime import (
     Runtime,
+    _runtime_errors,
     find_runtime,
     read_rootfs_file,
     read_user_db,
@@ -260,3 +261,21 @@ def test_find_runtime(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_run_bundle_without_config(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match=r"config\.json"):
         run_bundle(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "seen"), [("{", "expected JSON, seen invalid JSON"), ("[]", "expected a JSON object, seen list")]
+)
+def test_run_bundle_with_a_config_that_is_no_object(tmp_path: Path, text: str, seen: str) -> None:
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(BadInputError, match=rf"^bundle {tmp_path}/config\.json: {seen}"):
+        run_bundle(tmp_path)
+
+
+def test_runtime_log_lines_that_are_no_objects_are_skipped(tmp_path: Path) -> None:
+    log = tmp_path / "log.json"
+    log.write_text(
+        '{"level":"error","msg":"first"}\nnot json\n[1]\n{"level":"info","msg":"x"}\n{"level":"fatal","msg":"last"}\n'
+    )
+    assert _runtime_errors(log) == ["first", "last"]
+    assert _runtime_errors(tmp_path / "none.json") == []

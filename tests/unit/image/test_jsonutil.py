@@ -10,6 +10,7 @@ from layerseal.errors import BadInputError
 from layerseal.image import jsonutil as J
 from layerseal.image.encryption import PublicOptions
 from layerseal.image.manifest import Index, Manifest
+from layerseal.wire.jsonload import object_or_none
 
 
 def nested(depth: int, opener: str = "[") -> str:
@@ -94,3 +95,19 @@ def test_config_history_entries_must_be_objects() -> None:
 
     with pytest.raises(BadInputError, match=r"^image config: history\[1\]: expected an object, seen float$"):
         ImageConfig.from_bytes(b'{"history":[{"created_by":"x"},1.0]}')
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        (b'{"detail":"x"}', {"detail": "x"}),
+        ('{"level":"error"}', {"level": "error"}),
+        (b"[1]", None),
+        (b"not json", None),
+        (b"", None),
+        (b"\xff{}", None),
+        (nested(J.MAX_DEPTH + 1, "{"), None),  # too deep: no RecursionError, just no object
+    ],
+)
+def test_object_or_none_reads_details_without_refusing(text: bytes | str, found: object) -> None:
+    assert object_or_none(text) == found

@@ -8,7 +8,9 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
-from layerseal.kbs.problems import UnauthenticatedError
+from layerseal.errors import TransportError
+from layerseal.kbs.kbsforms import batch_absent
+from layerseal.kbs.problems import PROBLEM_TYPE, PolicyDeniedError, UnauthenticatedError, error_for
 from layerseal.kbs.rcarclient import KbsClient, Opener, Reply, Request, session_cookie
 
 PATH = "acme/app/layer-1"  # not a layerseal key id: fetched with the per-resource GET
@@ -57,3 +59,22 @@ def test_a_second_refusal_is_the_error() -> None:
 def test_session_cookie_among_set_cookie_values() -> None:
     assert session_cookie(["a=b", 'kbs-session-id="s1"; Path=/; HttpOnly']) == "s1"
     assert session_cookie(["a=b"]) is None
+
+
+def test_answers_that_are_no_json_are_transport_errors_naming_the_request() -> None:
+    client = KbsClient(Scripted([Reply(200, b"<html>proxy</html>"), Reply(200, b"[" * 100 + b"]" * 100)]))
+    for _ in range(2):
+        with pytest.raises(TransportError, match=r"^broker POST /kbs/v0/attest: expected JSON"):
+            client.attest("s1", {})
+    nonce_less = KbsClient(Scripted([Reply(200, b"not json", set_cookies=("kbs-session-id=s1",))]))
+    with pytest.raises(TransportError, match="expected a nonce"):
+        nonce_less.challenge("sample")
+
+
+def test_error_bodies_are_read_for_details_only() -> None:
+    assert str(error_for("GET", "/x", 404, b"plain text")) == "broker GET /x: HTTP 404: plain text"
+    assert str(error_for("GET", "/x", 404, b'{"detail":"no key"}')) == "broker GET /x: HTTP 404: no key"
+    assert str(error_for("GET", "/x", 404, b'["detail"]')) == 'broker GET /x: HTTP 404: ["detail"]'
+    assert isinstance(error_for("GET", "/x", 403, b'{"type":"t/policy-denied"}'), PolicyDeniedError)
+    assert batch_absent(404, b"Not Found") and batch_absent(404, b"[]")
+    assert not batch_absent(404, json.dumps({"type": PROBLEM_TYPE + "/not-found"}).encode())

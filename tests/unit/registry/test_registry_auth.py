@@ -130,6 +130,51 @@ def test_missing_authfile_is_bad_input(tmp_path: Path) -> None:
         resolve_credentials("reg.test", authfile=str(tmp_path / "nope.json"))
 
 
+@pytest.mark.parametrize(
+    ("text", "seen"),
+    [
+        (
+            '{"auths": {"reg.test": {"auth": "dXNlcjpwYXNz\\n"}}}',
+            "field 'auth': expected base64 of 'user:password', seen invalid base64",
+        ),
+        (
+            '{"auths": {"reg.test": {"auth": "/w=="}}}',
+            "field 'auth': expected base64 of 'user:password', seen bytes not UTF-8",
+        ),
+        (
+            '{"auths": {"reg.test": {"auth": "dXNlcg=="}}}',
+            "field 'auth': expected base64 of 'user:password', seen no ':'",
+        ),
+        ('["topsecret"]', "expected a JSON object, seen list"),
+        ('{"auths": {"topsecret"', "expected JSON, seen invalid JSON"),
+    ],
+)
+def test_malformed_authfile_is_bad_input_without_its_text(tmp_path: Path, text: str, seen: str) -> None:
+    path = tmp_path / "auth.json"
+    path.write_text(text)
+    with pytest.raises(BadInputError) as info:
+        resolve_credentials("reg.test", authfile=str(path))
+    assert seen in str(info.value) and str(path) in str(info.value)
+    assert "topsecret" not in str(info.value) and "dXNlcj" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ['{\\"Username\\":\\"u\\",\\"Secret\\":1}', '[\\"topsecret\\"]', '{\\"Secret\\":\\"topsecret\\"'],
+)
+def test_cred_helper_answer_that_is_no_credentials_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: str
+) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"credsStore": "fake"}))
+    _helper(tmp_path, monkeypatch, f'echo "{answer}"\n')
+    with pytest.raises(BadInputError) as info:
+        resolve_credentials("reg.test", authfile=str(path))
+    message = str(info.value)
+    assert "credential helper docker-credential-fake: expected JSON with 'Username' and 'Secret'" in message
+    assert "topsecret" not in message
+
+
 def test_basic_auth_flow() -> None:
     fake = FakeRegistry(auth="basic")
     fake.add_manifest("team/app", "v1", b'{"schemaVersion":2}', MT)

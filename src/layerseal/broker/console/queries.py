@@ -18,6 +18,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from layerseal.broker import audit
 from layerseal.broker import schema as S
+from layerseal.broker.store.auditing import naming_any
 
 A = S.audit_log
 C = S.attested_claims
@@ -25,7 +26,6 @@ C = S.attested_claims
 # (one per writer), else the chain's sequence number, which is then global too.
 POSITION = A.c.id if "id" in A.c else A.c.seq
 MAX_PAGE = 10000
-_MAX_KEYS_IN_FILTER = 500
 
 
 @dataclass(frozen=True)
@@ -51,20 +51,14 @@ class AuditRecord:
     claims: dict[str, Any] | None
 
 
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def _conditions(f: AuditFilter) -> list[ColumnElement[bool]]:
     where: list[ColumnElement[bool]] = []
     if f.tenant is not None:
         where.append(A.c.tenant == f.tenant)
     if f.key_ids is not None:
-        ids = f.key_ids[:_MAX_KEYS_IN_FILTER]
-        if not ids:
-            where.append(A.c.seq < 0)  # no key matches: nothing to show
-        else:
-            where.append(or_(*(A.c["keys"].like(f"%/{_like_escape(k)}%", escape="\\") for k in ids)))
+        # the admin search's filter, so both name exactly the same rows (no key: nothing to
+        # show); it takes a repository's thousands of keys as one VALUES list, so no cap
+        where.append(naming_any(f.key_ids))
     if f.platform is not None:
         matching = select(C.c.evidence_digest).where(or_(C.c.platform == f.platform, C.c.tee == f.platform))
         where.append(A.c.evidence_digest.in_(matching))

@@ -36,9 +36,10 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _naming_any(key_ids: Collection[str]) -> ColumnElement[bool]:
-    """Rows whose ``keys`` name one of *key_ids*: some path's part after the tenant's "/",
-    up to its version's ".", is the id (in ``keys_json``'s text: "/" id "." or "/" id '"')."""
+def naming_any(key_ids: Collection[str]) -> ColumnElement[bool]:
+    """Rows whose ``keys`` name one of *key_ids* exactly (``k1`` never matches ``k10``): some
+    path's part after the tenant's "/", up to its version's ".", is the id (in ``keys_json``'s
+    text: "/" id "." or "/" id '"').  The admin search and the console both filter with it."""
     # such a part never holds these characters: an id with one can name no row
     ids = sorted(k for k in set(key_ids) if k and not set(k) & set('./"\\'))
     if not ids:
@@ -182,7 +183,7 @@ class AuditStore(StoreBase):
         if until_ms is not None:
             where.append(A.c.at_ms < until_ms)
         if key_ids is not None:
-            where.append(_naming_any(key_ids))
+            where.append(naming_any(key_ids))
         q = select(A).where(A.c.id > after, *where).order_by(A.c.id)
         if limit is not None:
             q = q.limit(limit)
