@@ -8,10 +8,13 @@ consistent and never blocks them.  The same format serves both databases, so a S
 deployment can be restored into PostgreSQL and back.
 
 Restore goes into an empty database only: the schema is created at the backup's revision,
-every row inserted in one transaction, then migrated to the newest revision.  Before
-anything is written the master key is checked to open the backup's sealed secrets.
-The file holds the master key unless ``--without-master-key``: it is written 0600 and is
-exactly as sensitive as the key file.
+every row inserted in one transaction, then migrated to the newest revision.  Rows are read
+and written with the tables as the database has them at that revision (reflected), not as
+``schema.py`` has them now, so a backup of any revision restores whatever later migrations
+added, moved or dropped: its rows go through those migrations exactly like a database
+upgraded in place.  Before anything is written the master key is checked to open the
+backup's sealed secrets.  The file holds the master key unless ``--without-master-key``:
+it is written 0600 and is exactly as sensitive as the key file.
 """
 
 from __future__ import annotations
@@ -32,7 +35,18 @@ from typing import IO, Any
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, Engine, LargeBinary, delete, func, insert, inspect, select, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    LargeBinary,
+    MetaData,
+    Table,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 from layerseal.broker import database
@@ -68,10 +82,13 @@ def _revision(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
-def _tables() -> list[Any]:
-    """Every table, parents before the tables whose foreign keys name them (the DDL with its
-    foreign keys lives in the migrations, so the metadata cannot sort them)."""
-    return sorted(S.metadata.sorted_tables, key=lambda t: (t.name not in _PARENTS, t.name))
+def _tables_at_revision(conn: Connection) -> list[Table]:
+    """Every table as the database has it (its revision's columns), parents before the
+    tables whose foreign keys name them (kept as a fixed rule: the order of a backup's lines
+    does not depend on what reflection finds)."""
+    meta = MetaData()
+    meta.reflect(conn, only=lambda name, _meta: name != "alembic_version")
+    return sorted(meta.tables.values(), key=lambda t: (t.name not in _PARENTS, t.name))
 
 
 def _encode(table: Any, row: Any) -> dict[str, Any]:
@@ -88,7 +105,10 @@ def _decode(table: Any, row: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in row.items():
         if name not in table.columns:
-            raise IntegrityError(f"backup row of {table.name}: expected known columns, seen {name!r}")
+            raise IntegrityError(
+                f"backup row of {table.name}: expected the columns it has at the backup's revision, "
+                f"seen {name!r}"
+            )
         col = table.columns[name]
         out[name] = (
             base64.b64decode(value) if isinstance(col.type, LargeBinary) and value is not None else value
@@ -167,8 +187,7 @@ def backup(
                 revision = _revision(conn)
                 if revision is None:
                     raise NotFoundError(f"database {db_url}: expected a broker database, seen no schema")
-                present = set(inspect(conn).get_table_names())
-                tables = [t for t in _tables() if t.name in present]
+                tables = _tables_at_revision(conn)
                 # the key must open this database: a backup restored with the wrong key is useless
                 sealed = conn.execute(
                     select(S.secrets.c.sealed).where(S.secrets.c.name == _PROBE_SECRET)
@@ -260,7 +279,6 @@ def restore(db_url: str, path: Path, *, key_file: Path | None, custody: KeyCusto
     """Restore *path* into the empty database *db_url*; write the backup's master key to
     *key_file* when it holds one (an existing different key file is refused)."""
     header, rows, counts = _read(path)
-    tables = {t.name: t for t in _tables()}
     entry = header.get("master_key", {})
     key_line: str | None = None
     if entry.get("kind") == "file":
@@ -292,12 +310,10 @@ def restore(db_url: str, path: Path, *, key_file: Path | None, custody: KeyCusto
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": 0x6C736B62})
             current = _revision(conn)
             if current is not None:
-                present = set(inspect(conn).get_table_names())
                 non_empty = [
                     t.name
-                    for t in tables.values()
-                    if t.name in present
-                    and t.name not in _SEEDED
+                    for t in _tables_at_revision(conn)
+                    if t.name not in _SEEDED
                     and conn.execute(select(func.count()).select_from(t)).scalar_one()
                 ]
                 if current != header["revision"] or non_empty:
@@ -306,13 +322,15 @@ def restore(db_url: str, path: Path, *, key_file: Path | None, custody: KeyCusto
                         f"{current} with data in {non_empty or 'none'}"
                     )
             command.upgrade(_alembic(conn), str(header["revision"]))
-            for table in reversed(S.metadata.sorted_tables):
-                if table.name in _SEEDED and table.name in header["tables"]:
-                    conn.execute(delete(table))  # rows migrations seed; the backup has their state
+            at_revision = {t.name: t for t in _tables_at_revision(conn)}
+            for name in _SEEDED & set(at_revision) & set(header["tables"]):
+                conn.execute(delete(at_revision[name]))  # rows migrations seed; the backup has their state
             for name, row in rows:
-                table = tables.get(name)
+                table = at_revision.get(name)
                 if table is None:
-                    raise IntegrityError(f"backup {path}: expected known tables, seen {name!r}")
+                    raise IntegrityError(
+                        f"backup {path}: expected the tables of revision {header['revision']}, seen {name!r}"
+                    )
                 conn.execute(insert(table).values(**_decode(table, row)))
             if engine.dialect.name == "postgresql":
                 conn.execute(
