@@ -8,10 +8,14 @@ consistent and never blocks them.  The same format serves both databases, so a S
 deployment can be restored into PostgreSQL and back.
 
 Restore goes into an empty database only: the schema is created at the backup's revision,
-every row inserted in one transaction, then migrated to the newest revision.  Before
-anything is written the master key is checked to open the backup's sealed secrets, and every
-line is checked to be a JSON object and every binary column base64 (:mod:`layerseal.wire`):
-a bad one is refused as bad input naming its line, table and field.
+every row inserted in one transaction, then migrated to the newest revision.  Rows are read
+and written with the tables as the database has them at that revision (reflected; for
+reading, from a scratch in-memory database migrated to it), not as ``schema.py`` has them
+now, so a backup of any revision restores whatever later migrations added, moved or
+dropped: its rows go through those migrations exactly like a database upgraded in place.
+Before anything is written the master key is checked to open the backup's sealed secrets,
+and every line is checked to be a JSON object and every binary column base64
+(:mod:`layerseal.wire`): a bad one is refused as bad input naming its line, table and field.
 The file holds the master key unless ``--without-master-key``: it is written 0600 and is
 exactly as sensitive as the key file.
 """
@@ -34,7 +38,20 @@ from typing import IO, Any
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, Engine, LargeBinary, delete, func, insert, inspect, select, text
+from alembic.util import CommandError
+from sqlalchemy import (
+    Connection,
+    Engine,
+    LargeBinary,
+    MetaData,
+    Table,
+    create_engine,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 from layerseal.broker import database
@@ -72,10 +89,29 @@ def _revision(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
-def _tables() -> list[Any]:
-    """Every table, parents before the tables whose foreign keys name them (the DDL with its
-    foreign keys lives in the migrations, so the metadata cannot sort them)."""
-    return sorted(S.metadata.sorted_tables, key=lambda t: (t.name not in _PARENTS, t.name))
+def _tables_at_revision(conn: Connection) -> list[Table]:
+    """Every table as the database has it (its revision's columns), parents before the
+    tables whose foreign keys name them (kept as a fixed rule: the order of a backup's lines
+    does not depend on what reflection finds)."""
+    meta = MetaData()
+    meta.reflect(conn, only=lambda name, _meta: name != "alembic_version")
+    return sorted(meta.tables.values(), key=lambda t: (t.name not in _PARENTS, t.name))
+
+
+def _tables_of(path: Path, revision: object) -> dict[str, Table]:
+    """The tables of *revision*, from a scratch in-memory database migrated to it: a backup's
+    rows are decoded with them before anything touches the target database."""
+    scratch = create_engine("sqlite://")
+    try:
+        with scratch.begin() as conn:
+            command.upgrade(_alembic(conn), str(revision))
+            return {t.name: t for t in _tables_at_revision(conn)}
+    except CommandError as exc:
+        raise BadInputError(
+            f"backup {path}: expected a schema revision this broker knows, seen {str(revision)[:40]!r}"
+        ) from exc
+    finally:
+        scratch.dispose()
 
 
 def _encode(table: Any, row: Any) -> dict[str, Any]:
@@ -93,7 +129,10 @@ def _decode(table: Any, row: dict[str, Any], where: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in row.items():
         if name not in table.columns:
-            raise IntegrityError(f"backup row of {table.name}: expected known columns, seen {name!r}")
+            raise IntegrityError(
+                f"backup row of {table.name}: expected the columns it has at the backup's revision, "
+                f"seen {name!r}"
+            )
         binary = isinstance(table.columns[name].type, LargeBinary) and value is not None
         out[name] = b64decode(value, f"{where}: table {table.name} field {name!r}") if binary else value
     return out
@@ -170,8 +209,7 @@ def backup(
                 revision = _revision(conn)
                 if revision is None:
                     raise NotFoundError(f"database {db_url}: expected a broker database, seen no schema")
-                present = set(inspect(conn).get_table_names())
-                tables = [t for t in _tables() if t.name in present]
+                tables = _tables_at_revision(conn)
                 # the key must open this database: a backup restored with the wrong key is useless
                 sealed = conn.execute(
                     select(S.secrets.c.sealed).where(S.secrets.c.name == _PROBE_SECRET)
@@ -208,26 +246,37 @@ def backup(
     return BackupReport(out, revision, rows, key_note)
 
 
-def _row(path: Path, tables: dict[str, Any], obj: dict[str, Any], where: str) -> tuple[Any, dict[str, Any]]:
-    """A row line's table and decoded columns, so nothing is written before every row decodes."""
+_Row = tuple[str, dict[str, Any], str]  # table name, columns as written, the line naming it
+
+
+def _row(obj: dict[str, Any], where: str) -> _Row:
     name, columns = obj.get("t"), obj.get("r")
     if not isinstance(name, str) or not isinstance(columns, dict):
         shown = {k: type(v).__name__ for k, v in list(obj.items())[:4]}
         raise BadInputError(f"{where}: expected a row {{t: table, r: {{column: value}}}}, seen {shown}")
-    table = tables.get(name)
-    if table is None:
-        raise IntegrityError(f"backup {path}: expected known tables, seen {name!r}")
-    return table, _decode(table, columns, where)
+    return name, columns, where
 
 
-def _read(path: Path) -> tuple[dict[str, Any], list[tuple[Any, dict[str, Any]]], dict[str, int]]:
-    """A backup's header, its rows (table, decoded columns) and the trailer's row counts."""
+def _decoded(path: Path, revision: object, rows: list[_Row]) -> list[tuple[str, dict[str, Any]]]:
+    """Every row's decoded columns under its revision's tables, so nothing is written before
+    every row decodes."""
+    tables = _tables_of(path, revision)
+    out = []
+    for name, columns, where in rows:
+        table = tables.get(name)
+        if table is None:
+            raise IntegrityError(f"backup {path}: expected the tables of revision {revision}, seen {name!r}")
+        out.append((name, _decode(table, columns, where)))
+    return out
+
+
+def _read(path: Path) -> tuple[dict[str, Any], list[_Row], dict[str, int]]:
+    """A backup's header, its rows (table, columns as written, line) and the trailer's row counts."""
     if not path.is_file():
         raise NotFoundError(f"backup {path}: expected a file, seen none")
-    tables = {t.name: t for t in _tables()}
     digest = hashlib.sha256()
     header: dict[str, Any] | None = None
-    rows: list[tuple[Any, dict[str, Any]]] = []
+    rows: list[_Row] = []
     trailer: dict[str, Any] | None = None
     try:
         with gzip.open(path, "rb") as fh:
@@ -247,7 +296,7 @@ def _read(path: Path) -> tuple[dict[str, Any], list[tuple[Any, dict[str, Any]]],
                     trailer = obj
                     continue
                 else:
-                    rows.append(_row(path, tables, obj, f"backup {path} line {number}"))
+                    rows.append(_row(obj, f"backup {path} line {number}"))
                 digest.update(raw)
     except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
         if isinstance(exc, FileNotFoundError):
@@ -281,8 +330,9 @@ def backup_master_key(path: Path) -> bytes | None:
 def restore(db_url: str, path: Path, *, key_file: Path | None, custody: KeyCustody | None) -> BackupReport:
     """Restore *path* into the empty database *db_url*; write the backup's master key to
     *key_file* when it holds one (an existing different key file is refused)."""
-    header, rows, counts = _read(path)
+    header, raw_rows, counts = _read(path)
     held = _master_key(path, header)
+    rows = _decoded(path, header.get("revision"), raw_rows)
     key_line: str | None = None
     if held is not None:
         key_line, key = held
@@ -301,7 +351,7 @@ def restore(db_url: str, path: Path, *, key_file: Path | None, custody: KeyCusto
             f"backup {path}: holds no master key ({kind}): expected --master-key-file or "
             "--master-key naming the key it was made with"
         )
-    probe = next((r for t, r in rows if t.name == "secrets" and r.get("name") == _PROBE_SECRET), None)
+    probe = next((r for t, r in rows if t == "secrets" and r.get("name") == _PROBE_SECRET), None)
     if probe is not None:
         custody.unseal(bytes(probe.get("sealed") or b""), record_aad("secret", _PROBE_SECRET))
     engine = database.create_db_engine(db_url, pool_size=1)
@@ -311,12 +361,10 @@ def restore(db_url: str, path: Path, *, key_file: Path | None, custody: KeyCusto
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": 0x6C736B62})
             current = _revision(conn)
             if current is not None:
-                present = set(inspect(conn).get_table_names())
                 non_empty = [
                     t.name
-                    for t in _tables()
-                    if t.name in present
-                    and t.name not in _SEEDED
+                    for t in _tables_at_revision(conn)
+                    if t.name not in _SEEDED
                     and conn.execute(select(func.count()).select_from(t)).scalar_one()
                 ]
                 if current != header["revision"] or non_empty:
@@ -325,11 +373,11 @@ def restore(db_url: str, path: Path, *, key_file: Path | None, custody: KeyCusto
                         f"{current} with data in {non_empty or 'none'}"
                     )
             command.upgrade(_alembic(conn), str(header["revision"]))
-            for table in reversed(S.metadata.sorted_tables):
-                if table.name in _SEEDED and table.name in header["tables"]:
-                    conn.execute(delete(table))  # rows migrations seed; the backup has their state
-            for table, values in rows:
-                conn.execute(insert(table).values(**values))
+            at_revision = {t.name: t for t in _tables_at_revision(conn)}
+            for name in sorted(_SEEDED & set(at_revision) & set(header["tables"])):
+                conn.execute(delete(at_revision[name]))  # rows migrations seed; the backup has their state
+            for name, values in rows:
+                conn.execute(insert(at_revision[name]).values(**values))
             if engine.dialect.name == "postgresql":
                 conn.execute(
                     text(

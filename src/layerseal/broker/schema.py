@@ -192,8 +192,6 @@ attested_claims = _table(
     "created_at float",
 )
 
-# Per API token: an optional expiry and the last time it authenticated (written at most
-# once a minute per token, so a busy publisher does not turn reads into writes).
-api_token_meta = _table(
-    "api_token_meta", "token_id str32 key", "expires_at float null", "last_used_at float null"
-)
+# Per API token: the last time it authenticated (written at most once a minute per token,
+# so a busy publisher does not turn reads into writes).  Its expiry is api_tokens.expires_at.
+api_token_meta = _table("api_token_meta", "token_id str32 key", "last_used_at float null")
