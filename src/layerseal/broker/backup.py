@@ -311,20 +311,24 @@ def _read(path: Path) -> tuple[dict[str, Any], list[_Row], dict[str, int]]:
     return header, rows, dict(trailer.get("rows", {}))
 
 
-def _master_key(path: Path, header: dict[str, Any]) -> tuple[str, bytes] | None:
-    """The master key a backup's header holds, as written and decoded (None if kept elsewhere)."""
+def _master_key(path: Path, header: dict[str, Any]) -> tuple[str, list[bytes]] | None:
+    """The master key file a backup's header holds, as written, and its keys decoded: the
+    sealing key first, then the keys ``master-key rotate`` retired but did not drop yet
+    (None if the key is kept elsewhere)."""
     entry = header.get("master_key", {})
     if entry.get("kind") != "file":
         return None
-    line = str(entry.get("key") or "").strip()
-    return line, decode_master_key(line, f"backup {path}: header field 'master_key.key'")
+    written = str(entry.get("key") or "").strip()
+    what = f"backup {path}: header field 'master_key.key'"
+    lines = [line.strip() for line in written.splitlines() if line.strip()] or [""]
+    return written, [decode_master_key(line, what) for line in lines]
 
 
 def backup_master_key(path: Path) -> bytes | None:
     """The master key a backup holds (None if it was kept elsewhere)."""
     header, _, _ = _read(path)
     held = _master_key(path, header)
-    return None if held is None else held[1]
+    return None if held is None else held[1][0]
 
 
 def restore(db_url: str, path: Path, *, key_file: Path | None, custody: KeyCustody | None) -> BackupReport:
@@ -335,8 +339,8 @@ def restore(db_url: str, path: Path, *, key_file: Path | None, custody: KeyCusto
     rows = _decoded(path, header.get("revision"), raw_rows)
     key_line: str | None = None
     if held is not None:
-        key_line, key = held
-        custody = MasterKeyCustody(key)
+        key_line, keys = held
+        custody = MasterKeyCustody(keys[0], retired=keys[1:])
         if key_file is None:
             raise BadInputError(
                 "restore: expected --master-key-file (where to write the backup's master key), seen none"

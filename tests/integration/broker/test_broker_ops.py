@@ -241,6 +241,18 @@ def test_master_key_rotation_survives_a_failure_midway(
     assert r.returncode == 0, r.stderr
     assert "retired" in r.stdout
     serve_and_release()
+    # a backup taken while the retired key is still kept restores with both keys
+    out = tmp_path / "rotated.backup"
+    r = cli("backup", "--db", db, "--master-key-file", str(key_file), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    restored_key = tmp_path / "restored.key"
+    r = cli(
+        "restore", "--db", str(tmp_path / "restored.db"), "--master-key-file", str(restored_key), str(out)
+    )
+    assert r.returncode == 0, r.stderr
+    assert restored_key.read_text().split() == key_file.read_text().split()
+    r = cli("audit", "verify", "--db", str(tmp_path / "restored.db"), "--master-key-file", str(restored_key))
+    assert r.returncode == 0, r.stdout + r.stderr
     r = cli("master-key", "rotate", "--db", db, "--master-key-file", str(key_file), "--drop-retired")
     assert r.returncode == 0, r.stderr
     assert len(key_file.read_text().split()) == 1 and key_file.read_text() != old
