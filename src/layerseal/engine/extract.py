@@ -10,6 +10,7 @@ are left as markers for stacking; the rules are listed in :mod:`layerseal.engine
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import stat
@@ -67,6 +68,12 @@ class Extractor:
     lower_links: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[int, int]]] = field(
         default_factory=dict, init=False
     )
+    # SHA-256 of the content of regular files as written: (dev, ino) -> (size, digest), for
+    # the snapshot's seal (snapshot.ContentHashes).  Every file given data here is recorded
+    # when written (sparse ones dropped): a later file reusing a removed file's inode number
+    # replaces its entry, and the empty files made otherwise (markers, placeholders) are
+    # only matched by a stale entry of size 0, whose digest is theirs too
+    content: dict[tuple[int, int], tuple[int, bytes]] = field(default_factory=dict, init=False)
     # directories to finish at the end; None = created implicitly as a parent
     dirs: dict[tuple[str, ...], tarfile.TarInfo | None] = field(default_factory=dict, init=False)
     entries: int = field(default=0, init=False)
@@ -308,15 +315,19 @@ class Extractor:
         fd = os.open(
             base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
         )
+        digest: bytes | None = None
         try:
             if ti.sparse is not None:
                 written = self._sparse(tf, ti, entry, fd)
             else:
                 written = 0
+                h = hashlib.sha256()
                 if ti.size:  # a regular member: extractfile() would never be None
                     for chunk in member_data(tf, ti, ti.size):
                         written += len(chunk)
+                        h.update(chunk)
                         write_all(fd, chunk)
+                digest = h.digest()
                 if written != ti.size:
                     self.refuse(
                         entry, "complete entry data", f"{ti.size} bytes", f"{written} bytes (truncated)"
@@ -326,7 +337,12 @@ class Extractor:
             st = os.fstat(fd)
         finally:
             os.close(fd)
-        self.files[parts] = (st.st_dev, st.st_ino)
+        ident = (st.st_dev, st.st_ino)
+        self.files[parts] = ident
+        if digest is None:
+            self.content.pop(ident, None)
+        else:
+            self.content[ident] = (st.st_size, digest)
 
     def _sparse(self, tf: tarfile.TarFile, ti: tarfile.TarInfo, entry: str, fd: int) -> int:
         """Write a sparse entry's data regions at their offsets; the rest stays holes."""
@@ -475,10 +491,13 @@ class Extractor:
             fd = os.open(
                 LOWER_LINKS, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=self.root_fd
             )
+            data = "".join(records).encode("utf-8", "surrogateescape")
             try:
-                write_all(fd, "".join(records).encode("utf-8", "surrogateescape"))
+                write_all(fd, data)
+                st = os.fstat(fd)
             finally:
                 os.close(fd)
+            self.content[(st.st_dev, st.st_ino)] = (len(data), hashlib.sha256(data).digest())
         dirs_post_order(self.root_fd, self.dirs, self._finish_dir)
 
     def _finish_dir(self, fd: int, parts: tuple[str, ...], ti: tarfile.TarInfo | None) -> None:
