@@ -166,6 +166,19 @@ class Extractor:
         remove_at(dir_fd, name)
         return False
 
+    def create_file(self, dir_fd: int, name: str) -> int:
+        """Create the empty file ``name`` (0o600, open for writing), replacing what is there.
+
+        Most names are new: trying first spares the look-up :meth:`clear_slot` makes, and
+        ``O_EXCL`` fails on any existing entry (a symlink included, never followed).
+        """
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(name, flags, 0o600, dir_fd=dir_fd)
+        except FileExistsError:
+            self.clear_slot(dir_fd, name, keep_dir=False)
+        return os.open(name, flags, 0o600, dir_fd=dir_fd)
+
     def _invalidate_below(self, dir_fd: int) -> None:
         # a removed tree may contain the cached directory; only drop the cache if it is not dir_fd
         if self._cache is not None and self._cache[1] != dir_fd:
@@ -257,8 +270,11 @@ class Extractor:
             return
         parent = self.parent_fd(entry, parts[:-1])
         if ti.isdir():
-            if not self.clear_slot(parent, base, keep_dir=True):
-                os.mkdir(base, 0o700, dir_fd=parent)
+            try:
+                os.mkdir(base, 0o700, dir_fd=parent)  # the name is new, as most are
+            except FileExistsError:
+                if not self.clear_slot(parent, base, keep_dir=True):
+                    os.mkdir(base, 0o700, dir_fd=parent)
             self.dirs[parts] = ti
         elif ti.isreg():
             self._regular(tf, ti, entry, parts, parent)
@@ -290,11 +306,7 @@ class Extractor:
                     entry, "whiteout must name one entry", "'.wh.' followed by a file name", repr(base)
                 )
         parent = self.parent_fd(entry, parts[:-1])
-        self.clear_slot(parent, base, keep_dir=False)
-        fd = os.open(
-            base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
-        )
-        os.close(fd)
+        os.close(self.create_file(parent, base))
         self._discard_data(tf, ti, entry)
 
     def _discard_data(self, tf: tarfile.TarFile, ti: tarfile.TarInfo, entry: str) -> None:
@@ -309,12 +321,8 @@ class Extractor:
     def _regular(
         self, tf: tarfile.TarFile, ti: tarfile.TarInfo, entry: str, parts: tuple[str, ...], parent: int
     ) -> None:
-        base = parts[-1]
-        self.clear_slot(parent, base, keep_dir=False)
         self.files.pop(parts, None)
-        fd = os.open(
-            base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
-        )
+        fd = self.create_file(parent, parts[-1])
         digest: bytes | None = None
         try:
             if ti.sparse is not None:
@@ -389,8 +397,11 @@ class Extractor:
         # the target may point anywhere: it is never followed here, only recorded
         if not target or "\x00" in target:
             self.refuse(entry, "symlink target", "a non-empty target without NUL", repr(target[:300]))
-        self.clear_slot(parent, base, keep_dir=False)
-        os.symlink(target, base, dir_fd=parent)
+        try:
+            os.symlink(target, base, dir_fd=parent)
+        except FileExistsError:
+            self.clear_slot(parent, base, keep_dir=False)
+            os.symlink(target, base, dir_fd=parent)
         if self.privileged:
             os.chown(base, ti.uid, ti.gid, dir_fd=parent, follow_symlinks=False)
             if any(k.startswith("SCHILY.xattr.") for k in ti.pax_headers):
@@ -439,14 +450,8 @@ class Extractor:
 
     def _link_lower(self, parts: tuple[str, ...], parent: int, target: tuple[str, ...]) -> None:
         """Leave an empty placeholder, linked to the lower layer's file when stacking."""
-        self.clear_slot(parent, parts[-1], keep_dir=False)
         self.files.pop(parts, None)
-        fd = os.open(
-            parts[-1],
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=parent,
-        )
+        fd = self.create_file(parent, parts[-1])
         try:
             st = os.fstat(fd)
         finally:
