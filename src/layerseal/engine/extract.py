@@ -10,6 +10,7 @@ are left as markers for stacking; the rules are listed in :mod:`layerseal.engine
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import stat
@@ -67,6 +68,12 @@ class Extractor:
     lower_links: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[int, int]]] = field(
         default_factory=dict, init=False
     )
+    # SHA-256 of the content of regular files as written: (dev, ino) -> (size, digest), for
+    # the snapshot's seal (snapshot.ContentHashes).  Every file given data here is recorded
+    # when written (sparse ones dropped): a later file reusing a removed file's inode number
+    # replaces its entry, and the empty files made otherwise (markers, placeholders) are
+    # only matched by a stale entry of size 0, whose digest is theirs too
+    content: dict[tuple[int, int], tuple[int, bytes]] = field(default_factory=dict, init=False)
     # directories to finish at the end; None = created implicitly as a parent
     dirs: dict[tuple[str, ...], tarfile.TarInfo | None] = field(default_factory=dict, init=False)
     entries: int = field(default=0, init=False)
@@ -159,6 +166,19 @@ class Extractor:
         remove_at(dir_fd, name)
         return False
 
+    def create_file(self, dir_fd: int, name: str) -> int:
+        """Create the empty file ``name`` (0o600, open for writing), replacing what is there.
+
+        Most names are new: trying first spares the look-up :meth:`clear_slot` makes, and
+        ``O_EXCL`` fails on any existing entry (a symlink included, never followed).
+        """
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(name, flags, 0o600, dir_fd=dir_fd)
+        except FileExistsError:
+            self.clear_slot(dir_fd, name, keep_dir=False)
+        return os.open(name, flags, 0o600, dir_fd=dir_fd)
+
     def _invalidate_below(self, dir_fd: int) -> None:
         # a removed tree may contain the cached directory; only drop the cache if it is not dir_fd
         if self._cache is not None and self._cache[1] != dir_fd:
@@ -250,8 +270,11 @@ class Extractor:
             return
         parent = self.parent_fd(entry, parts[:-1])
         if ti.isdir():
-            if not self.clear_slot(parent, base, keep_dir=True):
-                os.mkdir(base, 0o700, dir_fd=parent)
+            try:
+                os.mkdir(base, 0o700, dir_fd=parent)  # the name is new, as most are
+            except FileExistsError:
+                if not self.clear_slot(parent, base, keep_dir=True):
+                    os.mkdir(base, 0o700, dir_fd=parent)
             self.dirs[parts] = ti
         elif ti.isreg():
             self._regular(tf, ti, entry, parts, parent)
@@ -283,11 +306,7 @@ class Extractor:
                     entry, "whiteout must name one entry", "'.wh.' followed by a file name", repr(base)
                 )
         parent = self.parent_fd(entry, parts[:-1])
-        self.clear_slot(parent, base, keep_dir=False)
-        fd = os.open(
-            base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
-        )
-        os.close(fd)
+        os.close(self.create_file(parent, base))
         self._discard_data(tf, ti, entry)
 
     def _discard_data(self, tf: tarfile.TarFile, ti: tarfile.TarInfo, entry: str) -> None:
@@ -302,21 +321,21 @@ class Extractor:
     def _regular(
         self, tf: tarfile.TarFile, ti: tarfile.TarInfo, entry: str, parts: tuple[str, ...], parent: int
     ) -> None:
-        base = parts[-1]
-        self.clear_slot(parent, base, keep_dir=False)
         self.files.pop(parts, None)
-        fd = os.open(
-            base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
-        )
+        fd = self.create_file(parent, parts[-1])
+        digest: bytes | None = None
         try:
             if ti.sparse is not None:
                 written = self._sparse(tf, ti, entry, fd)
             else:
                 written = 0
+                h = hashlib.sha256()
                 if ti.size:  # a regular member: extractfile() would never be None
                     for chunk in member_data(tf, ti, ti.size):
                         written += len(chunk)
+                        h.update(chunk)
                         write_all(fd, chunk)
+                digest = h.digest()
                 if written != ti.size:
                     self.refuse(
                         entry, "complete entry data", f"{ti.size} bytes", f"{written} bytes (truncated)"
@@ -326,7 +345,12 @@ class Extractor:
             st = os.fstat(fd)
         finally:
             os.close(fd)
-        self.files[parts] = (st.st_dev, st.st_ino)
+        ident = (st.st_dev, st.st_ino)
+        self.files[parts] = ident
+        if digest is None:
+            self.content.pop(ident, None)
+        else:
+            self.content[ident] = (st.st_size, digest)
 
     def _sparse(self, tf: tarfile.TarFile, ti: tarfile.TarInfo, entry: str, fd: int) -> int:
         """Write a sparse entry's data regions at their offsets; the rest stays holes."""
@@ -373,8 +397,11 @@ class Extractor:
         # the target may point anywhere: it is never followed here, only recorded
         if not target or "\x00" in target:
             self.refuse(entry, "symlink target", "a non-empty target without NUL", repr(target[:300]))
-        self.clear_slot(parent, base, keep_dir=False)
-        os.symlink(target, base, dir_fd=parent)
+        try:
+            os.symlink(target, base, dir_fd=parent)
+        except FileExistsError:
+            self.clear_slot(parent, base, keep_dir=False)
+            os.symlink(target, base, dir_fd=parent)
         if self.privileged:
             os.chown(base, ti.uid, ti.gid, dir_fd=parent, follow_symlinks=False)
             if any(k.startswith("SCHILY.xattr.") for k in ti.pax_headers):
@@ -423,14 +450,8 @@ class Extractor:
 
     def _link_lower(self, parts: tuple[str, ...], parent: int, target: tuple[str, ...]) -> None:
         """Leave an empty placeholder, linked to the lower layer's file when stacking."""
-        self.clear_slot(parent, parts[-1], keep_dir=False)
         self.files.pop(parts, None)
-        fd = os.open(
-            parts[-1],
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=parent,
-        )
+        fd = self.create_file(parent, parts[-1])
         try:
             st = os.fstat(fd)
         finally:
@@ -475,10 +496,13 @@ class Extractor:
             fd = os.open(
                 LOWER_LINKS, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=self.root_fd
             )
+            data = "".join(records).encode("utf-8", "surrogateescape")
             try:
-                write_all(fd, "".join(records).encode("utf-8", "surrogateescape"))
+                write_all(fd, data)
+                st = os.fstat(fd)
             finally:
                 os.close(fd)
+            self.content[(st.st_dev, st.st_ino)] = (len(data), hashlib.sha256(data).digest())
         dirs_post_order(self.root_fd, self.dirs, self._finish_dir)
 
     def _finish_dir(self, fd: int, parts: tuple[str, ...], ti: tarfile.TarInfo | None) -> None:

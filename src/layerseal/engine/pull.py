@@ -35,7 +35,7 @@ from layerseal.crypto.layercipher import LayerDecryptor, decrypt_views
 from layerseal.engine.decompress import Chunk, decompressor
 from layerseal.engine.keys import BrokerUnwrapper
 from layerseal.engine.limits import ImageBudget, UnpackLimits
-from layerseal.engine.snapshot import Lease, SnapshotKey, SnapshotStore, user_of
+from layerseal.engine.snapshot import ContentHashes, Lease, SnapshotKey, SnapshotStore, user_of
 from layerseal.engine.unpack import stack_snapshots, unpack_layer
 from layerseal.errors import BadInputError, DeniedError, IntegrityError, LayersealError, WrongKeyError
 from layerseal.image import mediatypes as mt
@@ -160,7 +160,7 @@ class _Puller:
         ctx = LayerContext(index, desc, self.src.name)
         downloads: list[bool] = []
 
-        def build(tree: Path) -> None:
+        def build(tree: Path) -> ContentHashes:
             # one pass: download (into the shared store), decrypt, decompress and unpack together;
             # the blob and the snapshot are each committed only once everything verified
             # the source verifies the blob's digest and size as it streams (ImageSource.iter_blob),
@@ -192,6 +192,7 @@ class _Puller:
                 raise IntegrityError(
                     f"{ctx}: diff_id: expected {diff_id} (from the config), seen {result.diff_id}"
                 )
+            return result.content  # the seal need not read back what was just written
 
         lease = self.snapshots.acquire(skey, build, user_of(self.store.root))
         try:

@@ -56,7 +56,7 @@ import secrets
 import stat
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,6 +81,13 @@ _SEAL_MAX = 64 * 1024
 _HASH_WORKERS = 2
 _HASH_AHEAD = 64  # content hashes in flight while the walk goes on (bounds open files)
 _HASH_INLINE = 64 * 1024  # smaller files are hashed on the walking thread (a hop costs more)
+
+#: SHA-256 of regular files' content as their writer computed it while writing them:
+#: (st_dev, st_ino) -> (size, digest).  :func:`tree_digest` takes an entry in place of
+#: reading the file back only when the file's size on disk is that size (a file of size 0
+#: has one content, so a stale entry of an empty file is still right); every other field
+#: is read from disk all the same.
+ContentHashes = Mapping[tuple[int, int], tuple[int, bytes]]
 
 
 def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
@@ -163,12 +170,18 @@ def _raise_fd_limit(depth: int) -> None:
         )
 
 
-def tree_digest(root: Path) -> bytes:
+def tree_digest(root: Path, known: ContentHashes | None = None) -> bytes:
     """SHA-256 over every entry under *root* in sorted order; follows no symlink.
 
     Content is hashed on a small thread pool (hashlib releases the GIL) while the walk
     goes on; memory is bounded by the directory depth and ``_HASH_AHEAD`` records.
+
+    *known* (only from the process that just wrote the tree, never for a check of a tree
+    found on disk) spares reading back files whose content hash their writer computed: the
+    digest is the one computed from disk, since such a file is still opened (a file the
+    owner cannot read is recorded as such) and every other field comes from disk.
     """
+    known = known or {}
     from concurrent.futures import ThreadPoolExecutor
 
     out = hashlib.sha256()
@@ -215,9 +228,12 @@ def tree_digest(root: Path) -> bytes:
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                 mode = st.st_mode
                 key = (st.st_dev, st.st_ino)
+                given = known.get(key)
+                if given is not None and given[0] != st.st_size:
+                    given = None
                 if (
                     stat.S_ISREG(mode)
-                    and st.st_size < _HASH_INLINE
+                    and (st.st_size < _HASH_INLINE or given is not None)
                     and (st.st_nlink == 1 or key not in links)
                 ):
                     # most files of an image are small: read and hash them here, their
@@ -231,7 +247,7 @@ def tree_digest(root: Path) -> bytes:
                         continue
                     try:
                         xattrs = _xattr_digest(fd)
-                        content = _hash_small(fd, st.st_size)
+                        content = given[1] if given is not None else _hash_small(fd, st.st_size)
                     finally:
                         os.close(fd)
                     record(path, st, b"file", xattrs, content)
@@ -469,12 +485,14 @@ class SnapshotStore:
                 count += 1
         return count
 
-    def _build_locked(self, key: SnapshotKey, build: Callable[[Path], None], user: str) -> bytes:
+    def _build_locked(
+        self, key: SnapshotKey, build: Callable[[Path], ContentHashes | None], user: str
+    ) -> bytes:
         """Build, seal and commit *key*'s snapshot (its lock held exclusively); returns the seal."""
         work = self._work_dir(key.name)
         try:
-            build(work / "tree")
-            mac = self._mac(key, tree_digest(work / "tree"))
+            known = build(work / "tree")
+            mac = self._mac(key, tree_digest(work / "tree", known))
             seal = json.dumps({"version": _SEAL_VERSION, "diff_id": str(key.diff_id), "mac": mac}).encode()
             out = os.open(work / "seal.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
@@ -488,14 +506,18 @@ class SnapshotStore:
             raise
         return seal
 
-    def acquire(self, key: SnapshotKey, build: Callable[[Path], None], user: str = "default") -> Lease:
+    def acquire(
+        self, key: SnapshotKey, build: Callable[[Path], ContentHashes | None], user: str = "default"
+    ) -> Lease:
         """The verified snapshot of *key*, built with ``build(tree_dir)`` if absent or altered.
 
         *user* names the blob store the run pulls through (see :func:`user_of`): gc with
         that store judges only the snapshots its runs used.
 
         ``build`` must fill the new directory it is given and raise unless the layer
-        verified.  The lease holds the snapshot's lock shared; close it once the rootfs
+        verified; it may return the content hashes of the files it wrote (see
+        :data:`ContentHashes`), which spare the seal reading them back.  Reuse always
+        recomputes the seal from disk.  The lease holds the snapshot's lock shared; close it once the rootfs
         is built.
         """
         trusted: bytes | None = None  # a seal verified or made under the exclusive lock

@@ -52,8 +52,8 @@ import logging
 import os
 import stat
 import tarfile
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerseal.engine import stack
@@ -78,13 +78,18 @@ class UnpackResult:
     """What one layer unpack produced.
 
     ``diff_id`` is the sha256 of the uncompressed tar stream (all of it, trailing padding
-    included); ``skipped`` names entries or attributes deliberately not restored.
+    included); ``skipped`` names entries or attributes deliberately not restored;
+    ``content`` holds the SHA-256 of the files written, as they were written (for the
+    snapshot's seal: :data:`layerseal.engine.snapshot.ContentHashes`).
     """
 
     diff_id: Digest
     entries: int
     bytes_written: int
     skipped: tuple[str, ...] = ()
+    content: Mapping[tuple[int, int], tuple[int, bytes]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
 
 def _prepare_target(target: Path, what: str) -> bool:
@@ -158,7 +163,7 @@ def unpack_layer(
     os.close(root_fd)
     if ex.skipped:
         log.warning("%s: %d entries or attributes skipped", what, len(ex.skipped))
-    return UnpackResult(reader.digest(), ex.entries, ex.bytes_written, tuple(ex.skipped))
+    return UnpackResult(reader.digest(), ex.entries, ex.bytes_written, tuple(ex.skipped), ex.content)
 
 
 def _cleanup(root_fd: int, target: Path, created: bool) -> None:

@@ -317,3 +317,30 @@ def test_tree_digest_is_the_same_whichever_thread_hashes_a_file(
     assert tree_digest(tree) == inline
     (tree / "small").write_bytes(b"t" * 100)
     assert tree_digest(tree) != inline
+
+
+def test_hashes_from_the_unpack_give_the_digest_read_from_disk(tmp_path: Path) -> None:
+    # replaced files (inode numbers reused), hard links, markers, a lower-layer link, an
+    # unreadable file and one larger than the inline hashing size
+    tar = make_tar(
+        [
+            dir_("d"),
+            reg("d/a", b"first"),
+            reg("d/a", b"second, longer"),
+            reg("d/big", os.urandom(200_000)),
+            link("d/hard", "d/big"),
+            reg("d/.wh.gone"),
+            reg("d/.wh..wh..opq"),
+            link("d/low", "lower/file"),
+            reg("d/secret", b"nobody reads me", mode=0o000),
+            sym("d/s", "a"),
+            reg("e/f", b"in an implicit directory"),
+            reg("d/a", b"third"),
+        ]
+    )
+    result = unpack_layer([tar], "none", tmp_path / "t")
+    assert result.content
+    assert tree_digest(tmp_path / "t", result.content) == tree_digest(tmp_path / "t")
+    # an entry whose size no longer matches the file is not used
+    stale = {k: (size + 1, b"x" * 32) for k, (size, _) in result.content.items()}
+    assert tree_digest(tmp_path / "t", stale) == tree_digest(tmp_path / "t")
