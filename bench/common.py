@@ -23,6 +23,8 @@ class Run:
     seconds: float
     peak_rss_mb: float
     cpu_s: float = 0.0  # the child's user + system time
+    user_s: float = 0.0
+    sys_s: float = 0.0
 
 
 GNU_TIME = "/usr/bin/time"
@@ -52,7 +54,7 @@ def timed(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: str | N
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.strip()[:500]}")
         peak_kb = int(rss.read().split()[-1])
     # the CPU time includes GNU time's own, a millisecond or so
-    return Run(elapsed, peak_kb / 1024, usage.ru_utime + usage.ru_stime)
+    return Run(elapsed, peak_kb / 1024, usage.ru_utime + usage.ru_stime, usage.ru_utime, usage.ru_stime)
 
 
 def best_of(

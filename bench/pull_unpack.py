@@ -38,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from isal import isal_zlib
 
-from bench.common import GNU_TIME, VENV_BIN, drop_tree, save, table, tool_version
+from bench.common import VENV_BIN, Run, drop_tree, save, table, timed, tool_version
 from bench.copy_oci import keys
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -61,42 +60,14 @@ LS = str(VENV_BIN / "layerseal")
 CHUNK = 1 << 20
 
 
-@dataclass
-class Timing:
-    seconds: float
-    user_s: float
-    sys_s: float
-    peak_rss_mb: float
-
-    @property
-    def cpu_s(self) -> float:
-        return self.user_s + self.sys_s
-
-
-def timed(cmd: list[str]) -> Timing:
-    """Wall, user and system time and peak RSS (through GNU time, see bench.common.timed)."""
-    with tempfile.NamedTemporaryFile("r", prefix="bench-rss-") as rss:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            [GNU_TIME, "-q", "-f", "%M", "-o", rss.name, *cmd],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        _, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - start
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed: {err.strip()[:500]}")
-        peak_kb = int(rss.read().split()[-1])
-    return Timing(elapsed, usage.ru_utime, usage.ru_stime, peak_kb / 1024)
-
-
-def total(*parts: Timing) -> Timing:
-    return Timing(
+def total(*parts: Run) -> Run:
+    """One row for commands run one after the other (skopeo, then umoci)."""
+    return Run(
         sum(p.seconds for p in parts),
+        max(p.peak_rss_mb for p in parts),
+        sum(p.cpu_s for p in parts),
         sum(p.user_s for p in parts),
         sum(p.sys_s for p in parts),
-        max(p.peak_rss_mb for p in parts),
     )
 
 
@@ -230,7 +201,7 @@ def measure_case(
     size = sum(p.stat().st_size for p in layer_blobs(enc))
     work = d / "work"
 
-    def pull(src: str) -> Timing:
+    def pull(src: str) -> Run:
         return timed(
             [
                 LS, "pull", "--src-tls-verify=false", "--decryption-key", str(priv),
@@ -244,7 +215,7 @@ def measure_case(
             drop_tree(d / n)
         subprocess.run(["sync"], check=True)
 
-    runs: dict[str, list[Timing]] = {k: [] for k in ("registry", "layout", "skopeo+umoci", "gnu tar")}
+    runs: dict[str, list[Run]] = {k: [] for k in ("registry", "layout", "skopeo+umoci", "gnu tar")}
     for _ in range(RUNS):
         fresh()
         runs["registry"].append(pull(ref))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from layerseal.wire.der import encode_length, int_body, oid_body
+
 
 @dataclass
 class Node:
@@ -42,13 +44,6 @@ class Node:
         )
 
 
-def encode_length(n: int) -> bytes:
-    if n < 0x80:
-        return bytes([n])
-    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(raw)]) + raw
-
-
 def _read(data: bytes, i: int) -> tuple[Node, int]:
     tag = data[i]
     length = data[i + 1]
@@ -78,21 +73,11 @@ def parse(data: bytes) -> Node:
 
 def oid(dotted: str) -> Node:
     """An OBJECT IDENTIFIER node."""
-    parts = [int(p) for p in dotted.split(".")]
-    out = bytearray([40 * parts[0] + parts[1]])
-    for p in parts[2:]:
-        chunk = [p & 0x7F]
-        p >>= 7
-        while p:
-            chunk.append(0x80 | (p & 0x7F))
-            p >>= 7
-        out.extend(reversed(chunk))
-    return Node(0x06, bytes(out))
+    return Node(0x06, oid_body(dotted))
 
 
 def integer(value: int) -> Node:
-    raw = value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big", signed=True)
-    return Node(0x02, raw)
+    return Node(0x02, int_body(value))
 
 
 def seq(*children: Node) -> Node:

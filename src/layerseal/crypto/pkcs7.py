@@ -30,7 +30,7 @@ from cryptography.x509 import Certificate
 
 from layerseal.crypto.keys import PrivateKey
 from layerseal.errors import BadInputError, WrongKeyError
-from layerseal.wire.der import DerReader
+from layerseal.wire.der import DerReader, der_int, der_oid, tlv
 
 _OID_ENVELOPED = "1.2.840.113549.1.7.3"
 _OID_DATA = "1.2.840.113549.1.7.1"
@@ -40,38 +40,6 @@ _GCM = {"2.16.840.1.101.3.4.1.6": 16, "2.16.840.1.101.3.4.1.26": 24, "2.16.840.1
 _CBC = {"2.16.840.1.101.3.4.1.2": 16, "2.16.840.1.101.3.4.1.22": 24, "2.16.840.1.101.3.4.1.42": 32}
 
 SEQUENCE, SET, INTEGER, OCTET_STRING, OID, NULL = 0x30, 0x31, 0x02, 0x04, 0x06, 0x05
-
-
-# --------------------------------------------------------------------------- DER writing
-
-
-def _len(n: int) -> bytes:
-    if n < 0x80:
-        return bytes([n])
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(body)]) + body
-
-
-def tlv(tag: int, value: bytes) -> bytes:
-    return bytes([tag]) + _len(len(value)) + value
-
-
-def der_int(n: int) -> bytes:
-    body = n.to_bytes(max(1, (n.bit_length() + 8) // 8), "big", signed=True)
-    return tlv(INTEGER, body)
-
-
-def der_oid(dotted: str) -> bytes:
-    parts = [int(p) for p in dotted.split(".")]
-    out = bytearray([40 * parts[0] + parts[1]])
-    for p in parts[2:]:
-        chunk = [p & 0x7F]
-        p >>= 7
-        while p:
-            chunk.append(0x80 | (p & 0x7F))
-            p >>= 7
-        out += bytes(reversed(chunk))
-    return tlv(OID, bytes(out))
 
 
 # --------------------------------------------------------------------------- DER reading

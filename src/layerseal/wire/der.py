@@ -1,7 +1,8 @@
-"""Reading DER (pure): the definite-length TLVs of one level, with one-line errors.
+"""DER (pure): reading the definite-length TLVs of one level, with one-line errors, and
+writing TLVs, INTEGERs and OBJECT IDENTIFIERs.
 
-Enough for the few ASN.1 structures layerseal reads itself (PKCS#7 envelopes, Intel's SGX
-certificate extension); certificates and CRLs are ``cryptography``'s.
+Enough for the few ASN.1 structures layerseal reads or writes itself (PKCS#7 envelopes,
+Intel's SGX certificate extension); certificates and CRLs are ``cryptography``'s.
 """
 
 from __future__ import annotations
@@ -52,3 +53,46 @@ def der_items(data: bytes, what: str) -> list[tuple[int, bytes]]:
     while reader.more():
         items.append(reader.next())
     return items
+
+
+# --------------------------------------------------------------------------- writing
+
+INTEGER, OID = 0x02, 0x06
+
+
+def encode_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def tlv(tag: int, value: bytes) -> bytes:
+    return bytes([tag]) + encode_length(len(value)) + value
+
+
+def int_body(n: int) -> bytes:
+    """The content octets of INTEGER *n* (two's complement, minimal)."""
+    return n.to_bytes(max(1, (n.bit_length() + 8) // 8), "big", signed=True)
+
+
+def oid_body(dotted: str) -> bytes:
+    """The content octets of the OBJECT IDENTIFIER *dotted* (base-128 arcs)."""
+    parts = [int(p) for p in dotted.split(".")]
+    out = bytearray([40 * parts[0] + parts[1]])
+    for p in parts[2:]:
+        chunk = [p & 0x7F]
+        p >>= 7
+        while p:
+            chunk.append(0x80 | (p & 0x7F))
+            p >>= 7
+        out += bytes(reversed(chunk))
+    return bytes(out)
+
+
+def der_int(n: int) -> bytes:
+    return tlv(INTEGER, int_body(n))
+
+
+def der_oid(dotted: str) -> bytes:
+    return tlv(OID, oid_body(dotted))
