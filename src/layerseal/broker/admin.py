@@ -127,10 +127,7 @@ def search_audit(broker: Broker, principal: Principal, params: Mapping[str, str]
     if repository is not None:
         ids = {k.key_id for k in broker.list_keys(principal, params.get("tenant"), repository)}
         key_ids = ids if key_ids is None else key_ids & ids
-    tenant = params.get("tenant")
-    # the same tenant choice and scope check as Broker.audit_entries
-    chosen = None if tenant is None and principal.is_admin else principal.tenant_for(tenant)
-    principal.require("audit:read", chosen)
+    chosen = principal.reading(params.get("tenant"), "audit:read")
     rows = broker.store.iter_audit(
         tenant=chosen,
         after=after,

@@ -81,7 +81,7 @@ def _store_bootstrap(broker: Broker, token_id: str, token: str) -> bool:
 
 
 def _audit_bootstrap(broker: Broker, token_id: str) -> None:
-    broker._audit("token-create", "ok", actor="bootstrap", reason=f"token {token_id} scopes admin")
+    broker.audit.record("token-create", "ok", actor="bootstrap", reason=f"token {token_id} scopes admin")
 
 
 def _link_into_place(pending: Path, target: Path) -> None:

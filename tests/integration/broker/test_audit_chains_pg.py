@@ -26,17 +26,19 @@ def test_an_open_audit_transaction_of_one_replica_does_not_block_another(tmp_pat
             url.replace("search_path%3D", "lock_timeout%3D2000%20-csearch_path%3D"), master_key_file=key
         )
         try:
-            first._audit("token-revoke", "ok", actor="first", reason="claims chain 1")
-            second._audit("token-revoke", "ok", actor="second", reason="claims its own chain")
+            first.audit.record("token-revoke", "ok", actor="first", reason="claims chain 1")
+            second.audit.record("token-revoke", "ok", actor="second", reason="claims its own chain")
             schema = url.rsplit("%3D", 1)[1]
             with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test") as blocker:
                 blocker.execute(f'SET search_path TO "{schema}"')
                 # an audit transaction of the first replica in flight: its head row locked
                 blocker.execute("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE").fetchone()
                 for i in range(5):
-                    second._audit("token-revoke", "ok", actor="second", reason=f"while chain 1 is locked {i}")
+                    second.audit.record(
+                        "token-revoke", "ok", actor="second", reason=f"while chain 1 is locked {i}"
+                    )
                 blocker.rollback()
-            first._audit("token-revoke", "ok", actor="first", reason="after")
+            first.audit.record("token-revoke", "ok", actor="first", reason="after")
         finally:
             for b in (first, second):
                 b.close()

@@ -151,7 +151,7 @@ def test_writer_does_not_extend_a_tampered_head(env: Env, db: Path) -> None:
         )
     other = open_broker(str(db))
     try:
-        other._audit("token-revoke", "ok", actor="test", reason="after the cut")
+        other.audit.record("token-revoke", "ok", actor="test", reason="after the cut")
     finally:
         other.close()
         other.store.dispose()
@@ -165,7 +165,7 @@ def test_two_writers_use_two_chains_and_the_checkpoint_covers_both(env: Env, db:
     other = open_broker(str(db))
     try:
         for i in range(3):
-            other._audit("token-revoke", "ok", actor="replica-2", reason=f"r{i}")
+            other.audit.record("token-revoke", "ok", actor="replica-2", reason=f"r{i}")
             env.create_key()
     finally:
         other.close()
@@ -228,7 +228,7 @@ def test_a_single_chain_database_upgrades_and_still_verifies(tmp_path: Path) -> 
     engine.dispose()
     broker = open_broker(str(db), create_master_key=True)  # migrates; adopts the old head
     try:
-        broker._audit("token-revoke", "ok", actor="new", reason="after the upgrade")
+        broker.audit.record("token-revoke", "ok", actor="new", reason="after the upgrade")
     finally:
         broker.close()
         broker.store.dispose()
@@ -246,7 +246,7 @@ def test_writers_store_chained_checkpoints_and_a_removed_one_is_noticed(tmp_path
         assert keys is not None
         ticks = iter(range(0, 10_000, 10))
         appender = ChainAppender(broker.store, keys, checkpoint_interval=15, clock=lambda: next(ticks))
-        entry = broker._audit_entry("token-revoke", "ok", actor="t")
+        entry = broker.audit.entry("token-revoke", "ok", actor="t")
         for _ in range(6):  # the clock moves 10 s per call: a checkpoint every other batch
             appender.append_batch([entry])
         appender.close()

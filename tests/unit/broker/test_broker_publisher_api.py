@@ -202,7 +202,7 @@ def test_forged_or_expired_challenge_cookie_is_401(env: Env) -> None:
     broker = env.broker
     challenge = broker.auth("c", {"version": "0.4.0", "tee": "sim"})
     with pytest.raises(UnauthenticatedError, match="expired"):
-        broker._open_challenge(challenge.session_id, challenge.expires_at + 1)
+        broker.attestation.open_challenge(challenge.session_id, challenge.expires_at + 1)
 
 
 def test_api_tokens_can_expire_and_listings_show_it(env: Env) -> None:

@@ -91,14 +91,8 @@ class Broker:
         self.list_refvalues = self.rules.list_refvalues
         self.list_platforms = self.rules.list_platforms
         self.delete_platform = self.rules.delete_platform
-        self.audit_entries = self.audit.entries
-        self._audit = self.audit.record
-        self._audit_entry = self.audit.entry
-        self._open_challenge = self.attestation.open_challenge
-        self.resolve = self.attestation.resolve
         self.release_request = self.releases.release_request
         self.release_request_async = self.releases.release_request_async
-        self.release = self.releases.release
 
     @property
     def clock(self) -> Callable[[], float]:

@@ -178,15 +178,6 @@ class AuditTrail:
         """Append a row (fields as for :meth:`entry`) and wait until it is committed."""
         self.commit(self.entry(action, decision, **fields), len(fields.get("keys", ())))
 
-    def entries(
-        self, principal: Principal, tenant: Any = None, after: int = 0, limit: int = 1000
-    ) -> list[dict[str, Any]]:
-        chosen = principal.reading(tenant, "audit:read")
-        rows = self.store.iter_audit(tenant=chosen, after=after, limit=max(1, min(limit, 10000)))
-        return [
-            dict(r.content, chain=r.chain, id=r.id, prev_hash=r.prev_hash, row_hash=r.row_hash) for r in rows
-        ]
-
 
 @dataclass(frozen=True)
 class Context:
