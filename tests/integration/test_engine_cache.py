@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -29,9 +28,9 @@ from layerseal.image.config import ImageConfig
 from layerseal.image.digest import Digest
 from layerseal.image.manifest import Manifest
 from layerseal.layout.oci import LayoutDestination, LayoutReference
+from support.pull_cli import pull_argv, pull_in_parallel
 
 pytestmark = pytest.mark.integration
-LAYERSEAL = [sys.executable, "-m", "layerseal.cli.main"]
 
 
 def encrypted_image(tmp_path: Path, *, big: int = 50_000, layers: int = 1) -> tuple[str, KeyPair, str]:
@@ -80,6 +79,38 @@ def pull(
     return status, out, err
 
 
+def _pull_with_key(
+    capsys: pytest.CaptureFixture[str], key: KeyPair, ref: str, rootfs: Path, *, snapshots: Path, store: Path
+) -> tuple[int, str, str]:
+    """Pull *ref* with *key* into *rootfs*."""
+    return pull(
+        capsys,
+        "--decryption-key",
+        str(key.private),
+        ref,
+        "--rootfs",
+        str(rootfs),
+        snapshots=snapshots,
+        store=store,
+    )
+
+
+def _pull_json_with_key(
+    capsys: pytest.CaptureFixture[str], key: KeyPair, ref: str, rootfs: Path, *, snapshots: Path, store: Path
+) -> dict[str, object]:
+    """Pull *ref* with *key* into *rootfs*; it must succeed; its ``--json`` report."""
+    return _pull_json(
+        capsys,
+        "--decryption-key",
+        str(key.private),
+        ref,
+        "--rootfs",
+        str(rootfs),
+        snapshots=snapshots,
+        store=store,
+    )
+
+
 def files_under(root: Path) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for dirpath, _, names in os.walk(root):
@@ -98,16 +129,7 @@ def test_thief_image_claiming_an_encrypted_diff_id_gets_no_plaintext(
 ) -> None:
     ref, key, diff_id = encrypted_image(tmp_path)
     store, snaps = tmp_path / "store", tmp_path / "snaps"
-    status, _, err = pull(
-        capsys,
-        "--decryption-key",
-        str(key.private),
-        ref,
-        "--rootfs",
-        str(tmp_path / "victim"),
-        snapshots=snaps,
-        store=store,
-    )
+    status, _, err = _pull_with_key(capsys, key, ref, tmp_path / "victim", snapshots=snaps, store=store)
     assert status == 0, err
     secret = (tmp_path / "victim" / "layer0.txt").read_bytes()
     thief_image(f"oci:{tmp_path}/thief:v1", diff_id)
@@ -127,15 +149,8 @@ def test_snapshot_cannot_be_located_without_the_layer_key(
     """Snapshot names derive from the layer key: neither the diff_id nor the blob digest finds them."""
     ref, key, diff_id = encrypted_image(tmp_path)
     snaps = tmp_path / "snaps"
-    status, _, err = pull(
-        capsys,
-        "--decryption-key",
-        str(key.private),
-        ref,
-        "--rootfs",
-        str(tmp_path / "r"),
-        snapshots=snaps,
-        store=tmp_path / "store",
+    status, _, err = _pull_with_key(
+        capsys, key, ref, tmp_path / "r", snapshots=snaps, store=tmp_path / "store"
     )
     assert status == 0, err
     _, manifest = manifest_of(tmp_path / "enc", "v1")
@@ -147,28 +162,10 @@ def test_snapshot_cannot_be_located_without_the_layer_key(
 def test_revoked_key_gets_no_cached_snapshot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ref, key, _ = encrypted_image(tmp_path)
     store, snaps = tmp_path / "store", tmp_path / "snaps"
-    status, _, err = pull(
-        capsys,
-        "--decryption-key",
-        str(key.private),
-        ref,
-        "--rootfs",
-        str(tmp_path / "r1"),
-        snapshots=snaps,
-        store=store,
-    )
+    status, _, err = _pull_with_key(capsys, key, ref, tmp_path / "r1", snapshots=snaps, store=store)
     assert status == 0, err
     other = make_keys(tmp_path / "other", "ec256")  # the key this run is given no longer opens the layer
-    status, _, err = pull(
-        capsys,
-        "--decryption-key",
-        str(other.private),
-        ref,
-        "--rootfs",
-        str(tmp_path / "r2"),
-        snapshots=snaps,
-        store=store,
-    )
+    status, _, err = _pull_with_key(capsys, other, ref, tmp_path / "r2", snapshots=snaps, store=store)
     # a key the caller gave that opens nothing is bad input (2); a broker's refusal (5) is
     # test_revoked_key_refuses_a_cached_snapshot
     assert status == 2 and "no key for 1 of 1" in err
@@ -233,18 +230,17 @@ def test_host_edit_of_a_snapshot_does_not_reach_the_rootfs(
 ) -> None:
     ref, key, _ = encrypted_image(tmp_path)
     store, snaps = tmp_path / "store", tmp_path / "snaps"
-    args = ("--decryption-key", str(key.private), ref)
-    _pull_json(capsys, *args, "--rootfs", str(tmp_path / "r1"), snapshots=snaps, store=store)
+    _pull_json_with_key(capsys, key, ref, tmp_path / "r1", snapshots=snaps, store=store)
     original = (tmp_path / "r1" / "layer0.txt").read_bytes()
     [victim] = [p for p in snaps.rglob("layer0.txt")]
     victim.chmod(0o644)
     victim.write_bytes(b"edited by the host\n")
-    result = _pull_json(capsys, *args, "--rootfs", str(tmp_path / "r2"), snapshots=snaps, store=store)
+    result = _pull_json_with_key(capsys, key, ref, tmp_path / "r2", snapshots=snaps, store=store)
     assert (tmp_path / "r2" / "layer0.txt").read_bytes() == original
     assert [layer["snapshotReused"] for layer in result["layers"]] == [False]  # type: ignore[attr-defined]
     # the snapshot was rebuilt, and the rebuilt one is reused untouched
     assert [p.read_bytes() for p in snaps.rglob("layer0.txt")] == [original]
-    result = _pull_json(capsys, *args, "--rootfs", str(tmp_path / "r3"), snapshots=snaps, store=store)
+    result = _pull_json_with_key(capsys, key, ref, tmp_path / "r3", snapshots=snaps, store=store)
     assert [layer["snapshotReused"] for layer in result["layers"]] == [True]  # type: ignore[attr-defined]
 
 
@@ -254,8 +250,7 @@ def test_any_host_change_to_a_snapshot_is_detected(
 ) -> None:
     ref, key, _ = encrypted_image(tmp_path)
     store, snaps = tmp_path / "store", tmp_path / "snaps"
-    args = ("--decryption-key", str(key.private), ref)
-    _pull_json(capsys, *args, "--rootfs", str(tmp_path / "r1"), snapshots=snaps, store=store)
+    _pull_json_with_key(capsys, key, ref, tmp_path / "r1", snapshots=snaps, store=store)
     [victim] = [p for p in snaps.rglob("layer0.txt")]
     if edit == "add":
         (victim.parent / "planted").write_bytes(b"x")
@@ -266,7 +261,7 @@ def test_any_host_change_to_a_snapshot_is_detected(
     else:
         victim.unlink()
         victim.symlink_to("/etc/shadow")
-    result = _pull_json(capsys, *args, "--rootfs", str(tmp_path / "r2"), snapshots=snaps, store=store)
+    result = _pull_json_with_key(capsys, key, ref, tmp_path / "r2", snapshots=snaps, store=store)
     assert [layer["snapshotReused"] for layer in result["layers"]] == [False]  # type: ignore[attr-defined]
     assert files_under(tmp_path / "r2") == files_under(tmp_path / "r1")
     assert not (tmp_path / "r2" / "layer0.txt").is_symlink()
@@ -303,32 +298,14 @@ def test_gc_removes_snapshots_of_released_images_and_idle_ones(
 ) -> None:
     ref, key, _ = encrypted_image(tmp_path)
     store, snaps = tmp_path / "store", tmp_path / "snaps"
-    _pull_json(
-        capsys,
-        "--decryption-key",
-        str(key.private),
-        ref,
-        "--rootfs",
-        str(tmp_path / "r1"),
-        snapshots=snaps,
-        store=store,
-    )
+    _pull_json_with_key(capsys, key, ref, tmp_path / "r1", snapshots=snaps, store=store)
     assert len(_snapshot_dirs(snaps)) == 1
     report = _gc(capsys, store, snaps)
     assert report["removed_snapshots"] == 0 and len(_snapshot_dirs(snaps)) == 1  # referenced, fresh: kept
     # not reused for longer than --max-idle: removed (a revoked layer's snapshot is never reused again)
     report = _gc(capsys, store, snaps, "--max-idle", "0")
     assert report["removed_snapshots"] == 1 and _snapshot_dirs(snaps) == []
-    _pull_json(
-        capsys,
-        "--decryption-key",
-        str(key.private),
-        ref,
-        "--rootfs",
-        str(tmp_path / "r2"),
-        snapshots=snaps,
-        store=store,
-    )
+    _pull_json_with_key(capsys, key, ref, tmp_path / "r2", snapshots=snaps, store=store)
     assert len(_snapshot_dirs(snaps)) == 1
     # the image's reference is released: its blobs and snapshots go
     capsys.readouterr()
@@ -342,19 +319,7 @@ def _start_slow_pull(
     tmp_path: Path, ref: str, key: KeyPair, store: Path, snaps: Path
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [
-            *LAYERSEAL,
-            "pull",
-            "--decryption-key",
-            str(key.private),
-            "--store",
-            str(store),
-            "--snapshots",
-            str(snaps),
-            ref,
-            "--rootfs",
-            str(tmp_path / "killed"),
-        ],
+        pull_argv(ref, key.private, store=store, snapshots=snaps, rootfs=tmp_path / "killed"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -385,16 +350,7 @@ def test_leftovers_of_a_killed_pull_are_removed_by_gc_and_by_the_next_pull(
     assert report["removed_snapshot_leftovers"] >= 1 and list((snaps / "work").iterdir()) == []
     _kill_during_unpack(_start_slow_pull(tmp_path, ref, key, store, snaps), snaps)
     assert list((snaps / "work").iterdir())
-    _pull_json(
-        capsys,
-        "--decryption-key",
-        str(key.private),
-        ref,
-        "--rootfs",
-        str(tmp_path / "r"),
-        snapshots=snaps,
-        store=store,
-    )
+    _pull_json_with_key(capsys, key, ref, tmp_path / "r", snapshots=snaps, store=store)
     assert list((snaps / "work").iterdir()) == []
     assert not list((store / "blobs" / "sha256").glob(".*.tmp"))
 
@@ -415,16 +371,7 @@ def test_gc_and_pulls_leave_a_live_pull_alone(tmp_path: Path, capsys: pytest.Cap
         fcntl.flock(fd, fcntl.LOCK_EX)
         report = _gc(capsys, store, snaps)
         assert report["removed_snapshot_leftovers"] == 0 and (live / "partial").exists()
-        _pull_json(
-            capsys,
-            "--decryption-key",
-            str(key.private),
-            ref,
-            "--rootfs",
-            str(tmp_path / "r"),
-            snapshots=snaps,
-            store=store,
-        )
+        _pull_json_with_key(capsys, key, ref, tmp_path / "r", snapshots=snaps, store=store)
         assert (live / "partial").exists()
     finally:
         os.close(fd)
@@ -436,30 +383,14 @@ def test_concurrent_pulls_sharing_a_cache_build_each_snapshot_once(tmp_path: Pat
     ref, key, _ = encrypted_image(tmp_path, big=2_000_000, layers=4)
     for attempt in range(1):
         snaps = tmp_path / f"snaps{attempt}"
-        procs = [
-            subprocess.Popen(
-                [
-                    *LAYERSEAL,
-                    "pull",
-                    "--decryption-key",
-                    str(key.private),
-                    "--store",
-                    str(tmp_path / "store"),
-                    "--snapshots",
-                    str(snaps),
-                    ref,
-                    "--rootfs",
-                    str(tmp_path / f"r{attempt}-{n}"),
-                    "--json",
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for n in range(2)
-        ]
-        outs = [p.communicate(timeout=120) for p in procs]
-        assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
+        codes, outs = pull_in_parallel(
+            ref,
+            key.private,
+            store=tmp_path / "store",
+            snapshots=lambda _n, snaps=snaps: snaps,
+            rootfs=lambda n, attempt=attempt: tmp_path / f"r{attempt}-{n}",
+        )
+        assert codes == [0, 0], [o[1] for o in outs]
         reused = [[layer["snapshotReused"] for layer in json.loads(o[0])["layers"]] for o in outs]
         assert [a != b for a, b in zip(*reused, strict=True)] == [True] * 4  # one built, the other reused
         assert len(list((snaps / "snap").iterdir())) == 4
@@ -496,8 +427,7 @@ def test_disk_full_gives_one_line_and_leaves_the_store_consistent(
     ref, key, _ = encrypted_image(tmp_path, big=1_500_000, layers=2)
     with small_tmpfs(tmp_path / "disk", size) as disk:
         store, snaps = disk / "store", disk / "snaps"
-        args = ("--decryption-key", str(key.private), ref, "--rootfs", str(disk / "rootfs"))
-        status, _, err = pull(capsys, *args, snapshots=snaps, store=store)
+        status, _, err = _pull_with_key(capsys, key, ref, disk / "rootfs", snapshots=snaps, store=store)
         assert status == 2, err
         lines = err.strip().splitlines()
         assert len(lines) == 1 and "no space left on device" in lines[0].lower() and "Traceback" not in err
@@ -505,11 +435,11 @@ def test_disk_full_gives_one_line_and_leaves_the_store_consistent(
         for blob in (store / "blobs" / "sha256").iterdir():  # what is committed is whole
             assert Digest.of(blob.read_bytes()).hex == blob.name
         # a rerun on the same full disk fails the same clean way (nothing half-made blocks it) ...
-        status, _, err = pull(capsys, *args, snapshots=snaps, store=store)
+        status, _, err = _pull_with_key(capsys, key, ref, disk / "rootfs", snapshots=snaps, store=store)
         assert status == 2 and _leftovers(disk) == []
         # ... and succeeds once there is room
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
-        status, _, err = pull(capsys, *args, snapshots=snaps, store=store)
+        status, _, err = _pull_with_key(capsys, key, ref, disk / "rootfs", snapshots=snaps, store=store)
         assert status == 0, err
         assert (disk / "rootfs" / "layer1.txt").read_bytes() == b"hello from layer 1\n"
 
@@ -548,8 +478,7 @@ def test_rootfs_shares_the_snapshots_extents_on_a_reflink_filesystem(
     with xfs_loop(tmp_path / "xfs") as fs:
         store, snaps = fs / "store", fs / "snaps"
         before = _used(fs)
-        args = ("--decryption-key", str(key.private), ref)
-        _pull_json(capsys, *args, "--rootfs", str(fs / "r1"), snapshots=snaps, store=store)
+        _pull_json_with_key(capsys, key, ref, fs / "r1", snapshots=snaps, store=store)
         os.sync()
         grown = _used(fs) - before
         # the encrypted blob plus one decrypted tree, not a third copy
@@ -557,7 +486,7 @@ def test_rootfs_shares_the_snapshots_extents_on_a_reflink_filesystem(
         # a container writing its rootfs copies on write: the cache stays intact
         with (fs / "r1" / "data" / "blob0.bin").open("r+b") as f:
             f.write(b"container write")
-        result = _pull_json(capsys, *args, "--rootfs", str(fs / "r2"), snapshots=snaps, store=store)
+        result = _pull_json_with_key(capsys, key, ref, fs / "r2", snapshots=snaps, store=store)
         assert [entry["snapshotReused"] for entry in result["layers"]] == [True]  # type: ignore[attr-defined]
         assert (fs / "r2" / "data" / "blob0.bin").read_bytes()[:15] != b"container write"
 
@@ -567,15 +496,8 @@ def test_an_unusable_cache_location_is_a_one_line_error(
 ) -> None:
     ref, key, _ = encrypted_image(tmp_path)
     (tmp_path / "file").write_bytes(b"")
-    status, _, err = pull(
-        capsys,
-        "--decryption-key",
-        str(key.private),
-        ref,
-        "--rootfs",
-        str(tmp_path / "r"),
-        snapshots=tmp_path / "file" / "snaps",
-        store=tmp_path / "store",
+    status, _, err = _pull_with_key(
+        capsys, key, ref, tmp_path / "r", snapshots=tmp_path / "file" / "snaps", store=tmp_path / "store"
     )
     assert status == 2 and len(err.strip().splitlines()) == 1 and "--snapshots DIR" in err, err
     assert not (tmp_path / "r").exists()
