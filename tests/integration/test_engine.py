@@ -16,7 +16,7 @@ from helpers.images import make_busybox_image, make_image, make_keys
 from layerseal.cli.main import main
 from layerseal.layout.oci import LayoutDestination, LayoutReference
 from support.fault_proxy import FaultProxy
-from support.pull_cli import pull_in_parallel
+from support.layerseal_cli import pull_in_parallel
 from support.registry_server import RegistryServer
 
 pytestmark = pytest.mark.integration

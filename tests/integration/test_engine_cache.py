@@ -28,7 +28,7 @@ from layerseal.image.config import ImageConfig
 from layerseal.image.digest import Digest
 from layerseal.image.manifest import Manifest
 from layerseal.layout.oci import LayoutDestination, LayoutReference
-from support.pull_cli import pull_argv, pull_in_parallel
+from support.layerseal_cli import pull_argv, pull_in_parallel
 
 pytestmark = pytest.mark.integration
 
@@ -46,28 +46,35 @@ def encrypted_image(tmp_path: Path, *, big: int = 50_000, layers: int = 1) -> tu
     return ref, key, config["rootfs"]["diff_ids"][0]
 
 
-def thief_image(ref: str, claimed_diff_id: str) -> None:
-    """One unrelated *plain* layer; the config claims the diff_id of someone else's encrypted layer."""
+def _one_file_tar(name: str, data: bytes) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo("thief.txt")
-        info.size = 6
-        tar.addfile(info, io.BytesIO(b"thief\n"))
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _plain_layer_image(ref: str, tar: bytes, config: dict[str, object], layers: int) -> None:
+    """Write an image at *ref* listing the plain layer *tar* *layers* times, with the amd64/linux *config*."""
     dst = LayoutDestination(LayoutReference.parse(ref))
     try:
-        layer = dst.put_blob([buf.getvalue()], mt.OCI_LAYER_TAR)
-        config = ImageConfig(
-            {
-                "architecture": "amd64",
-                "os": "linux",
-                "config": {"Cmd": ["/bin/cat", "/layer0.txt"]},
-                "rootfs": {"type": "layers", "diff_ids": [claimed_diff_id]},
-            }
+        layer = dst.put_blob([tar], mt.OCI_LAYER_TAR)
+        cdesc = dst.put_blob(
+            [ImageConfig({"architecture": "amd64", "os": "linux", **config}).to_bytes()], mt.OCI_CONFIG
         )
-        cdesc = dst.put_blob([config.to_bytes()], mt.OCI_CONFIG)
-        dst.put_manifest(Manifest(config=cdesc, layers=(layer,)).to_bytes(), mt.OCI_MANIFEST)
+        dst.put_manifest(Manifest(config=cdesc, layers=(layer,) * layers).to_bytes(), mt.OCI_MANIFEST)
     finally:
         dst.close()
+
+
+def thief_image(ref: str, claimed_diff_id: str) -> None:
+    """One unrelated *plain* layer; the config claims the diff_id of someone else's encrypted layer."""
+    config: dict[str, object] = {
+        "config": {"Cmd": ["/bin/cat", "/layer0.txt"]},
+        "rootfs": {"type": "layers", "diff_ids": [claimed_diff_id]},
+    }
+    _plain_layer_image(ref, _one_file_tar("thief.txt", b"thief\n"), config, 1)
 
 
 def pull(
@@ -79,36 +86,22 @@ def pull(
     return status, out, err
 
 
+def _keyed(key: KeyPair, ref: str, rootfs: Path) -> tuple[str, ...]:
+    """The pull arguments that open *ref* with *key* into *rootfs*."""
+    return ("--decryption-key", str(key.private), ref, "--rootfs", str(rootfs))
+
+
 def _pull_with_key(
     capsys: pytest.CaptureFixture[str], key: KeyPair, ref: str, rootfs: Path, *, snapshots: Path, store: Path
 ) -> tuple[int, str, str]:
-    """Pull *ref* with *key* into *rootfs*."""
-    return pull(
-        capsys,
-        "--decryption-key",
-        str(key.private),
-        ref,
-        "--rootfs",
-        str(rootfs),
-        snapshots=snapshots,
-        store=store,
-    )
+    return pull(capsys, *_keyed(key, ref, rootfs), snapshots=snapshots, store=store)
 
 
 def _pull_json_with_key(
     capsys: pytest.CaptureFixture[str], key: KeyPair, ref: str, rootfs: Path, *, snapshots: Path, store: Path
 ) -> dict[str, object]:
     """Pull *ref* with *key* into *rootfs*; it must succeed; its ``--json`` report."""
-    return _pull_json(
-        capsys,
-        "--decryption-key",
-        str(key.private),
-        ref,
-        "--rootfs",
-        str(rootfs),
-        snapshots=snapshots,
-        store=store,
-    )
+    return _pull_json(capsys, *_keyed(key, ref, rootfs), snapshots=snapshots, store=store)
 
 
 def files_under(root: Path) -> dict[str, bytes]:
@@ -174,26 +167,9 @@ def test_revoked_key_gets_no_cached_snapshot(tmp_path: Path, capsys: pytest.Capt
 
 def _plain_image(ref: str, layers: int) -> None:
     """One small plain layer, listed *layers* times."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo("shared.txt")
-        info.size = 7
-        tar.addfile(info, io.BytesIO(b"shared\n"))
-    dst = LayoutDestination(LayoutReference.parse(ref))
-    try:
-        layer = dst.put_blob([buf.getvalue()], mt.OCI_LAYER_TAR)
-        diff_id = str(Digest.of(buf.getvalue()))
-        config = ImageConfig(
-            {
-                "architecture": "amd64",
-                "os": "linux",
-                "rootfs": {"type": "layers", "diff_ids": [diff_id] * layers},
-            }
-        )
-        cdesc = dst.put_blob([config.to_bytes()], mt.OCI_CONFIG)
-        dst.put_manifest(Manifest(config=cdesc, layers=(layer,) * layers).to_bytes(), mt.OCI_MANIFEST)
-    finally:
-        dst.close()
+    tar = _one_file_tar("shared.txt", b"shared\n")
+    diff_id = str(Digest.of(tar))
+    _plain_layer_image(ref, tar, {"rootfs": {"type": "layers", "diff_ids": [diff_id] * layers}}, layers)
 
 
 def test_plain_layers_are_shared_by_diff_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -225,12 +201,18 @@ def _pull_json(
     return dict(json.loads(out))
 
 
-def test_host_edit_of_a_snapshot_does_not_reach_the_rootfs(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _pulled_into_r1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[str, KeyPair, Path, Path]:
+    """An encrypted image pulled once into ``tmp_path/r1``: (ref, key, store, snapshots)."""
     ref, key, _ = encrypted_image(tmp_path)
     store, snaps = tmp_path / "store", tmp_path / "snaps"
     _pull_json_with_key(capsys, key, ref, tmp_path / "r1", snapshots=snaps, store=store)
+    return ref, key, store, snaps
+
+
+def test_host_edit_of_a_snapshot_does_not_reach_the_rootfs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ref, key, store, snaps = _pulled_into_r1(tmp_path, capsys)
     original = (tmp_path / "r1" / "layer0.txt").read_bytes()
     [victim] = [p for p in snaps.rglob("layer0.txt")]
     victim.chmod(0o644)
@@ -248,9 +230,7 @@ def test_host_edit_of_a_snapshot_does_not_reach_the_rootfs(
 def test_any_host_change_to_a_snapshot_is_detected(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: str
 ) -> None:
-    ref, key, _ = encrypted_image(tmp_path)
-    store, snaps = tmp_path / "store", tmp_path / "snaps"
-    _pull_json_with_key(capsys, key, ref, tmp_path / "r1", snapshots=snaps, store=store)
+    ref, key, store, snaps = _pulled_into_r1(tmp_path, capsys)
     [victim] = [p for p in snaps.rglob("layer0.txt")]
     if edit == "add":
         (victim.parent / "planted").write_bytes(b"x")
@@ -296,9 +276,7 @@ def _snapshot_dirs(snaps: Path) -> list[Path]:
 def test_gc_removes_snapshots_of_released_images_and_idle_ones(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ref, key, _ = encrypted_image(tmp_path)
-    store, snaps = tmp_path / "store", tmp_path / "snaps"
-    _pull_json_with_key(capsys, key, ref, tmp_path / "r1", snapshots=snaps, store=store)
+    ref, key, store, snaps = _pulled_into_r1(tmp_path, capsys)
     assert len(_snapshot_dirs(snaps)) == 1
     report = _gc(capsys, store, snaps)
     assert report["removed_snapshots"] == 0 and len(_snapshot_dirs(snaps)) == 1  # referenced, fresh: kept

@@ -1,4 +1,4 @@
-"""Runs of the real ``layerseal pull`` CLI as child processes, for tests that start several at once."""
+"""The real ``layerseal`` CLI run as a child process: one command, or several pulls at once."""
 
 from __future__ import annotations
 
@@ -8,6 +8,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 LAYERSEAL = [sys.executable, "-m", "layerseal.cli.main"]
+
+
+def run_layerseal(
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float | None = None,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """``layerseal *args`` with *env* (this process's when None), its output captured as text."""
+    return subprocess.run(
+        [*LAYERSEAL, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout, check=check
+    )
 
 
 def pull_argv(
