@@ -16,6 +16,7 @@ from helpers.images import make_busybox_image, make_image, make_keys
 from layerseal.cli.main import main
 from layerseal.layout.oci import LayoutDestination, LayoutReference
 from support.fault_proxy import FaultProxy
+from support.layerseal_cli import pull_in_parallel
 from support.registry_server import RegistryServer
 
 pytestmark = pytest.mark.integration
@@ -83,31 +84,15 @@ def test_two_engines_fetch_each_blob_once(tmp_path: Path, registry: RegistryServ
     with FaultProxy(host, int(port)) as proxy:
         ref = f"docker://{proxy.host}/enclave/app:v1"
         store = tmp_path / "shared-store"
-        procs = [
-            subprocess.Popen(
-                [
-                    *LAYERSEAL,
-                    "pull",
-                    "--src-tls-verify=false",
-                    "--decryption-key",
-                    str(key),
-                    "--store",
-                    str(store),
-                    "--snapshots",
-                    str(tmp_path / f"snap{n}"),
-                    ref,
-                    "--rootfs",
-                    str(tmp_path / f"rootfs{n}"),
-                    "--json",
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for n in range(2)
-        ]
-        outs = [p.communicate(timeout=120) for p in procs]
-        assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+        codes, outs = pull_in_parallel(
+            ref,
+            key,
+            store=store,
+            snapshots=lambda n: tmp_path / f"snap{n}",
+            rootfs=lambda n: tmp_path / f"rootfs{n}",
+            options=("--src-tls-verify=false",),
+        )
+        assert all(code == 0 for code in codes), [o[1] for o in outs]
         blob_gets: dict[str, int] = {}
         for seen in proxy.requests:
             if seen.method == "GET" and "/blobs/sha256:" in seen.path:

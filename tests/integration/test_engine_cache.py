@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -29,9 +28,9 @@ from layerseal.image.config import ImageConfig
 from layerseal.image.digest import Digest
 from layerseal.image.manifest import Manifest
 from layerseal.layout.oci import LayoutDestination, LayoutReference
+from support.layerseal_cli import pull_argv, pull_in_parallel
 
 pytestmark = pytest.mark.integration
-LAYERSEAL = [sys.executable, "-m", "layerseal.cli.main"]
 
 
 def encrypted_image(tmp_path: Path, *, big: int = 50_000, layers: int = 1) -> tuple[str, KeyPair, str]:
@@ -47,28 +46,35 @@ def encrypted_image(tmp_path: Path, *, big: int = 50_000, layers: int = 1) -> tu
     return ref, key, config["rootfs"]["diff_ids"][0]
 
 
-def thief_image(ref: str, claimed_diff_id: str) -> None:
-    """One unrelated *plain* layer; the config claims the diff_id of someone else's encrypted layer."""
+def _one_file_tar(name: str, data: bytes) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo("thief.txt")
-        info.size = 6
-        tar.addfile(info, io.BytesIO(b"thief\n"))
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _plain_layer_image(ref: str, tar: bytes, config: dict[str, object], layers: int) -> None:
+    """Write an image at *ref* listing the plain layer *tar* *layers* times, with the amd64/linux *config*."""
     dst = LayoutDestination(LayoutReference.parse(ref))
     try:
-        layer = dst.put_blob([buf.getvalue()], mt.OCI_LAYER_TAR)
-        config = ImageConfig(
-            {
-                "architecture": "amd64",
-                "os": "linux",
-                "config": {"Cmd": ["/bin/cat", "/layer0.txt"]},
-                "rootfs": {"type": "layers", "diff_ids": [claimed_diff_id]},
-            }
+        layer = dst.put_blob([tar], mt.OCI_LAYER_TAR)
+        cdesc = dst.put_blob(
+            [ImageConfig({"architecture": "amd64", "os": "linux", **config}).to_bytes()], mt.OCI_CONFIG
         )
-        cdesc = dst.put_blob([config.to_bytes()], mt.OCI_CONFIG)
-        dst.put_manifest(Manifest(config=cdesc, layers=(layer,)).to_bytes(), mt.OCI_MANIFEST)
+        dst.put_manifest(Manifest(config=cdesc, layers=(layer,) * layers).to_bytes(), mt.OCI_MANIFEST)
     finally:
         dst.close()
+
+
+def thief_image(ref: str, claimed_diff_id: str) -> None:
+    """One unrelated *plain* layer; the config claims the diff_id of someone else's encrypted layer."""
+    config: dict[str, object] = {
+        "config": {"Cmd": ["/bin/cat", "/layer0.txt"]},
+        "rootfs": {"type": "layers", "diff_ids": [claimed_diff_id]},
+    }
+    _plain_layer_image(ref, _one_file_tar("thief.txt", b"thief\n"), config, 1)
 
 
 def pull(
@@ -78,6 +84,24 @@ def pull(
     status = main(["pull", "--store", str(store), "--snapshots", str(snapshots), *args])
     out, err = capsys.readouterr()
     return status, out, err
+
+
+def _keyed(key: KeyPair, ref: str, rootfs: Path) -> tuple[str, ...]:
+    """The pull arguments that open *ref* with *key* into *rootfs*."""
+    return ("--decryption-key", str(key.private), ref, "--rootfs", str(rootfs))
+
+
+def _pull_with_key(
+    capsys: pytest.CaptureFixture[str], key: KeyPair, ref: str, rootfs: Path, *, snapshots: Path, store: Path
+) -> tuple[int, str, str]:
+    return pull(capsys, *_keyed(key, ref, rootfs), snapshots=snapshots, store=store)
+
+
+def _pull_json_with_key(
+    capsys: pytest.CaptureFixture[str], key: KeyPair, ref: str, rootfs: Path, *, snapshots: Path, store: Path
+) -> dict[str, object]:
+    """Pull *ref* with *key* into *rootfs*; it must succeed; its ``--json`` report."""
+    return _pull_json(capsys, *_keyed(key, ref, rootfs), snapshots=snapshots, store=store)
 
 
 def files_under(root: Path) -> dict[str, bytes]:
@@ -98,16 +122,7 @@ def test_thief_image_claiming_an_encrypted_diff_id_gets_no_plaintext(
 ) -> None:
     ref, key, diff_id = encrypted_image(tmp_path)
     store, snaps = tmp_path / "store", tmp_path / "snaps"
-    status, _, err = pull(
-        capsys,
-        "--decryption-key",
-        str(key.private),
-        ref,
-        "--rootfs",
-        str(tmp_path / "victim"),
-        snapshots=snaps,
-        store=store,
-    )
+    status, _, err = _pull_with_key(capsys, key, ref, tmp_path / "victim", snapshots=snaps, store=store)
     assert status == 0, err
     secret = (tmp_path / "victim" / "layer0.txt").read_bytes()
     thief_image(f"oci:{tmp_path}/thief:v1", diff_id)
@@ -127,15 +142,8 @@ def test_snapshot_cannot_be_located_without_the_layer_key(
     """Snapshot names derive from the layer key: neither the diff_id nor the blob digest finds them."""
     ref, key, diff_id = encrypted_image(tmp_path)
     snaps = tmp_path / "snaps"
-    status, _, err = pull(
-        capsys,
-        "--decryption-key",
-        str(key.private),
-        ref,
-        "--rootfs",
-        str(tmp_path / "r"),
-        snapshots=snaps,
-        store=tmp_path / "store",
+    status, _, err = _pull_with_key(
+        capsys, key, ref, tmp_path / "r", snapshots=snaps, store=tmp_path / "store"
     )
     assert status == 0, err
     _, manifest = manifest_of(tmp_path / "enc", "v1")
@@ -147,28 +155,10 @@ def test_snapshot_cannot_be_located_without_the_layer_key(
 def test_revoked_key_gets_no_cached_snapshot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ref, key, _ = encrypted_image(tmp_path)
     store, snaps = tmp_path / "store", tmp_path / "snaps"
-    status, _, err = pull(
-        capsys,
-        "--decryption-key",
-        str(key.private),
-        ref,
-        "--rootfs",
-        str(tmp_path / "r1"),
-        snapshots=snaps,
-        store=store,
-    )
+    status, _, err = _pull_with_key(capsys, key, ref, tmp_path / "r1", snapshots=snaps, store=store)
     assert status == 0, err
     other = make_keys(tmp_path / "other", "ec256")  # the key this run is given no longer opens the layer
-    status, _, err = pull(
-        capsys,
-        "--decryption-key",
-        str(other.private),
-        ref,
-        "--rootfs",
-        str(tmp_path / "r2"),
-        snapshots=snaps,
-        store=store,
-    )
+    status, _, err = _pull_with_key(capsys, other, ref, tmp_path / "r2", snapshots=snaps, store=store)
     # a key the caller gave that opens nothing is bad input (2); a broker's refusal (5) is
     # test_revoked_key_refuses_a_cached_snapshot
     assert status == 2 and "no key for 1 of 1" in err
@@ -177,26 +167,9 @@ def test_revoked_key_gets_no_cached_snapshot(tmp_path: Path, capsys: pytest.Capt
 
 def _plain_image(ref: str, layers: int) -> None:
     """One small plain layer, listed *layers* times."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo("shared.txt")
-        info.size = 7
-        tar.addfile(info, io.BytesIO(b"shared\n"))
-    dst = LayoutDestination(LayoutReference.parse(ref))
-    try:
-        layer = dst.put_blob([buf.getvalue()], mt.OCI_LAYER_TAR)
-        diff_id = str(Digest.of(buf.getvalue()))
-        config = ImageConfig(
-            {
-                "architecture": "amd64",
-                "os": "linux",
-                "rootfs": {"type": "layers", "diff_ids": [diff_id] * layers},
-            }
-        )
-        cdesc = dst.put_blob([config.to_bytes()], mt.OCI_CONFIG)
-        dst.put_manifest(Manifest(config=cdesc, layers=(layer,) * layers).to_bytes(), mt.OCI_MANIFEST)
-    finally:
-        dst.close()
+    tar = _one_file_tar("shared.txt", b"shared\n")
+    diff_id = str(Digest.of(tar))
+    _plain_layer_image(ref, tar, {"rootfs": {"type": "layers", "diff_ids": [diff_id] * layers}}, layers)
 
 
 def test_plain_layers_are_shared_by_diff_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -228,23 +201,28 @@ def _pull_json(
     return dict(json.loads(out))
 
 
+def _pulled_into_r1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[str, KeyPair, Path, Path]:
+    """An encrypted image pulled once into ``tmp_path/r1``: (ref, key, store, snapshots)."""
+    ref, key, _ = encrypted_image(tmp_path)
+    store, snaps = tmp_path / "store", tmp_path / "snaps"
+    _pull_json_with_key(capsys, key, ref, tmp_path / "r1", snapshots=snaps, store=store)
+    return ref, key, store, snaps
+
+
 def test_host_edit_of_a_snapshot_does_not_reach_the_rootfs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ref, key, _ = encrypted_image(tmp_path)
-    store, snaps = tmp_path / "store", tmp_path / "snaps"
-    args = ("--decryption-key", str(key.private), ref)
-    _pull_json(capsys, *args, "--rootfs", str(tmp_path / "r1"), snapshots=snaps, store=store)
+    ref, key, store, snaps = _pulled_into_r1(tmp_path, capsys)
     original = (tmp_path / "r1" / "layer0.txt").read_bytes()
     [victim] = [p for p in snaps.rglob("layer0.txt")]
     victim.chmod(0o644)
     victim.write_bytes(b"edited by the host\n")
-    result = _pull_json(capsys, *args, "--rootfs", str(tmp_path / "r2"), snapshots=snaps, store=store)
+    result = _pull_json_with_key(capsys, key, ref, tmp_path / "r2", snapshots=snaps, store=store)
     assert (tmp_path / "r2" / "layer0.txt").read_bytes() == original
     assert [layer["snapshotReused"] for layer in result["layers"]] == [False]  # type: ignore[attr-defined]
     # the snapshot was rebuilt, and the rebuilt one is reused untouched
     assert [p.read_bytes() for p in snaps.rglob("layer0.txt")] == [original]
-    result = _pull_json(capsys, *args, "--rootfs", str(tmp_path / "r3"), snapshots=snaps, store=store)
+    result = _pull_json_with_key(capsys, key, ref, tmp_path / "r3", snapshots=snaps, store=store)
     assert [layer["snapshotReused"] for layer in result["layers"]] == [True]  # type: ignore[attr-defined]
 
 
@@ -252,10 +230,7 @@ def test_host_edit_of_a_snapshot_does_not_reach_the_rootfs(
 def test_any_host_change_to_a_snapshot_is_detected(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: str
 ) -> None:
-    ref, key, _ = encrypted_image(tmp_path)
-    store, snaps = tmp_path / "store", tmp_path / "snaps"
-    args = ("--decryption-key", str(key.private), ref)
-    _pull_json(capsys, *args, "--rootfs", str(tmp_path / "r1"), snapshots=snaps, store=store)
+    ref, key, store, snaps = _pulled_into_r1(tmp_path, capsys)
     [victim] = [p for p in snaps.rglob("layer0.txt")]
     if edit == "add":
         (victim.parent / "planted").write_bytes(b"x")
@@ -266,7 +241,7 @@ def test_any_host_change_to_a_snapshot_is_detected(
     else:
         victim.unlink()
         victim.symlink_to("/etc/shadow")
-    result = _pull_json(capsys, *args, "--rootfs", str(tmp_path / "r2"), snapshots=snaps, store=store)
+    result = _pull_json_with_key(capsys, key, ref, tmp_path / "r2", snapshots=snaps, store=store)
     assert [layer["snapshotReused"] for layer in result["layers"]] == [False]  # type: ignore[attr-defined]
     assert files_under(tmp_path / "r2") == files_under(tmp_path / "r1")
     assert not (tmp_path / "r2" / "layer0.txt").is_symlink()
@@ -301,34 +276,14 @@ def _snapshot_dirs(snaps: Path) -> list[Path]:
 def test_gc_removes_snapshots_of_released_images_and_idle_ones(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ref, key, _ = encrypted_image(tmp_path)
-    store, snaps = tmp_path / "store", tmp_path / "snaps"
-    _pull_json(
-        capsys,
-        "--decryption-key",
-        str(key.private),
-        ref,
-        "--rootfs",
-        str(tmp_path / "r1"),
-        snapshots=snaps,
-        store=store,
-    )
+    ref, key, store, snaps = _pulled_into_r1(tmp_path, capsys)
     assert len(_snapshot_dirs(snaps)) == 1
     report = _gc(capsys, store, snaps)
     assert report["removed_snapshots"] == 0 and len(_snapshot_dirs(snaps)) == 1  # referenced, fresh: kept
     # not reused for longer than --max-idle: removed (a revoked layer's snapshot is never reused again)
     report = _gc(capsys, store, snaps, "--max-idle", "0")
     assert report["removed_snapshots"] == 1 and _snapshot_dirs(snaps) == []
-    _pull_json(
-        capsys,
-        "--decryption-key",
-        str(key.private),
-        ref,
-        "--rootfs",
-        str(tmp_path / "r2"),
-        snapshots=snaps,
-        store=store,
-    )
+    _pull_json_with_key(capsys, key, ref, tmp_path / "r2", snapshots=snaps, store=store)
     assert len(_snapshot_dirs(snaps)) == 1
     # the image's reference is released: its blobs and snapshots go
     capsys.readouterr()
@@ -342,19 +297,7 @@ def _start_slow_pull(
     tmp_path: Path, ref: str, key: KeyPair, store: Path, snaps: Path
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [
-            *LAYERSEAL,
-            "pull",
-            "--decryption-key",
-            str(key.private),
-            "--store",
-            str(store),
-            "--snapshots",
-            str(snaps),
-            ref,
-            "--rootfs",
-            str(tmp_path / "killed"),
-        ],
+        pull_argv(ref, key.private, store=store, snapshots=snaps, rootfs=tmp_path / "killed"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -385,16 +328,7 @@ def test_leftovers_of_a_killed_pull_are_removed_by_gc_and_by_the_next_pull(
     assert report["removed_snapshot_leftovers"] >= 1 and list((snaps / "work").iterdir()) == []
     _kill_during_unpack(_start_slow_pull(tmp_path, ref, key, store, snaps), snaps)
     assert list((snaps / "work").iterdir())
-    _pull_json(
-        capsys,
-        "--decryption-key",
-        str(key.private),
-        ref,
-        "--rootfs",
-        str(tmp_path / "r"),
-        snapshots=snaps,
-        store=store,
-    )
+    _pull_json_with_key(capsys, key, ref, tmp_path / "r", snapshots=snaps, store=store)
     assert list((snaps / "work").iterdir()) == []
     assert not list((store / "blobs" / "sha256").glob(".*.tmp"))
 
@@ -415,16 +349,7 @@ def test_gc_and_pulls_leave_a_live_pull_alone(tmp_path: Path, capsys: pytest.Cap
         fcntl.flock(fd, fcntl.LOCK_EX)
         report = _gc(capsys, store, snaps)
         assert report["removed_snapshot_leftovers"] == 0 and (live / "partial").exists()
-        _pull_json(
-            capsys,
-            "--decryption-key",
-            str(key.private),
-            ref,
-            "--rootfs",
-            str(tmp_path / "r"),
-            snapshots=snaps,
-            store=store,
-        )
+        _pull_json_with_key(capsys, key, ref, tmp_path / "r", snapshots=snaps, store=store)
         assert (live / "partial").exists()
     finally:
         os.close(fd)
@@ -436,30 +361,14 @@ def test_concurrent_pulls_sharing_a_cache_build_each_snapshot_once(tmp_path: Pat
     ref, key, _ = encrypted_image(tmp_path, big=2_000_000, layers=4)
     for attempt in range(1):
         snaps = tmp_path / f"snaps{attempt}"
-        procs = [
-            subprocess.Popen(
-                [
-                    *LAYERSEAL,
-                    "pull",
-                    "--decryption-key",
-                    str(key.private),
-                    "--store",
-                    str(tmp_path / "store"),
-                    "--snapshots",
-                    str(snaps),
-                    ref,
-                    "--rootfs",
-                    str(tmp_path / f"r{attempt}-{n}"),
-                    "--json",
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for n in range(2)
-        ]
-        outs = [p.communicate(timeout=120) for p in procs]
-        assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
+        codes, outs = pull_in_parallel(
+            ref,
+            key.private,
+            store=tmp_path / "store",
+            snapshots=lambda _n, snaps=snaps: snaps,
+            rootfs=lambda n, attempt=attempt: tmp_path / f"r{attempt}-{n}",
+        )
+        assert codes == [0, 0], [o[1] for o in outs]
         reused = [[layer["snapshotReused"] for layer in json.loads(o[0])["layers"]] for o in outs]
         assert [a != b for a, b in zip(*reused, strict=True)] == [True] * 4  # one built, the other reused
         assert len(list((snaps / "snap").iterdir())) == 4
@@ -496,8 +405,7 @@ def test_disk_full_gives_one_line_and_leaves_the_store_consistent(
     ref, key, _ = encrypted_image(tmp_path, big=1_500_000, layers=2)
     with small_tmpfs(tmp_path / "disk", size) as disk:
         store, snaps = disk / "store", disk / "snaps"
-        args = ("--decryption-key", str(key.private), ref, "--rootfs", str(disk / "rootfs"))
-        status, _, err = pull(capsys, *args, snapshots=snaps, store=store)
+        status, _, err = _pull_with_key(capsys, key, ref, disk / "rootfs", snapshots=snaps, store=store)
         assert status == 2, err
         lines = err.strip().splitlines()
         assert len(lines) == 1 and "no space left on device" in lines[0].lower() and "Traceback" not in err
@@ -505,11 +413,11 @@ def test_disk_full_gives_one_line_and_leaves_the_store_consistent(
         for blob in (store / "blobs" / "sha256").iterdir():  # what is committed is whole
             assert Digest.of(blob.read_bytes()).hex == blob.name
         # a rerun on the same full disk fails the same clean way (nothing half-made blocks it) ...
-        status, _, err = pull(capsys, *args, snapshots=snaps, store=store)
+        status, _, err = _pull_with_key(capsys, key, ref, disk / "rootfs", snapshots=snaps, store=store)
         assert status == 2 and _leftovers(disk) == []
         # ... and succeeds once there is room
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
-        status, _, err = pull(capsys, *args, snapshots=snaps, store=store)
+        status, _, err = _pull_with_key(capsys, key, ref, disk / "rootfs", snapshots=snaps, store=store)
         assert status == 0, err
         assert (disk / "rootfs" / "layer1.txt").read_bytes() == b"hello from layer 1\n"
 
@@ -548,8 +456,7 @@ def test_rootfs_shares_the_snapshots_extents_on_a_reflink_filesystem(
     with xfs_loop(tmp_path / "xfs") as fs:
         store, snaps = fs / "store", fs / "snaps"
         before = _used(fs)
-        args = ("--decryption-key", str(key.private), ref)
-        _pull_json(capsys, *args, "--rootfs", str(fs / "r1"), snapshots=snaps, store=store)
+        _pull_json_with_key(capsys, key, ref, fs / "r1", snapshots=snaps, store=store)
         os.sync()
         grown = _used(fs) - before
         # the encrypted blob plus one decrypted tree, not a third copy
@@ -557,7 +464,7 @@ def test_rootfs_shares_the_snapshots_extents_on_a_reflink_filesystem(
         # a container writing its rootfs copies on write: the cache stays intact
         with (fs / "r1" / "data" / "blob0.bin").open("r+b") as f:
             f.write(b"container write")
-        result = _pull_json(capsys, *args, "--rootfs", str(fs / "r2"), snapshots=snaps, store=store)
+        result = _pull_json_with_key(capsys, key, ref, fs / "r2", snapshots=snaps, store=store)
         assert [entry["snapshotReused"] for entry in result["layers"]] == [True]  # type: ignore[attr-defined]
         assert (fs / "r2" / "data" / "blob0.bin").read_bytes()[:15] != b"container write"
 
@@ -567,15 +474,8 @@ def test_an_unusable_cache_location_is_a_one_line_error(
 ) -> None:
     ref, key, _ = encrypted_image(tmp_path)
     (tmp_path / "file").write_bytes(b"")
-    status, _, err = pull(
-        capsys,
-        "--decryption-key",
-        str(key.private),
-        ref,
-        "--rootfs",
-        str(tmp_path / "r"),
-        snapshots=tmp_path / "file" / "snaps",
-        store=tmp_path / "store",
+    status, _, err = _pull_with_key(
+        capsys, key, ref, tmp_path / "r", snapshots=tmp_path / "file" / "snaps", store=tmp_path / "store"
     )
     assert status == 2 and len(err.strip().splitlines()) == 1 and "--snapshots DIR" in err, err
     assert not (tmp_path / "r").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,9 +78,12 @@ def deploy(
     )
 
 
-@pytest.fixture
-def deployment(db_url: str, tmp_path: Path, sim_platform_dir: Path) -> Iterator[Deployment]:
-    d = deploy(db_url, tmp_path, sim_platform_dir, replicas=2 if not db_url.endswith(".db") else 1)
+@contextmanager
+def running_deployment(
+    db_url: str, workdir: Path, platform_dir: Path, extra: list[str] | None = None
+) -> Iterator[Deployment]:
+    """A deployment (two replicas unless SQLite) whose clients and brokers are stopped on exit."""
+    d = deploy(db_url, workdir, platform_dir, replicas=2 if not db_url.endswith(".db") else 1, extra=extra)
     try:
         yield d
     finally:
@@ -87,6 +91,12 @@ def deployment(db_url: str, tmp_path: Path, sim_platform_dir: Path) -> Iterator[
             c.close()
         for b in d.brokers:
             b.kill()
+
+
+@pytest.fixture
+def deployment(db_url: str, tmp_path: Path, sim_platform_dir: Path) -> Iterator[Deployment]:
+    with running_deployment(db_url, tmp_path, sim_platform_dir) as d:
+        yield d
 
 
 def optsdata() -> bytes:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import deploy, optsdata
+from support.layerseal_cli import run_layerseal
 
 pytestmark = pytest.mark.integration
 
@@ -23,14 +22,7 @@ def test_admin_lifecycle_cli(tmp_path: Path, sim_platform_dir: Path) -> None:
     env["LAYERSEAL_BROKER_TOKEN"] = (tmp_path / "admin.token").read_text().strip()
 
     def ls(*args: str, code: int = 0) -> str:
-        r = subprocess.run(
-            [sys.executable, "-m", "layerseal.cli.main", "broker", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=60,
-        )
+        r = run_layerseal("broker", *args, env=env, cwd=tmp_path, timeout=60)
         assert r.returncode == code, (args, r.stdout, r.stderr)
         return r.stdout if code == 0 else r.stderr
 

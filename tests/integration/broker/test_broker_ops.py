@@ -24,20 +24,14 @@ from layerseal.broker.custody import MasterKeyCustody
 from layerseal.crypto.keys import generate_key
 from layerseal.kbs.client import EnclaveClient
 from layerseal.kbs.packets import unwrap_key_packet
+from support.layerseal_cli import run_layerseal
 
 pytestmark = pytest.mark.integration
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "LAYERSEAL_MASTER_KEY"}
-    return subprocess.run(
-        [sys.executable, "-m", "layerseal.cli.main", "broker", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=120,
-    )
+    return run_layerseal("broker", *args, env=env, cwd=cwd, timeout=120)
 
 
 @contextmanager
@@ -52,6 +46,34 @@ def fresh_db(kind: str, tmp: Path, name: str) -> Iterator[str]:
 def release(url: str, d: Deployment, packets: list[bytes]) -> dict[str, bytes]:
     with EnclaveClient(url, d.attester, generate_key("EC-P256")) as enclave:
         return enclave.get_keys([json.loads(p)["kid"] for p in packets])
+
+
+def keys_then_stopped(
+    db: str, tmp_path: Path, platform_dir: Path, count: int
+) -> tuple[Deployment, list[bytes], list[bytes]]:
+    """Deploy, create *count* layer keys, stop the brokers: (deployment, options, key packets)."""
+    d = deploy(db, tmp_path, platform_dir)
+    opts = [optsdata() for _ in range(count)]
+    packets = [
+        d.acme.create_layer_key("registry.local/app", f"sha256:{i:064x}", o) for i, o in enumerate(opts)
+    ]
+    for b in d.brokers:
+        b.kill()
+    return d, opts, packets
+
+
+def serve_and_release_all(
+    db: str, tmp_path: Path, d: Deployment, packets: list[bytes], opts: list[bytes]
+) -> None:
+    """A broker on *db* with ``tmp_path/master.key`` releases every packet, each opening to its options."""
+    broker = start_broker(
+        db, tmp_path, master_key_file=tmp_path / "master.key", admin_token_file=tmp_path / "admin.token"
+    )
+    try:
+        keks = release(broker.url, d, packets)
+        assert [unwrap_key_packet(p, keks[json.loads(p)["kid"]]) for p in packets] == opts
+    finally:
+        broker.kill()
 
 
 def test_migrate_is_explicit_and_idempotent(tmp_path: Path) -> None:
@@ -144,8 +166,9 @@ def test_damaged_or_truncated_backup_is_refused(tmp_path: Path, sim_platform_dir
     for b in d.brokers:
         b.kill()
     out = tmp_path / "b.backup"
-    assert (
-        cli(
+
+    def backup() -> subprocess.CompletedProcess[str]:
+        return cli(
             "backup",
             "--db",
             str(tmp_path / "b.db"),
@@ -153,9 +176,9 @@ def test_damaged_or_truncated_backup_is_refused(tmp_path: Path, sim_platform_dir
             str(tmp_path / "master.key"),
             "--out",
             str(out),
-        ).returncode
-        == 0
-    )
+        )
+
+    assert backup().returncode == 0
     lines = gzip.decompress(out.read_bytes()).splitlines()
     cut = tmp_path / "cut.backup"
     cut.write_bytes(gzip.compress(b"\n".join(lines[:-3]) + b"\n"))
@@ -184,15 +207,7 @@ def test_damaged_or_truncated_backup_is_refused(tmp_path: Path, sim_platform_dir
     assert f"line {at + 2}: table secrets field 'sealed': expected standard base64" in r.stderr
     assert not (tmp_path / "x.key").exists() and not (tmp_path / "y.key").exists()
     assert not (tmp_path / "z.key").exists() and not (tmp_path / "z.db").exists()
-    again = cli(
-        "backup",
-        "--db",
-        str(tmp_path / "b.db"),
-        "--master-key-file",
-        str(tmp_path / "master.key"),
-        "--out",
-        str(out),
-    )
+    again = backup()
     assert again.returncode == 2 and "existing" in again.stderr
 
 
@@ -201,24 +216,11 @@ def test_master_key_rotation_survives_a_failure_midway(
 ) -> None:
     db = str(tmp_path / "r.db")
     key_file = tmp_path / "master.key"
-    d = deploy(db, tmp_path, sim_platform_dir)
-    opts = [optsdata() for _ in range(3)]
-    packets = [
-        d.acme.create_layer_key("registry.local/app", f"sha256:{i:064x}", o) for i, o in enumerate(opts)
-    ]
-    for b in d.brokers:
-        b.kill()
+    d, opts, packets = keys_then_stopped(db, tmp_path, sim_platform_dir, 3)
     old = key_file.read_text()
 
     def serve_and_release() -> None:
-        broker = start_broker(
-            db, tmp_path, master_key_file=key_file, admin_token_file=tmp_path / "admin.token"
-        )
-        try:
-            keks = release(broker.url, d, packets)
-            assert [unwrap_key_packet(p, keks[json.loads(p)["kid"]]) for p in packets] == opts
-        finally:
-            broker.kill()
+        serve_and_release_all(db, tmp_path, d, packets, opts)
 
     # the process dies in the middle of resealing (after the key file changed): rolled back
     calls = {"n": 0}
@@ -277,13 +279,7 @@ def test_master_key_rotation_killed_by_sigkill_leaves_a_usable_state(
 
     db = str(tmp_path / "k.db")
     key_file = tmp_path / "master.key"
-    d = deploy(db, tmp_path, sim_platform_dir)
-    opts = [optsdata() for _ in range(20)]
-    packets = [
-        d.acme.create_layer_key("registry.local/app", f"sha256:{i:064x}", o) for i, o in enumerate(opts)
-    ]
-    for b in d.brokers:
-        b.kill()
+    d, opts, packets = keys_then_stopped(db, tmp_path, sim_platform_dir, 20)
     old = key_file.read_text()
     env = {k: v for k, v in os.environ.items() if k != "LAYERSEAL_MASTER_KEY"}
     cmd = [sys.executable, "-m", "layerseal.cli.main", "broker", "master-key", "rotate", "--db", db]
@@ -295,12 +291,7 @@ def test_master_key_rotation_killed_by_sigkill_leaves_a_usable_state(
     proc.wait(timeout=30)
     assert key_file.read_text() != old  # the key file was replaced whole, never half-written
     assert old.strip() in key_file.read_text().split()
-    broker = start_broker(db, tmp_path, master_key_file=key_file, admin_token_file=tmp_path / "admin.token")
-    try:
-        keks = release(broker.url, d, packets)
-        assert [unwrap_key_packet(p, keks[json.loads(p)["kid"]]) for p in packets] == opts
-    finally:
-        broker.kill()
+    serve_and_release_all(db, tmp_path, d, packets, opts)
     r = cli("master-key", "rotate", "--db", db, "--master-key-file", str(key_file), "--drop-retired")
     assert r.returncode == 0, r.stderr
     assert len(key_file.read_text().split()) == 1

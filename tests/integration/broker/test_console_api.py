@@ -5,39 +5,30 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import Deployment, deploy, optsdata
+from conftest import Deployment, optsdata, running_deployment
 from layerseal.attest.sim_platform import SimAttester
 from layerseal.crypto.keys import generate_key
 from layerseal.errors import LayersealError
 from layerseal.kbs.client import EnclaveClient
+from support.layerseal_cli import run_layerseal
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def console_deployment(db_url: str, tmp_path: Path, sim_platform_dir: Path) -> Iterator[Deployment]:
-    replicas = 1 if db_url.endswith(".db") else 2
-    d = deploy(db_url, tmp_path, sim_platform_dir, replicas=replicas, extra=["--console"])
-    try:
+    with running_deployment(db_url, tmp_path, sim_platform_dir, extra=["--console"]) as d:
         yield d
-    finally:
-        for c in d.clients:
-            c.close()
-        for b in d.brokers:
-            b.kill()
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "layerseal.cli.main", *args], capture_output=True, text=True, timeout=120
-    )
+    return run_layerseal(*args, timeout=120)
 
 
 def test_filters_dry_run_cli_and_sessions(console_deployment: Deployment, tmp_path: Path) -> None:

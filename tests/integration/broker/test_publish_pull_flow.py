@@ -205,12 +205,22 @@ def kids(manifest: dict[str, object]) -> list[str]:
     return out
 
 
+def tag_kids(reg: RegistryServer, tag: str) -> list[str]:
+    """The key ids the manifest of acme/app:*tag* in *reg* names, layer by layer."""
+    return kids(registry_manifest(reg, "acme/app", tag))
+
+
+def v1_and_v2(tmp_path: Path, d: Deployment, reg: RegistryServer, token: str) -> tuple[str, str]:
+    """Publish v1, then v2 = v1 plus one layer; their references."""
+    v1 = publish(tmp_path, d, reg, token)
+    return v1, layer_add(tmp_path, d, reg, token, v1, "v2")
+
+
 def test_rotation_refuses_to_retire_keys_another_tag_uses_and_names_it(
     world: tuple[Deployment, RegistryServer, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     d, reg, token = world
-    v1 = publish(tmp_path, d, reg, token)
-    v2 = layer_add(tmp_path, d, reg, token, v1, "v2")
+    v1, v2 = v1_and_v2(tmp_path, d, reg, token)
     before = registry_manifest(reg, "acme/app", "v2")
     capsys.readouterr()
     assert rotate(d, token, v2, v2, "--retire-previous") == 2
@@ -228,14 +238,10 @@ def test_all_tags_rotates_every_tag_sharing_the_keys_and_both_still_pull(
     world: tuple[Deployment, RegistryServer, str], tmp_path: Path
 ) -> None:
     d, reg, token = world
-    v1 = publish(tmp_path, d, reg, token)
-    v2 = layer_add(tmp_path, d, reg, token, v1, "v2")
-    old_v1 = kids(registry_manifest(reg, "acme/app", "v1"))
+    v1, v2 = v1_and_v2(tmp_path, d, reg, token)
+    old_v1 = tag_kids(reg, "v1")
     assert rotate(d, token, v2, v2, "--retire-previous", "--all-tags") == 0
-    new_v1, new_v2 = (
-        kids(registry_manifest(reg, "acme/app", "v1")),
-        kids(registry_manifest(reg, "acme/app", "v2")),
-    )
+    new_v1, new_v2 = tag_kids(reg, "v1"), tag_kids(reg, "v2")
     assert set(new_v1).isdisjoint(old_v1)  # v1 rewritten to the new versions
     assert new_v2[:3] == new_v1  # one rotation per key: both tags name the same new versions
     statuses = {
@@ -390,14 +396,10 @@ def test_all_tags_renews_only_the_shared_keys_of_the_other_tags(
     world: tuple[Deployment, RegistryServer, str], tmp_path: Path
 ) -> None:
     d, reg, token = world
-    v1 = publish(tmp_path, d, reg, token)
-    v2 = layer_add(tmp_path, d, reg, token, v1, "v2")
-    own = kids(registry_manifest(reg, "acme/app", "v2"))[3]
+    v1, v2 = v1_and_v2(tmp_path, d, reg, token)
+    own = tag_kids(reg, "v2")[3]
     assert rotate(d, token, v1, v1, "--retire-previous", "--all-tags") == 0
-    new_v1, new_v2 = (
-        kids(registry_manifest(reg, "acme/app", "v1")),
-        kids(registry_manifest(reg, "acme/app", "v2")),
-    )
+    new_v1, new_v2 = tag_kids(reg, "v1"), tag_kids(reg, "v2")
     assert new_v2 == [*new_v1, own]  # v2's own layer key is not v1's rotation: left as it was
     versions = sorted(len(k["versions"]) for k in d.acme.list_keys("acme/app"))
     assert versions == [1, 2, 2, 2]

@@ -15,7 +15,6 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from layerseal.cli import keyprovider as kpcli
 from layerseal.keyprovider import protocol
 from layerseal.keyprovider.params import Settings
 from layerseal.keyprovider.provider import Provider
+from support.layerseal_cli import run_layerseal
 from support.pflag_csv import CsvError, string_slice
 
 pytestmark = pytest.mark.integration
@@ -183,13 +183,7 @@ def test_documented_config_args_form_end_to_end_with_captured_requests(
     argv = [replace.get(a, a) for a in argv]
     argv += ["--sim-platform", str(kp_world.platform), "--cache-dir", str(tmp_path / "cache")]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LAYERSEAL_", "OCICRYPT_"))}
-    out = subprocess.run(
-        [sys.executable, "-m", "layerseal.cli.main", "keyprovider", *argv],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    )
+    out = run_layerseal("keyprovider", *argv, env=env, check=True)
     ((name, entry),) = json.loads(out.stdout)["key-providers"].items()
     assert name == "attestation-agent"
     cmd = [entry["cmd"]["path"], *entry["cmd"]["args"]]
